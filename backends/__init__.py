@@ -1,0 +1,1 @@
+"""Backends: each lowers a checked cell to source text (installed as reclang.backends)."""

@@ -1,0 +1,214 @@
+"""The sequential backend: a PyTorch loop over time. Runs every cell; the reference.
+
+Recurrence: whatever the spec says, one step after another, t = 0 .. T-1.
+Algorithm:  values that depend on no state (input projections, gates) are computed for
+            all steps at once before the loop, as batched tensor ops; the loop computes
+            only what depends on the state. Values that would be much larger than
+            what they are computed from (an outer product k vᵀ over all steps) stay in
+            the loop, so memory stays O(B·T·inputs + B·state).
+Cost:       T sequential steps of O(state) work; the input projections are batched.
+Numerics:   the module runs it in float32 for bf16/fp16 inputs (states in float32).
+
+`generate(ir)` returns the source of a Python module with two functions:
+    forward(inputs..., states..., *, params...) -> (outputs, final states)
+    step(inputs..., states..., *, params...)    -> (outputs, new states)   one step
+"""
+
+from __future__ import annotations
+
+from reclang import __version__
+from reclang.analysis.partition import Phase, phases
+from reclang.ir import IR, Node, Op
+
+from .torch_expr import ATOM, Code, ExprLowering, Place, align, py_name
+
+INDENT = "    "
+
+
+def placements(ir: IR, step: bool) -> dict[int, Place]:
+    """Where each node is computed (see torch_expr's layout notes)."""
+    phase = phases(ir)
+    place: dict[int, Place] = {}
+    for i, p in phase.items():
+        place[i] = {Phase.CONST: Place.ONCE, Phase.CORE: Place.LOOP}.get(p, Place.LOOP)
+    if step:
+        return place
+    for i in ir.leaves.values():
+        if ir.node(i).op == Op.INPUT:
+            place[i] = Place.HOIST
+    for i in ir.stmts:
+        node = ir.node(i)
+        if phase[i] == Phase.PRELUDE and (node.op == Op.OUT or _worth_hoisting(ir, i, phase, place)):
+            _hoist(ir, i, phase, place)
+        else:
+            _hoist_below(ir, i, phase, place)
+    return place
+
+
+def _worth_hoisting(ir: IR, i: int, phase, place) -> bool:
+    """Hoist a state-free value over all steps unless it is an expansion (an outer
+    product, a broadcast) larger than every tensor it is computed from, or it reads
+    a value that stays in the loop."""
+    sources = [ir.node(r).args[0] for r in _reads(ir, i)]
+    if any(phase[s] == Phase.PRELUDE and place[s] != Place.HOIST for s in sources):
+        return False
+    largest = max((ir.node(s).numel for s in sources), default=1)
+    return ir.node(i).numel <= largest
+
+
+def _reads(ir: IR, i: int):
+    """The READ nodes of the expression below node i (not past other statements)."""
+    node = ir.node(i)
+    if node.op == Op.READ:
+        yield i
+        return
+    for a in node.args:
+        yield from _reads(ir, a)
+
+
+def _hoist(ir, i, phase, place):
+    place[i] = Place.HOIST
+    for a in ir.node(i).args:
+        if phase[a] == Phase.PRELUDE and ir.node(a).op not in (Op.LET, Op.INPUT):
+            _hoist(ir, a, phase, place)
+
+
+def _hoist_below(ir, i, phase, place):
+    """Keeps node i in the loop and hoists the largest worthwhile parts below it."""
+    for a in ir.node(i).args:
+        node = ir.node(a)
+        if node.op in (Op.LET, Op.INPUT, Op.OUT, Op.UPDATE) or phase[a] == Phase.CONST:
+            continue
+        if phase[a] == Phase.CORE:
+            _hoist_below(ir, a, phase, place)
+        elif _worth_hoisting(ir, a, phase, place):
+            _hoist(ir, a, phase, place)
+        else:
+            _hoist_below(ir, a, phase, place)
+
+
+class Program:
+    """Assembles the generated module: header, forward and step."""
+
+    def __init__(self, ir: IR):
+        self.ir = ir
+        self.file = ir.source.filename.rsplit("/", 1)[-1]
+
+    def signature(self, name: str) -> str:
+        ins = [py_name(d.name) for d in self.ir.inputs]
+        states = [py_name(d.name) for d in self.ir.states]
+        params = [py_name(d.name) for d in self.ir.params]
+        args = ", ".join(ins + states + (["*"] + params if params else []))
+        return f"def {name}({args}):"
+
+    def body(self, step: bool) -> list[str]:
+        place = placements(self.ir, step)
+        blocks = {p: [] for p in Place}
+        lower = ExprLowering(self.ir, place, blocks)
+        live = _live(self.ir)
+        outputs = []
+        for i in self.ir.stmts:
+            node = self.ir.node(i)
+            if i not in live:
+                continue
+            home = place[i]
+            text = _broadcast(lower, lower.code(node.args[0], home), node, home)
+            lower.emit(home, node, f"{py_name(node.arg)} = {text}")
+            if node.op == Op.OUT:
+                outputs.append((node, home))
+        first = py_name(self.ir.inputs[0].name)
+        lines = []
+        if lower.needs & {"dtype"}:
+            lines.append(f"_dtype, _device = {first}.dtype, {first}.device")
+        if "complex" in lower.needs:
+            lines.append(f"_cdtype = {first}.dtype.to_complex()")
+        if "batch" in lower.needs:
+            lines.append(f"B = {first}.shape[0]")
+        lines += blocks[Place.ONCE]
+        if step:
+            lines += blocks[Place.LOOP]
+        else:
+            lines += self.loop(first, blocks, outputs)
+        lines.append(self.returns(outputs))
+        return lines
+
+    def loop(self, first: str, blocks, outputs) -> list[str]:
+        lines = [f"T = {first}.shape[1]"] + blocks[Place.HOIST]
+        stepwise = [n for n, home in outputs if home == Place.LOOP]
+        lines += [f"_{py_name(n.arg)}_steps = []" for n in stepwise]
+        lines.append("for t in range(T):")
+        body = blocks[Place.LOOP] + [f"_{py_name(n.arg)}_steps.append({py_name(n.arg)})"
+                                     for n in stepwise]
+        lines += [INDENT + line for line in body or ["pass"]]
+        lines += [f"{py_name(n.arg)} = torch.stack(_{py_name(n.arg)}_steps, dim=1)"
+                  for n in stepwise]
+        return lines
+
+    def returns(self, outputs) -> str:
+        outs = ", ".join(f'"{n.arg}": {py_name(n.arg)}' for n, _ in outputs)
+        states = ", ".join(f'"{d.name}": {py_name(d.name)}' for d in self.ir.states)
+        return f"return {{{outs}}}, {{{states}}}"
+
+    def function(self, name: str, doc: str, step: bool) -> str:
+        lines = [self.signature(name), INDENT + f'"""{doc}"""']
+        lines += [INDENT + line for line in self.body(step)]
+        return "\n".join(lines)
+
+    def source(self) -> str:
+        hypers = ", ".join(f"{k}={v!r}" for k, v in self.ir.hypers.items())
+        header = [
+            f"# Generated by reclang {__version__} from {self.file}: cell {self.ir.name}({hypers}).",
+            "# Sequential backend: a loop over time; state-free values are computed before it.",
+            "# Each statement follows a comment with the spec line it comes from.",
+            "# Layout: inputs [B, T, ...], states [B, ...], params as declared.",
+            "import torch",
+        ]
+        forward = self.function(
+            "forward", f"Runs {self.ir.name} over whole sequences: inputs [B, T, ...], "
+            "states are the initial ones; returns (outputs, final states).", step=False)
+        step = self.function(
+            "step", f"One step of {self.ir.name}: inputs [B, ...]; returns "
+            "(outputs, new states).", step=True)
+        return "\n".join(header) + "\n\n\n" + forward + "\n\n\n" + step + "\n"
+
+
+def _live(ir: IR) -> set[int]:
+    """Statements that contribute to an output or a state update."""
+    roots = [i for i in ir.stmts if ir.node(i).op in (Op.OUT, Op.UPDATE)]
+    live = set(roots)
+    for r in roots:
+        live |= {a for a in _ancestors(ir, r)}
+    return {i for i in ir.stmts if i in live}
+
+
+def _ancestors(ir: IR, i: int):
+    stack, seen = [i], set()
+    while stack:
+        n = stack.pop()
+        for a in ir.node(n).args:
+            if a not in seen:
+                seen.add(a)
+                stack.append(a)
+    return seen
+
+
+def _broadcast(lower: ExprLowering, code: Code, node: Node, home: Place) -> str:
+    """A statement's value, with its axes in the order of the left-hand side and
+    expanded along left-hand indices that the right does not use."""
+    target = node.axes
+    if code.const:
+        lower.needs |= {"dtype", "batch"}
+        prefix = {Place.ONCE: "", Place.HOIST: "B, T, ", Place.LOOP: "B, "}[home]
+        shape = prefix + ", ".join(map(str, node.sizes))
+        return f"torch.full(({shape},), {code.text}, dtype=_dtype, device=_device)"
+    aligned = align(code, target)
+    if set(code.axes) == set(target):
+        return aligned.text
+    sizes = ", ".join("-1" if a in code.axes else str(s) for a, s in zip(target, node.sizes))
+    x = aligned.wrap(ATOM)
+    return f"{x}.expand(*{x}.shape[:-{len(target)}], {sizes})"
+
+
+def generate(ir: IR) -> str:
+    """The generated source of the sequential backend (forward and step)."""
+    return Program(ir).source()

@@ -1,0 +1,249 @@
+"""Lowering IR values to PyTorch expressions, shared by the PyTorch backends.
+
+Layout. A value with axes (a, b) is a tensor whose trailing dimensions are a, b in
+that order, behind a prefix that depends on where it is computed (`Place`):
+
+    ONCE   []       params and what depends only on them: computed once per call
+    HOIST  [B, T]   depends on inputs but on no state: computed for all steps at once
+    LOOP   [B]      one time step inside the loop (and everything in the step form)
+
+All axis manipulation works from the right (`x[..., :, None]`, negative dims,
+einsum's `...`), so the same code is right for every prefix, and values of different
+places broadcast against each other. A HOIST value read inside the loop is `x[:, t]`.
+"""
+
+from __future__ import annotations
+
+import keyword
+from enum import IntEnum
+
+from reclang.functions import FUNCTIONS, REDUCTIONS
+from reclang.ir import IR, Node, Op
+
+# Names the generated code uses for itself; spec names that collide get a trailing _.
+TAKEN = set(keyword.kwlist) | {"torch", "t", "T", "B", "sum", "max", "min", "abs", "range",
+                               "len", "float", "int", "complex", "list", "dict", "print"}
+
+# Precedence of emitted Python expressions, for minimal parentheses.
+ATOM, POWER, UNARY, PRODUCT, SUM, COMPARE, LOWEST = 100, 90, 80, 70, 60, 50, 0
+OPERATORS = {  # IR function -> (precedence, left needs, right needs)
+    "pow": (POWER, POWER + 1, UNARY), "mul": (PRODUCT, PRODUCT, PRODUCT + 1),
+    "div": (PRODUCT, PRODUCT, PRODUCT + 1), "add": (SUM, SUM, SUM + 1),
+    "sub": (SUM, SUM, SUM + 1), **{c: (COMPARE, COMPARE + 1, COMPARE + 1)
+                                   for c in ("lt", "le", "gt", "ge", "eq", "ne")},
+}
+
+
+class Place(IntEnum):
+    ONCE = 0
+    HOIST = 1
+    LOOP = 2
+
+
+def py_name(name: str) -> str:
+    """The Python variable for a spec name."""
+    return name + "_" if name in TAKEN else name
+
+
+class Code:
+    """A Python expression with its precedence and the axes of the value it computes."""
+
+    def __init__(self, text: str, prec: int, axes: tuple[str, ...], const: bool = False,
+                 dtype: str = "real"):
+        self.text, self.prec, self.axes, self.const = text, prec, tuple(axes), const
+        self.dtype = dtype
+
+    def wrap(self, needed: int) -> str:
+        return self.text if self.prec >= needed else f"({self.text})"
+
+
+class ExprLowering:
+    """Turns IR nodes into PyTorch expressions, given where each node is computed.
+
+    Nodes computed in an earlier place than their reader (a gate computed before the
+    loop, read inside it) are assigned to a named temporary in that place's block;
+    everything else is inlined into the statement that uses it.
+    """
+
+    def __init__(self, ir: IR, place: dict[int, Place], blocks: dict[Place, list[str]]):
+        self.ir, self.place, self.blocks = ir, place, blocks
+        self.temps: dict[int, str] = {}
+        self.needs: set[str] = set()  # "dtype", "batch": variables the code must define
+        self.used_names: set[str] = {py_name(d) for d in ir.decls} | {
+            py_name(ir.node(i).arg) for i in ir.stmts}
+
+    # ---- names
+    def var(self, i: int) -> str:
+        node = self.ir.node(i)
+        if node.op in (Op.INPUT, Op.PARAM, Op.STATE, Op.UPDATE, Op.LET, Op.OUT):
+            return py_name(node.arg)
+        return self.temps[i]
+
+    def new_temp(self, node: Node) -> str:
+        stem = f"_{node.arg}" if node.op == Op.FN else f"_{node.op.name.lower()}"
+        reads = [self.ir.node(a) for a in node.args]
+        if node.op == Op.REDUCE:
+            stem = f"_{node.arg[0]}"
+        first = next((r for r in reads if r.op == Op.READ), None)
+        if first is not None:
+            stem += "_" + str(self.ir.node(first.args[0]).arg)
+        elif node.op == Op.INDEX:
+            stem = f"_index_{node.arg}"
+        name, k = stem, 1
+        while name in self.used_names:
+            k += 1
+            name = f"{stem}{k}"
+        self.used_names.add(name)
+        return name
+
+    # ---- values
+    def code(self, i: int, at: Place) -> Code:
+        """The expression for node i, read from a statement computed at `at`."""
+        node = self.ir.node(i)
+        home = self.place[i]
+        trivial = node.op in (Op.CONST, Op.READ) or (
+            node.op == Op.FN and node.arg == "neg" and self.ir.node(node.args[0]).op == Op.CONST)
+        if home < at and not trivial:
+            code = self.materialize(i, at)
+        else:
+            code = getattr(self, "lower_" + node.op.name.lower())(node, at)
+        code.dtype = node.dtype
+        return code
+
+    def materialize(self, i: int, at: Place) -> Code:
+        node = self.ir.node(i)
+        home = self.place[i]
+        if i not in self.temps:
+            text = self.lower_value(i, home)
+            self.temps[i] = self.new_temp(node)
+            self.emit(home, node, f"{self.temps[i]} = {text}")
+        text = self.temps[i] + ("[:, t]" if home == Place.HOIST and at == Place.LOOP else "")
+        return Code(text, ATOM, node.axes)
+
+    def lower_value(self, i: int, home: Place) -> str:
+        node = self.ir.node(i)
+        return getattr(self, "lower_" + node.op.name.lower())(node, home).text
+
+    def emit(self, place: Place, node: Node, line: str):
+        """Appends a line to a block, after the spec line it comes from."""
+        block = self.blocks[place]
+        loc = self.ir.node(self.ir.stmts[node.stmt]).loc if node.stmt >= 0 else node.loc
+        comment = f"# {self.ir.source.filename.rsplit('/', 1)[-1]}:{loc.line}: " \
+                  f"{self.ir.spec_line(loc)}"
+        if not block or block[-1] != comment and comment not in block[-3:]:
+            block.append(comment)
+        block.append(line)
+
+    def lower_const(self, node: Node, at: Place) -> Code:
+        value = node.arg
+        if isinstance(value, bool):
+            return Code(repr(value), ATOM, (), True)
+        text = repr(value)
+        negative = isinstance(value, (int, float)) and value < 0
+        return Code(text, UNARY if negative else ATOM, (), True)
+
+    def lower_index(self, node: Node, at: Place) -> Code:
+        self.needs.add("dtype")
+        text = f"torch.arange({node.sizes[0]}, dtype=_dtype, device=_device)"
+        return Code(text, ATOM, node.axes)
+
+    def lower_read(self, node: Node, at: Place) -> Code:
+        source = node.args[0]
+        home = self.place[source]
+        prefix = {Place.ONCE: [], Place.LOOP: [":"],
+                  Place.HOIST: [":", "t"] if at == Place.LOOP else [":", ":"]}[home]
+        parts = prefix + [":" if isinstance(s, str) else str(s) for s in node.arg]
+        while parts and parts[-1] == ":":
+            parts.pop()
+        text = self.var(source) + (f"[{', '.join(parts)}]" if parts else "")
+        return Code(text, ATOM, node.axes)
+
+    def lower_fn(self, node: Node, at: Place) -> Code:
+        args = [self.code(a, at) for a in node.args]
+        target = node.axes
+        if node.arg in ("max", "min") and any(a.const for a in args):
+            tensor, const = (args[1], args[0]) if args[0].const else (args[0], args[1])
+            bound = "min" if node.arg == "max" else "max"
+            return Code(f"torch.clamp({align(tensor, target).text}, {bound}={const.text})",
+                        ATOM, target)
+        if node.arg == "neg":
+            return Code("-" + align(args[0], target).wrap(UNARY), UNARY, target)
+        if node.arg in OPERATORS:
+            prec, left, right = OPERATORS[node.arg]
+            a, b = (align(x, target) for x in args)
+            symbol = FUNCTIONS[node.arg].torch.format("", "").strip()
+            return Code(f"{a.wrap(left)} {symbol} {b.wrap(right)}", prec, target)
+        if node.arg == "complex":
+            a, b = (align(x, target) for x in args)
+            return Code(f"{a.wrap(SUM + 1)} + 1j * {b.wrap(PRODUCT + 1)}", SUM, target)
+        texts = [align(x, target).text for x in args]
+        return Code(FUNCTIONS[node.arg].torch.format(*texts), ATOM, target)
+
+    def lower_reduce(self, node: Node, at: Place) -> Code:
+        kind, reduced = node.arg
+        body = self.ir.node(node.args[0])
+        if kind == "sum":
+            factors, scale = self.factors(node.args[0], at)
+            if len(factors) >= 2:
+                return self.einsum(factors, scale, node.axes)
+        inner = self.code(node.args[0], at)
+        dims = tuple(-(len(body.axes) - body.axes.index(r)) for r in reduced)
+        dims_text = str(dims[0]) if len(dims) == 1 else str(dims)
+        return Code(f"{REDUCTIONS[kind]}({inner.text}, dim={dims_text})", ATOM, node.axes)
+
+    def factors(self, i: int, at: Place) -> tuple[list[Code], list[Code]]:
+        """Splits a product into its tensor factors and its constant factors."""
+        node = self.ir.node(i)
+        inlined = self.place[i] >= at
+        if node.op == Op.FN and node.arg == "mul" and inlined:
+            tensors, consts = [], []
+            for a in node.args:
+                t, c = self.factors(a, at)
+                tensors += t
+                consts += c
+            return tensors, consts
+        code = self.code(i, at)
+        return ([], [code]) if code.const else ([code], [])
+
+    def einsum(self, factors: list[Code], scale: list[Code], out_axes) -> Code:
+        if any(f.dtype == "complex" for f in factors):
+            # einsum wants one dtype: real factors join the complex ones
+            self.needs.add("complex")
+            factors = [f if f.dtype == "complex" else
+                       Code(f"{f.wrap(ATOM)}.to(_cdtype)", ATOM, f.axes) for f in factors]
+        letters = _letters({a for f in factors for a in f.axes})
+        spec = ",".join("..." + "".join(letters[a] for a in f.axes) for f in factors)
+        spec += "->..." + "".join(letters[a] for a in out_axes)
+        text = f'torch.einsum("{spec}", {", ".join(f.text for f in factors)})'
+        for c in scale:
+            text += f" * {c.wrap(PRODUCT + 1)}"
+        return Code(text, PRODUCT if scale else ATOM, out_axes)
+
+def align(code: Code, target: tuple[str, ...]) -> Code:
+    """Moves and adds axes so that `code` broadcasts against a value with `target`."""
+    if code.const or code.axes == tuple(target):
+        return code
+    order = sorted(code.axes, key=target.index)
+    text = code.text
+    if list(code.axes) != order:
+        k = len(code.axes)
+        src = tuple(range(-k, 0))
+        dst = tuple(order.index(a) - k for a in code.axes)
+        text = f"{code.wrap(ATOM)}.movedim({src}, {dst})"
+        code = Code(text, ATOM, tuple(order))
+    if len(order) == len(target):
+        return code
+    # after the leading `...`, slices before the first new axis are implied
+    parts = [":" if a in order else "None" for a in target]
+    while parts[0] == ":":
+        parts.pop(0)
+    return Code(f"{code.wrap(ATOM)}[..., {', '.join(parts)}]", ATOM, tuple(target))
+
+
+
+def _letters(axes: set[str]) -> dict[str, str]:
+    """Einsum letters for axis names: the names themselves when they are letters."""
+    if all(len(a) == 1 and a.isalpha() for a in axes):
+        return {a: a for a in axes}
+    pool = iter("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    return {a: next(pool) for a in sorted(axes)}

@@ -1,0 +1,15 @@
+"""reclang: a declarative language for recurrent cells, compiled to PyTorch.
+
+    import reclang
+    cell = reclang.load("specs/gla.rec", H=4, K=64, V=64)
+    m = cell.module(backend="sequential")
+    y, state = m(q=q, k=k, v=v, g=g)
+"""
+
+__version__ = "0.1.0"
+
+from .compile import Cell, load, loads  # noqa: E402
+from .errors import RecError  # noqa: E402
+from .module import RecModule  # noqa: E402
+
+__all__ = ["Cell", "RecError", "RecModule", "load", "loads", "__version__"]

@@ -1,0 +1,139 @@
+"""The `reclang` command: check, inspect, graph and run a spec."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from . import load
+from .errors import RecError
+
+
+def _hypers(pairs: list[str]) -> dict:
+    result = {}
+    for pair in pairs or []:
+        name, _, value = pair.partition("=")
+        if not _:
+            raise SystemExit(f"reclang: hyperparameters are given as NAME=VALUE, got {pair!r}")
+        try:
+            result[name] = int(value)
+        except ValueError:
+            try:
+                result[name] = float(value)
+            except ValueError:
+                raise SystemExit(f"reclang: {name} must be a number, got {value!r}") from None
+    return result
+
+
+def cmd_check(args) -> int:
+    cell = load(args.spec, **_hypers(args.set))
+    ir = cell.ir
+    print(f"{args.spec}: ok: cell {cell.name} with {len(ir.inputs)} inputs, "
+          f"{len(ir.params)} params, {len(ir.states)} states, {len(ir.outputs)} outputs")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .analysis.partition import Phase, phases
+
+    cell = load(args.spec, **_hypers(args.set))
+    ir = cell.ir
+    print(f"cell {cell.name}(" + ", ".join(f"{k}={v!r}" for k, v in ir.hypers.items()) + ")")
+    for kind in ("input", "param", "state"):
+        for d in ir.of_kind(kind):
+            dtype = ": complex" if d.dtype == "complex" else ""
+            print(f"  {kind:<6} {d.name}{list(d.shape)}{dtype}")
+    phase = phases(ir)
+    print("\nstatements (phase: const = once, prelude = all steps at once, core = recurrence)")
+    for i in ir.stmts:
+        n = ir.node(i)
+        print(f"  {phase[i].name.lower():<8} line {n.loc.line:<3} {ir.spec_line(n.loc)}")
+    print("\nIR\n" + ir.summary())
+    print(f"\ngenerated source ({args.backend})\n" + cell.source(args.backend))
+    return 0
+
+
+def cmd_graph(args) -> int:
+    cell = load(args.spec, **_hypers(args.set))
+    dot = cell.ir.to_dot()
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(dot + "\n")
+        print(f"wrote {args.output}")
+    else:
+        print(dot)
+    return 0
+
+
+def cmd_run(args) -> int:
+    import torch
+
+    cell = load(args.spec, **_hypers(args.set))
+    torch.manual_seed(args.seed)
+    m = cell.module(args.backend)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    m = m.to(dtype)
+    inputs = {d.name: torch.randn(args.batch, args.T, *d.shape, dtype=dtype)
+              for d in cell.ir.inputs}
+    with torch.no_grad():
+        m(**{k: v[:, :1] for k, v in inputs.items()})  # warm-up
+        start = time.perf_counter()
+        y, state = m(**inputs)
+        elapsed = time.perf_counter() - start
+        outs = y if isinstance(y, dict) else {cell.ir.outputs[0].arg: y}
+        steps, s = {k: [] for k in outs}, None
+        for t in range(args.T):
+            y_t, s = m.step(state=s, **{k: v[:, t] for k, v in inputs.items()})
+            for k, v in (y_t if isinstance(y_t, dict) else {next(iter(outs)): y_t}).items():
+                steps[k].append(v)
+    print(f"cell {cell.name}, backend {m.backend}, B={args.batch}, T={args.T}, {args.dtype}")
+    for k, v in outs.items():
+        diff = (torch.stack(steps[k], 1) - v).abs().max().item()
+        print(f"  out   {k}: {list(v.shape)}  max |full - step| = {diff:.3g}")
+    for k, v in state.items():
+        diff = (s[k] - v).abs().max().item()
+        print(f"  state {k}: {list(v.shape)}  max |full - step| = {diff:.3g}")
+    tokens = args.batch * args.T
+    print(f"  forward: {elapsed * 1e3:.2f} ms ({tokens / elapsed:,.0f} tokens/s)")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reclang", description="Compile recurrent cells "
+                                "written in the reclang language.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name, fn, help):
+        c = sub.add_parser(name, help=help)
+        c.add_argument("spec", help="a .rec file")
+        c.add_argument("--set", action="append", metavar="NAME=VALUE",
+                       help="override a hyperparameter (repeatable)")
+        c.set_defaults(fn=fn)
+        return c
+
+    command("check", cmd_check, "parse and check a spec")
+    c = command("inspect", cmd_inspect, "show the IR, the partition and the generated source")
+    c.add_argument("--backend", default="sequential")
+    c = command("graph", cmd_graph, "write the IR as Graphviz dot")
+    c.add_argument("-o", "--output", help="file to write (default: standard output)")
+    c = command("run", cmd_run, "run on random inputs; compare full-sequence and step forms")
+    c.add_argument("--backend", default="sequential")
+    c.add_argument("-B", "--batch", type=int, default=2)
+    c.add_argument("-T", type=int, default=64)
+    c.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    c.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except RecError as err:
+        print(err, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The driver: spec text -> AST -> IR -> generated source -> nn.Module.
+
+    cell = reclang.load("specs/gla.rec", H=4)   # parse and check (RecError on problems)
+    m = cell.module(backend="sequential")       # generate, load, bind parameters
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+from . import config
+from .ast_to_ir import build_ir
+from .errors import RecError
+from .ir import IR
+from .module import RecModule
+from .parser import parse
+
+BACKENDS = ("sequential",)
+
+
+class Cell:
+    """A checked cell with its hyperparameters fixed: what `load` returns."""
+
+    def __init__(self, ir: IR):
+        self.ir = ir
+        self.name = ir.name
+        self.hypers = dict(ir.hypers)
+        self._sources: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        hypers = ", ".join(f"{k}={v!r}" for k, v in self.hypers.items())
+        return f"<reclang cell {self.name}({hypers})>"
+
+    def source(self, backend: str = "sequential") -> str:
+        """The generated source for a backend."""
+        backend = self._backend(backend)
+        if backend not in self._sources:
+            from reclang.backends import sequential
+            self._sources[backend] = sequential.generate(self.ir)
+        return self._sources[backend]
+
+    def module(self, backend: str = "sequential") -> RecModule:
+        """A fresh nn.Module (new parameters, initialized as the spec says)."""
+        backend = self._backend(backend)
+        source = self.source(backend)
+        generated = _load_source(source, f"{self.name}_{backend}")
+        if config.debug_level() >= 4:
+            print(source)
+        return RecModule(self.ir, backend, source, generated)
+
+    def _backend(self, backend: str) -> str:
+        if backend == "auto":
+            return "sequential"
+        if backend not in BACKENDS:
+            raise RecError(f"unknown backend {backend!r}; available: "
+                           f"{', '.join(BACKENDS + ('auto',))}")
+        return backend
+
+
+def _load_source(source: str, stem: str):
+    """Writes generated code to a file named by its hash and imports it from there, so
+    that tracebacks and debuggers show the generated lines."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    path = config.cache_dir() / f"{stem}_{digest}.py"
+    if not path.exists() or path.read_text() != source:
+        tmp = path.with_suffix(f".tmp{id(source)}")
+        tmp.write_text(source)
+        tmp.replace(path)
+    spec = importlib.util.spec_from_file_location(f"reclang_generated.{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def loads(text: str, filename: str = "<string>", **hypers) -> Cell:
+    """Parses and checks a spec given as text."""
+    cell = parse(text, filename)
+    return Cell(build_ir(cell, hypers))
+
+
+def load(path: str | Path, **hypers) -> Cell:
+    """Parses and checks a `.rec` file; keyword arguments override hyperparameters."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise RecError(f"cannot read {path}: {err.strerror}") from None
+    return loads(text, str(path), **hypers)

@@ -1,0 +1,107 @@
+"""Evaluating initializers of params and states.
+
+An initializer is an expression of numbers, hyperparameters, params, the
+declaration's own index names and the built-in functions, plus `uniform(a, b)`,
+`normal(mean, std)` (draws of the declared shape) and `arange(n)`. Whole tensors
+broadcast as in torch (trailing axes align); an index name `i` in `W[i: N, j: M]`
+is 0..N-1 along its own axis.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import ast
+from .errors import RecError
+from .functions import BINARY_OPS, FUNCTIONS
+from .ir import IR, Decl
+
+
+def evaluate(ir: IR, decl: Decl, params: dict[str, torch.Tensor], dtype=torch.float32,
+             device=None) -> torch.Tensor:
+    """The initial value of `decl`, a tensor of its declared shape."""
+    if decl.init is None:
+        value = torch.zeros(decl.shape, dtype=dtype, device=device)
+    else:
+        env = _Env(ir, decl, params, dtype, device)
+        value = env.eval(decl.init)
+    if not torch.is_tensor(value):
+        value = torch.tensor(value, device=device)
+    if decl.dtype == "complex":
+        value = value.to(dtype.to_complex() if not dtype.is_complex else dtype)
+    elif value.is_complex():
+        raise RecError(f"the initializer of {decl.name} is complex but {decl.name} is real",
+                       ir.source, decl.init.loc)
+    else:
+        value = value.to(dtype)
+    try:
+        return torch.broadcast_to(value, decl.shape).clone()
+    except RuntimeError:
+        raise RecError(f"the initializer of {decl.name} has shape {list(value.shape)}, which "
+                       f"does not broadcast to {list(decl.shape)}", ir.source,
+                       decl.init.loc) from None
+
+
+class _Env:
+    def __init__(self, ir, decl, params, dtype, device):
+        self.ir, self.decl, self.params = ir, decl, params
+        self.dtype, self.device = dtype, device
+        rank = len(decl.shape)
+        self.indices = {}
+        for k, dim in enumerate(decl.dims):
+            if dim.index:
+                view = [1] * rank
+                view[k] = decl.shape[k]
+                self.indices[dim.index] = torch.arange(decl.shape[k], dtype=dtype,
+                                                       device=device).view(view)
+
+    def eval(self, e: ast.Expr):
+        if isinstance(e, ast.Num):
+            return e.value
+        if isinstance(e, ast.Imag):
+            return complex(0, e.value)
+        if isinstance(e, ast.Name):
+            if e.name in self.indices:
+                return self.indices[e.name]
+            if e.name in self.ir.hypers:
+                return self.ir.hypers[e.name]
+            if e.name in self.params:
+                return self.params[e.name]
+            raise RecError(f"'{e.name}' is not known in this initializer (params are "
+                           "initialized in the order they are declared)", self.ir.source, e.loc)
+        if isinstance(e, ast.Unary):
+            return -self.eval(e.operand)
+        if isinstance(e, ast.Binary):
+            # the operators' folds are Python operators: they work on tensors too
+            return FUNCTIONS[BINARY_OPS[e.op]].fold(self.eval(e.left), self.eval(e.right))
+        if isinstance(e, ast.Call):
+            return self.call(e)
+        raise RecError("this expression is not allowed in an initializer", self.ir.source,
+                       e.loc)
+
+    def call(self, e: ast.Call):
+        args = [self.eval(a) for a in e.args]
+        shape, kw = self.decl.shape, {"dtype": self.dtype, "device": self.device}
+        if e.fn == "uniform":
+            low, high = args
+            return torch.rand(shape, **kw) * (high - low) + low
+        if e.fn == "normal":
+            mean, std = args
+            return torch.randn(shape, **kw) * std + mean
+        if e.fn == "arange":
+            return torch.arange(int(args[0]), **kw)
+        fn = FUNCTIONS[e.fn]
+        if not any(torch.is_tensor(a) for a in args):
+            return fn.fold(*args)
+        tensors = [a if torch.is_tensor(a) else torch.tensor(a, **_kw_for(a, kw)) for a in args]
+        names = {f"{{{k}}}": f"tensors[{k}]" for k in range(len(args))}
+        code = fn.torch
+        for placeholder, name in names.items():
+            code = code.replace(placeholder, name)
+        return eval(code, {"torch": torch, "tensors": tensors})  # the table's own templates
+
+
+def _kw_for(value, kw):
+    if isinstance(value, complex):
+        return {"dtype": kw["dtype"].to_complex(), "device": kw["device"]}
+    return kw

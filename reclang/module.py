@@ -1,0 +1,127 @@
+"""The `nn.Module` a cell compiles to: parameters named as in the spec, inputs by name.
+
+    y, state = m(q=q, k=k, v=v, g=g, state=None)       # each input [B, T, *dims]
+    y_t, state = m.step(q=q_t, k=k_t, v=v_t, g=g_t, state=state)   # each [B, *dims]
+
+`y` is the output tensor [B, T, *dims] when the cell has one `out`, else a dict of
+them; `state` is a dict name -> [B, *dims]. bf16/fp16 inputs are computed in float32
+(outputs are returned in the input dtype, states stay float32).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import init
+from .errors import RecError
+from .ir import IR
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+class RecModule(nn.Module):
+    def __init__(self, ir: IR, backend: str, source: str, generated):
+        super().__init__()
+        self.ir, self.backend, self.source = ir, backend, source
+        self._generated = generated
+        values: dict[str, torch.Tensor] = {}
+        for decl in ir.params:
+            if hasattr(self, decl.name) or decl.name in ("state", "cell"):
+                raise RecError(f"param name '{decl.name}' clashes with an attribute of the "
+                               "module; rename it", ir.source, decl.loc)
+            values[decl.name] = init.evaluate(ir, decl, values)
+            self.register_parameter(decl.name, nn.Parameter(values[decl.name]))
+
+    def extra_repr(self) -> str:
+        return f"cell={self.ir.name}, backend={self.backend}"
+
+    # ---- running
+    def forward(self, state: dict | None = None, **inputs):
+        return self._run(self._generated.forward, inputs, state, sequence=True)
+
+    def step(self, state: dict | None = None, **inputs):
+        """One time step: inputs [B, *dims]; returns (outputs [B, *dims], new state)."""
+        return self._run(self._generated.step, inputs, state, sequence=False)
+
+    def initial_state(self, batch: int, dtype=torch.float32, device=None) -> dict:
+        """The states a sequence starts from when no state is given, [B, *dims]."""
+        params = {d.name: getattr(self, d.name).to(dtype) for d in self.ir.params}
+        return {d.name: init.evaluate(self.ir, d, params, dtype, device)
+                .expand(batch, *d.shape).clone() if d.init is not None
+                else torch.zeros(batch, *d.shape, dtype=_state_dtype(d, dtype), device=device)
+                for d in self.ir.states}
+
+    def _run(self, fn, inputs: dict, state: dict | None, sequence: bool):
+        xs, batch, dtype = self._check_inputs(inputs, sequence)
+        compute = torch.float32 if dtype in LOW_PRECISION else dtype
+        xs = [x.to(compute) for x in xs]
+        states = self._check_state(state, batch, compute, xs[0].device)
+        params = {d.name: _cast(getattr(self, d.name), compute) for d in self.ir.params}
+        outs, final = fn(*xs, *states, **{_py(k): v for k, v in params.items()})
+        if dtype in LOW_PRECISION:
+            outs = {k: v if v.is_complex() else v.to(dtype) for k, v in outs.items()}
+        y = next(iter(outs.values())) if len(outs) == 1 else outs
+        return y, final
+
+    def _check_inputs(self, inputs: dict, sequence: bool):
+        names = [d.name for d in self.ir.inputs]
+        unknown = [k for k in inputs if k not in names]
+        if unknown:
+            raise TypeError(f"{self.ir.name} has no input {unknown[0]!r}; its inputs are "
+                            f"{', '.join(names)}")
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise TypeError(f"{self.ir.name} needs input {missing[0]!r} "
+                            f"(inputs: {', '.join(names)})")
+        lead = None
+        for d in self.ir.inputs:
+            x = inputs[d.name]
+            if not torch.is_tensor(x) or not x.is_floating_point():
+                raise TypeError(f"input {d.name} must be a floating-point tensor")
+            n = 2 if sequence else 1
+            expected = ("B, T, " if sequence else "B, ") + ", ".join(map(str, d.shape))
+            if x.dim() != n + len(d.shape) or tuple(x.shape[n:]) != d.shape or (
+                    lead is not None and tuple(x.shape[:n]) != lead):
+                raise ValueError(f"input {d.name}: expected shape [{expected}]"
+                                 f"{' with the same B, T as the other inputs' if lead else ''}"
+                                 f", got {list(x.shape)}")
+            lead = tuple(x.shape[:n])
+        if sequence and lead[1] == 0:
+            raise ValueError("the sequences are empty (T = 0)")
+        xs = [inputs[n] for n in names]
+        return xs, lead[0], xs[0].dtype
+
+    def _check_state(self, state: dict | None, batch: int, dtype, device) -> list:
+        state = dict(state or {})
+        names = [d.name for d in self.ir.states]
+        unknown = [k for k in state if k not in names]
+        if unknown:
+            raise TypeError(f"{self.ir.name} has no state {unknown[0]!r}; its states are "
+                            f"{', '.join(names)}")
+        result = []
+        initial = None
+        for d in self.ir.states:
+            if d.name not in state:
+                initial = initial or self.initial_state(batch, dtype, device)
+                result.append(initial[d.name])
+                continue
+            s = state[d.name]
+            if tuple(s.shape) != (batch, *d.shape):
+                raise ValueError(f"state {d.name}: expected shape "
+                                 f"{[batch, *d.shape]}, got {list(s.shape)}")
+            result.append(s.to(_state_dtype(d, dtype)))
+        return result
+
+
+def _state_dtype(decl, dtype):
+    return dtype.to_complex() if decl.dtype == "complex" and not dtype.is_complex else dtype
+
+
+def _cast(p: torch.Tensor, dtype):
+    return p.to(dtype.to_complex()) if p.is_complex() else p.to(dtype)
+
+
+def _py(name: str) -> str:
+    from reclang.backends.torch_expr import py_name
+    return py_name(name)

@@ -1,0 +1,263 @@
+"""Text to AST: the lark grammar, the line-joining rule, and friendly syntax errors."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import lark
+from lark import Token, Transformer, v_args
+
+from . import ast
+from .errors import Loc, RecError, Source
+
+REDUCTIONS = ("sum", "max", "min", "logsumexp")
+
+
+class LineJoiner:
+    """Decides which newlines end a statement.
+
+    A newline inside brackets never does; nor does one followed by a line indented
+    deeper than the line that began the statement (a continuation). The newline after
+    the `cell ...:` header always does, and sets the body's indentation.
+    """
+
+    always_accept = ("_NL",)
+
+    def process(self, stream):
+        depth, stmt_indent, prev = 0, 0, None
+        for tok in stream:
+            if tok.type == "_NL":
+                # the indentation of the next line: what follows the last line break
+                indent = len(tok.value.rsplit("\n", 1)[-1])
+                header_end = prev is not None and prev.type == "COLON" and depth == 0
+                if prev is not None and depth == 0 and (header_end or indent <= stmt_indent):
+                    stmt_indent = indent
+                    prev = tok
+                    yield tok
+                continue
+            depth += {"LPAR": 1, "LSQB": 1, "RPAR": -1, "RSQB": -1}.get(tok.type, 0)
+            prev = tok
+            yield tok
+
+
+@lru_cache(maxsize=1)
+def _lark() -> lark.Lark:
+    grammar = (Path(__file__).parent / "grammar.lark").read_text()
+    return lark.Lark(grammar, parser="lalr", lexer="contextual", postlex=LineJoiner(),
+                     propagate_positions=True, maybe_placeholders=True)
+
+
+def _loc(x) -> Loc:
+    return Loc(getattr(x, "line", 0) or 0, getattr(x, "column", 0) or 0)
+
+
+@v_args(meta=True)
+class ToAst(Transformer):
+    """Maps each grammar rule onto its dataclass."""
+
+    # ---- expressions
+    def number(self, meta, children):
+        text = str(children[0])
+        is_int = text.isdigit()
+        return ast.Num(int(text) if is_int else float(text), _loc(meta))
+
+    def imag(self, meta, children):
+        return ast.Imag(float(str(children[0])[:-1]), _loc(meta))
+
+    def name(self, meta, children):
+        return ast.Name(str(children[0]), _loc(meta))
+
+    def subscript(self, meta, children):
+        return ast.Subscript(str(children[0]), tuple(children[1:]), _loc(meta))
+
+    def call(self, meta, children):
+        fn, args = str(children[0]), [a for a in children[1:] if a is not None]
+        bound = [a for a in args if a[0] == "bound"]
+        if not bound:
+            return ast.Call(fn, tuple(a[1] for a in args), _loc(meta))
+        return self._reduce(fn, args, meta)
+
+    def _reduce(self, fn, args, meta):
+        *binders, (_, last_binder, body) = args
+        if any(a[0] == "bound" for a in binders):
+            raise _syntax(f"write one ':' in {fn}(...): `{fn}(i, j: body)`", _loc(meta))
+        names = [a[1] for a in binders] + [last_binder]
+        for n in names:
+            if not isinstance(n, ast.Name):
+                raise _syntax(f"the indices before ':' in {fn}(...) must be plain names",
+                              getattr(n, "loc", _loc(meta)))
+        return ast.Reduce(fn, tuple(names), body, _loc(meta))
+
+    def arg_plain(self, meta, children):
+        return ("plain", children[0])
+
+    def arg_bound(self, meta, children):
+        return ("bound", children[0], children[1])
+
+    def _binary(op):
+        def rule(self, meta, children):
+            return ast.Binary(op, children[0], children[1], _loc(meta))
+        return rule
+
+    add, sub, mul, div, pow = _binary("+"), _binary("-"), _binary("*"), _binary("/"), _binary("**")
+
+    def compare(self, meta, children):
+        left, op, right = children
+        return ast.Binary(str(op), left, right, _loc(meta))
+
+    def neg(self, meta, children):
+        return ast.Unary("-", children[0], _loc(meta))
+
+    def pos(self, meta, children):
+        return children[0]
+
+    # ---- declarations
+    def dim_size(self, meta, children):
+        return ast.Dim(children[0], None, _loc(meta))
+
+    def dim_named(self, meta, children):
+        return ast.Dim(children[1], str(children[0]), _loc(meta))
+
+    def dims(self, meta, children):
+        return tuple(children)
+
+    def tensor(self, meta, children):
+        name, dims, dtype = children
+        return ast.TensorDecl(str(name), dims or (), str(dtype or "real"), _loc(meta))
+
+    def input_decl(self, meta, children):
+        return ast.InputDecl(tuple(children), _loc(meta))
+
+    def init_value(self, meta, children):
+        return ast.Init(children[0], False)
+
+    def init_random(self, meta, children):
+        return ast.Init(children[0], True)
+
+    def param_item(self, meta, children):
+        tensor, init = children
+        return (tensor, init)
+
+    def param_decl(self, meta, children):
+        """`param a[N], b[N] ~ normal(0, 1)` gives both the same initializer: an item
+        without one takes the next one to its right."""
+        tensors, inits, following = [], [], None
+        for tensor, init in reversed(children):
+            following = init if init is not None else following
+            tensors.append(tensor)
+            inits.append(following)
+        return ast.ParamDecl(tuple(reversed(tensors)), tuple(reversed(inits)), _loc(meta))
+
+    def state_item(self, meta, children):
+        return tuple(children)
+
+    def state_decl(self, meta, children):
+        return ast.StateDecl(tuple(c[0] for c in children), tuple(c[1] for c in children),
+                             _loc(meta))
+
+    def target_index(self, meta, children):
+        return ast.TargetIndex(str(children[0]), children[1], _loc(meta))
+
+    def target(self, meta, children):
+        name, *indices = children
+        return (str(name), tuple(i for i in indices if i is not None), _loc(meta))
+
+    def _assign(kind):
+        def rule(self, meta, children):
+            (name, indices, loc), value = children
+            return ast.Assign(kind, name, indices, value, loc)
+        return rule
+
+    let, update, output = _assign("let"), _assign("update"), _assign("out")
+
+    def hyper(self, meta, children):
+        return ast.Hyper(str(children[0]), children[1], _loc(meta))
+
+    def cell(self, meta, children):
+        name, *rest = children
+        hypers = tuple(c for c in rest if isinstance(c, ast.Hyper))
+        body = tuple(c for c in rest if c is not None and not isinstance(c, ast.Hyper))
+        return ast.Cell(str(name), hypers, body, _loc(meta))
+
+    def start(self, meta, children):
+        return children[0]
+
+
+class _SyntaxProblem(Exception):
+    def __init__(self, message, loc):
+        self.message, self.loc = message, loc
+
+
+def _syntax(message, loc):
+    return _SyntaxProblem(message, loc)
+
+
+# Friendly names for the grammar's terminals, used in "expected ..." messages.
+_TOKEN_WORDS = {
+    "RSQB": "']'", "LSQB": "'['", "RPAR": "')'", "LPAR": "'('", "COMMA": "','",
+    "COLON": "':'", "EQUAL": "'='", "NAME": "a name", "NUMBER": "a number",
+    "_NL": "the end of the line", "$END": "the end of the file", "TYPE": "'real' or 'complex'",
+}
+
+
+def _describe(token) -> str:
+    if token.type in ("$END", "_NL"):
+        return _TOKEN_WORDS[token.type]
+    return repr(str(token.value))
+
+
+def _friendly(err: lark.exceptions.UnexpectedInput, text: str) -> tuple[str, Loc]:
+    loc = Loc(err.line if err.line > 0 else 1, err.column if err.column > 0 else 1)
+    if isinstance(err, lark.exceptions.UnexpectedCharacters):
+        char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
+        if char == "_":
+            return "names start with a letter", loc
+        return f"unexpected character {char!r}", loc
+    token = err.token
+    expected = set(err.expected) if hasattr(err, "expected") else set()
+    got = _describe(token)
+    if token.type == "$END":
+        loc = _end_loc(text)
+    if expected & {"RSQB"} and token.type in ("_NL", "$END", "RPAR", "EQUAL", "LESSTHAN"):
+        return f"missing ']' before {got}", loc
+    if expected & {"RPAR"} and token.type in ("_NL", "$END", "RSQB", "EQUAL"):
+        return f"missing ')' before {got}", loc
+    if token.type == "EQUAL" and "LESSTHAN" not in expected and "__ANON_0" in expected:
+        return "unexpected '='", loc
+    if token.type == "_NL" or token.type == "$END":
+        return "the statement is incomplete: an expression is missing", loc
+    if str(token.value) == "=" and expected & {"COMPARE"}:
+        return "'=' inside an expression: write '==' to compare", loc
+    words = sorted(_TOKEN_WORDS.get(e, f"'{_literal(e)}'") for e in expected)
+    shown = ", ".join(words[:6]) + (", ..." if len(words) > 6 else "")
+    return f"unexpected {got}; expected {shown}", loc
+
+
+def _literal(terminal: str) -> str:
+    grammar = _lark()
+    for t in grammar.terminals:
+        if t.name == terminal:
+            return getattr(t.pattern, "value", terminal)
+    return terminal
+
+
+def _end_loc(text: str) -> Loc:
+    lines = text.rstrip().splitlines() or [""]
+    return Loc(len(lines), len(lines[-1]) + 1)
+
+
+def parse(text: str, filename: str = "<string>") -> ast.Cell:
+    """Parses the text of one spec. Raises RecError on a syntax error."""
+    source = Source(text, filename)
+    try:
+        tree = _lark().parse(text)
+        cell = ToAst().transform(tree)
+    except lark.exceptions.UnexpectedInput as err:
+        message, loc = _friendly(err, text)
+        raise RecError(message, source, loc) from None
+    except lark.exceptions.VisitError as err:
+        if isinstance(err.orig_exc, _SyntaxProblem):
+            raise RecError(err.orig_exc.message, source, err.orig_exc.loc) from None
+        raise
+    return ast.Cell(cell.name, cell.hypers, cell.body, cell.loc, source)
