@@ -196,6 +196,8 @@ def _broadcast(lower: ExprLowering, code: Code, node: Node, home: Place) -> str:
     """A statement's value, with its axes in the order of the left-hand side and
     expanded along left-hand indices that the right does not use."""
     target = node.axes
+    if code.const and home == Place.ONCE and not node.sizes:
+        return code.text
     if code.const:
         lower.needs |= {"dtype", "batch"}
         prefix = {Place.ONCE: "", Place.HOIST: "B, T, ", Place.LOOP: "B, "}[home]

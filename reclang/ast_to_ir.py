@@ -18,7 +18,8 @@ from .errors import Collector, Loc, RecError, Source
 from .functions import BINARY_OPS, CALLABLE, FUNCTIONS, INIT_ONLY, REDUCTIONS
 from .ir import IR, Decl, Node, Op
 
-RESERVED = {"sum", "max", "min", "logsumexp", "real", "complex"} | set(FUNCTIONS) | set(INIT_ONLY)
+KEYWORDS = {"cell", "input", "param", "state", "out", "real", "complex"}
+RESERVED = KEYWORDS | set(REDUCTIONS) | set(FUNCTIONS) | set(INIT_ONLY)
 
 
 class _Bad(Exception):
@@ -135,7 +136,8 @@ class Builder:
 
     def _check_new_name(self, name, loc, what) -> bool:
         if name in RESERVED:
-            self.errors.error(f"'{name}' is a built-in function and cannot name a {what}", loc)
+            kind = "keyword" if name in KEYWORDS else "built-in function"
+            self.errors.error(f"'{name}' is a {kind} and cannot name a {what}", loc)
             return False
         if name in self.hypers and what != "hyperparameter":
             self.errors.error(f"'{name}' is already a hyperparameter", loc)
@@ -297,12 +299,25 @@ class Builder:
             self.fail(f"index {name} has the same name as a hyperparameter or tensor; "
                       "rename the index", loc)
 
-    def _infer_size(self, index: str, expr: ast.Expr, loc: Loc) -> int:
+    def _infer_size(self, index: str, expr: ast.Expr, loc: Loc, reduced=False) -> int:
         """The size of an index from the tensors it subscripts in `expr`."""
         found = self._subscript_sizes(index, expr)
+        rebound = any(isinstance(e, ast.Reduce) and index in [n.name for n in e.binders]
+                      for e in _walk(expr))
+        if not found and rebound:
+            return 1  # the reduction that rebinds it reports the problem
         if not found:
-            self.fail(f"cannot tell the size of index {index}: use it as a subscript of "
-                      f"a tensor on the right, or give it as `{index}: N`", loc)
+            used = any(isinstance(e, ast.Name) and e.name == index for e in _walk(expr))
+            if reduced and not used:
+                message = f"index {index} is reduced but not used in the reduction's body"
+            elif used:
+                message = (f"cannot tell the size of index {index}: use it as a subscript "
+                           f"of a tensor on the right, or give it as `{index}: N`")
+            else:
+                message = (f"index {index} is not used on the right, so its size is unknown: "
+                           f"give it as `{index}: N`")
+            self.errors.error(message, loc)
+            return 1  # go on, to find the statement's other problems
         size, where, _ = found[0]
         for other, oloc, what in found[1:]:
             if other != size:
@@ -361,6 +376,9 @@ class Builder:
     def read(self, e: ast.Subscript, scope) -> int:
         source = self._resolve(e.name, e.loc, scope)
         src = self.node(source)
+        if src.op == Op.LET and not src.axes and self.node(src.args[0]).op == Op.CONST \
+                and not e.indices:
+            return self.const(self.node(src.args[0]).arg, e.loc)  # a named constant
         if len(e.indices) != len(src.sizes):
             n = len(src.sizes)
             usage = f"write {e.name}[{', '.join('ijklmn'[:n])}]" if n else f"write {e.name}"
@@ -477,7 +495,7 @@ class Builder:
                 self.fail(f"index {b.name} is reduced here but is already an index of the "
                           "result (on the left, or in an outer reduction)", b.loc)
             self._check_index_name(b.name, b.loc)
-            inner[b.name] = self._infer_size(b.name, e.body, b.loc)
+            inner[b.name] = self._infer_size(b.name, e.body, b.loc, reduced=True)
         body = self.expr(e.body, inner)
         node = self.node(body)
         reduced = tuple(b.name for b in e.binders)
@@ -489,8 +507,10 @@ class Builder:
 
     # ---- whole-cell checks
     def check_complete(self):
+        assigned = {s.name for s in self.cell.body if isinstance(s, ast.Assign)}
         for d in self.decls.values():
-            if d.kind == "state" and d.name not in self.updated:
+            # a state whose update has an error was reported there already
+            if d.kind == "state" and d.name not in assigned:
                 self.errors.error(f"state {d.name} is never updated: add "
                                   f"`{d.name}[...] <- ...`", d.loc)
         if not any(self.node(i).op == Op.OUT for i in self.stmts) and not self.errors.diagnostics:

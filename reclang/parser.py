@@ -24,19 +24,26 @@ class LineJoiner:
 
     always_accept = ("_NL",)
 
+    def __init__(self):
+        self.open: list[Token] = []  # brackets not yet closed, for error messages
+
     def process(self, stream):
-        depth, stmt_indent, prev = 0, 0, None
+        stmt_indent, prev = 0, None
+        self.open = []
         for tok in stream:
             if tok.type == "_NL":
                 # the indentation of the next line: what follows the last line break
                 indent = len(tok.value.rsplit("\n", 1)[-1])
-                header_end = prev is not None and prev.type == "COLON" and depth == 0
-                if prev is not None and depth == 0 and (header_end or indent <= stmt_indent):
+                header_end = prev is not None and prev.type == "COLON" and not self.open
+                if prev is not None and not self.open and (header_end or indent <= stmt_indent):
                     stmt_indent = indent
                     prev = tok
                     yield tok
                 continue
-            depth += {"LPAR": 1, "LSQB": 1, "RPAR": -1, "RSQB": -1}.get(tok.type, 0)
+            if tok.type in ("LPAR", "LSQB"):
+                self.open.append(tok)
+            elif tok.type in ("RPAR", "RSQB") and self.open:
+                self.open.pop()
             prev = tok
             yield tok
 
@@ -79,9 +86,11 @@ class ToAst(Transformer):
         return self._reduce(fn, args, meta)
 
     def _reduce(self, fn, args, meta):
-        *binders, (_, last_binder, body) = args
-        if any(a[0] == "bound" for a in binders):
-            raise _syntax(f"write one ':' in {fn}(...): `{fn}(i, j: body)`", _loc(meta))
+        *binders, last = args
+        if last[0] != "bound" or any(a[0] == "bound" for a in binders):
+            raise _syntax(f"write a reduction as `{fn}(i, j: body)`: the indices, one ':', "
+                          "then the body", _loc(meta))
+        _, last_binder, body = last
         names = [a[1] for a in binders] + [last_binder]
         for n in names:
             if not isinstance(n, ast.Name):
@@ -198,6 +207,7 @@ _TOKEN_WORDS = {
     "RSQB": "']'", "LSQB": "'['", "RPAR": "')'", "LPAR": "'('", "COMMA": "','",
     "COLON": "':'", "EQUAL": "'='", "NAME": "a name", "NUMBER": "a number",
     "_NL": "the end of the line", "$END": "the end of the file", "TYPE": "'real' or 'complex'",
+    "COMPARE": "a comparison", "IMAG": "a number",
 }
 
 
@@ -215,21 +225,22 @@ def _friendly(err: lark.exceptions.UnexpectedInput, text: str) -> tuple[str, Loc
             return "names start with a letter", loc
         return f"unexpected character {char!r}", loc
     token = err.token
-    expected = set(err.expected) if hasattr(err, "expected") else set()
+    expected = set(getattr(err, "expected", ()))
     got = _describe(token)
+    opened = _lark().options.postlex.open
+    if opened and (token.type == "$END" or token.line > opened[-1].line):
+        bracket = opened[-1]
+        return f"this '{bracket.value}' is never closed", _loc(bracket)
     if token.type == "$END":
         loc = _end_loc(text)
-    if expected & {"RSQB"} and token.type in ("_NL", "$END", "RPAR", "EQUAL", "LESSTHAN"):
-        return f"missing ']' before {got}", loc
-    if expected & {"RPAR"} and token.type in ("_NL", "$END", "RSQB", "EQUAL"):
-        return f"missing ')' before {got}", loc
-    if token.type == "EQUAL" and "LESSTHAN" not in expected and "__ANON_0" in expected:
-        return "unexpected '='", loc
-    if token.type == "_NL" or token.type == "$END":
-        return "the statement is incomplete: an expression is missing", loc
-    if str(token.value) == "=" and expected & {"COMPARE"}:
+    if token.type == "EQUAL" and opened:
         return "'=' inside an expression: write '==' to compare", loc
-    words = sorted(_TOKEN_WORDS.get(e, f"'{_literal(e)}'") for e in expected)
+    for close, word in (("RSQB", "']'"), ("RPAR", "')'")):
+        if close in expected and token.type in ("RPAR", "RSQB", "EQUAL", "_NL", "$END"):
+            return f"missing {word} before {got}", loc
+    if token.type in ("_NL", "$END"):
+        return "the statement is incomplete: an expression is missing", loc
+    words = sorted({_TOKEN_WORDS.get(e) or f"'{_literal(e)}'" for e in expected})
     shown = ", ".join(words[:6]) + (", ..." if len(words) > 6 else "")
     return f"unexpected {got}; expected {shown}", loc
 
