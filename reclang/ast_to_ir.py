@@ -304,8 +304,11 @@ class Builder:
         found = self._subscript_sizes(index, expr)
         rebound = any(isinstance(e, ast.Reduce) and index in [n.name for n in e.binders]
                       for e in _walk(expr))
-        if not found and rebound:
-            return 1  # the reduction that rebinds it reports the problem
+        unknown = any(isinstance(e, ast.Subscript) and self._shape_of(e.name) is None and
+                      any(isinstance(s, ast.Name) and s.name == index for s in e.indices)
+                      for e in _walk(expr))
+        if not found and (rebound or unknown):
+            return 1  # the rebinding reduction, or the unknown tensor, reports the problem
         if not found:
             used = any(isinstance(e, ast.Name) and e.name == index for e in _walk(expr))
             if reduced and not used:

@@ -1,0 +1,43 @@
+"""The reclang command line."""
+
+import re
+from pathlib import Path
+
+from reclang.cli import main
+
+GLA = str(Path(__file__).resolve().parent.parent / "specs" / "gla.rec")
+
+
+def test_check(capsys):
+    assert main(["check", GLA]) == 0
+    assert "ok: cell gla with 4 inputs, 0 params, 1 states, 1 outputs" in capsys.readouterr().out
+
+
+def test_check_reports_errors_without_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.rec"
+    bad.write_text("cell b(D = 2):\n    input x[D]\n    out y[d] = xx[d]\n")
+    assert main(["check", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"{bad}:3:16: error: unknown name 'xx'") and "Traceback" not in err
+
+
+def test_inspect_shows_phases_ir_and_source(capsys):
+    assert main(["inspect", GLA, "--set", "K=4"]) == 0
+    out = capsys.readouterr().out
+    assert "cell gla(H=4, K=4" in out
+    assert re.search(r"core\s+line \d+\s+S\[h, i, j\] <-", out)
+    assert "def forward(" in out and "def step(" in out and "UPDATE" in out
+
+
+def test_graph_writes_dot(tmp_path, capsys):
+    target = tmp_path / "g.dot"
+    assert main(["graph", GLA, "-o", str(target)]) == 0
+    assert target.read_text().startswith('digraph "gla"')
+
+
+def test_run_compares_full_and_step(capsys):
+    assert main(["run", GLA, "-T", "5", "--dtype", "float64", "--set", "K=4", "--set", "V=4"]) == 0
+    out = capsys.readouterr().out
+    diffs = [float(x) for x in re.findall(r"max \|full - step\| = (\S+)", out)]
+    assert len(diffs) == 2 and max(diffs) < 1e-12
+    assert "out   o: [2, 5, 4, 4]" in out and "tokens/s" in out

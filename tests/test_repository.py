@@ -1,0 +1,22 @@
+"""Repository-level checks: the README's example runs, the code stays within budget."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LINE_BUDGET = 4000  # reclang/ + backends/, non-blank lines (tinygrad-style discipline)
+
+
+def test_readme_example_runs():
+    text = (ROOT / "README.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    scope: dict = {}
+    exec(compile(code.replace("print(m.source)", "assert 'def forward' in m.source"),
+                 "README.md", "exec"), scope)
+    assert scope["o"].shape == (4, 100, 2, 8) and scope["state"]["S"].shape == (4, 2, 8, 8)
+
+
+def test_code_stays_within_its_line_budget():
+    files = list((ROOT / "reclang").rglob("*.py")) + list((ROOT / "backends").rglob("*.py"))
+    lines = sum(1 for f in files for line in f.read_text().splitlines() if line.strip())
+    assert lines <= LINE_BUDGET, f"reclang/ + backends/ have {lines} lines (> {LINE_BUDGET})"
