@@ -35,20 +35,17 @@ def cmd_check(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .analysis.partition import Phase, phases
-
     cell = load(args.spec, **_hypers(args.set))
+    if args.json:
+        print(cell.plan.to_json())
+        return 0
     ir = cell.ir
     print(f"cell {cell.name}(" + ", ".join(f"{k}={v!r}" for k, v in ir.hypers.items()) + ")")
     for kind in ("input", "param", "state"):
         for d in ir.of_kind(kind):
             dtype = ": complex" if d.dtype == "complex" else ""
             print(f"  {kind:<6} {d.name}{list(d.shape)}{dtype}")
-    phase = phases(ir)
-    print("\nstatements (phase: const = once, prelude = all steps at once, core = recurrence)")
-    for i in ir.stmts:
-        n = ir.node(i)
-        print(f"  {phase[i].name.lower():<8} line {n.loc.line:<3} {ir.spec_line(n.loc)}")
+    print("\n" + cell.plan.describe())
     print("\nIR\n" + ir.summary())
     print(f"\ngenerated source ({args.backend})\n" + cell.source(args.backend))
     return 0
@@ -113,8 +110,10 @@ def parser() -> argparse.ArgumentParser:
         return c
 
     command("check", cmd_check, "parse and check a spec")
-    c = command("inspect", cmd_inspect, "show the IR, the partition and the generated source")
+    c = command("inspect", cmd_inspect, "show the plan (partition, structure, form, backends), "
+                "the IR and the generated source")
     c.add_argument("--backend", default="sequential")
+    c.add_argument("--json", action="store_true", help="print only the plan, as JSON")
     c = command("graph", cmd_graph, "write the IR as Graphviz dot")
     c.add_argument("-o", "--output", help="file to write (default: standard output)")
     c = command("run", cmd_run, "run on random inputs; compare full-sequence and step forms")

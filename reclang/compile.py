@@ -28,10 +28,19 @@ class Cell:
         self.name = ir.name
         self.hypers = dict(ir.hypers)
         self._sources: dict[str, str] = {}
+        self._plan = None
 
     def __repr__(self) -> str:
         hypers = ", ".join(f"{k}={v!r}" for k, v in self.hypers.items())
         return f"<reclang cell {self.name}({hypers})>"
+
+    @property
+    def plan(self):
+        """The analyzer's plan: the recurrence's structure, form and backend verdicts."""
+        if self._plan is None:
+            from .analysis.plan import make_plan
+            self._plan = make_plan(self.ir)
+        return self._plan
 
     def source(self, backend: str = "sequential") -> str:
         """The generated source for a backend."""

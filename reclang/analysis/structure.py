@@ -1,0 +1,338 @@
+"""The structure of each state's update, proved from its affine normal form.
+
+For a state S with update S' = Σ terms (see terms.py), the terms fall in three groups:
+    self terms    c · S[same indices]            the diagonal part of the transition
+                  c · Σ_l S[.., l, ..]           mixing along an axis (low rank or dense)
+    cross terms   c · P[...]                     another state: a coupled system
+    free terms    b                              the input term B
+and the transition A is classified as identity, scalar, diagonal (along which axes),
+diagonal plus rank r (the vectors a_r, b_r and the axis they act on), or dense. The
+input term is classified as an outer product of rank r (which axes are the "key" side,
+which the "value" side, which are shared like heads), elementwise, or general.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import sympy
+
+from ..ir import IR, Op
+from .terms import Expander, NotAffine, Term, _collapse
+
+
+@dataclass(frozen=True)
+class Transition:
+    kind: str                          # identity | scalar | diagonal | dplr | dense | none
+    decay: sympy.Expr                  # the diagonal coefficient
+    decay_axes: tuple[str, ...] = ()   # state axes the diagonal coefficient varies along
+    mix_axes: tuple[str, ...] = ()     # axes mixed by the low-rank or dense part
+    low_rank: tuple[tuple[sympy.Expr, sympy.Expr], ...] = ()  # (a_r, b_r) on the mix axis
+    time_invariant: bool = False
+    positive: bool | None = None       # the diagonal coefficient is provably > 0
+    at_most_one: bool | None = None    # ... and provably <= 1
+
+    @property
+    def rank(self) -> int:
+        return len(self.low_rank)
+
+
+@dataclass(frozen=True)
+class InputTerm:
+    kind: str                          # none | outer | elementwise | general
+    expr: sympy.Expr
+    rank: int = 0
+    key_axes: tuple[str, ...] = ()     # the outer product's two sides ...
+    value_axes: tuple[str, ...] = ()
+    shared_axes: tuple[str, ...] = ()  # ... and the axes both sides carry (heads)
+    pairs: tuple[tuple[sympy.Expr, sympy.Expr], ...] = ()  # (key side, value side) per term
+
+
+@dataclass(frozen=True)
+class StateStructure:
+    name: str
+    axes: tuple[str, ...]
+    affine: bool
+    transition: Transition | None = None
+    input_term: InputTerm | None = None
+    coupled_with: tuple[str, ...] = ()  # other states its update reads
+    reason: str = ""                    # why not affine
+    loc: object = None                  # where that shows
+    jacobian: str = ""                  # for non-affine updates: diagonal | block-diagonal | dense
+    monoid: str = ""                    # max / min when the update is a running max or min
+    recurrence: str = ""                # the update in mathematical form
+    terms: tuple[Term, ...] = field(default=(), repr=False)
+
+
+def analyze_state(ir: IR, expander: Expander, update: int) -> StateStructure:
+    node = ir.node(update)
+    symbols = tuple(sympy.Symbol(a, integer=True) for a in node.axes)
+    env = dict(zip(node.axes, symbols))
+    name = node.arg
+    try:
+        terms = expander.terms(node.args[0], env)
+    except NotAffine as err:
+        monoid = _running_extreme(ir, node)
+        read = ", ".join(sorted({r[0] for r in _state_reads(ir, err.node.id)})) or name
+        reason = f"{read} is {err.reason}: the update of {name} is not affine in {read}"
+        return StateStructure(name, node.axes, False, reason=reason, loc=err.node.loc,
+                              jacobian=_jacobian(ir, update), monoid=monoid,
+                              recurrence=_pretty_nonaffine(ir, name, node))
+    own = [t for t in terms if t.state == name]
+    cross = sorted({t.state for t in terms if t.state not in (None, name)})
+    free = [t for t in terms if t.state is None]
+    transition = _transition(own, symbols, node.axes, expander)
+    input_term = _input_term(free, symbols, node.axes)
+    return StateStructure(name, node.axes, True, transition, input_term, tuple(cross),
+                          recurrence=_pretty(name, symbols, terms), terms=tuple(terms))
+
+
+# ---- the transition -------------------------------------------------------------------
+def _transition(own: list[Term], symbols, axes, expander) -> Transition:
+    diagonal, mixing, dense = sympy.Integer(0), [], set()
+    for t in own:
+        moved = [p for p, (s, L) in enumerate(zip(t.index, symbols)) if s != L]
+        summed = {s for s, _ in t.sums}
+        if not moved:
+            diagonal += _collapse([Term(t.coef, None, (), t.sums)])
+        elif all(t.index[p] in summed for p in moved) and len(moved) == 1:
+            pair = _factor_rank_one(t, moved[0], symbols)
+            if pair is None:
+                dense.add(axes[moved[0]])
+            else:
+                mixing.append((moved[0], pair))
+        else:
+            dense.update(axes[p] for p in moved)
+    if not own:
+        return Transition("none", sympy.Integer(0))
+    decay = diagonal
+    decay_axes = tuple(a for a, s in zip(axes, symbols) if s in decay.free_symbols)
+    varying = _time_varying(expander, [decay] + [x for _, p in mixing for x in p])
+    info = dict(decay=decay, decay_axes=decay_axes, time_invariant=not varying,
+                positive=_positive(decay), at_most_one=_at_most_one(decay))
+    mix_axes = {axes[p] for p, _ in mixing}
+    if dense or len(mix_axes) > 1:
+        return Transition("dense", mix_axes=tuple(sorted(dense | mix_axes)), **info)
+    if mixing:
+        return Transition("dplr", mix_axes=tuple(mix_axes), low_rank=_group_rank(mixing),
+                          **info)
+    kind = "identity" if decay == 1 else "scalar" if not decay_axes else "diagonal"
+    return Transition(kind, **info)
+
+
+def _factor_rank_one(t: Term, p: int, symbols):
+    """Splits c(i, l) into a(i) · b(l) for a term c · Σ_l S[.., l, ..], or None."""
+    i, l = symbols[p], t.index[p]
+    extra = {s: n for s, n in t.sums if s != l}
+    a, b, rest = [], [], []
+    for f in sympy.Mul.make_args(t.coef):
+        free = f.free_symbols
+        if i in free and l in free:
+            return None
+        (a if i in free else b if l in free else rest).append(f)
+    groups = [a, b, rest]
+    # a sum over another index must stay within one side (k1·k0 in a DeltaProduct)
+    for s in extra:
+        sides = [g for g in groups if any(s in f.free_symbols for f in g)]
+        if len(sides) > 1:
+            return None
+    wrap = [_sum_over(sympy.Mul(*g), extra) for g in groups]
+    common = sympy.Symbol("l", integer=True)
+    return (wrap[0] * wrap[2], wrap[1].subs(l, common))
+
+
+def _sum_over(expr, sums: dict):
+    limits = [(s, 0, n - 1) for s, n in sums.items() if s in expr.free_symbols]
+    return sympy.Sum(expr, *limits) if limits else expr
+
+
+def _group_rank(mixing) -> tuple:
+    """Terms with the same right vector b add up: the rank is the number of distinct b."""
+    groups: list[list] = []
+    for _, (a, b) in mixing:
+        for g in groups:
+            if sympy.simplify(g[1] - b) == 0:
+                g[0] += a
+                break
+        else:
+            groups.append([a, b])
+    return tuple((a, b) for a, b in groups)
+
+
+def _time_varying(expander: Expander, exprs) -> bool:
+    names = set()
+    for e in exprs:
+        for x in e.atoms(sympy.Indexed, sympy.Symbol):
+            names.add(str(x.base) if isinstance(x, sympy.Indexed) else str(x))
+    return bool(names & expander.time_varying)
+
+
+def _positive(expr) -> bool | None:
+    try:
+        return bool(expr.is_positive) if expr.is_positive is not None else None
+    except TypeError:
+        return None
+
+
+def _at_most_one(expr) -> bool | None:
+    result = (expr - 1).is_nonpositive
+    return None if result is None else bool(result)
+
+
+# ---- the input term -------------------------------------------------------------------
+def _input_term(free: list[Term], symbols, axes) -> InputTerm:
+    if not free:
+        return InputTerm("none", sympy.Integer(0))
+    expr = _collapse(free)
+    if len(axes) < 2:
+        return InputTerm("elementwise", expr, rank=len(free))
+    split = _outer_split([_factor_axes(t, symbols, axes) for t in free], axes)
+    if split is None:
+        return InputTerm("general", expr)
+    key, value, shared = split
+    pairs = tuple(_split_term(t, symbols, axes, set(value)) for t in free)
+    return InputTerm("outer", expr, len(free), key, value, shared, pairs)
+
+
+def _split_term(t: Term, symbols, axes, value_axes) -> tuple:
+    """A term of an outer product as (key side, value side)."""
+    names = dict(zip(symbols, axes))
+    key, value = [], []
+    for f in sympy.Mul.make_args(_collapse([Term(t.coef, None, (), t.sums)])):
+        on_value = any(names.get(x) in value_axes for x in f.free_symbols)
+        (value if on_value else key).append(f)
+    return sympy.Mul(*key), sympy.Mul(*value)
+
+
+def _factor_axes(t: Term, symbols, axes) -> list[set[str]]:
+    """For each factor of a term, the state axes it varies along."""
+    names = dict(zip(symbols, axes))
+    return [{names[s] for s in f.free_symbols if s in names}
+            for f in sympy.Mul.make_args(_collapse([Term(t.coef, None, (), t.sums)]))]
+
+
+def _outer_split(terms: list[list[set[str]]], axes):
+    """The assignment of state axes to (key, value, shared) with the fewest shared axes
+    under which every factor lies on one side: B = Σ_r a_r[key, shared] b_r[value, shared]."""
+    best = None
+    for labels in itertools.product("kvs", repeat=len(axes)):
+        side = dict(zip(axes, labels))
+        if "k" not in labels or "v" not in labels:
+            continue
+        ok = all(len({side[a] for a in f} - {"s"}) <= 1 for factors in terms for f in factors)
+        ok = ok and all(_covers(factors, side) for factors in terms)
+        if ok and (best is None or labels.count("s") < best.count("s")):
+            best = labels
+    if best is None:
+        return None
+    pick = lambda c: tuple(a for a, lab in zip(axes, best) if lab == c)  # noqa: E731
+    return pick("k"), pick("v"), pick("s")
+
+
+def _covers(factors, side) -> bool:
+    """A term must reach both sides (else it is not an outer product but a broadcast)."""
+    sides = {side[a] for f in factors for a in f} - {"s"}
+    return sides == {"k", "v"}
+
+
+# ---- non-affine updates -----------------------------------------------------------------
+def _jacobian(ir: IR, update: int) -> str:
+    """How the new state depends on the previous states: diagonal when every state read
+    uses the update's own indices, block-diagonal when reads mix within some axes
+    only, dense otherwise."""
+    node = ir.node(update)
+    reads = _state_reads(ir, update)
+    if not reads:
+        return "none"
+    mixed = set()
+    for state, subs, target_axes in reads:
+        mixed |= {k for k, s in enumerate(subs) if not isinstance(s, str) or
+                  s not in target_axes}
+    others = sorted({r[0] for r in reads} - {node.arg})
+    also = f" (element-wise in {', '.join(others)} too)" if others else ""
+    if not mixed:
+        return "diagonal" + also
+    shape = ir.decls[node.arg].shape
+    if len(shape) > 1 and len(mixed) < len(shape):
+        return f"block-diagonal (mixing along axes {sorted(mixed)})"
+    return "dense"
+
+
+def _state_reads(ir: IR, root: int):
+    """(state, subscripts, axes of the reading statement's result) for every read of a
+    previous state that the value of `root` depends on (through intermediates)."""
+    found, stack, seen = [], [root], set()
+    while stack:
+        i = stack.pop()
+        for a in ir.node(i).args:
+            if a in seen:
+                continue
+            seen.add(a)
+            n = ir.node(a)
+            if n.op == Op.READ and ir.node(n.args[0]).op == Op.STATE:
+                owner = ir.node(ir.stmts[n.stmt])
+                found.append((ir.node(n.args[0]).arg, n.arg, owner.axes))
+            stack.append(a)
+    return found
+
+
+def _running_extreme(ir: IR, node) -> str:
+    """"max" when the update is max(S[same indices], a state-free value) (or min)."""
+    value = ir.node(node.args[0])
+    if value.op != Op.FN or value.arg not in ("max", "min"):
+        return ""
+    own = [a for a in value.args if _is_own_read(ir, ir.node(a), node)]
+    others = [a for a in value.args if a not in own]
+    if len(own) == 1 and len(others) == 1 and not _state_reads(ir, others[0]) and \
+            not _is_state_read(ir, ir.node(others[0])):
+        return value.arg
+    return ""
+
+
+def _is_state_read(ir: IR, n) -> bool:
+    return n.op == Op.READ and ir.node(n.args[0]).op == Op.STATE
+
+
+def _is_own_read(ir: IR, n, update) -> bool:
+    return _is_state_read(ir, n) and ir.node(n.args[0]).arg == update.arg and \
+        tuple(n.arg) == update.axes
+
+
+# ---- pretty printing ----------------------------------------------------------------------
+def _pretty(name, symbols, terms) -> str:
+    lhs = f"{name}'[{', '.join(map(str, symbols))}]"
+    parts = []
+    for t in terms:
+        expr = t.coef if t.state is None else t.coef * sympy.IndexedBase(t.state)[t.index]
+        parts.append(_collapse([Term(expr, None, (), t.sums)]))
+    return f"{lhs} = {sympy.sstr(sympy.Add(*parts), order='none')}"
+
+
+def _pretty_nonaffine(ir, name, node) -> str:
+    return f"{name}' = f({', '.join(sorted({r[0] for r in _state_reads(ir, node.id)}))}, inputs)"
+
+
+def matrix_form(s: StateStructure) -> str:
+    """The update as S' = A S + B in matrix notation, for affine states."""
+    if not s.affine:
+        return s.recurrence
+    t, b = s.transition, s.input_term
+    show = lambda e: sympy.sstr(e, order="none")  # noqa: E731
+    decay = "I" if t.decay == 1 else f"diag({show(t.decay)})"
+    if t.kind == "none":
+        transition = ""
+    elif t.kind == "dplr":
+        low = " + ".join(f"({show(a)})({show(v)})ᵀ" for a, v in t.low_rank)
+        transition = f"({decay} + {low}) {s.name} + "
+    elif t.kind == "dense":
+        transition = f"A {s.name} + "  # A mixes {t.mix_axes}: see the element form
+    else:
+        transition = f"{s.name} + " if t.decay == 1 else f"{decay} {s.name} + "
+    if b.kind == "outer":
+        inputs = " + ".join(f"({show(k)})({show(v)})ᵀ" for k, v in b.pairs)
+    else:
+        inputs = show(b.expr)
+    if s.coupled_with:
+        inputs += " + (terms in " + ", ".join(s.coupled_with) + ")"
+    return f"{s.name}' = {transition}{inputs}".replace(" + -", " - ")
