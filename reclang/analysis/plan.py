@@ -206,6 +206,7 @@ def _log_sum_exp_monoid(ir: IR, states) -> bool:
 
 def _is_rescaling(decay, extremes) -> bool:
     """decay == exp(m_prev[i] - m_new[i]) for a running extreme m."""
+    decay = sympy.powsimp(decay)
     if not isinstance(decay, sympy.exp):
         return False
     exponent = sympy.expand(decay.args[0])

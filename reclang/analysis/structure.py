@@ -91,7 +91,9 @@ def analyze_state(ir: IR, expander: Expander, update: int) -> StateStructure:
 # ---- the transition -------------------------------------------------------------------
 def _transition(own: list[Term], symbols, axes, expander) -> Transition:
     diagonal, mixing, dense = sympy.Integer(0), [], set()
-    for t in own:
+    pieces = [Term(c, t.state, t.index, t.sums) for t in own
+              for c in sympy.Add.make_args(sympy.expand(t.coef))]
+    for t in map(_contract_deltas, pieces):
         moved = [p for p, (s, L) in enumerate(zip(t.index, symbols)) if s != L]
         summed = {s for s, _ in t.sums}
         if not moved:
@@ -119,6 +121,23 @@ def _transition(own: list[Term], symbols, axes, expander) -> Transition:
                           **info)
     kind = "identity" if decay == 1 else "scalar" if not decay_axes else "diagonal"
     return Transition(kind, **info)
+
+
+def _contract_deltas(t: Term) -> Term:
+    """Σ_l δ(i, l) · c · S[.., l, ..] = c · S[.., i, ..]: an identity written as
+    where(i == l, 1, 0) is recognized as such."""
+    coef, index, sums = sympy.expand(t.coef), t.index, dict(t.sums)
+    for delta in coef.atoms(sympy.KroneckerDelta):
+        a, b = delta.args
+        summed = b if b in sums else a if a in sums else None
+        if summed is None or not all(delta in sympy.Mul.make_args(term)
+                                     for term in sympy.Add.make_args(coef)):
+            continue
+        keep = a if summed is b else b
+        coef = coef.subs(delta, 1).subs(summed, keep)
+        index = tuple(keep if x == summed else x for x in index)
+        del sums[summed]
+    return Term(coef, t.state, index, tuple(sums.items()))
 
 
 def _factor_rank_one(t: Term, p: int, symbols):

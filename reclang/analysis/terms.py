@@ -38,6 +38,11 @@ SYMPY = {
     "clamp": lambda x, lo, hi: sympy.Min(sympy.Max(x, lo), hi),
     "real": sympy.re, "imag": sympy.im, "conj": sympy.conjugate, "sign": sympy.sign,
     "complex": lambda a, b: a + sympy.I * b, "angle": sympy.arg,
+    "lt": sympy.Lt, "le": sympy.Le, "gt": sympy.Gt, "ge": sympy.Ge, "ne": sympy.Ne,
+    "eq": lambda a, b: sympy.KroneckerDelta(a, b) if a.is_integer and b.is_integer
+    else sympy.Eq(a, b),
+    "where": lambda c, a, b: (c * a + (1 - c) * b if isinstance(c, sympy.KroneckerDelta)
+                              else sympy.Piecewise((a, c), (b, True))),
 }
 
 
@@ -67,7 +72,6 @@ class Expander:
         self.ir = ir
         self.frozen = frozen  # states treated as given values (a running max, say)
         self.phase = phases(ir)
-        self.base_phase = self.phase
         if frozen:
             self.phase = {i: (Phase.PRELUDE if p == Phase.CORE and not self._reads_free(i)
                               else p) for i, p in self.phase.items()}
@@ -114,12 +118,9 @@ class Expander:
     def _read_symbol(self, node: Node, env: dict):
         source = self.ir.node(node.args[0])
         index = tuple(env[s] if isinstance(s, str) else sympy.Integer(s) for s in node.arg)
-        if source.op in (Op.LET, Op.OUT) and self.base_phase[source.id] == Phase.CORE:
-            # an intermediate of frozen states: inline it, so that names do not matter
+        if source.op in (Op.LET, Op.OUT):
+            # inline intermediates, so that the form does not depend on how it is spelled
             return self.symbolic(source.args[0], dict(zip(source.axes, index)))
-        if source.op in (Op.LET, Op.OUT) and self.phase[source.id] != Phase.CORE:
-            if self.phase[source.id] == Phase.PRELUDE:
-                self.time_varying.add(source.arg)
         base = sympy.IndexedBase(str(source.arg), real=source.dtype != "complex")
         return base[index] if index else sympy.Symbol(str(source.arg),
                                                       real=source.dtype != "complex")
