@@ -25,8 +25,18 @@ def test_inspect_shows_phases_ir_and_source(capsys):
     assert main(["inspect", GLA, "--set", "K=4"]) == 0
     out = capsys.readouterr().out
     assert "cell gla(H=4, K=4" in out
-    assert re.search(r"core\s+line \d+\s+S\[h, i, j\] <-", out)
+    assert "cell gla: mat-decay (S: key-wise decay along i)" in out
+    assert re.search(r"core\s+S'", out) and re.search(r"epilogue\s+o", out)
+    assert "S' = diag(exp(g[h, i])) S + (k[h, i])(v[h, j])ᵀ" in out
     assert "def forward(" in out and "def step(" in out and "UPDATE" in out
+
+
+def test_inspect_json(capsys):
+    import json
+
+    assert main(["inspect", GLA, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["form"] == "mat-decay" and plan["states"][0]["transition"]["kind"] == "diagonal"
 
 
 def test_graph_writes_dot(tmp_path, capsys):
