@@ -318,12 +318,11 @@ def _ancestors(ir, i):
 
 def _verdicts(ir: IR, form: str, states) -> tuple[Verdict, ...]:
     verdicts = []
-    reason_loc = next((s for s in states if not s.affine), None)
     for name, (forms, implemented) in BACKENDS.items():
         if forms is None:
             verdicts.append(Verdict(name, True, "runs every cell"))
         elif form not in forms:
-            why = _why_not(ir, form, reason_loc)
+            why = _why_not(ir, form, states)
             verdicts.append(Verdict(name, False, f"needs {' or '.join(forms)}; {why}"))
         elif not implemented:
             verdicts.append(Verdict(name, False, f"applies to {form}: not implemented yet"))
@@ -332,10 +331,27 @@ def _verdicts(ir: IR, form: str, states) -> tuple[Verdict, ...]:
     return tuple(verdicts)
 
 
-def _why_not(ir: IR, form: str, nonaffine) -> str:
-    if nonaffine is not None:
-        file = ir.source.filename.rsplit("/", 1)[-1]
-        return f"{file}:{nonaffine.loc}: {nonaffine.reason}"
+def _why_not(ir: IR, form: str, states) -> str:
+    """The state and term that make the cell what it is, with its location."""
+    file = ir.source.filename.rsplit("/", 1)[-1]
+    culprit = next((s for s in states if not s.affine), None)
+    if culprit is not None:
+        return f"{file}:{culprit.loc}: {culprit.reason}"
+    for s in states:
+        t, b = s.transition, s.input_term
+        if s.coupled_with:
+            return f"{file}:{s.loc}: the update of {s.name} reads {', '.join(s.coupled_with)}"
+        if t.kind in ("dense", "dplr"):
+            what = "a low-rank part" if t.kind == "dplr" else "a dense part"
+            return f"{file}:{s.loc}: the transition of {s.name} has {what} mixing " \
+                   f"{', '.join(t.mix_axes)}"
+        if form == "mat-decay" and b.kind == "outer":
+            return f"{file}:{s.loc}: {s.name} is a matrix state fed by an outer product"
+        if form in ("diag", "diag-lti") and b.kind == "outer":
+            return (f"{file}:{s.loc}: the decay of {s.name} varies along both sides of its "
+                    f"outer-product input ({', '.join(t.decay_axes)}): not a matrix decay")
+        if form in ("diag", "diag-lti"):
+            return f"{file}:{s.loc}: {s.name} is updated elementwise (input: {b.kind})"
     return f"the recurrence is {form}"
 
 

@@ -85,7 +85,8 @@ def analyze_state(ir: IR, expander: Expander, update: int) -> StateStructure:
     transition = _transition(own, symbols, node.axes, expander)
     input_term = _input_term(free, symbols, node.axes)
     return StateStructure(name, node.axes, True, transition, input_term, tuple(cross),
-                          recurrence=_pretty(name, symbols, terms), terms=tuple(terms))
+                          loc=node.loc, recurrence=_pretty(name, symbols, terms),
+                          terms=tuple(terms))
 
 
 # ---- the transition -------------------------------------------------------------------
