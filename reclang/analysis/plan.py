@@ -110,8 +110,8 @@ class Plan:
 
 
 def make_plan(ir: IR) -> Plan:
-    expander = Expander(ir)
-    states = tuple(analyze_state(ir, expander, i) for i in ir.stmts
+    expander, display = Expander(ir), Expander(ir, inline=False)
+    states = tuple(analyze_state(ir, expander, i, display) for i in ir.stmts
                    if ir.node(i).op == Op.UPDATE)
     readouts = tuple(_readout(ir, expander, i) for i in ir.stmts if ir.node(i).op == Op.OUT)
     form, summary = _form(ir, states, readouts)
@@ -362,11 +362,10 @@ def _state_line(s: StateStructure) -> str:
     t, b = s.transition, s.input_term
     parts = [f"transition: {t.kind}"]
     if t.kind in ("scalar", "diagonal", "dplr", "dense") and t.decay != 1:
-        parts.append(f"decay {t.decay}" + (f" along {', '.join(t.decay_axes)}"
-                                           if t.decay_axes else ""))
+        parts.append("decay " + (f"along {', '.join(t.decay_axes)}" if t.decay_axes
+                                 else "scalar"))
     if t.kind == "dplr":
-        low = " + ".join(f"({a})({b_})ᵀ" for a, b_ in t.low_rank)
-        parts.append(f"rank {t.rank} on {', '.join(t.mix_axes)}: {low}")
+        parts.append(f"rank {t.rank} along {', '.join(t.mix_axes)}")
     if t.kind == "dense":
         parts.append(f"mixing {', '.join(t.mix_axes)}")
     parts.append("constant in time" if t.time_invariant else "time-varying")

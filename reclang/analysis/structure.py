@@ -14,7 +14,7 @@ which the "value" side, which are shared like heads), elementwise, or general.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import sympy
 
@@ -61,11 +61,23 @@ class StateStructure:
     loc: object = None                  # where that shows
     jacobian: str = ""                  # for non-affine updates: diagonal | block-diagonal | dense
     monoid: str = ""                    # max / min when the update is a running max or min
-    recurrence: str = ""                # the update in mathematical form
+    recurrence: str = ""                # the update in mathematical form, elementwise
+    matrix: str = ""                    # ... and as S' = A S + B
     terms: tuple[Term, ...] = field(default=(), repr=False)
 
 
-def analyze_state(ir: IR, expander: Expander, update: int) -> StateStructure:
+def analyze_state(ir: IR, expander: Expander, update: int,
+                  display: Expander | None = None) -> StateStructure:
+    """The structure of one state's update. With a `display` expander (one that keeps
+    intermediates by name), the printed forms use the spec's own names."""
+    s = _analyze(ir, expander, update)
+    if display is not None and s.affine:
+        shown = _analyze(ir, display, update)
+        s = replace(s, recurrence=shown.recurrence, matrix=matrix_form(shown))
+    return s
+
+
+def _analyze(ir: IR, expander: Expander, update: int) -> StateStructure:
     node = ir.node(update)
     symbols = tuple(sympy.Symbol(a, integer=True) for a in node.axes)
     env = dict(zip(node.axes, symbols))
@@ -335,8 +347,8 @@ def _pretty_nonaffine(ir, name, node) -> str:
 
 def matrix_form(s: StateStructure) -> str:
     """The update as S' = A S + B in matrix notation, for affine states."""
-    if not s.affine:
-        return s.recurrence
+    if s.matrix or not s.affine:
+        return s.matrix or s.recurrence
     t, b = s.transition, s.input_term
     show = lambda e: sympy.sstr(e, order="none")  # noqa: E731
     decay = "I" if t.decay == 1 else f"diag({show(t.decay)})"

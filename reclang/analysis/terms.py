@@ -68,9 +68,10 @@ class Term:
 class Expander:
     """Computes affine normal forms of nodes of one IR."""
 
-    def __init__(self, ir: IR, frozen: frozenset[str] = frozenset()):
+    def __init__(self, ir: IR, frozen: frozenset[str] = frozenset(), inline: bool = True):
         self.ir = ir
         self.frozen = frozen  # states treated as given values (a running max, say)
+        self.inline = inline  # False keeps state-free intermediates by name, for display
         self.phase = phases(ir)
         if frozen:
             self.phase = {i: (Phase.PRELUDE if p == Phase.CORE and not self._reads_free(i)
@@ -118,7 +119,7 @@ class Expander:
     def _read_symbol(self, node: Node, env: dict):
         source = self.ir.node(node.args[0])
         index = tuple(env[s] if isinstance(s, str) else sympy.Integer(s) for s in node.arg)
-        if source.op in (Op.LET, Op.OUT):
+        if source.op in (Op.LET, Op.OUT) and (self.inline or self.phase[source.id] == Phase.CORE):
             # inline intermediates, so that the form does not depend on how it is spelled
             return self.symbolic(source.args[0], dict(zip(source.axes, index)))
         base = sympy.IndexedBase(str(source.arg), real=source.dtype != "complex")
