@@ -143,9 +143,10 @@ def _form(ir, states, readouts) -> tuple[str, str]:
         decays = {s.transition.kind if s.transition.kind != "dplr" else
                   _decay_word(s.transition) for s in states}
         return "dplr", f"dplr, rank {rank} (diagonal part: {', '.join(sorted(decays))})"
-    matrix = [s for s in states if _is_mat_decay(s, readouts)]
+    keys = {s.name: key_axes(ir, s) for s in states}
+    matrix = [s for s in states if _is_mat_decay(s, keys[s.name])]
     if matrix:
-        decay = ", ".join(f"{s.name}: {_mat_decay_word(s)}" for s in matrix)
+        decay = ", ".join(f"{s.name}: {_mat_decay_word(s, keys[s.name])}" for s in matrix)
         return "mat-decay", f"mat-decay ({decay})"
     if all(s.transition.time_invariant for s in states):
         return "diag-lti", "diag-lti: elementwise, decay constant in time"
@@ -161,27 +162,45 @@ def _decay_word(t) -> str:
     return f"decay {where}{lti}"
 
 
-def _mat_decay_word(s: StateStructure) -> str:
-    t, b = s.transition, s.input_term
-    axes, shared = set(t.decay_axes), set(b.shared_axes)
+def _mat_decay_word(s: StateStructure, keys: set) -> str:
+    t = s.transition
+    axes = set(t.decay_axes)
     lti = ", constant in time" if t.time_invariant and t.decay != 1 else ""
     if t.decay == 1:
         return "no decay"
-    if axes <= shared:
+    if not axes & keys:
         return f"scalar decay{' per ' + ', '.join(sorted(axes)) if axes else ''}{lti}"
-    side = "key" if axes <= shared | set(b.key_axes) else "value"
-    along = sorted(axes - shared)
-    return f"{side}-wise decay along {', '.join(along)}{lti}"
+    return f"key-wise decay along {', '.join(sorted(axes & keys))}{lti}"
 
 
-def _is_mat_decay(s: StateStructure, readouts) -> bool:
-    """A matrix state with an outer-product input and a decay on one side only."""
+def _is_mat_decay(s: StateStructure, keys: set) -> bool:
+    """A state fed by an outer product, read by contracting its key axes (qᵀS), whose
+    decay either does not vary along the key axes or varies only along them (and the
+    axes both sides share, like heads)."""
     b, t = s.input_term, s.transition
-    if b.kind != "outer":
+    if b.kind != "outer" or not keys:
         return False
-    shared = set(b.shared_axes)
-    return set(t.decay_axes) <= shared | set(b.key_axes) or \
-        set(t.decay_axes) <= shared | set(b.value_axes)
+    if not (keys <= set(b.key_axes) or keys <= set(b.value_axes)):
+        return False
+    decay = set(t.decay_axes)
+    return not decay & keys or decay <= keys | set(b.shared_axes)
+
+
+def key_axes(ir: IR, s: StateStructure) -> set[str]:
+    """The axes of a state that its readouts contract (sum over): its key axes."""
+    keys = set()
+    updates = {i for i in ir.stmts if ir.node(i).op == Op.UPDATE}
+    for i in ir.graph:
+        n = ir.node(i)
+        if n.op != Op.READ or n.stmt < 0 or ir.stmts[n.stmt] in updates:
+            continue
+        source = ir.node(n.args[0])
+        if source.op not in (Op.STATE, Op.UPDATE) or source.arg != s.name:
+            continue
+        owner = ir.node(ir.stmts[n.stmt]).axes
+        keys |= {s.axes[p] for p, sub in enumerate(n.arg) if isinstance(sub, str) and
+                 sub not in owner}
+    return keys
 
 
 def _log_sum_exp_monoid(ir: IR, states) -> bool:
