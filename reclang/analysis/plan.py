@@ -140,8 +140,8 @@ def _form(ir, states, readouts) -> tuple[str, str]:
         return "dense", f"dense transition mixing axes {', '.join(axes)}"
     if "dplr" in kinds:
         rank = max(s.transition.rank for s in states)
-        decays = {s.transition.kind if s.transition.kind != "dplr" else
-                  _decay_word(s.transition) for s in states}
+        decays = {_mat_decay_word(s, set(s.transition.mix_axes)) for s in states
+                  if s.transition.kind == "dplr"}
         return "dplr", f"dplr, rank {rank} (diagonal part: {', '.join(sorted(decays))})"
     keys = {s.name: key_axes(ir, s) for s in states}
     matrix = [s for s in states if _is_mat_decay(s, keys[s.name])]

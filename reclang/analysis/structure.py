@@ -286,8 +286,10 @@ def _jacobian(ir: IR, update: int) -> str:
     if not mixed:
         return "diagonal" + also
     shape = ir.decls[node.arg].shape
-    if len(shape) > 1 and len(mixed) < len(shape):
-        return f"block-diagonal (mixing along axes {sorted(mixed)})"
+    if len(shape) > 1 and len(mixed) < len(shape) and len(node.axes) == len(shape):
+        blocks = [a for k, a in enumerate(node.axes) if k not in mixed]
+        mixing = [a for k, a in enumerate(node.axes) if k in mixed]
+        return f"block-diagonal (blocks along {', '.join(blocks)}, mixing {', '.join(mixing)})"
     return "dense"
 
 
