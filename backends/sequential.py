@@ -31,6 +31,9 @@ def placements(ir: IR, step: bool) -> dict[int, Place]:
     place: dict[int, Place] = {}
     for i, p in phase.items():
         place[i] = {Phase.CONST: Place.ONCE, Phase.CORE: Place.LOOP}.get(p, Place.LOOP)
+    for i in ir.stmts:  # a state update is a step of the loop even when it reads no state
+        if ir.node(i).op == Op.UPDATE or (step and ir.node(i).op == Op.OUT):
+            place[i] = Place.LOOP
     if step:
         return place
     for i in ir.leaves.values():
@@ -38,14 +41,17 @@ def placements(ir: IR, step: bool) -> dict[int, Place]:
             place[i] = Place.HOIST
     for i in ir.stmts:
         node = ir.node(i)
-        if phase[i] == Phase.PRELUDE and (node.op == Op.OUT or _worth_hoisting(ir, i, phase, place)):
+        if node.op == Op.OUT and phase[i] == Phase.CONST:
+            place[i] = Place.HOIST  # an output that depends on no input still has [B, T]
+        elif node.op != Op.UPDATE and phase[i] == Phase.PRELUDE and \
+                _worth_hoisting(ir, i, phase, place, always=node.op == Op.OUT):
             _hoist(ir, i, phase, place)
         else:
             _hoist_below(ir, i, phase, place)
     return place
 
 
-def _worth_hoisting(ir: IR, i: int, phase, place) -> bool:
+def _worth_hoisting(ir: IR, i: int, phase, place, always: bool = False) -> bool:
     """Hoist a state-free value over all steps unless it is an expansion (an outer
     product, a broadcast) larger than every tensor it is computed from, or it reads
     a value that stays in the loop."""
@@ -53,7 +59,7 @@ def _worth_hoisting(ir: IR, i: int, phase, place) -> bool:
     if any(phase[s] == Phase.PRELUDE and place[s] != Place.HOIST for s in sources):
         return False
     largest = max((ir.node(s).numel for s in sources), default=1)
-    return ir.node(i).numel <= largest
+    return always or ir.node(i).numel <= largest
 
 
 def _reads(ir: IR, i: int):
@@ -68,8 +74,10 @@ def _reads(ir: IR, i: int):
 
 def _hoist(ir, i, phase, place):
     place[i] = Place.HOIST
+    if ir.node(i).op == Op.READ:
+        return  # what it reads is placed by its own statement
     for a in ir.node(i).args:
-        if phase[a] == Phase.PRELUDE and ir.node(a).op not in (Op.LET, Op.INPUT):
+        if phase[a] == Phase.PRELUDE:
             _hoist(ir, a, phase, place)
 
 
@@ -112,7 +120,8 @@ class Program:
             if i not in live:
                 continue
             home = place[i]
-            text = _broadcast(lower, lower.code(node.args[0], home), node, home)
+            value = lower.code(node.args[0], home)
+            text = _broadcast(lower, value, node, home, place[node.args[0]])
             lower.emit(home, node, f"{py_name(node.arg)} = {text}")
             if node.op == Op.OUT:
                 outputs.append((node, home))
@@ -192,9 +201,11 @@ def _ancestors(ir: IR, i: int):
     return seen
 
 
-def _broadcast(lower: ExprLowering, code: Code, node: Node, home: Place) -> str:
+def _broadcast(lower: ExprLowering, code: Code, node: Node, home: Place,
+               value_home: Place) -> str:
     """A statement's value, with its axes in the order of the left-hand side and
-    expanded along left-hand indices that the right does not use."""
+    expanded along left-hand indices that the right does not use (and along B, T when
+    a loop or sequence value is computed from params alone)."""
     target = node.axes
     if code.const and home == Place.ONCE and not node.sizes:
         return code.text
@@ -204,6 +215,10 @@ def _broadcast(lower: ExprLowering, code: Code, node: Node, home: Place) -> str:
         shape = prefix + ", ".join(map(str, node.sizes))
         return f"torch.full(({shape},), {code.text}, dtype=_dtype, device=_device)"
     aligned = align(code, target)
+    if value_home == Place.ONCE and home != Place.ONCE:
+        lower.needs.add("batch")
+        prefix = "B, T, " if home == Place.HOIST else "B, "
+        return f"{aligned.wrap(ATOM)}.expand({prefix}{', '.join(map(str, node.sizes))})"
     if set(code.axes) == set(target):
         return aligned.text
     sizes = ", ".join("-1" if a in code.axes else str(s) for a, s in zip(target, node.sizes))

@@ -85,8 +85,13 @@ def _load_source(source: str, stem: str):
 
 def loads(text: str, filename: str = "<string>", **hypers) -> Cell:
     """Parses and checks a spec given as text."""
-    cell = parse(text, filename)
-    return Cell(build_ir(cell, hypers))
+    cell = Cell(build_ir(parse(text, filename), hypers))
+    level = config.debug_level()
+    if level >= 2:
+        print(f"# IR of {filename}\n{cell.ir.summary()}")
+    if level >= 3:
+        print(f"# plan of {filename}\n{cell.plan.describe()}")
+    return cell
 
 
 def load(path: str | Path, **hypers) -> Cell:

@@ -1,7 +1,8 @@
 """Every environment setting reclang reads, in one place.
 
 RECLANG_CACHE   where generated sources are written (default ~/.cache/reclang)
-RECLANG_DEBUG   1: print the plan; 2: the IR; 4: the generated source, at load time
+RECLANG_DEBUG   at load time, print: 2 the IR, 3 also the plan, 4 also the generated source
+                (when a module is built)
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ def phases(ir: IR) -> dict[int, Phase]:
             result[i] = Phase.CORE
         elif node.op == Op.INPUT:
             result[i] = Phase.PRELUDE
+        elif node.op == Op.UPDATE:
+            # a new state is per sequence even when it is computed from params alone
+            result[i] = max(result[node.args[0]], Phase.PRELUDE)
         else:
             result[i] = max((result[a] for a in node.args), default=Phase.CONST)
     return result

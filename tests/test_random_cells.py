@@ -1,0 +1,67 @@
+"""Random valid cells (hypothesis): the full-sequence code (which hoists state-free work
+out of its loop) and the step code (which computes everything per step) must agree, for
+any mix of prelude, core and epilogue statements; so must a sequence split in two."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import reclang
+
+# expressions over the index n (size N); d (size D) is reduced where it appears
+N_TERMS = ["g[n]", "u[n]", "h[n]", "sum(d: W[n, d] * x[d])", "sum(d: S[n, d] * x[d])",
+           "0.5", "sum(d: x[d]) * u[n]", "a[n]"]
+ND_TERMS = ["S[n, d]", "W[n, d]", "x[d]", "g[n] * x[d]", "h[n] * W[n, d]"]
+FUNCTIONS = ["tanh({})", "sigmoid({})", "exp(-abs({}))", "({})", "-{}", "softplus({}) * 0.1"]
+
+
+def expression(terms, depth):
+    leaf = st.sampled_from(terms)
+    if depth == 0:
+        return leaf
+    inner = expression(terms, depth - 1)
+    return st.one_of(
+        leaf,
+        st.tuples(st.sampled_from(FUNCTIONS), inner).map(lambda t: t[0].format(t[1])),
+        st.tuples(inner, st.sampled_from([" + ", " - ", " * "]), inner).map("".join),
+    )
+
+
+@st.composite
+def cells(draw):
+    a = draw(expression([t for t in N_TERMS if "a[n]" not in t], 2))
+    h_new = draw(expression(N_TERMS, 2))
+    s_new = draw(expression(ND_TERMS, 1))
+    y = draw(expression(N_TERMS, 2))
+    order = draw(st.permutations(["h", "S"]))
+    updates = {"h": f"    h[n] <- tanh({h_new})\n",
+               "S": f"    S[n, d] <- 0.5 * S[n, d] + tanh({s_new})\n"}
+    return ("cell r(D = 3, N = 2):\n"
+            "    input x[D], g[N]\n"
+            "    param W[N, D] ~ normal(0, 0.5)\n    param u[N] ~ normal(0, 1)\n"
+            "    state h[N] = 0, S[N, D] = 0\n"
+            f"    a[n] = g[n] * ({a})\n" + "".join(updates[k] for k in order) +
+            f"    out y[n] = u[n] * ({y})\n")
+
+
+@settings(max_examples=int(__import__("os").environ.get("RANDOM_CELLS", 60)), deadline=None)
+@given(cells(), st.integers(1, 9))
+def test_random_cells_forward_step_and_split_agree(text, T):
+    torch.manual_seed(0)
+    m = reclang.loads(text, "random.rec").module().double()
+    x = {"x": torch.randn(2, T, 3, dtype=torch.float64),
+         "g": torch.randn(2, T, 2, dtype=torch.float64)}
+    y, final = m(**x)
+    assert torch.isfinite(y).all()
+    s, steps = None, []
+    for t in range(T):
+        y_t, s = m.step(state=s, **{k: v[:, t] for k, v in x.items()})
+        steps.append(y_t)
+    torch.testing.assert_close(torch.stack(steps, 1), y)
+    for k in final:
+        torch.testing.assert_close(s[k], final[k])
+    cut = T // 2
+    if cut:
+        y1, s1 = m(**{k: v[:, :cut] for k, v in x.items()})
+        y2, _ = m(state=s1, **{k: v[:, cut:] for k, v in x.items()})
+        torch.testing.assert_close(torch.cat([y1, y2], 1), y)
