@@ -10,8 +10,10 @@ import reclang
 
 # expressions over the index n (size N); d (size D) is reduced where it appears
 N_TERMS = ["g[n]", "u[n]", "h[n]", "sum(d: W[n, d] * x[d])", "sum(d: S[n, d] * x[d])",
-           "0.5", "sum(d: x[d]) * u[n]", "a[n]"]
-ND_TERMS = ["S[n, d]", "W[n, d]", "x[d]", "g[n] * x[d]", "h[n] * W[n, d]"]
+           "0.5", "sum(d: x[d]) * u[n]", "a[n]", "Z[1, n]", "m * u[n]", "hp[n]",
+           "max(d: S[n, d])", "sum(d: bc[n, d])"]
+ND_TERMS = ["S[n, d]", "W[n, d]", "x[d]", "g[n] * x[d]", "h[n] * W[n, d]", "bc[n, d]",
+            "hp[n] * x[d]"]
 FUNCTIONS = ["tanh({})", "sigmoid({})", "exp(-abs({}))", "({})", "-{}", "softplus({}) * 0.1"]
 
 
@@ -29,7 +31,7 @@ def expression(terms, depth):
 
 @st.composite
 def cells(draw):
-    a = draw(expression([t for t in N_TERMS if "a[n]" not in t], 2))
+    a = draw(expression([t for t in N_TERMS if "a[n]" not in t and "hp" not in t], 2))
     h_new = draw(expression(N_TERMS, 2))
     s_new = draw(expression(ND_TERMS, 1))
     y = draw(expression(N_TERMS, 2))
@@ -39,7 +41,12 @@ def cells(draw):
     return ("cell r(D = 3, N = 2):\n"
             "    input x[D], g[N]\n"
             "    param W[N, D] ~ normal(0, 0.5)\n    param u[N] ~ normal(0, 1)\n"
+            "    param Z[2, N] ~ normal(0, 1)\n"
             "    state h[N] = 0, S[N, D] = 0\n"
+            "    m = max(d: x[d])\n"
+            "    hp[n] = h[n] + 0.1 * u[n]\n"                  # the previous h
+            "    bc[n: N, d: D] = g[n] * 0.5\n"                # broadcast along d
+            "    out early[n] = hp[n] * g[n]\n"
             f"    a[n] = g[n] * ({a})\n" + "".join(updates[k] for k in order) +
             f"    out y[n] = u[n] * ({y})\n")
 
@@ -48,20 +55,25 @@ def cells(draw):
 @given(cells(), st.integers(1, 9))
 def test_random_cells_forward_step_and_split_agree(text, T):
     torch.manual_seed(0)
-    m = reclang.loads(text, "random.rec").module().double()
+    cell = reclang.loads(text, "random.rec")
+    assert cell.plan.form in ("diag", "diag-lti", "mat-decay", "dplr", "dense", "coupled",
+                              "associative", "nonlinear")
+    m = cell.module().double()
     x = {"x": torch.randn(2, T, 3, dtype=torch.float64),
          "g": torch.randn(2, T, 2, dtype=torch.float64)}
     y, final = m(**x)
-    assert torch.isfinite(y).all()
+    assert all(torch.isfinite(v).all() for v in y.values())
     s, steps = None, []
     for t in range(T):
         y_t, s = m.step(state=s, **{k: v[:, t] for k, v in x.items()})
         steps.append(y_t)
-    torch.testing.assert_close(torch.stack(steps, 1), y)
+    for name in y:
+        torch.testing.assert_close(torch.stack([o[name] for o in steps], 1), y[name])
     for k in final:
         torch.testing.assert_close(s[k], final[k])
     cut = T // 2
     if cut:
         y1, s1 = m(**{k: v[:, :cut] for k, v in x.items()})
         y2, _ = m(state=s1, **{k: v[:, cut:] for k, v in x.items()})
-        torch.testing.assert_close(torch.cat([y1, y2], 1), y)
+        for name in y:
+            torch.testing.assert_close(torch.cat([y1[name], y2[name]], 1), y[name])
