@@ -40,8 +40,10 @@ def main():
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--repeat", type=int, default=3)
     repeat = args.parse_args().repeat
-    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
-    print(f"{'spec':<26}{'form':<13}{'parse':>8}{'check':>8}{'analyze':>9}{'emit':>8}{'total':>8}  (ms)")
+    machine = platform.processor() or platform.machine()
+    print(f"machine: {machine}, python {platform.python_version()}")
+    print(f"{'spec':<26}{'form':<13}{'parse':>8}{'check':>8}{'analyze':>9}{'emit':>8}"
+          f"{'total':>8}  (ms)")
     worst = 0.0
     for path in sorted(SPECS.glob("*.rec")):
         runs = [time_one(path) for _ in range(repeat)]

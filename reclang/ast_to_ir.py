@@ -14,7 +14,7 @@ import math
 import networkx as nx
 
 from . import ast
-from .errors import Collector, Loc, RecError, Source
+from .errors import Collector, Loc, RecError
 from .functions import BINARY_OPS, CALLABLE, FUNCTIONS, INIT_ONLY, REDUCTIONS
 from .ir import IR, Decl, Node, Op
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import init
+from .backends.torch_expr import py_name
 from .errors import RecError
 from .ir import IR
 
@@ -58,7 +59,7 @@ class RecModule(nn.Module):
         xs = [x.to(compute) for x in xs]
         states = self._check_state(state, batch, compute, xs[0].device)
         params = {d.name: _cast(getattr(self, d.name), compute) for d in self.ir.params}
-        outs, final = fn(*xs, *states, **{_py(k): v for k, v in params.items()})
+        outs, final = fn(*xs, *states, **{py_name(k): v for k, v in params.items()})
         if dtype in LOW_PRECISION:
             outs = {k: v if v.is_complex() else v.to(dtype) for k, v in outs.items()}
         y = next(iter(outs.values())) if len(outs) == 1 else outs
@@ -120,8 +121,3 @@ def _state_dtype(decl, dtype):
 
 def _cast(p: torch.Tensor, dtype):
     return p.to(dtype.to_complex()) if p.is_complex() else p.to(dtype)
-
-
-def _py(name: str) -> str:
-    from reclang.backends.torch_expr import py_name
-    return py_name(name)

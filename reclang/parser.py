@@ -11,9 +11,6 @@ from lark import Token, Transformer, v_args
 from . import ast
 from .errors import Loc, RecError, Source
 
-REDUCTIONS = ("sum", "max", "min", "logsumexp")
-
-
 class LineJoiner:
     """Decides which newlines end a statement.
 
@@ -88,13 +85,13 @@ class ToAst(Transformer):
     def _reduce(self, fn, args, meta):
         *binders, last = args
         if last[0] != "bound" or any(a[0] == "bound" for a in binders):
-            raise _syntax(f"write a reduction as `{fn}(i, j: body)`: the indices, one ':', "
+            raise _SyntaxProblem(f"write a reduction as `{fn}(i, j: body)`: the indices, one ':', "
                           "then the body", _loc(meta))
         _, last_binder, body = last
         names = [a[1] for a in binders] + [last_binder]
         for n in names:
             if not isinstance(n, ast.Name):
-                raise _syntax(f"the indices before ':' in {fn}(...) must be plain names",
+                raise _SyntaxProblem(f"the indices before ':' in {fn}(...) must be plain names",
                               getattr(n, "loc", _loc(meta)))
         return ast.Reduce(fn, tuple(names), body, _loc(meta))
 
@@ -194,12 +191,11 @@ class ToAst(Transformer):
 
 
 class _SyntaxProblem(Exception):
+    """A syntax rule the grammar cannot express, found while building the AST."""
+
     def __init__(self, message, loc):
+        super().__init__(message)
         self.message, self.loc = message, loc
-
-
-def _syntax(message, loc):
-    return _SyntaxProblem(message, loc)
 
 
 # Friendly names for the grammar's terminals, used in "expected ..." messages.

@@ -47,7 +47,8 @@ SPELLINGS = {
         "    S[h, i, j] <- exp(g[h]) * S[h, i, j] + beta[h] * k[h, i] * u[h, j]\n" + READ,
         ATTN + ", g[H], beta[H]\n    state S[H, K, V] = 0\n"
         "    D[h, i, j] = exp(g[h]) * S[h, i, j]\n"
-        "    S[h, i, j] <- D[h, i, j] + beta[h] * k[h, i] * (v[h, j] - sum(l: k[h, l] * D[h, l, j]))\n"
+        "    S[h, i, j] <- D[h, i, j] + beta[h] * k[h, i]\n"
+        "                  * (v[h, j] - sum(l: k[h, l] * D[h, l, j]))\n"
         + READ,
     ],
     "mamba_s6": [

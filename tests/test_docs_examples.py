@@ -41,7 +41,8 @@ def test_error_blocks_show_the_real_message(code, expected):
     assert str(info.value) == expected.rstrip("\n")
 
 
-@pytest.mark.parametrize("script, args", [("quickstart.py", []), ("train_cell.py", ["--steps", "30"])])
+@pytest.mark.parametrize("script, args", [("quickstart.py", []),
+                                          ("train_cell.py", ["--steps", "30"])])
 def test_examples_run(script, args):
     path = ROOT / "examples" / script
     if not path.exists():

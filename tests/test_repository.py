@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 4000  # reclang/ + backends/, non-blank lines (tinygrad-style discipline)
+LINE_BUDGET = 5000  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
 
 
 def test_readme_example_runs():

@@ -155,14 +155,14 @@ def _contract_deltas(t: Term) -> Term:
 
 def _factor_rank_one(t: Term, p: int, symbols):
     """Splits c(i, l) into a(i) · b(l) for a term c · Σ_l S[.., l, ..], or None."""
-    i, l = symbols[p], t.index[p]
-    extra = {s: n for s, n in t.sums if s != l}
+    i, j = symbols[p], t.index[p]  # Σ_j c(i, j) S[.., j, ..]
+    extra = {s: n for s, n in t.sums if s != j}
     a, b, rest = [], [], []
     for f in sympy.Mul.make_args(t.coef):
         free = f.free_symbols
-        if i in free and l in free:
+        if i in free and j in free:
             return None
-        (a if i in free else b if l in free else rest).append(f)
+        (a if i in free else b if j in free else rest).append(f)
     groups = [a, b, rest]
     # a sum over another index must stay within one side (k1·k0 in a DeltaProduct)
     for s in extra:
@@ -171,7 +171,7 @@ def _factor_rank_one(t: Term, p: int, symbols):
             return None
     wrap = [_sum_over(sympy.Mul(*g), extra) for g in groups]
     common = sympy.Symbol("l", integer=True)
-    return (wrap[0] * wrap[2], wrap[1].subs(l, common))
+    return (wrap[0] * wrap[2], wrap[1].subs(j, common))
 
 
 def _sum_over(expr, sums: dict):
