@@ -137,12 +137,15 @@ class Program:
         if step:
             lines += blocks[Place.LOOP]
         else:
-            lines += self.loop(first, blocks, outputs)
+            lines += self.loop(first, blocks, outputs, lower.unbound)
         lines.append(self.returns(outputs))
         return lines
 
-    def loop(self, first: str, blocks, outputs) -> list[str]:
+    def loop(self, first: str, blocks, outputs, unbound) -> list[str]:
         lines = [f"T = {first}.shape[1]"] + blocks[Place.HOIST]
+        if unbound:
+            lines.append("# the sequences the loop reads, split into steps")
+        lines += [f"{steps} = {var}.unbind(1)" for var, steps in unbound.items()]
         stepwise = [n for n, home in outputs if home == Place.LOOP]
         lines += [f"_{py_name(n.arg)}_steps = []" for n in stepwise]
         lines.append("for t in range(T):")

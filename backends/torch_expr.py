@@ -69,6 +69,7 @@ class ExprLowering:
         self.ir, self.place, self.blocks = ir, place, blocks
         self.temps: dict[int, str] = {}
         self.needs: set[str] = set()  # "dtype", "batch": variables the code must define
+        self.unbound: dict[str, str] = {}  # sequences the loop reads step by step
         self.used_names: set[str] = {py_name(d) for d in ir.decls} | {
             py_name(ir.node(i).arg) for i in ir.stmts}
 
@@ -117,8 +118,23 @@ class ExprLowering:
             text = self.lower_value(i, home)
             self.temps[i] = self.new_temp(node)
             self.emit(home, node, f"{self.temps[i]} = {text}")
-        text = self.temps[i] + ("[:, t]" if home == Place.HOIST and at == Place.LOOP else "")
+        text = self.temps[i]
+        if home == Place.HOIST and at == Place.LOOP:
+            text = self.at_step(text)
         return Code(text, ATOM, node.axes)
+
+    def at_step(self, var: str) -> str:
+        """A sequence value [B, T, ...] read at step t. The sequence is split into its
+        steps once, before the loop (`x.unbind(1)`): indexing `x[:, t]` inside the loop
+        would make autograd build a full-size gradient for every step."""
+        if var not in self.unbound:
+            name, k = f"_{var.lstrip('_')}_t", 1
+            while name in self.used_names:
+                k += 1
+                name = f"_{var.lstrip('_')}_t{k}"
+            self.used_names.add(name)
+            self.unbound[var] = name
+        return f"{self.unbound[var]}[t]"
 
     def lower_value(self, i: int, home: Place) -> str:
         node = self.ir.node(i)
@@ -150,12 +166,14 @@ class ExprLowering:
     def lower_read(self, node: Node, at: Place) -> Code:
         source = node.args[0]
         home = self.place[source]
-        prefix = {Place.ONCE: [], Place.LOOP: [":"],
-                  Place.HOIST: [":", "t"] if at == Place.LOOP else [":", ":"]}[home]
+        var = self.var(source)
+        if home == Place.HOIST and at == Place.LOOP:
+            var, home = self.at_step(var), Place.LOOP
+        prefix = {Place.ONCE: [], Place.LOOP: [":"], Place.HOIST: [":", ":"]}[home]
         parts = prefix + [":" if isinstance(s, str) else str(s) for s in node.arg]
         while parts and parts[-1] == ":":
             parts.pop()
-        text = self.var(source) + (f"[{', '.join(parts)}]" if parts else "")
+        text = var + (f"[{', '.join(parts)}]" if parts else "")
         return Code(text, ATOM, node.axes)
 
     def lower_fn(self, node: Node, at: Place) -> Code:

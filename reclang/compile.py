@@ -17,7 +17,7 @@ from .ir import IR
 from .module import RecModule
 from .parser import parse
 
-BACKENDS = ("sequential",)
+BACKENDS = ("sequential", "scan")
 
 
 class Cell:
@@ -46,8 +46,8 @@ class Cell:
         """The generated source for a backend."""
         backend = self._backend(backend)
         if backend not in self._sources:
-            from reclang.backends import sequential
-            self._sources[backend] = sequential.generate(self.ir)
+            generator = importlib.import_module(f"reclang.backends.{backend}")
+            self._sources[backend] = generator.generate(self.ir)
         return self._sources[backend]
 
     def module(self, backend: str = "sequential") -> RecModule:
@@ -60,11 +60,18 @@ class Cell:
         return RecModule(self.ir, backend, source, generated)
 
     def _backend(self, backend: str) -> str:
+        """The backend to use; an explicit one must be able to run the plan. `auto`
+        picks the backend measured fastest for the plan (docs/benchmarks.md): today
+        the sequential loop, which beats the PyTorch scan on the CPU at every size
+        measured; the scan is chosen explicitly."""
         if backend == "auto":
             return "sequential"
         if backend not in BACKENDS:
             raise RecError(f"unknown backend {backend!r}; available: "
                            f"{', '.join(BACKENDS + ('auto',))}")
+        verdict = next((v for v in self.plan.backends if v.backend == backend), None)
+        if verdict is not None and not verdict.supported:
+            raise RecError(f"backend {backend!r} cannot run cell {self.name}: {verdict.reason}")
         return backend
 
 

@@ -1,0 +1,111 @@
+"""The scan backend against the sequential one (float64: outputs, final states and
+gradients of inputs, params and initial states), on every catalogue spec it can run,
+at awkward lengths around the chunk size; and its linear scan against a plain loop."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import assert_matches_reference, random_inputs, random_state
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.func import functional_call
+
+import reclang
+from reclang.backends.scan import CHUNK, linear_scan
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+SMALL = {"D": 3, "N": 4, "H": 2, "K": 4, "V": 3, "P": 3, "R": 2}
+F = torch.nn.functional
+TRANSFORMS = {"g": F.logsigmoid}
+
+
+def cells_on(backend):
+    names = []
+    for path in sorted(SPECS.glob("*.rec")):
+        if reclang.load(path).plan.supports(backend):
+            names.append(path.stem)
+    return names
+
+
+def small(name):
+    cell = reclang.load(SPECS / f"{name}.rec")
+    return reclang.load(SPECS / f"{name}.rec", **{k: v for k, v in SMALL.items()
+                                                  if k in cell.hypers})
+
+
+def as_reference(sequential):
+    """The sequential module as a reference that uses the tested module's params."""
+    name = sequential.ir.outputs[0].arg
+
+    def reference(x, params, state):
+        y, final = functional_call(sequential, params, args=(), kwargs={**x, "state": state})
+        return (y if isinstance(y, dict) else {name: y}), final
+    return reference
+
+
+def test_scan_runs_the_diagonal_cells():
+    assert set(cells_on("scan")) == {"hgrn", "lru", "lsrl_parity", "mamba_s6", "min_gru",
+                                     "min_lstm", "rg_lru", "s4d"}
+
+
+@pytest.mark.parametrize("T", [1, 2, 7, CHUNK - 1, CHUNK, CHUNK + 1, 129])
+@pytest.mark.parametrize("name", cells_on("scan"))
+def test_scan_matches_sequential(name, T):
+    cell = small(name)
+    torch.manual_seed(0)
+    scan = cell.module("scan").double()
+    sequential = cell.module("sequential").double()
+    x = random_inputs(scan, 2, T, **TRANSFORMS)
+    s = random_state(scan, 2)
+    assert_matches_reference(scan, as_reference(sequential), x, s, atol=1e-9, rtol=1e-7)
+    assert_matches_reference(scan, as_reference(sequential), x, None, atol=1e-9, rtol=1e-7)
+
+
+def test_step_of_the_scan_module_is_the_cell_step():
+    cell = small("min_gru")
+    scan, sequential = cell.module("scan").double(), cell.module("sequential").double()
+    scan.load_state_dict(sequential.state_dict())
+    x = random_inputs(scan, 2, None)
+    torch.testing.assert_close(scan.step(**x)[0], sequential.step(**x)[0])
+
+
+def loop(a, b, h):
+    states = []
+    for t in range(a.shape[1]):
+        h = a[:, t] * h + b[:, t]
+        states.append(h)
+    return torch.stack(states, 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(T=st.integers(1, 300), chunk=st.sampled_from([1, 2, 3, 8, 64]),
+       kind=st.sampled_from(["positive", "signed", "complex"]), seed=st.integers(0, 99))
+def test_linear_scan_matches_a_loop(T, chunk, kind, seed):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (2, T, 3)
+    a = torch.rand(shape, generator=gen, dtype=torch.float64)
+    if kind == "signed":
+        a = 2 * a - 1
+    if kind == "complex":
+        a = torch.polar(a, 6 * torch.rand(shape, generator=gen, dtype=torch.float64))
+    b = torch.randn(shape, generator=gen, dtype=torch.float64).to(a.dtype)
+    h0 = torch.randn(2, 3, generator=gen, dtype=torch.float64).to(a.dtype)
+    torch.testing.assert_close(linear_scan(a, b, h0, chunk), loop(a, b, h0))
+
+
+def test_no_overflow_for_gates_near_zero_over_long_sequences():
+    cell = small("hgrn")
+    m = cell.module("scan")
+    x = random_inputs(m, 1, 4096, g=lambda g: -20 + 0 * g)
+    x = {k: v.float() for k, v in x.items()}
+    y, state = m(**x)
+    assert torch.isfinite(y).all() and torch.isfinite(state["h"]).all()
+
+
+def test_backend_choice_and_refusal():
+    lstm = small("lstm")
+    with pytest.raises(reclang.RecError, match="backend 'scan' cannot run cell lstm: needs diag"):
+        lstm.module("scan")
+    assert lstm.module("auto").backend == "sequential"
+    assert small("min_gru").module("auto").backend == "sequential"  # measured faster on CPU
