@@ -13,12 +13,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import init
+from . import init, varlen
 from .backends.torch_expr import py_name
 from .errors import RecError
 from .ir import IR
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+RESERVED_ARGS = ("state", "lengths", "cu_seqlens", "cell")
 
 
 class RecModule(nn.Module):
@@ -26,9 +27,13 @@ class RecModule(nn.Module):
         super().__init__()
         self.ir, self.backend, self.source = ir, backend, source
         self._generated = generated
+        for decl in ir.inputs:
+            if decl.name in RESERVED_ARGS:
+                raise RecError(f"input name '{decl.name}' is an argument of the module "
+                               "call; rename the input", ir.source, decl.loc)
         values: dict[str, torch.Tensor] = {}
         for decl in ir.params:
-            if hasattr(self, decl.name) or decl.name in ("state", "cell"):
+            if hasattr(self, decl.name) or decl.name in RESERVED_ARGS:
                 raise RecError(f"param name '{decl.name}' clashes with an attribute of the "
                                "module; rename it", ir.source, decl.loc)
             values[decl.name] = init.evaluate(ir, decl, values)
@@ -38,8 +43,25 @@ class RecModule(nn.Module):
         return f"cell={self.ir.name}, backend={self.backend}"
 
     # ---- running
-    def forward(self, state: dict | None = None, **inputs):
-        return self._run(self._generated.forward, inputs, state, sequence=True)
+    def forward(self, state: dict | None = None, lengths=None, cu_seqlens=None, **inputs):
+        """Whole sequences: inputs [B, T, *dims]. `lengths` ([B], right-padded batches)
+        or `cu_seqlens` (packed sequences in a batch of one) run variable-length
+        sequences without computing padding (see reclang/varlen.py)."""
+        if lengths is None and cu_seqlens is None:
+            return self._run(self._generated.forward, inputs, state, sequence=True)
+        if lengths is not None and cu_seqlens is not None:
+            raise TypeError("give lengths or cu_seqlens, not both")
+
+        def run(part, part_state):
+            y, s = self._run(self._generated.forward, part, part_state, sequence=True)
+            return (y if isinstance(y, dict) else {self.ir.outputs[0].arg: y}), s
+
+        self._check_inputs(inputs, sequence=True)
+        if lengths is not None:
+            outs, final = varlen.run_padded(run, inputs, state, lengths)
+        else:
+            outs, final = varlen.run_packed(run, inputs, state, cu_seqlens)
+        return (next(iter(outs.values())) if len(outs) == 1 else outs), final
 
     def step(self, state: dict | None = None, **inputs):
         """One time step: inputs [B, *dims]; returns (outputs [B, *dims], new state)."""

@@ -1,0 +1,78 @@
+"""Variable-length batches for every backend, by grouping sequences of equal length.
+
+    y, state = m(x=x, lengths=lengths)        # x [B, T, ...] right-padded, lengths [B]
+    y, state = m(x=x, cu_seqlens=cu)          # x [1, total, ...] packed, cu [N + 1]
+
+Sequences of the same length run together in one call of the backend; nothing is
+computed for padding. With `lengths`, outputs past a sequence's end are 0 and its final
+state is the state after its last step. With `cu_seqlens` (flash-linear-attention's
+convention: offsets 0 = c_0 < c_1 < ... < c_N = total), the states are reset at every
+boundary: each sequence starts from its own initial state (`state` holds [N, ...]) and
+the returned states are [N, ...].
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _groups(lengths: list[int]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for index, n in enumerate(lengths):
+        groups.setdefault(n, []).append(index)
+    return groups
+
+
+def _check(lengths: list[int], limit: int, what: str):
+    if not lengths or min(lengths) < 1 or max(lengths) > limit:
+        raise ValueError(f"{what}: every sequence needs 1 to {limit} steps, got {lengths}")
+
+
+def run_padded(run, inputs: dict, state: dict | None, lengths) -> tuple[dict, dict]:
+    """`run(inputs, state) -> (outputs dict, states dict)` on a right-padded batch."""
+    batch, T = next(iter(inputs.values())).shape[:2]
+    lengths = [int(n) for n in torch.as_tensor(lengths).reshape(-1).tolist()]
+    if len(lengths) != batch:
+        raise ValueError(f"lengths: expected {batch} lengths (one per sequence), "
+                         f"got {len(lengths)}")
+    _check(lengths, T, "lengths")
+    outs, finals = {}, {}
+    for n, rows in _groups(lengths).items():
+        index = torch.tensor(rows)
+        part = {k: v[index, :n] for k, v in inputs.items()}
+        part_state = None if state is None else {k: v[index] for k, v in state.items()}
+        y, s = run(part, part_state)
+        for k, v in y.items():
+            outs.setdefault(k, v.new_zeros((batch, T, *v.shape[2:])))[index, :n] = v
+        for k, v in s.items():
+            finals.setdefault(k, v.new_zeros((batch, *v.shape[1:])))[index] = v
+    return outs, finals
+
+
+def run_packed(run, inputs: dict, state: dict | None, cu_seqlens) -> tuple[dict, dict]:
+    """`run(inputs, state)` on sequences packed along time in a batch of one."""
+    first = next(iter(inputs.values()))
+    if first.shape[0] != 1:
+        raise ValueError(f"cu_seqlens: packed sequences come in a batch of 1, "
+                         f"got a batch of {first.shape[0]}")
+    offsets = [int(c) for c in torch.as_tensor(cu_seqlens).reshape(-1).tolist()]
+    total = first.shape[1]
+    if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != total:
+        raise ValueError(f"cu_seqlens must run from 0 to the packed length {total}, "
+                         f"got {offsets}")
+    spans = list(zip(offsets[:-1], offsets[1:]))
+    _check([end - start for start, end in spans], total, "cu_seqlens")
+    outs, finals = {}, {}
+    for n, members in _groups([end - start for start, end in spans]).items():
+        part = {k: torch.stack([v[0, spans[m][0]:spans[m][1]] for m in members])
+                for k, v in inputs.items()}
+        index = torch.tensor(members)
+        part_state = None if state is None else {k: v[index] for k, v in state.items()}
+        y, s = run(part, part_state)
+        for k, v in y.items():
+            out = outs.setdefault(k, v.new_zeros((1, total, *v.shape[2:])))
+            for row, m in enumerate(members):
+                out[0, spans[m][0]:spans[m][1]] = v[row]
+        for k, v in s.items():
+            finals.setdefault(k, v.new_zeros((len(spans), *v.shape[1:])))[index] = v
+    return outs, finals
