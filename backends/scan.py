@@ -80,8 +80,9 @@ class ScanProgram(Program):
         tokens = {d.name: f"{py_name(d.name)}.new_{{}}((B * T, *{py_name(d.name)}.shape[1:]))"
                   for d in self.ir.states}
         lines.append("# h' = a h + b elementwise: b is the step from 0, a + b the step from 1")
-        lines.append(f"_, _from0 = {self.call_step({k: v.format('zeros') for k, v in tokens.items()})}")
-        lines.append(f"_, _from1 = {self.call_step({k: v.format('ones') for k, v in tokens.items()})}")
+        for value, fill in (("_from0", "zeros"), ("_from1", "ones")):
+            filled = {k: v.format(fill) for k, v in tokens.items()}
+            lines.append(f"_, {value} = {self.call_step(filled)}")
         prev = {}
         for d in self.ir.states:
             name = py_name(d.name)
