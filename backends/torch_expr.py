@@ -81,21 +81,30 @@ class ExprLowering:
         return self.temps[i]
 
     def new_temp(self, node: Node) -> str:
-        stem = f"_{node.arg}" if node.op == Op.FN else f"_{node.op.name.lower()}"
-        reads = [self.ir.node(a) for a in node.args]
-        if node.op == Op.REDUCE:
-            stem = f"_{node.arg[0]}"
-        first = next((r for r in reads if r.op == Op.READ), None)
-        if first is not None:
-            stem += "_" + str(self.ir.node(first.args[0]).arg)
-        elif node.op == Op.INDEX:
+        """A readable name for a materialized value: its function and the first
+        tensor it reads (`_exp_g`, `_sum_W`), made unique."""
+        if node.op == Op.INDEX:
             stem = f"_index_{node.arg}"
+        else:
+            stem = f"_{node.arg[0] if node.op == Op.REDUCE else node.arg}"
+            first = self.first_read(node)
+            if first is not None:
+                stem += "_" + str(self.ir.node(first.args[0]).arg)
         name, k = stem, 1
         while name in self.used_names:
             k += 1
             name = f"{stem}{k}"
         self.used_names.add(name)
         return name
+
+    def first_read(self, node: Node) -> Node | None:
+        """The first READ in the expression below a node (depth first, left to right)."""
+        for a in node.args:
+            child = self.ir.node(a)
+            found = child if child.op == Op.READ else self.first_read(child)
+            if found is not None:
+                return found
+        return None
 
     # ---- values
     def code(self, i: int, at: Place) -> Code:
