@@ -96,6 +96,50 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """Every backend that can run the cell, side by side on the same inputs and params:
+    forward and forward+backward times (best of --repeat) and the largest difference
+    from the sequential backend."""
+    import torch
+
+    cell = load(args.spec, **_hypers(args.set))
+    backends = [v.backend for v in cell.plan.backends
+                if v.supported and v.backend in ("sequential", "scan")]
+    torch.manual_seed(args.seed)
+    modules = {b: cell.module(b) for b in backends}
+    for m in modules.values():
+        m.load_state_dict(modules["sequential"].state_dict())
+    inputs = {d.name: torch.randn(args.batch, args.T, *d.shape) for d in cell.ir.inputs}
+    print(f"cell {cell.name} ({cell.plan.form}), B={args.batch}, T={args.T}, float32")
+    print(f"  {'backend':<11}{'forward':>10}{'fwd+bwd':>10}{'max |y - sequential|':>22}")
+    reference = None
+    for name, m in modules.items():
+        with torch.no_grad():
+            y = _outputs(m(**inputs)[0])
+            forward = _best(lambda m=m: m(**inputs), args.repeat)
+        reference = reference if reference is not None else y
+        xs = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+        both = _best(lambda m=m: _outputs(m(**xs)[0]).square().mean().backward(), args.repeat)
+        diff = (y - reference).abs().max().item()
+        print(f"  {name:<11}{forward * 1e3:>8.2f}ms{both * 1e3:>8.2f}ms{diff:>22.3g}")
+    return 0
+
+
+def _outputs(y):
+    import torch
+
+    return y if torch.is_tensor(y) else torch.cat([v.reshape(-1) for v in y.values()])
+
+
+def _best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reclang", description="Compile recurrent cells "
                                 "written in the reclang language.")
@@ -121,6 +165,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-B", "--batch", type=int, default=2)
     c.add_argument("-T", type=int, default=64)
     c.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    c.add_argument("--seed", type=int, default=0)
+    c = command("bench", cmd_bench, "time every backend that can run the cell, side by side")
+    c.add_argument("-B", "--batch", type=int, default=4)
+    c.add_argument("-T", type=int, default=1024)
+    c.add_argument("--repeat", type=int, default=3)
     c.add_argument("--seed", type=int, default=0)
     return p
 

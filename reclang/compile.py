@@ -61,9 +61,9 @@ class Cell:
 
     def _backend(self, backend: str) -> str:
         """The backend to use; an explicit one must be able to run the plan. `auto`
-        picks the backend measured fastest for the plan (docs/benchmarks.md): today
-        the sequential loop, which beats the PyTorch scan on the CPU at every size
-        measured; the scan is chosen explicitly."""
+        picks the sequential loop: on the CPU the PyTorch scan wins only when a step
+        is tiny (small batch × state), and loses by up to 10x on larger ones
+        (docs/benchmarks.md); choose the scan explicitly where it pays."""
         if backend == "auto":
             return "sequential"
         if backend not in BACKENDS:

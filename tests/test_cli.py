@@ -51,3 +51,11 @@ def test_run_compares_full_and_step(capsys):
     diffs = [float(x) for x in re.findall(r"max \|full - step\| = (\S+)", out)]
     assert len(diffs) == 2 and max(diffs) < 1e-12
     assert "out   o: [2, 5, 4, 4]" in out and "tokens/s" in out
+
+
+def test_bench_times_every_supported_backend(capsys):
+    spec = str(Path(GLA).parent / "min_gru.rec")
+    assert main(["bench", spec, "-T", "8", "-B", "2", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\s+(sequential|scan)\s+[\d.]+ms\s+[\d.]+ms\s+(\S+)$", out, re.M)
+    assert [r[0] for r in rows] == ["sequential", "scan"] and float(rows[1][1]) < 1e-5
