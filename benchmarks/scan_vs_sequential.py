@@ -10,25 +10,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 from pathlib import Path
 
 import torch
 
 import reclang
+from reclang.timing import best_of
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 CASES = [("min_gru", dict(D=64, N=128), 8), ("mamba_s6", dict(D=64, N=16, R=4), 4),
          ("hgrn", dict(D=256), 8), ("rg_lru", dict(D=128), 8)]
-
-
-def best(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def run(name, hypers, batch, T, repeat):
@@ -44,12 +35,12 @@ def run(name, hypers, batch, T, repeat):
     result = {}
     for label, m in (("sequential", sequential), ("scan", scan)):
         with torch.no_grad():
-            result[label, "fwd"] = best(lambda: m(**inputs), repeat)
+            result[label, "fwd"] = best_of(lambda: m(**inputs), repeat)
 
         def train_step():
             y, _ = m(**inputs)
             (y if torch.is_tensor(y) else sum(y.values())).square().mean().backward()
-        result[label, "fwd+bwd"] = best(train_step, repeat)
+        result[label, "fwd+bwd"] = best_of(train_step, repeat)
     return result
 
 

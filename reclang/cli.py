@@ -8,6 +8,7 @@ import time
 
 from . import load
 from .errors import RecError
+from .timing import best_of
 
 
 def _hypers(pairs: list[str]) -> dict:
@@ -116,10 +117,10 @@ def cmd_bench(args) -> int:
     for name, m in modules.items():
         with torch.no_grad():
             y = _outputs(m(**inputs)[0])
-            forward = _best(lambda m=m: m(**inputs), args.repeat)
+            forward = best_of(lambda m=m: m(**inputs), args.repeat)
         reference = reference if reference is not None else y
         xs = {k: v.clone().requires_grad_() for k, v in inputs.items()}
-        both = _best(lambda m=m: _outputs(m(**xs)[0]).square().mean().backward(), args.repeat)
+        both = best_of(lambda m=m: _outputs(m(**xs)[0]).square().mean().backward(), args.repeat)
         diff = (y - reference).abs().max().item()
         print(f"  {name:<11}{forward * 1e3:>8.2f}ms{both * 1e3:>8.2f}ms{diff:>22.3g}")
     return 0
@@ -129,15 +130,6 @@ def _outputs(y):
     import torch
 
     return y if torch.is_tensor(y) else torch.cat([v.reshape(-1) for v in y.values()])
-
-
-def _best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def parser() -> argparse.ArgumentParser:
