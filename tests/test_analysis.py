@@ -239,3 +239,15 @@ def test_json_plan():
     assert data["form"] == "mat-decay"
     assert data["states"][0]["input"]["kind"] == "outer"
     assert {b["backend"] for b in data["backends"]} >= {"sequential", "chunk", "scan"}
+
+
+def test_states_without_axes():
+    """A scalar state (no axes) is analyzed and runs, on both backends."""
+    import torch
+
+    cell = reclang.loads("cell s():\n    input x\n    state c = 0\n    c <- c + x\n"
+                         "    out y = c\n")
+    assert cell.plan.form == "diag-lti" and "c' = c + x" in cell.plan.describe()
+    for backend in ("sequential", "scan"):
+        y, state = cell.module(backend)(x=torch.ones(2, 5))
+        assert torch.equal(y[0], torch.arange(1.0, 6.0)) and state["c"].shape == (2,)

@@ -335,12 +335,17 @@ def _is_own_read(ir: IR, n, update) -> bool:
 
 # ---- pretty printing ----------------------------------------------------------------------
 def _pretty(name, symbols, terms) -> str:
-    lhs = f"{name}'[{', '.join(map(str, symbols))}]"
+    lhs = f"{name}'[{', '.join(map(str, symbols))}]" if symbols else f"{name}'"
     parts = []
     for t in terms:
-        expr = t.coef if t.state is None else t.coef * sympy.IndexedBase(t.state)[t.index]
+        expr = t.coef if t.state is None else t.coef * _state_symbol(t.state, t.index)
         parts.append(_collapse([Term(expr, None, (), t.sums)]))
     return f"{lhs} = {sympy.sstr(sympy.Add(*parts), order='none')}"
+
+
+def _state_symbol(name: str, index: tuple):
+    """S[i, j] as a sympy value; a state with no axes is a plain symbol."""
+    return sympy.IndexedBase(name)[index] if index else sympy.Symbol(name)
 
 
 def _pretty_nonaffine(ir, name, node) -> str:
