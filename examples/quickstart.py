@@ -1,4 +1,5 @@
-"""Quickstart: write a cell, compile it, run it over a sequence and step by step.
+"""Quickstart: write a cell, compile it, run it over sequences and step by step, and
+read the code reclang generated for it.
 
     python examples/quickstart.py
 """
@@ -8,40 +9,48 @@ import torch
 import reclang
 
 SPEC = """
-# A gated linear attention cell with a key-wise forget gate (GLA, Yang et al. 2023)
-cell gla(H = 2, K = 8, V = 8):
-    input q[H, K], k[H, K], v[H, V], g[H, K]     # g: log forget gate (<= 0)
-    state S[H, K, V] = 0
-    S[h, i, j] <- exp(g[h, i]) * S[h, i, j] + k[h, i] * v[h, j]
-    out o[h, j] = sum(i: q[h, i] * S[h, i, j]) * K ** -0.5
+# minGRU (Feng et al., 2024, "Were RNNs all we needed?"): the gate and the candidate
+# depend on the input only, so the recurrence is a diagonal linear one
+cell min_gru(D = 8, N = 16):
+    input x[D]
+    param Wz[N, D], Wh[N, D] ~ normal(0, D ** -0.5)
+    param bz[N] = 0, bh[N] = 0
+    state h[N] = 0
+    z[n] = sigmoid(sum(d: Wz[n, d] * x[d]) + bz[n])          # update gate
+    h[n] <- (1 - z[n]) * h[n] + z[n] * (sum(d: Wh[n, d] * x[d]) + bh[n])
+    out y[n] = h[n]
 """
 
 
 def main():
     torch.manual_seed(0)
-    cell = reclang.loads(SPEC, "gla.rec")
-    print(cell.plan.summary)                        # what the analyzer proved
+    cell = reclang.loads(SPEC, "min_gru.rec", N=4)      # load-time override of N
+    print(cell, "->", cell.plan.summary)               # what the analyzer found
+    m = cell.module()                                   # a torch.nn.Module
+    print("parameters:", {n: list(p.shape) for n, p in m.named_parameters()})
 
-    m = cell.module()                               # a torch.nn.Module
-    B, T = 3, 50
-    q, k, v = (torch.randn(B, T, 2, 8) for _ in range(3))
-    g = torch.nn.functional.logsigmoid(torch.randn(B, T, 2, 8))
-    o, state = m(q=q, k=k, v=v, g=g)
-    print(f"o: {list(o.shape)}, final S: {list(state['S'].shape)}")
+    x = torch.randn(3, 50, 8)                           # [B, T, D]
+    y, state = m(x=x)
+    print(f"y: {list(y.shape)}, final h: {list(state['h'].shape)}")
 
-    # decoding: one step at a time from the same initial state gives the same outputs
+    # decoding: one step at a time gives the same outputs
     s, steps = None, []
-    for t in range(T):
-        o_t, s = m.step(q=q[:, t], k=k[:, t], v=v[:, t], g=g[:, t], state=s)
-        steps.append(o_t)
-    print(f"max |full - step|: {(torch.stack(steps, 1) - o).abs().max().item():.2e}")
+    for t in range(x.shape[1]):
+        y_t, s = m.step(x=x[:, t], state=s)
+        steps.append(y_t)
+    print(f"max |sequence - steps| = {(torch.stack(steps, 1) - y).abs().max():.1e}")
 
-    # continue from a state: two halves equal the whole
-    o1, s1 = m(q=q[:, :20], k=k[:, :20], v=v[:, :20], g=g[:, :20])
-    o2, _ = m(q=q[:, 20:], k=k[:, 20:], v=v[:, 20:], g=g[:, 20:], state=s1)
-    print(f"max |halves - whole|: {(torch.cat([o1, o2], 1) - o).abs().max().item():.2e}")
+    # continuing from a state: two halves make the whole
+    y1, s1 = m(x=x[:, :20])
+    y2, _ = m(x=x[:, 20:], state=s1)
+    print(f"max |halves - whole|   = {(torch.cat([y1, y2], 1) - y).abs().max():.1e}")
 
-    print("\nthe generated code:\n")
+    # the diagonal recurrence can also run as a parallel scan over time
+    scan = cell.module("scan")
+    scan.load_state_dict(m.state_dict())
+    print(f"max |scan - loop|      = {(scan(x=x)[0] - y).abs().max():.1e}")
+
+    print("\nThe generated code (sequential backend):\n")
     print(m.source)
 
 
