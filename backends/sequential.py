@@ -219,7 +219,7 @@ def _broadcast(lower: ExprLowering, code: Code, node: Node, home: Place,
     if code.const:
         lower.needs |= {"dtype", "batch"}
         prefix = {Place.ONCE: "", Place.HOIST: "B, T, ", Place.LOOP: "B, "}[home]
-        shape = prefix + ", ".join(map(str, node.sizes))
+        shape = (prefix + ", ".join(map(str, node.sizes))).rstrip(", ")
         return f"torch.full(({shape},), {code.text}, dtype=_dtype, device=_device)"
     aligned = align(code, target)
     if value_home == Place.ONCE and home != Place.ONCE:

@@ -118,7 +118,11 @@ class Builder:
 
     # ---- declarations
     def build(self) -> IR:
+        seen = set()
         for h in self.cell.hypers:
+            if h.name in seen:
+                self.errors.error(f"hyperparameter {h.name} is declared twice", h.loc)
+            seen.add(h.name)
             self._check_new_name(h.name, h.loc, "hyperparameter")
         for stmt in self.cell.body:
             if isinstance(stmt, (ast.InputDecl, ast.ParamDecl, ast.StateDecl)):
@@ -137,7 +141,7 @@ class Builder:
     def _check_new_name(self, name, loc, what) -> bool:
         if name in RESERVED:
             kind = "keyword" if name in KEYWORDS else "built-in function"
-            self.errors.error(f"'{name}' is a {kind} and cannot name a {what}", loc)
+            self.errors.error(f"'{name}' is a {kind} and cannot name {_a(what)}", loc)
             return False
         if name in self.hypers and what != "hyperparameter":
             self.errors.error(f"'{name}' is already a hyperparameter", loc)
@@ -291,7 +295,7 @@ class Builder:
             self.fail(f"state {s.name} is updated twice (first at line {first.line}); "
                       "a state has one update per step", s.loc)
         if len(s.indices) != len(decl.shape):
-            self.fail(f"{s.name} has {len(decl.shape)} axes but {len(s.indices)} "
+            self.fail(f"{s.name} has {_axes(len(decl.shape))} but {len(s.indices)} "
                       f"{'index is' if len(s.indices) == 1 else 'indices are'} given", s.loc)
 
     def _check_index_name(self, name, loc):
@@ -551,6 +555,10 @@ def _walk(e: ast.Expr):
     yield e
     for c in _children(e):
         yield from _walk(c)
+
+
+def _axes(n: int) -> str:
+    return f"{n} axis" if n == 1 else f"{n} axes"
 
 
 def _a(kind: str) -> str:

@@ -168,3 +168,22 @@ def test_diagonal_subscript_is_rejected():
         reclang.loads(spec(body), "c.rec", V=4)
     assert "index i appears twice in S[...]" in info.value.message
     assert (info.value.loc.line, info.value.loc.col) == (6, 27)
+
+
+def test_duplicate_hyperparameter_and_wording():
+    with pytest.raises(RecError, match="hyperparameter D is declared twice"):
+        reclang.loads("cell c(D = 2, D = 3):\n    input x[D]\n    out y[d] = x[d]\n")
+    with pytest.raises(RecError, match="'exp' is a built-in function and cannot name an input"):
+        reclang.loads("cell c(D = 2):\n    input exp[D]\n    out y[d] = exp[d]\n")
+    with pytest.raises(RecError, match="h has 1 axis but 2 indices are given"):
+        reclang.loads("cell c(D = 2):\n    input x[D]\n    state h[D] = 0\n"
+                      "    h[d, e] <- x[d]\n    out y[d] = h[d]\n")
+
+
+def test_constant_outputs_have_batch_and_time_axes():
+    import torch
+
+    m = reclang.loads("cell c():\n    input x[2]\n    out y = 3\n    out z[n: 2] = 1.5\n").module()
+    y, _ = m(x=torch.randn(4, 5, 2))
+    assert y["y"].shape == (4, 5) and torch.all(y["y"] == 3)
+    assert y["z"].shape == (4, 5, 2) and torch.all(y["z"] == 1.5)
