@@ -130,3 +130,8 @@ def assert_step_matches_forward(module, inputs: dict, state: dict | None = None,
             steps[k].append(v)
     _compare("step output", {k: torch.stack(v, 1) for k, v in steps.items()}, outs, atol, rtol)
     _compare("step state", s, final, atol, rtol)
+
+
+def outer(k, v):
+    """k vᵀ per head: [B, H, K] x [B, H, V] -> [B, H, K, V]."""
+    return k.unsqueeze(-1) * v.unsqueeze(-2)

@@ -5,16 +5,13 @@ outputs, final states and gradients), and against the papers' parallel (attentio
 import pytest
 import torch
 from helpers import (LENGTHS, assert_matches_reference, assert_step_matches_forward, load,
-                     random_inputs, random_state)
+                     outer, random_inputs, random_state)
 
 F = torch.nn.functional
 H, K, V, B = 2, 4, 3, 2
 SCALE = K ** -0.5
 
 
-def outer(k, v):
-    """k vᵀ per head: [B, H, K] x [B, H, V] -> [B, H, K, V]."""
-    return k.unsqueeze(-1) * v.unsqueeze(-2)
 
 
 def read(q, S):
