@@ -17,7 +17,7 @@ from .ir import IR
 from .module import RecModule
 from .parser import parse
 
-BACKENDS = ("sequential", "scan")
+BACKENDS = ("sequential", "scan", "chunk")
 
 
 class Cell:
@@ -42,18 +42,22 @@ class Cell:
             self._plan = make_plan(self.ir)
         return self._plan
 
-    def source(self, backend: str = "sequential") -> str:
-        """The generated source for a backend."""
+    def source(self, backend: str = "sequential", chunk_size: int | None = None) -> str:
+        """The generated source for a backend (`chunk_size`: the chunk backend's C)."""
         backend = self._backend(backend)
-        if backend not in self._sources:
+        key = (backend, chunk_size)
+        if key not in self._sources:
             generator = importlib.import_module(f"reclang.backends.{backend}")
-            self._sources[backend] = generator.generate(self.ir)
-        return self._sources[backend]
+            if backend == "chunk":
+                self._sources[key] = generator.generate(self.ir, self.plan, chunk_size)
+            else:
+                self._sources[key] = generator.generate(self.ir)
+        return self._sources[key]
 
-    def module(self, backend: str = "sequential") -> RecModule:
+    def module(self, backend: str = "sequential", chunk_size: int | None = None) -> RecModule:
         """A fresh nn.Module (new parameters, initialized as the spec says)."""
         backend = self._backend(backend)
-        source = self.source(backend)
+        source = self.source(backend, chunk_size)
         generated = _load_source(source, f"{self.name}_{backend}")
         if config.debug_level() >= 4:
             print(source)

@@ -30,7 +30,7 @@ BACKENDS = {
     "sequential": (None, None),
     "step": (None, None),
     "scan": (("diag", "diag-lti", "dense"), ("diag", "diag-lti")),
-    "chunk": (("mat-decay", "dplr"), ()),
+    "chunk": (("mat-decay", "dplr"), ("mat-decay", "dplr")),
     "fft": (("diag-lti",), ()),
     "triton": (("diag", "diag-lti", "mat-decay", "dplr", "nonlinear"), ()),
 }
@@ -346,8 +346,21 @@ def _verdicts(ir: IR, form: str, states) -> tuple[Verdict, ...]:
         elif form not in implemented:
             verdicts.append(Verdict(name, False, f"applies to {form}: not implemented yet"))
         else:
-            verdicts.append(Verdict(name, True, f"runs {form}"))
+            why = _cannot_run(ir, name, states)
+            verdicts.append(Verdict(name, not why, why or f"runs {form}"))
     return tuple(verdicts)
+
+
+def _cannot_run(ir: IR, backend: str, states) -> str:
+    """Why a backend cannot run a cell whose form it implements ("" when it can)."""
+    if backend != "chunk":
+        return ""
+    from .operands import Unsupported, chunk_operands
+    try:
+        chunk_operands(ir, states)
+    except Unsupported as err:
+        return f"{ir.source.filename.rsplit('/', 1)[-1]}: {err}"
+    return ""
 
 
 def _why_not(ir: IR, form: str, states) -> str:

@@ -1,0 +1,383 @@
+"""The chunk backend: the chunkwise-parallel form, for `mat-decay` and `dplr` plans.
+
+Recurrence (every state, in the canonical layout [B, H, K, V]; operands derived from
+the plan by reclang/analysis/operands.py):
+
+    S_t = (diag(exp(w_t)) + Σ_r a_{t,r} b_{t,r}ᵀ) S_{t-1} + Σ_r k_{t,r} v_{t,r}ᵀ
+    o_t = q_tᵀ S_{t-1}                (a readout of the new state is rewritten as one
+                                       of the previous state plus the token's own term)
+
+Algorithm (`chunk_affine`), with chunks of C steps and G the cumulative log decay
+within a chunk (G_t inclusive, Gx_t = G_{t-1} exclusive):
+    1. Decayed scores between the tokens of a chunk, for s < t:
+           score(x, y)[t, s] = Σ_i x_t[i] y_s[i] exp(Gx_t[i] - G_s[i])
+       The exponent is the decay between s and t, so it is ≤ 0 for decays ≤ 1: no
+       exp(-cumsum) anywhere (strong decays underflow to 0 instead of overflowing).
+       A scalar decay gives a C × C matrix per head; a key-wise decay needs the
+       C × C × K differences (so its default chunk is smaller).
+    2. Without a low-rank part (mat-decay): the state at each chunk's end,
+           S_end = exp(G_C) S_0 + Σ_s (k_s ⊙ exp(G_C - G_s)) v_sᵀ,
+       passed from chunk to chunk (T / C elementwise steps), and the outputs
+           o_t = (q_t ⊙ exp(Gx_t))ᵀ S_0 + Σ_{s<t} score(q, k)[t, s] v_s.
+    3. With a low-rank part (dplr; Yang et al. 2024, the WY / UT form): the values
+       y_t = b_tᵀ S_{t-1} solve a unit lower-triangular system within the chunk,
+           (I - score(b, a)) Y = B̂ S_0 + score(b, k) V,      B̂_t = b_t ⊙ exp(Gx_t),
+       so Y = W S_0 + U with W, U computed for all chunks at once; the chunk pass
+       adds Σ_s (a_s ⊙ exp(G_C - G_s)) y_sᵀ to the state and the outputs add
+       Σ_{s<t} score(q, a)[t, s] y_s.
+Cost:       O(T·C·K + T·K·V) work per head in batched matmuls, plus T / C small
+            sequential steps (two matmuls each with a low-rank part).
+Numerics:   exponents of decays are differences within a chunk (see 1); the
+            triangular solve is exact for |score(b, a)| of order 1 (DeltaNet keys of
+            norm ≤ 1, β ≤ 2). Gradients by autograd through every step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from reclang.analysis.operands import ChunkOperands, ChunkState, LinearPart
+from reclang.analysis.partition import Phase, phases
+from reclang.ir import IR, Op
+
+from .sequential import INDENT, Program, _broadcast
+from .sympy_torch import SympyLowering
+from .torch_expr import ATOM, Code, ExprLowering, Place, align, py_name
+
+CHUNK = 64          # scalar decays: C × C scores per head
+CHUNK_KEYWISE = 16  # key-wise decays: C × C × K decay factors per head
+
+
+# ---- the algorithm -------------------------------------------------------------------
+def chunk_affine(w, a, b, k, v, q, h0, chunk: int = CHUNK):
+    """The chunkwise form of one state (see the module docstring).
+
+    w: [B, T, H, 1 or K] log decay; a, b: [B, T, R, H, K] or None; k: [B, T, Ri, H, K];
+    v: [B, T, Ri, H, V]; q: [B, T, Rq, H, K] or None (readouts of the previous state);
+    h0: [B, H, K, V]. Returns (o [B, T, Rq, H, V] or None, final state [B, H, K, V]).
+    """
+    B, T = w.shape[:2]
+    C = min(chunk, T)
+    pad = (-T) % C
+    if pad:  # steps with decay 1 and no input leave the state as it is
+        w, a, b, k, v, q = (None if x is None else torch.cat(
+            [x, x.new_zeros((B, pad, *x.shape[2:]))], 1) for x in (w, a, b, k, v, q))
+    w, a, b, k, v, q = (None if x is None else _chunked(x, C) for x in (w, a, b, k, v, q))
+    G = torch.cumsum(w, 3)          # [B, N, H, C, Kw], inclusive
+    Gx = G - w                      # exclusive: the decay up to the previous step
+    G_end = G[..., -1:, :]          # [B, N, H, 1, Kw]
+    to_end = lambda x: x * torch.exp(G_end - G)[..., None, :]  # noqa: E731  [.., C, R, K]
+    from_start = lambda x: x * torch.exp(Gx)[..., None, :]     # noqa: E731
+    kv_end = torch.einsum("...crk,...crv->...kv", to_end(k), v)
+    decay_end = torch.exp(G_end[..., 0, :])[..., None]        # [B, N, H, Kw, 1]
+    if a is not None:
+        tri = torch.eye(C * a.shape[4], dtype=w.dtype, device=w.device) - _flat(
+            _scores(b, a, Gx, G))
+        W = torch.linalg.solve_triangular(tri, _flat_rows(from_start(b)), upper=False,
+                                          unitriangular=True)
+        U = torch.linalg.solve_triangular(tri, _flat(_scores(b, k, Gx, G)) @ _flat_rows(v),
+                                          upper=False, unitriangular=True)
+        a_end = _flat_rows(to_end(a))
+    starts, ys, h = [], [], h0
+    for n in range(w.shape[1]):  # the state from chunk to chunk
+        starts.append(h)
+        h_next = decay_end[:, n] * h + kv_end[:, n]
+        if a is not None:
+            y = W[:, n] @ h + U[:, n]
+            ys.append(y)
+            h_next = h_next + a_end[:, n].transpose(-1, -2) @ y
+        h = h_next
+    if q is None:
+        return None, h
+    S0 = torch.stack(starts, 1)     # [B, N, H, K, V]
+    out = _flat_rows(from_start(q)) @ S0 + _flat(_scores(q, k, Gx, G)) @ _flat_rows(v)
+    if a is not None:
+        out = out + _flat(_scores(q, a, Gx, G)) @ torch.stack(ys, 1)
+    Rq = q.shape[4]
+    out = out.unflatten(3, (C, Rq)).permute(0, 1, 3, 4, 2, 5)  # [B, N, C, Rq, H, V]
+    return out.flatten(1, 2)[:, :T], h
+
+
+def _chunked(x, C):
+    """[B, T, ..., H, X] -> [B, N, H, C, ..., X] (rank dims stay between C and X)."""
+    x = x.unflatten(1, (-1, C))     # [B, N, C, (R,) H, X]
+    if x.dim() == 5:
+        return x.permute(0, 1, 3, 2, 4)
+    return x.permute(0, 1, 4, 2, 3, 5)
+
+
+def _scores(x, y, Gx, G):
+    """score(x, y)[t, r, s, r'] = Σ_i x[t, r, i] y[s, r', i] exp(Gx_t[i] - G_s[i]), s < t.
+
+    x: [B, N, H, C, Rx, K]; y: [B, N, H, C, Ry, K]; Gx, G: [B, N, H, C, 1 or K]."""
+    C = G.shape[3]
+    later = torch.ones(C, C, dtype=torch.bool, device=G.device).tril(-1)  # t > s
+    if G.shape[-1] == 1:
+        gap = (Gx - G.transpose(-1, -2)).masked_fill(~later, float("-inf"))  # [.., C, C]
+        raw = torch.einsum("...tai,...sbi->...tasb", x, y)
+        return raw * torch.exp(gap)[..., :, None, :, None]
+    gap = Gx[..., :, None, :] - G[..., None, :, :]                          # [.., C, C, K]
+    decay = torch.exp(gap.masked_fill(~later[..., None], float("-inf")))
+    return torch.einsum("...tai,...tsi,...sbi->...tasb", x, decay, y)
+
+
+def _flat(scores):
+    """[.., C, Rx, C, Ry] -> [.., C·Rx, C·Ry]."""
+    return scores.flatten(-2, -1).flatten(-3, -2)
+
+
+def _flat_rows(x):
+    """[.., C, R, X] -> [.., C·R, X]."""
+    return x.flatten(-3, -2)
+
+
+def operand(x, like: torch.Tensor, shape) -> torch.Tensor:
+    """An operand as a full [B, T, *shape] tensor (numbers and params broadcast)."""
+    B, T = like.shape[:2]
+    if not torch.is_tensor(x):
+        return like.new_full((B, T, *shape), x)
+    return x.expand(B, T, *shape)
+
+
+# ---- the generated program -----------------------------------------------------------
+class EpilogueLowering(ExprLowering):
+    """The outputs over all steps at once, with the linear parts given."""
+
+    def __init__(self, ir, place, blocks, given: dict[int, str]):
+        super().__init__(ir, place, blocks)
+        self.given = given
+
+    def code(self, i: int, at: Place) -> Code:
+        if i in self.given:
+            return Code(self.given[i], ATOM, self.ir.node(i).axes, dtype=self.ir.node(i).dtype)
+        return super().code(i, at)
+
+
+class ChunkProgram(Program):
+    def __init__(self, ir: IR, operands: ChunkOperands, chunk: int | None = None):
+        super().__init__(ir)
+        self.ops = operands
+        self.chunk = chunk
+        self.sizes = {}
+        for i in ir.stmts:
+            node = ir.node(i)
+            self.sizes.update(zip(node.axes, node.sizes))
+        self.sympy = SympyLowering(ir, {})
+        self.lines: list[str] = []
+
+    # ---- operands
+    def emit_operand(self, name: str, exprs, axes: tuple[str, ...], sizes, note: str):
+        """`name = [B, T, len(exprs), *sizes]` from sympy expressions over `axes`, or
+        `[B, T, *sizes]` for a single expression given alone."""
+        self.lines.append(f"# {note}")
+        single = not isinstance(exprs, (list, tuple))
+        full = []
+        for e in [exprs] if single else exprs:
+            code = self.sympy.lower(e)
+            text = code.text if code.const else align(code, axes).text
+            full.append(f"operand({text}, _like, {_shape(sizes)})")
+        if single:
+            self.lines.append(f"{name} = {full[0]}")
+        else:
+            self.lines.append(f"{name} = torch.stack([{', '.join(full)}], 2)")
+
+    def state_block(self, s: ChunkState, queries: list) -> str:
+        """Emits the operands and the chunk call of one state; returns the output var."""
+        d = self.ir.decls[s.name]
+        size = dict(zip(s.axes, d.shape))
+        shared = [size[a] for a in s.shared]
+        key, value = [size[a] for a in s.key], [size[a] for a in s.value]
+        Hs, Kf, Vf = _prod(shared), _prod(key), _prod(value)
+        name = py_name(s.name)
+        self.sympy.sizes.update(size)
+        self.lines.append(f"# ---- {s.name}: {self.spec_line(s.name)}")
+        hk = s.shared + s.key
+        if s.log_decay == 0:
+            self.lines.append(f"_{name}_w = {py_name(self.ir.inputs[0].name)}.new_zeros("
+                              f"(B, T, {Hs}, 1))  # no decay")
+        else:
+            axes = hk if s.decay_on_key else s.shared
+            sz = shared + key if s.decay_on_key else shared
+            self.emit_operand(f"_{name}_w", s.log_decay, axes, sz,
+                              f"log decay: {s.log_decay}")
+            self.lines.append(f"_{name}_w = _{name}_w.reshape(B, T, {Hs}, "
+                              f"{Kf if s.decay_on_key else 1})")
+            if not s.positive:
+                self.lines.append(f'check_log_decay(_{name}_w, "{s.name}")')
+        flat_k = f".reshape(B, T, -1, {Hs}, {Kf})"
+        flat_v = f".reshape(B, T, -1, {Hs}, {Vf})"
+        if s.low_rank:
+            for side, pos in (("a", 0), ("b", 1)):
+                self.emit_operand(f"_{name}_{side}", [p[pos] for p in s.low_rank], hk,
+                                  shared + key, f"low-rank part: {side}_r = "
+                                  + ", ".join(str(p[pos]) for p in s.low_rank))
+                self.lines[-1] += flat_k
+        self.emit_operand(f"_{name}_k", [p[0] for p in s.inputs], hk, shared + key,
+                          "input term, key side: " + ", ".join(str(p[0]) for p in s.inputs))
+        self.lines[-1] += flat_k
+        self.emit_operand(f"_{name}_v", [p[1] for p in s.inputs], s.shared + s.value,
+                          shared + value,
+                          "input term, value side: " + ", ".join(str(p[1]) for p in s.inputs))
+        self.lines[-1] += flat_v
+        q = "None"
+        if queries:
+            self.emit_operand(f"_{name}_q", queries, hk, shared + key,
+                              "readout queries (of the previous state): "
+                              + ", ".join(str(x) for x in queries))
+            self.lines[-1] += flat_k
+            q = f"_{name}_q"
+        order = [s.axes.index(a) + 1 for a in s.shared + s.key + s.value]
+        h0 = f"{name}.permute(0, {', '.join(map(str, order))}).reshape(B, {Hs}, {Kf}, {Vf})"
+        lr = f"_{name}_a, _{name}_b" if s.low_rank else "None, None"
+        chunk = self.chunk or (CHUNK_KEYWISE if s.decay_on_key else CHUNK)
+        self.lines.append(f"_{name}_out, _{name}_last = chunk_affine(_{name}_w, {lr}, "
+                          f"_{name}_k, _{name}_v, {q}, {h0}, chunk={chunk})")
+        back = [order.index(p + 1) + 1 for p in range(len(s.axes))]
+        self.lines.append(f"{name} = _{name}_last.reshape(B, "
+                          f"{', '.join(map(str, shared + key + value))}).permute(0, "
+                          f"{', '.join(map(str, back))})")
+        return f"_{name}_out"
+
+    def spec_line(self, state: str) -> str:
+        node = next(self.ir.node(i) for i in self.ir.stmts
+                    if self.ir.node(i).op == Op.UPDATE and self.ir.node(i).arg == state)
+        return f"{self.file}:{node.loc.line}"
+
+    # ---- linear parts of the outputs
+    def readouts(self) -> dict:
+        """(state, node axes, post) -> (index of its query, query expression), summing
+        the queries of terms that share a state, axes and post factor."""
+        groups: dict = {}
+        for part in self.ops.parts:
+            for t in part.terms:
+                key = (t.state, t.axes, t.post)
+                groups[key] = groups.get(key, 0) + t.query
+        per_state: dict = {}
+        index = {}
+        for (state, axes, post), query in groups.items():
+            per_state.setdefault(state, []).append(query)
+            index[(state, axes, post)] = len(per_state[state]) - 1
+        return per_state, index
+
+    def part_block(self, part: LinearPart, outs: dict, index: dict) -> str:
+        node = self.ir.node(part.node)
+        self.sympy.sizes.update(zip(node.axes, node.sizes))
+        var = f"_linear{len(self.given)}"
+        pieces = []
+        seen = set()
+        for t in part.terms:
+            key = (t.state, t.axes, t.post)
+            if key in seen:
+                continue
+            seen.add(key)
+            s = next(x for x in self.ops.states if x.name == t.state)
+            size = dict(zip(s.axes, self.ir.decls[s.name].shape))
+            mapping = dict(t.axes)
+            axes = tuple(mapping[a] for a in s.shared + s.value)
+            sizes = ", ".join(str(size[a]) for a in s.shared + s.value)
+            read = Code(f"{outs[t.state]}[:, :, {index[key]}].reshape(B, T, {sizes})"
+                        .replace(", )", ")"), ATOM, axes)
+            if t.post != 1:
+                read = self.sympy.product([self.sympy.lower(t.post), read])
+            pieces.append(read)
+        if part.free != 0:
+            pieces.append(self.sympy.lower(part.free))
+        codes = [p.text if p.const else align(p, node.axes).text for p in pieces]
+        self.lines.append(f"# linear in the states: {self.ir.spec_line(node.loc).strip()}")
+        self.lines.append(f"{var} = operand({' + '.join(codes)}, _like, {_shape(node.sizes)})")
+        return var
+
+    # ---- assembly
+    def forward(self) -> str:
+        first = py_name(self.ir.inputs[0].name)
+        self.lines = ["B, T = " + first + ".shape[:2]", f"_like = {first}",
+                      "_dtype, _device = _like.dtype, _like.device"]
+        per_state, index = self.readouts()
+        outs = {s.name: self.state_block(s, per_state.get(s.name, []))
+                for s in self.ops.states}
+        self.given = {}
+        for part in self.ops.parts:
+            self.given[part.node] = self.part_block(part, outs, index)
+        self.lines += self.epilogue()
+        outputs = ", ".join(f'"{self.ir.node(i).arg}": {py_name(self.ir.node(i).arg)}'
+                            for i in self.ir.stmts if self.ir.node(i).op == Op.OUT)
+        states = ", ".join(f'"{d.name}": {py_name(d.name)}' for d in self.ir.states)
+        self.lines.append(f"return {{{outputs}}}, {{{states}}}")
+        doc = (f'"""Runs {self.ir.name} over whole sequences in chunks: inputs [B, T, ...]; '
+               'returns (outputs, final states)."""')
+        return "\n".join([self.signature("forward"), INDENT + doc] +
+                         [INDENT + line for line in self.lines])
+
+    def epilogue(self) -> list[str]:
+        """The output statements over all steps, reading the linear parts."""
+        phase = phases(self.ir)
+        place = {i: Place.ONCE if p == Phase.CONST else Place.HOIST for i, p in phase.items()}
+        blocks = {p: [] for p in Place}
+        lower = EpilogueLowering(self.ir, place, blocks, self.given)
+        needed = self.needed_statements()
+        for i in self.ir.stmts:
+            node = self.ir.node(i)
+            if i not in needed:
+                continue
+            place[i] = Place.HOIST
+            value = lower.code(node.args[0], Place.HOIST)
+            text = _broadcast(lower, value, node, Place.HOIST, place[node.args[0]])
+            lower.emit(Place.HOIST, node, f"{py_name(node.arg)} = {text}")
+        return blocks[Place.ONCE] + blocks[Place.HOIST]
+
+    def needed_statements(self) -> set[int]:
+        """Statements the outputs need, not counting what the linear parts replace."""
+        needed, stack = set(), [i for i in self.ir.stmts if self.ir.node(i).op == Op.OUT]
+        while stack:
+            i = stack.pop()
+            node = self.ir.node(i)
+            if i in self.given:
+                continue
+            if i in self.ir.stmts:
+                if i in needed:
+                    continue
+                needed.add(i)
+            if node.op == Op.READ:
+                stack.append(node.args[0])
+            else:
+                stack.extend(node.args)
+        return needed
+
+    def source(self) -> str:
+        header = self.header([
+            "Chunk backend: the chunkwise-parallel form (reclang.backends.chunk.chunk_affine);",
+            "operands derived from the plan, in the layout [B, T, (rank,) shared, key/value].",
+            "`step` is the cell's own step function."])
+        imports = ["import torch", "",
+                   "from reclang.backends.chunk import check_log_decay, chunk_affine, operand"]
+        forward = self.forward()
+        return "\n".join(header + imports) + "\n\n\n" + forward + "\n\n\n" + \
+            self.step_function() + "\n"
+
+
+def check_log_decay(w: torch.Tensor, state: str) -> None:
+    """A decay the analyzer could not prove positive must be, for its logarithm."""
+    if torch.isnan(w).any():
+        raise ValueError(f"the decay of {state} is not positive; the chunk backend "
+                         "works with its logarithm")
+
+
+def _shape(sizes) -> str:
+    """A shape as Python source: (), (4,), (4, 32)."""
+    return f"({', '.join(map(str, sizes))}{',' if len(sizes) == 1 else ''})"
+
+
+def _prod(sizes) -> int:
+    out = 1
+    for s in sizes:
+        out *= s
+    return out
+
+
+def generate(ir: IR, plan=None, chunk: int | None = None) -> str:
+    """The generated source of the chunk backend (forward and step)."""
+    from reclang.analysis.operands import chunk_operands
+    from reclang.analysis.plan import make_plan
+
+    plan = plan or make_plan(ir)
+    return ChunkProgram(ir, chunk_operands(ir, plan.states), chunk).source()

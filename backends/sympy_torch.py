@@ -1,0 +1,280 @@
+"""Lowering the analyzer's sympy expressions to PyTorch expressions.
+
+The chunk backend's operands (decays, keys, values, queries; reclang/analysis/
+operands.py) are sympy expressions over `Indexed` inputs and params and index
+symbols. This module prints them as PyTorch code, in the layout of torch_expr: a
+value with axes (a, b) has trailing dimensions a, b behind a prefix, [B, T] for
+inputs and nothing for params, so that values broadcast from the right.
+
+The analyzer rewrote functions in elementary terms (sigmoid(x) = 1/(1 + exp(-x)),
+softplus(x) = log(1 + exp(x))); those patterns are printed back as the stable
+PyTorch functions, so that a large gate does not overflow an exp.
+"""
+
+from __future__ import annotations
+
+import sympy
+
+from reclang.ir import IR
+
+from .torch_expr import ATOM, POWER, PRODUCT, SUM, UNARY, Code, _letters, align, py_name
+
+FUNCTIONS = {
+    sympy.exp: "torch.exp", sympy.log: "torch.log", sympy.tanh: "torch.tanh",
+    sympy.sin: "torch.sin", sympy.cos: "torch.cos", sympy.Abs: "torch.abs",
+    sympy.sign: "torch.sign", sympy.re: "torch.real", sympy.im: "torch.imag",
+    sympy.conjugate: "torch.conj", sympy.arg: "torch.angle",
+}
+COMPARISONS = {sympy.StrictLessThan: "<", sympy.LessThan: "<=", sympy.StrictGreaterThan: ">",
+               sympy.GreaterThan: ">=", sympy.Unequality: "!=", sympy.Equality: "=="}
+REDUCTIONS = {"max": "torch.amax", "min": "torch.amin", "logsumexp": "torch.logsumexp"}
+
+
+class SympyLowering:
+    """Prints sympy expressions of one cell as PyTorch expressions with named axes."""
+
+    def __init__(self, ir: IR, sizes: dict[str, int]):
+        self.ir = ir
+        self.sizes = dict(sizes)  # axis symbol name -> size, for indices used as values
+        self.needs: set[str] = set()
+
+    def lower(self, expr) -> Code:
+        expr = sympy.sympify(expr)
+        for cls, method in (
+                (sympy.Indexed, self.indexed), (sympy.Symbol, self.symbol),
+                (sympy.Add, self.add), (sympy.Mul, self.mul), (sympy.Pow, self.pow),
+                (sympy.Sum, self.sum), (sympy.Piecewise, self.piecewise),
+                (sympy.KroneckerDelta, self.delta), (sympy.Max, self.extreme),
+                (sympy.Min, self.extreme), (sympy.core.relational.Relational, self.compare)):
+            if isinstance(expr, cls):
+                return method(expr)
+        if expr.is_Number or expr in (sympy.pi, sympy.E) or expr == sympy.I:
+            return self.number(expr)
+        if isinstance(expr, sympy.log):
+            return self.log(expr)
+        if expr.func in FUNCTIONS:
+            arg = self.lower(expr.args[0])
+            return Code(f"{FUNCTIONS[expr.func]}({arg.text})", ATOM, arg.axes)
+        if isinstance(expr, sympy.core.function.AppliedUndef) and str(expr.func) in REDUCTIONS:
+            return self.reduction(expr)
+        raise NotImplementedError(f"cannot print {expr} ({type(expr).__name__}) as PyTorch")
+
+    # ---- leaves
+    def number(self, expr) -> Code:
+        if expr == sympy.I:
+            return Code("1j", ATOM, (), True)
+        if expr.is_Integer:
+            value = int(expr)
+        elif expr.is_real:
+            value = float(expr)
+        else:
+            value = complex(expr)
+        return Code(repr(value), UNARY if value.real < 0 else ATOM, (), True)
+
+    def indexed(self, expr: sympy.Indexed) -> Code:
+        name = str(expr.base)
+        decl = self.ir.decls[name]
+        prefix = [":", ":"] if decl.kind == "input" else []
+        parts, axes = list(prefix), []
+        for sub, size in zip(expr.indices, decl.shape):
+            if sub.is_Integer:
+                parts.append(str(int(sub)))
+            else:
+                parts.append(":")
+                axes.append(str(sub))
+                self.sizes.setdefault(str(sub), size)
+        while parts and parts[-1] == ":":
+            parts.pop()
+        text = py_name(name) + (f"[{', '.join(parts)}]" if parts else "")
+        return Code(text, ATOM, tuple(axes))
+
+    def symbol(self, expr: sympy.Symbol) -> Code:
+        if expr.is_integer:  # an index used as a value
+            self.needs.add("dtype")
+            size = self.sizes[str(expr)]
+            return Code(f"torch.arange({size}, dtype=_dtype, device=_device)", ATOM, (str(expr),))
+        return Code(py_name(str(expr)), ATOM, ())  # a scalar input or param
+
+    # ---- arithmetic
+    def add(self, expr: sympy.Add) -> Code:
+        special = _expm1(expr)
+        if special is not None:
+            arg = self.lower(special)
+            return Code(f"-torch.expm1({arg.text})", UNARY, arg.axes)
+        terms = [self.lower(a) for a in _ordered(expr.args)]
+        axes = _union(terms)
+        text = terms[0].text if terms[0].prec > SUM else align(terms[0], axes).wrap(SUM)
+        for t in terms[1:]:
+            part = align(t, axes)
+            text += f" - {part.text[1:]}" if part.text.startswith("-") and part.prec >= \
+                PRODUCT else f" + {part.wrap(SUM + 1)}"
+        return Code(text, SUM, axes)
+
+    def mul(self, expr: sympy.Mul) -> Code:
+        sigmoid = _sigmoid(expr)
+        if sigmoid is not None:
+            return sigmoid(self)
+        top, bottom = [], []
+        for f in _ordered(expr.args):
+            if f.is_Pow and f.exp.is_Number and f.exp < 0:
+                bottom.append(sympy.Pow(f.base, -f.exp))
+            elif f.is_Rational and not f.is_Integer:
+                top.append(sympy.Integer(f.p))
+                bottom.append(sympy.Integer(f.q))
+            else:
+                top.append(f)
+        num = self.product([self.lower(f) for f in top if f != 1])
+        if not bottom:
+            return num
+        den = self.product([self.lower(f) for f in bottom])
+        axes = _union([num, den])
+        return Code(f"{align(num, axes).wrap(PRODUCT)} / {align(den, axes).wrap(PRODUCT + 1)}",
+                    PRODUCT, axes)
+
+    def product(self, codes: list[Code]) -> Code:
+        if not codes:
+            return Code("1", ATOM, (), True)
+        if len(codes) == 2 and codes[0].text == "-1":
+            return Code(f"-{codes[1].wrap(UNARY)}", UNARY, codes[1].axes, codes[1].const)
+        axes = _union(codes)
+        text = " * ".join(align(c, axes).wrap(PRODUCT) for c in codes)
+        return Code(text, PRODUCT if len(codes) > 1 else codes[0].prec, axes,
+                    all(c.const for c in codes))
+
+    def pow(self, expr: sympy.Pow) -> Code:
+        base, exponent = expr.args
+        sigmoid = _sigmoid(expr)
+        if sigmoid is not None:
+            return sigmoid(self)
+        if exponent == sympy.Rational(1, 2):
+            b = self.lower(base)
+            return Code(f"torch.sqrt({b.text})", ATOM, b.axes)
+        if exponent.is_Number and exponent < 0:
+            return self.mul(sympy.Mul(1, expr, evaluate=False))
+        b, e = self.lower(base), self.lower(exponent)
+        axes = _union([b, e])
+        return Code(f"{align(b, axes).wrap(POWER + 1)} ** {align(e, axes).wrap(UNARY)}",
+                    POWER, axes, b.const and e.const)
+
+    def log(self, expr) -> Code:
+        inner = expr.args[0]
+        softplus = _softplus_argument(inner)
+        if softplus is not None:
+            arg = self.lower(softplus)
+            return Code(f"torch.nn.functional.softplus({arg.text})", ATOM, arg.axes)
+        arg = self.lower(inner)
+        return Code(f"torch.log({arg.text})", ATOM, arg.axes)
+
+    # ---- reductions, conditions
+    def sum(self, expr: sympy.Sum) -> Code:
+        body, limits = expr.args[0], expr.args[1:]
+        summed = []
+        for s, lo, hi in limits:
+            summed.append(str(s))
+            self.sizes[str(s)] = int(hi - lo + 1)
+        factors = [self.lower(f) for f in _ordered(sympy.Mul.make_args(body))]
+        tensors = [f for f in factors if not f.const]
+        consts = [f for f in factors if f.const]
+        out = tuple(a for a in _union(tensors) if a not in summed)
+        if len(tensors) >= 2:
+            letters = _letters({a for f in tensors for a in f.axes})
+            spec = ",".join("..." + "".join(letters[a] for a in f.axes) for f in tensors)
+            spec += "->..." + "".join(letters[a] for a in out)
+            text = f'torch.einsum("{spec}", {", ".join(f.text for f in tensors)})'
+        else:
+            inner = tensors[0]
+            dims = tuple(inner.axes.index(a) - len(inner.axes) for a in summed)
+            text = f"{inner.wrap(ATOM)}.sum({dims if len(dims) > 1 else dims[0]})"
+        code = Code(text, ATOM, out)
+        return self.product(consts + [code]) if consts else code
+
+    def reduction(self, expr) -> Code:
+        body = self.lower(expr.args[0])
+        reduced = [str(s) for s in expr.args[1:]]
+        dims = tuple(body.axes.index(a) - len(body.axes) for a in reduced)
+        out = tuple(a for a in body.axes if a not in reduced)
+        return Code(f"{REDUCTIONS[str(expr.func)]}({body.text}, dim={dims})", ATOM, out)
+
+    def piecewise(self, expr: sympy.Piecewise) -> Code:
+        (a, cond), (b, _) = expr.args
+        parts = [self.lower(x) for x in (cond, a, b)]
+        axes = _union(parts)
+        texts = [align(p, axes).text if not p.const else p.text for p in parts]
+        return Code(f"torch.where({', '.join(texts)})", ATOM, axes)
+
+    def compare(self, expr) -> Code:
+        a, b = (self.lower(x) for x in expr.args)
+        axes = _union([a, b])
+        op = COMPARISONS[type(expr)]
+        return Code(f"{align(a, axes).wrap(SUM)} {op} {align(b, axes).wrap(SUM)}", 50, axes)
+
+    def delta(self, expr) -> Code:
+        self.needs.add("dtype")
+        cond = self.compare(sympy.Eq(*expr.args, evaluate=False))
+        return Code(f"({cond.text}).to(_dtype)", ATOM, cond.axes)
+
+    def extreme(self, expr) -> Code:
+        parts = [self.lower(x) for x in expr.args]
+        name = "maximum" if isinstance(expr, sympy.Max) else "minimum"
+        consts = [p for p in parts if p.const]
+        tensors = [p for p in parts if not p.const]
+        axes = _union(tensors)
+        text = align(tensors[0], axes).text
+        for t in tensors[1:]:
+            text = f"torch.{name}({text}, {align(t, axes).text})"
+        for c in consts:
+            bound = "min" if name == "maximum" else "max"
+            text = f"torch.clamp({text}, {bound}={c.text})"
+        return Code(text, ATOM, axes)
+
+
+def _ordered(args):
+    """Numbers first, then in sympy's printing order: deterministic output."""
+    return sorted(args, key=lambda a: (not a.is_Number, sympy.default_sort_key(a)))
+
+
+def _union(codes) -> tuple[str, ...]:
+    axes: list[str] = []
+    for c in codes:
+        axes += [a for a in c.axes if a not in axes]
+    return tuple(axes)
+
+
+def _exp_sum(expr):
+    """x for a product of exponentials exp(a)·exp(b) = exp(x), else None."""
+    combined = sympy.powsimp(expr)
+    return combined.args[0] if isinstance(combined, sympy.exp) else None
+
+
+def _softplus_argument(expr):
+    """x for log(1 + exp(x)), else None."""
+    if isinstance(expr, sympy.Add) and len(expr.args) == 2 and sympy.Integer(1) in expr.args:
+        other = next(a for a in expr.args if a != 1)
+        return _exp_sum(other)
+    return None
+
+
+def _expm1(expr):
+    """x for 1 - exp(x), else None."""
+    if len(expr.args) == 2 and sympy.Integer(1) in expr.args:
+        other = next(a for a in expr.args if a != 1)
+        if other.is_Mul and other.args[0] == -1:
+            return _exp_sum(sympy.Mul(*other.args[1:]))
+    return None
+
+
+def _sigmoid(expr):
+    """A printer for c / (1 + exp(-x)) = c·sigmoid(x), else None."""
+    factors = sympy.Mul.make_args(expr)
+    for f in factors:
+        if f.is_Pow and f.exp == -1:
+            x = _softplus_argument(f.base)
+            if x is not None:
+                rest = sympy.Mul(*[g for g in factors if g is not f])
+
+                def emit(lowering, x=x, rest=rest):
+                    arg = lowering.lower(-x)
+                    sig = Code(f"torch.sigmoid({arg.text})", ATOM, arg.axes)
+                    return sig if rest == 1 else lowering.product([lowering.lower(rest), sig])
+                return emit
+    return None
