@@ -44,8 +44,8 @@ from .sequential import INDENT, Program, _broadcast
 from .sympy_torch import SympyLowering
 from .torch_expr import ATOM, Code, ExprLowering, Place, align, py_name
 
-CHUNK = 64          # scalar decays: C × C scores per head
-CHUNK_KEYWISE = 16  # key-wise decays: C × C × K decay factors per head
+CHUNK = 64          # steps per chunk
+SUB = 16            # key-wise decays: sub-chunks, for exponents that stay in range
 
 
 # ---- the algorithm -------------------------------------------------------------------
@@ -116,9 +116,52 @@ def _scores(x, y, Gx, G):
         gap = (Gx - G.transpose(-1, -2)).masked_fill(~later, float("-inf"))  # [.., C, C]
         raw = torch.einsum("...tai,...sbi->...tasb", x, y)
         return raw * torch.exp(gap)[..., :, None, :, None]
+    c = SUB if C % SUB == 0 else C
+    return _keywise(x, y, Gx, G, c)
+
+
+def _pairwise(x, y, Gx, G):
+    """score for a key-wise decay from the C × C × K exponents (any decay, any C)."""
+    C = G.shape[-2]
+    later = torch.ones(C, C, dtype=torch.bool, device=G.device).tril(-1)
     gap = Gx[..., :, None, :] - G[..., None, :, :]                          # [.., C, C, K]
     decay = torch.exp(gap.masked_fill(~later[..., None], float("-inf")))
     return torch.einsum("...tai,...tsi,...sbi->...tasb", x, decay, y)
+
+
+def _keywise(x, y, Gx, G, c):
+    """A key-wise score from sub-chunks of c steps, as matmuls. With P_α the cumulative
+    decay where sub-chunk α starts and E_β where β ends, for t in α and s in β:
+        β < α:  exp(Gx_t - G_s) = exp(Gx_t - P_α) · exp(P_α - E_β) · exp(E_β - G_s),
+                three factors ≤ 1 (for decays ≤ 1), the middle one per pair of blocks;
+        β = α:  exp(Gx_t - P_α) · exp(P_α - G_s), the second ≥ 1 but bounded by the
+                decay within one sub-chunk: used when that stays in range for exp,
+                else the exponents are taken pairwise.
+    """
+    C, Rx, Ry = G.shape[3], x.shape[-2], y.shape[-2]
+    S = C // c
+    xb, yb = x.unflatten(3, (S, c)), y.unflatten(3, (S, c))     # [.., S, c, R, K]
+    Gxb, Gb = Gx.unflatten(3, (S, c)), G.unflatten(3, (S, c))
+    P, E = Gxb[..., :1, :], Gb[..., -1:, :]                     # [.., S, 1, K]
+    xt = xb * torch.exp(Gxb - P)[..., None, :]
+    limit = 60.0 if G.dtype in (torch.float32, torch.float16, torch.bfloat16) else 600.0
+    if (P - Gb).amax() < limit:
+        later = torch.ones(c, c, dtype=torch.bool, device=G.device).tril(-1)
+        within = torch.einsum("...tai,...sbi->...tasb", xt,
+                              yb * torch.exp(P - Gb)[..., None, :])
+        within = within * later[:, None, :, None]
+    else:
+        within = _pairwise(xb, yb, Gxb, Gb)                     # [.., S, c, Rx, c, Ry]
+    same = torch.eye(S, dtype=G.dtype, device=G.device)[:, None, None, :, None, None]
+    scores = within[..., :, :, :, None, :, :] * same            # [.., S, c, Rx, S, c, Ry]
+    if S > 1:
+        before = torch.ones(S, S, dtype=torch.bool, device=G.device).tril(-1)  # β < α
+        bridge = (P[..., :, None, 0, :] - E[..., None, :, 0, :]).masked_fill(
+            ~before[..., None], float("-inf"))                 # [.., S, S, K]
+        yt = yb * torch.exp(E - Gb)[..., None, :]
+        scores = scores + torch.einsum("...ntai,...nmi,...msbi->...ntamsb", xt,
+                                       torch.exp(bridge), yt)
+    return scores.reshape(*G.shape[:3], C, Rx, C, Ry)
 
 
 def _flat(scores):
@@ -178,6 +221,8 @@ class ChunkProgram(Program):
             full.append(f"operand({text}, _like, {_shape(sizes)})")
         if single:
             self.lines.append(f"{name} = {full[0]}")
+        elif len(full) == 1:
+            self.lines.append(f"{name} = {full[0]}[:, :, None]")
         else:
             self.lines.append(f"{name} = torch.stack([{', '.join(full)}], 2)")
 
@@ -190,7 +235,7 @@ class ChunkProgram(Program):
         Hs, Kf, Vf = _prod(shared), _prod(key), _prod(value)
         name = py_name(s.name)
         self.sympy.sizes.update(size)
-        self.lines.append(f"# ---- {s.name}: {self.spec_line(s.name)}")
+        self.lines.append(f"# ---- {self.spec_line(s.name)}")
         hk = s.shared + s.key
         if s.log_decay == 0:
             self.lines.append(f"_{name}_w = {py_name(self.ir.inputs[0].name)}.new_zeros("
@@ -204,8 +249,10 @@ class ChunkProgram(Program):
                               f"{Kf if s.decay_on_key else 1})")
             if not s.positive:
                 self.lines.append(f'check_log_decay(_{name}_w, "{s.name}")')
-        flat_k = f".reshape(B, T, -1, {Hs}, {Kf})"
-        flat_v = f".reshape(B, T, -1, {Hs}, {Vf})"
+        # one shared and one key (value) axis is the layout already; else flatten them
+        flat_k = f".reshape(B, T, -1, {Hs}, {Kf})" if (len(shared), len(key)) != (1, 1) else ""
+        flat_v = f".reshape(B, T, -1, {Hs}, {Vf})" if (len(shared), len(value)) != (1, 1) \
+            else ""
         if s.low_rank:
             for side, pos in (("a", 0), ("b", 1)):
                 self.emit_operand(f"_{name}_{side}", [p[pos] for p in s.low_rank], hk,
@@ -227,21 +274,23 @@ class ChunkProgram(Program):
             self.lines[-1] += flat_k
             q = f"_{name}_q"
         order = [s.axes.index(a) + 1 for a in s.shared + s.key + s.value]
-        h0 = f"{name}.permute(0, {', '.join(map(str, order))}).reshape(B, {Hs}, {Kf}, {Vf})"
+        moved = order != sorted(order)
+        h0 = (f"{name}.permute(0, {', '.join(map(str, order))})" if moved else name) + \
+            f".reshape(B, {Hs}, {Kf}, {Vf})"
         lr = f"_{name}_a, _{name}_b" if s.low_rank else "None, None"
-        chunk = self.chunk or (CHUNK_KEYWISE if s.decay_on_key else CHUNK)
+        chunk = self.chunk or CHUNK
         self.lines.append(f"_{name}_out, _{name}_last = chunk_affine(_{name}_w, {lr}, "
                           f"_{name}_k, _{name}_v, {q}, {h0}, chunk={chunk})")
         back = [order.index(p + 1) + 1 for p in range(len(s.axes))]
         self.lines.append(f"{name} = _{name}_last.reshape(B, "
-                          f"{', '.join(map(str, shared + key + value))}).permute(0, "
-                          f"{', '.join(map(str, back))})")
+                          f"{', '.join(map(str, shared + key + value))})" +
+                          (f".permute(0, {', '.join(map(str, back))})" if moved else ""))
         return f"_{name}_out"
 
     def spec_line(self, state: str) -> str:
         node = next(self.ir.node(i) for i in self.ir.stmts
                     if self.ir.node(i).op == Op.UPDATE and self.ir.node(i).arg == state)
-        return f"{self.file}:{node.loc.line}"
+        return f"{self.file}:{node.loc.line}: {self.ir.spec_line(node.loc).strip()}"
 
     # ---- linear parts of the outputs
     def readouts(self) -> dict:

@@ -134,8 +134,9 @@ class SympyLowering:
     def product(self, codes: list[Code]) -> Code:
         if not codes:
             return Code("1", ATOM, (), True)
-        if len(codes) == 2 and codes[0].text == "-1":
-            return Code(f"-{codes[1].wrap(UNARY)}", UNARY, codes[1].axes, codes[1].const)
+        if len(codes) >= 2 and codes[0].text == "-1":
+            rest = self.product(codes[1:])
+            return Code(f"-{rest.wrap(UNARY)}", UNARY, rest.axes, rest.const)
         axes = _union(codes)
         text = " * ".join(align(c, axes).wrap(PRODUCT) for c in codes)
         return Code(text, PRODUCT if len(codes) > 1 else codes[0].prec, axes,

@@ -135,3 +135,31 @@ def assert_step_matches_forward(module, inputs: dict, state: dict | None = None,
 def outer(k, v):
     """k vᵀ per head: [B, H, K] x [B, H, V] -> [B, H, K, V]."""
     return k.unsqueeze(-1) * v.unsqueeze(-2)
+
+
+SMALL = {"D": 3, "N": 4, "H": 2, "K": 4, "V": 3, "P": 3, "R": 2}
+
+
+def cells_on(backend: str) -> list[str]:
+    """The catalogue specs whose plan a backend can run."""
+    return [path.stem for path in sorted(SPECS.glob("*.rec"))
+            if reclang.load(path).plan.supports(backend)]
+
+
+def small(name: str):
+    """A catalogue cell with small sizes (those of SMALL that it has)."""
+    cell = reclang.load(SPECS / f"{name}.rec")
+    return reclang.load(SPECS / f"{name}.rec", **{k: v for k, v in SMALL.items()
+                                                  if k in cell.hypers})
+
+
+def as_reference(sequential):
+    """The sequential module as a reference that uses the tested module's params."""
+    from torch.func import functional_call
+
+    name = sequential.ir.outputs[0].arg
+
+    def reference(x, params, state):
+        y, final = functional_call(sequential, params, args=(), kwargs={**x, "state": state})
+        return (y if isinstance(y, dict) else {name: y}), final
+    return reference

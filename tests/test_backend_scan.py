@@ -2,46 +2,18 @@
 gradients of inputs, params and initial states), on every catalogue spec it can run,
 at awkward lengths around the chunk size; and its linear scan against a plain loop."""
 
-from pathlib import Path
-
 import pytest
 import torch
-from helpers import assert_matches_reference, random_inputs, random_state
+from helpers import (as_reference, assert_matches_reference, cells_on, random_inputs,
+                     random_state, small)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.func import functional_call
 
 import reclang
 from reclang.backends.scan import CHUNK, linear_scan
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
-SMALL = {"D": 3, "N": 4, "H": 2, "K": 4, "V": 3, "P": 3, "R": 2}
 F = torch.nn.functional
 TRANSFORMS = {"g": F.logsigmoid}
-
-
-def cells_on(backend):
-    names = []
-    for path in sorted(SPECS.glob("*.rec")):
-        if reclang.load(path).plan.supports(backend):
-            names.append(path.stem)
-    return names
-
-
-def small(name):
-    cell = reclang.load(SPECS / f"{name}.rec")
-    return reclang.load(SPECS / f"{name}.rec", **{k: v for k, v in SMALL.items()
-                                                  if k in cell.hypers})
-
-
-def as_reference(sequential):
-    """The sequential module as a reference that uses the tested module's params."""
-    name = sequential.ir.outputs[0].arg
-
-    def reference(x, params, state):
-        y, final = functional_call(sequential, params, args=(), kwargs={**x, "state": state})
-        return (y if isinstance(y, dict) else {name: y}), final
-    return reference
 
 
 def test_scan_runs_the_diagonal_cells():

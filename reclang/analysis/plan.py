@@ -359,7 +359,8 @@ def _cannot_run(ir: IR, backend: str, states) -> str:
     try:
         chunk_operands(ir, states)
     except Unsupported as err:
-        return f"{ir.source.filename.rsplit('/', 1)[-1]}: {err}"
+        file = ir.source.filename.rsplit('/', 1)[-1]
+        return str(err) if str(err).startswith(file) else f"{file}: {err}"
     return ""
 
 

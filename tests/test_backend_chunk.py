@@ -1,0 +1,177 @@
+"""The chunk backend against the sequential one (float64: outputs, final states and
+gradients of inputs, params and initial states), on every catalogue spec it can run,
+at awkward lengths around the chunk size; its core algorithm against a plain loop."""
+
+import math
+
+import pytest
+import torch
+from helpers import (as_reference, assert_matches_reference, cells_on, random_inputs,
+                     random_state, small)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import reclang
+from reclang.backends.chunk import chunk_affine
+from reclang.errors import RecError
+
+F = torch.nn.functional
+unit = lambda x: F.normalize(x, dim=-1)  # noqa: E731
+# Inputs as the papers constrain them: log decays <= 0, unit keys, β in [0, 1] (in
+# [0, 2] for DeltaProduct), RWKV-7's removal and replacement keys.
+TRANSFORMS = {
+    "gla": {"g": lambda g: F.logsigmoid(g) / 4}, "hgrn2": {"g": F.logsigmoid},
+    "simple_gla": {"g": F.logsigmoid}, "rwkv6": {"w": lambda w: -torch.exp(w / 2)},
+    "mlstm": {"i": lambda i: -F.softplus(i)},
+    "delta_net": {"k": unit, "beta": torch.sigmoid},
+    "gated_delta_net": {"k": unit, "beta": torch.sigmoid, "g": F.logsigmoid},
+    "delta_product": {"k": unit, "beta": lambda b: 2 * torch.sigmoid(b)},
+    "rwkv7": {"w": lambda d: -math.exp(-0.5) * torch.sigmoid(d), "k": unit,
+              "a": lambda a: -unit(a), "b": lambda b: unit(b) / 2},
+}
+CHUNK = 8  # small chunks (with sub-chunks of 16 not dividing them) keep the tests fast
+
+
+def pair(name, chunk=CHUNK, **hypers):
+    cell = small(name) if not hypers else reclang.load(f"specs/{name}.rec", **hypers)
+    torch.manual_seed(0)
+    chunked = cell.module("chunk", chunk_size=chunk).double()
+    sequential = cell.module("sequential").double()
+    return chunked, sequential
+
+
+def test_chunk_runs_the_matrix_cells():
+    assert set(cells_on("chunk")) == {
+        "gla", "hgrn2", "linear_attn", "mamba2", "mlstm", "retnet", "rwkv6", "simple_gla",
+        "delta_net", "gated_delta_net", "delta_product", "rwkv7"}
+
+
+@pytest.mark.parametrize("T", [1, 2, 7, CHUNK - 1, CHUNK, CHUNK + 1, 129])
+@pytest.mark.parametrize("name", cells_on("chunk"))
+def test_chunk_matches_sequential(name, T):
+    chunked, sequential = pair(name)
+    x = random_inputs(chunked, 2, T, **TRANSFORMS.get(name, {}))
+    s = random_state(chunked, 2)
+    assert_matches_reference(chunked, as_reference(sequential), x, s)
+
+
+@pytest.mark.parametrize("name", ["gla", "gated_delta_net", "mamba2"])
+def test_default_chunks_and_sub_chunks(name):
+    """Chunks of 64 with key-wise sub-chunks of 16; T = 1000 is no multiple of either."""
+    chunked, sequential = pair(name, chunk=None, H=2, K=8, V=8) if name != "mamba2" else \
+        pair(name, chunk=None, H=2, P=4, N=8)
+    for T in (63, 64, 65, 1000):
+        x = random_inputs(chunked, 1, T, seed=T, **TRANSFORMS.get(name, {}))
+        assert_matches_reference(chunked, as_reference(sequential), x, random_state(chunked, 1),
+                                 grads=T == 65)
+
+
+def test_source_reads_like_the_plan():
+    source = small("gla").source("chunk", chunk_size=32)
+    assert "chunk_affine(_S_w, None, None, _S_k, _S_v, _S_q" in source
+    assert "# log decay: g[h, i]" in source and "chunk=32" in source
+    assert "gla.rec:" in source
+
+
+@settings(max_examples=25, deadline=None)
+@given(T=st.integers(1, 70), chunk=st.sampled_from([1, 3, 16, 32, 48]),
+       B=st.integers(1, 3), name=st.sampled_from(["gla", "delta_product", "rwkv7", "mlstm"]))
+def test_chunk_sizes_and_shapes(T, chunk, B, name):
+    chunked, sequential = pair(name, chunk=chunk)
+    x = random_inputs(chunked, B, T, seed=T + chunk, **TRANSFORMS.get(name, {}))
+    assert_matches_reference(chunked, as_reference(sequential), x, random_state(chunked, B),
+                             grads=False)
+
+
+def _loop(w, a, b, k, v, q, h0):
+    """The recurrence of chunk_affine, one step at a time."""
+    h, outs = h0, []
+    for t in range(w.shape[1]):
+        outs.append(torch.einsum("brhk,bhkv->brhv", q[:, t], h))
+        low = torch.einsum("brhk,brhl,bhlv->bhkv", a[:, t], b[:, t], h) if a is not None else 0
+        h = torch.exp(w[:, t])[..., None] * h + low + \
+            torch.einsum("brhk,brhv->bhkv", k[:, t], v[:, t])
+    return torch.stack(outs, 1), h
+
+
+@settings(max_examples=40, deadline=None)
+@given(T=st.integers(1, 50), chunk=st.sampled_from([1, 4, 16, 32]),
+       keywise=st.booleans(), low_rank=st.integers(0, 2), rank=st.integers(1, 3),
+       queries=st.integers(1, 2), strong=st.booleans())
+def test_chunk_affine_against_a_loop(T, chunk, keywise, low_rank, rank, queries, strong):
+    g = torch.Generator().manual_seed(T * 7 + chunk)
+    B, H, K, V = 2, 2, 5, 3
+    rand = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    w = -F.softplus(rand(B, T, H, K if keywise else 1)) * (30 if strong else 1)
+    a = rand(B, T, low_rank, H, K) / 3 if low_rank else None
+    b = unit(rand(B, T, low_rank, H, K)) if low_rank else None
+    k, v = rand(B, T, rank, H, K), rand(B, T, rank, H, V)
+    q, h0 = rand(B, T, queries, H, K), rand(B, H, K, V)
+    out, h = chunk_affine(w, a, b, k, v, q, h0, chunk=chunk)
+    ref_out, ref_h = _loop(w, a, b, k, v, q, h0)
+    torch.testing.assert_close(out, ref_out, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(h, ref_h, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gates_near_zero_stay_finite(dtype):
+    """Decays of e^-20 per step over T = 4096: within a chunk the cumulative log decay
+    reaches -1280, far beyond exp's range, yet nothing overflows (the sub-chunks fall
+    back to pairwise exponents) and the result equals the loop's."""
+    chunked, sequential = pair("gla", chunk=None, H=2, K=8, V=8)
+    x = random_inputs(chunked, 1, 4096, g=lambda g: -20 + g)
+    x = {n: t.to(dtype) for n, t in x.items()}
+    chunked, sequential = chunked.to(dtype), sequential.to(dtype)
+    with torch.no_grad():
+        y, s = chunked(**x)
+        y_ref, s_ref = sequential(**x)
+    assert torch.isfinite(y).all() and torch.isfinite(s["S"]).all()
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(y, y_ref, atol=tol, rtol=tol)
+
+
+def test_variable_lengths_on_chunk():
+    chunked, sequential = pair("gated_delta_net")
+    x = random_inputs(chunked, 3, 20, **TRANSFORMS["gated_delta_net"])
+    lengths = torch.tensor([20, 7, 13])
+    y, s = chunked(lengths=lengths, **x)
+    y_ref, s_ref = sequential(lengths=lengths, **x)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(s["S"], s_ref["S"])
+
+
+def test_chunk_refuses_other_forms_with_the_reason():
+    with pytest.raises(RecError, match="chunk.*lstm.rec:.*not affine"):
+        reclang.load("specs/lstm.rec").module("chunk")
+    with pytest.raises(RecError, match="needs mat-decay or dplr"):
+        reclang.load("specs/min_gru.rec").module("chunk")
+
+
+def test_chunk_refuses_a_readout_of_single_entries():
+    cell = reclang.loads("""
+cell peek(K = 4, V = 3):
+    input k[K], v[V]
+    state S[K, V] = 0
+    S[i, j] <- 0.5 * S[i, j] + k[i] * v[j]
+    out o[j] = sum(i: S[i, j]) + S[0, j]
+""")
+    verdict = next(v for v in cell.plan.backends if v.backend == "chunk")
+    assert not verdict.supported
+    assert verdict.reason == "<string>:6:9: S is read without contracting its key axis i"
+
+
+def test_a_decay_along_the_value_axis_becomes_shared():
+    """diag(α) S with α along the values: each value column is its own recurrence."""
+    cell = reclang.loads("""
+cell value_decay(K = 4, V = 3):
+    input q[K], k[K], v[V], g[V]
+    state S[K, V] = 0
+    S[i, j] <- exp(g[j]) * S[i, j] + k[i] * v[j]
+    out o[j] = sum(i: q[i] * S[i, j])
+""")
+    assert cell.plan.form == "mat-decay"
+    torch.manual_seed(0)
+    chunked = cell.module("chunk", chunk_size=4).double()
+    x = random_inputs(chunked, 2, 11, g=F.logsigmoid)
+    assert_matches_reference(chunked, as_reference(cell.module("sequential").double()), x,
+                             random_state(chunked, 2))
