@@ -177,6 +177,9 @@ class SympyLowering:
         tensors = [f for f in factors if not f.const]
         consts = [f for f in factors if f.const]
         out = tuple(a for a in _union(tensors) if a not in summed)
+        # einsum contracts left to right: the factors that carry the summed axes first,
+        # so Σ_l k[l] q[l] k[i] contracts k·q before it could build k[l] k[i]
+        tensors.sort(key=lambda f: (not set(f.axes) & set(summed), len(f.axes)))
         if len(tensors) >= 2:
             letters = _letters({a for f in tensors for a in f.axes})
             spec = ",".join("..." + "".join(letters[a] for a in f.axes) for f in tensors)
