@@ -105,7 +105,7 @@ def cmd_bench(args) -> int:
 
     cell = load(args.spec, **_hypers(args.set))
     backends = [v.backend for v in cell.plan.backends
-                if v.supported and v.backend in ("sequential", "scan")]
+                if v.supported and v.backend in ("sequential", "scan", "chunk")]
     torch.manual_seed(args.seed)
     modules = {b: cell.module(b) for b in backends}
     for m in modules.values():

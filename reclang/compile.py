@@ -64,12 +64,14 @@ class Cell:
         return RecModule(self.ir, backend, source, generated)
 
     def _backend(self, backend: str) -> str:
-        """The backend to use; an explicit one must be able to run the plan. `auto`
-        picks the sequential loop: on the CPU the PyTorch scan wins only when a step
-        is tiny (small batch × state), and loses by up to 10x on larger ones
-        (docs/benchmarks.md); choose the scan explicitly where it pays."""
+        """The backend to use; an explicit one must be able to run the plan.
+
+        `auto`: `chunk` when the plan allows it (mat-decay, dplr: 5-14x faster than the
+        loop on a 2-core CPU from T = 512, docs/benchmarks.md), else `sequential`: the
+        PyTorch scan beats the loop only when a step is tiny (small batch × state) and
+        loses by up to 10x on larger ones, so it is chosen explicitly where it pays."""
         if backend == "auto":
-            return "sequential"
+            return "chunk" if self.plan.supports("chunk") else "sequential"
         if backend not in BACKENDS:
             raise RecError(f"unknown backend {backend!r}; available: "
                            f"{', '.join(BACKENDS + ('auto',))}")

@@ -175,3 +175,8 @@ cell value_decay(K = 4, V = 3):
     x = random_inputs(chunked, 2, 11, g=F.logsigmoid)
     assert_matches_reference(chunked, as_reference(cell.module("sequential").double()), x,
                              random_state(chunked, 2))
+
+
+@pytest.mark.parametrize("name", cells_on("chunk"))
+def test_auto_picks_chunk_for_matrix_states(name):
+    assert small(name).module("auto").backend == "chunk"
