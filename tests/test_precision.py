@@ -13,7 +13,9 @@ SPECS = Path(__file__).resolve().parent.parent / "specs"
 F = torch.nn.functional
 CASES = [("gla", dict(H=2, K=16, V=16), "sequential"), ("lstm", dict(D=16, N=32), "sequential"),
          ("mamba_s6", dict(D=16, N=8, R=2), "sequential"), ("min_gru", dict(D=16, N=32), "scan"),
-         ("delta_net", dict(H=2, K=16, V=16), "sequential")]
+         ("delta_net", dict(H=2, K=16, V=16), "sequential"),
+         ("gla", dict(H=2, K=16, V=16), "chunk"), ("delta_net", dict(H=2, K=16, V=16), "chunk"),
+         ("mamba2", dict(H=2, P=8, N=8), "chunk")]
 TRANSFORMS = {"g": F.logsigmoid, "beta": torch.sigmoid, "k": lambda k: F.normalize(k, dim=-1)}
 
 

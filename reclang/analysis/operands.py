@@ -30,6 +30,7 @@ import sympy
 from ..ir import IR, Op
 from .partition import Phase, phases
 from .plan import key_axes
+from .structure import StateStructure
 from .terms import Expander, NotAffine, Term
 
 
@@ -79,7 +80,7 @@ def chunk_operands(ir: IR, structures) -> ChunkOperands:
     for s in structures:
         _check_state(ir, s)
     expander = Expander(ir)
-    parts = _linear_parts(ir, expander, {s.name for s in structures})
+    parts = _linear_parts(ir, expander)
     states = tuple(_chunk_state(ir, s, [t for p in parts for t in p.terms
                                         if t.state == s.name]) for s in structures)
     return ChunkOperands(states, tuple(parts))
@@ -167,7 +168,7 @@ def _symbols_of(exprs) -> set:
 
 
 # ---- readouts ------------------------------------------------------------------------
-def _linear_parts(ir: IR, expander: Expander, states: set[str]) -> list[LinearPart]:
+def _linear_parts(ir: IR, expander: Expander) -> list[LinearPart]:
     phase = phases(ir)
     parts: list[LinearPart] = []
     seen: set[int] = set()
@@ -245,8 +246,6 @@ def _read_term(ir, node, t: Term, names) -> ReadTerm:
 
 def _keys_by_position(ir: IR, state: str) -> set[int]:
     """Positions of the key axes of a state (those its readouts contract)."""
-    from .structure import StateStructure
-
     update = next(ir.node(i) for i in ir.stmts
                   if ir.node(i).op == Op.UPDATE and ir.node(i).arg == state)
     keys = key_axes(ir, StateStructure(state, update.axes, True))
