@@ -34,6 +34,8 @@ Numerics:   exponents of decays are differences within a chunk (see 1); the
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from reclang.analysis.operands import ChunkOperands, ChunkState, LinearPart
@@ -232,7 +234,7 @@ class ChunkProgram(Program):
         size = dict(zip(s.axes, d.shape))
         shared = [size[a] for a in s.shared]
         key, value = [size[a] for a in s.key], [size[a] for a in s.value]
-        Hs, Kf, Vf = _prod(shared), _prod(key), _prod(value)
+        Hs, Kf, Vf = math.prod(shared), math.prod(key), math.prod(value)
         name = py_name(s.name)
         self.sympy.sizes.update(size)
         self.lines.append(f"# ---- {self.spec_line(s.name)}")
@@ -288,14 +290,13 @@ class ChunkProgram(Program):
         return f"_{name}_out"
 
     def spec_line(self, state: str) -> str:
-        node = next(self.ir.node(i) for i in self.ir.stmts
-                    if self.ir.node(i).op == Op.UPDATE and self.ir.node(i).arg == state)
-        return f"{self.file}:{node.loc.line}: {self.ir.spec_line(node.loc).strip()}"
+        node = self.ir.update(state)
+        return f"{self.file}:{node.loc.line}: {self.ir.spec_line(node.loc)}"
 
     # ---- linear parts of the outputs
-    def readouts(self) -> dict:
-        """(state, node axes, post) -> (index of its query, query expression), summing
-        the queries of terms that share a state, axes and post factor."""
+    def readouts(self) -> tuple[dict, dict]:
+        """The queries of each state (terms that share a state, node axes and post factor
+        are summed into one query) and, for each such (state, axes, post), its index."""
         groups: dict = {}
         for part in self.ops.parts:
             for t in part.terms:
@@ -332,7 +333,7 @@ class ChunkProgram(Program):
         if part.free != 0:
             pieces.append(self.sympy.lower(part.free))
         codes = [p.text if p.const else align(p, node.axes).text for p in pieces]
-        self.lines.append(f"# linear in the states: {self.ir.spec_line(node.loc).strip()}")
+        self.lines.append(f"# linear in the states: {self.ir.spec_line(node.loc)}")
         self.lines.append(f"{var} = operand({' + '.join(codes)}, _like, {_shape(node.sizes)})")
         return var
 
@@ -414,13 +415,6 @@ def check_log_decay(w: torch.Tensor, state: str) -> None:
 def _shape(sizes) -> str:
     """A shape as Python source: (), (4,), (4, 32)."""
     return f"({', '.join(map(str, sizes))}{',' if len(sizes) == 1 else ''})"
-
-
-def _prod(sizes) -> int:
-    out = 1
-    for s in sizes:
-        out *= s
-    return out
 
 
 def generate(ir: IR, plan=None, chunk: int | None = None) -> str:

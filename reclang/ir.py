@@ -113,6 +113,11 @@ class IR:
     def outputs(self) -> list[Node]:
         return [self.node(i) for i in self.stmts if self.node(i).op == Op.OUT]
 
+    def update(self, state: str) -> Node:
+        """The statement that updates a state."""
+        return next(self.node(i) for i in self.stmts
+                    if self.node(i).op == Op.UPDATE and self.node(i).arg == state)
+
     def spec_line(self, loc: Loc) -> str:
         return self.source.line(loc.line).strip()
 

@@ -119,18 +119,10 @@ def _chunk_state(ir: IR, s, reads: list[ReadTerm]) -> ChunkState:
     free = [term for term in s.terms if term.state is None]
     pieces = [_factors(term) for term in free]
     # axes that must be batch-like: those the decay, low-rank vectors, key-side
-    # factors or queries vary along (besides the keys)
-    shared = _symbols_of([t.decay] + [x for p in low_rank for x in p]) - key_syms
-    changed = True
-    while changed:
-        before = set(shared)
-        for factors in pieces:
-            for f in factors:
-                if f.free_symbols & key_syms:
-                    shared |= (f.free_symbols & set(symbols.values())) - key_syms
-        for r in reads:
-            shared |= (r.query.free_symbols & set(symbols.values())) - key_syms
-        changed = shared != before
+    # factors (those with a key axis) or queries vary along, besides the keys
+    key_side = [f for factors in pieces for f in factors if f.free_symbols & key_syms]
+    shared = _symbols_of([t.decay] + [x for p in low_rank for x in p] + key_side +
+                         [r.query for r in reads]) & set(symbols.values()) - key_syms
     inputs = []
     for term, factors in zip(free, pieces):
         key_side, value_side = [], []
@@ -212,8 +204,7 @@ def _linear_part(ir, node, env, terms) -> LinearPart:
 
 
 def _read_term(ir, node, t: Term, names) -> ReadTerm:
-    update = next(ir.node(i) for i in ir.stmts
-                  if ir.node(i).op == Op.UPDATE and ir.node(i).arg == t.state)
+    update = ir.update(t.state)
     keys = _keys_by_position(ir, t.state)
     summed = {s for s, _ in t.sums}
     where = f"{ir.source.filename.rsplit('/', 1)[-1]}:{ir.node(ir.stmts[node.stmt]).loc}"
@@ -246,7 +237,6 @@ def _read_term(ir, node, t: Term, names) -> ReadTerm:
 
 def _keys_by_position(ir: IR, state: str) -> set[int]:
     """Positions of the key axes of a state (those its readouts contract)."""
-    update = next(ir.node(i) for i in ir.stmts
-                  if ir.node(i).op == Op.UPDATE and ir.node(i).arg == state)
+    update = ir.update(state)
     keys = key_axes(ir, StateStructure(state, update.axes, True))
     return {p for p, a in enumerate(update.axes) if a in keys}

@@ -214,9 +214,7 @@ def _log_sum_exp_monoid(ir: IR, states) -> bool:
         return False
     expander = Expander(ir, extremes)
     for s in others:
-        update = next(i for i in ir.stmts if ir.node(i).op == Op.UPDATE and
-                      ir.node(i).arg == s.name)
-        frozen = analyze_state(ir, expander, update)
+        frozen = analyze_state(ir, expander, ir.update(s.name).id)
         if not frozen.affine or frozen.coupled_with or not _is_rescaling(
                 frozen.transition.decay, extremes):
             return False
