@@ -96,7 +96,10 @@ def _hoist_below(ir, i, phase, place):
 
 
 class Program:
-    """Assembles the generated module: header, forward and step."""
+    """Assembles the generated module: header, forward and step. Subclasses replace
+    `loop` (what runs the steps of the forward pass) and `Lowering`."""
+
+    Lowering = ExprLowering
 
     def __init__(self, ir: IR):
         self.ir = ir
@@ -112,7 +115,7 @@ class Program:
     def body(self, step: bool) -> list[str]:
         place = placements(self.ir, step)
         blocks = {p: [] for p in Place}
-        lower = ExprLowering(self.ir, place, blocks)
+        lower = self.Lowering(self.ir, place, blocks)
         live = _live(self.ir)
         outputs = []
         for i in self.ir.stmts:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reclang
-from reclang.backends.scan import CHUNK, linear_scan
+from reclang.backends.scan import chunk_length, linear_scan
 
 F = torch.nn.functional
 TRANSFORMS = {"g": F.logsigmoid}
@@ -21,7 +21,12 @@ def test_scan_runs_the_diagonal_cells():
                                      "min_lstm", "rg_lru", "s4d"}
 
 
-@pytest.mark.parametrize("T", [1, 2, 7, CHUNK - 1, CHUNK, CHUNK + 1, 129])
+def test_chunk_length_is_about_the_square_root():
+    assert [chunk_length(T) for T in (1, 2, 4, 5, 64, 65, 1000)] == [1, 2, 2, 3, 8, 9, 32]
+
+
+# around whole chunks (C = √T: 63, 64, 65 and 1000 leave 7, 0, 2, 8 steps past them)
+@pytest.mark.parametrize("T", [1, 2, 7, 63, 64, 65, 129, 1000])
 @pytest.mark.parametrize("name", cells_on("scan"))
 def test_scan_matches_sequential(name, T):
     cell = small(name)
@@ -42,19 +47,15 @@ def test_step_of_the_scan_module_is_the_cell_step():
     torch.testing.assert_close(scan.step(**x)[0], sequential.step(**x)[0])
 
 
-def loop(a, b, h):
-    states = []
-    for t in range(a.shape[1]):
-        h = a[:, t] * h + b[:, t]
-        states.append(h)
+def loop(a, b, h, reverse=False):
+    """The recurrence as written, one step at a time (autograd differentiates it)."""
+    states = [None] * a.shape[1]
+    for t in reversed(range(a.shape[1])) if reverse else range(a.shape[1]):
+        h = states[t] = a[:, t] * h + b[:, t]
     return torch.stack(states, 1)
 
 
-@settings(max_examples=60, deadline=None)
-@given(T=st.integers(1, 300), chunk=st.sampled_from([1, 2, 3, 8, 64]),
-       kind=st.sampled_from(["positive", "signed", "complex"]), seed=st.integers(0, 99))
-def test_linear_scan_matches_a_loop(T, chunk, kind, seed):
-    gen = torch.Generator().manual_seed(seed)
+def random_scan_operands(gen, T, kind):
     shape = (2, T, 3)
     a = torch.rand(shape, generator=gen, dtype=torch.float64)
     if kind == "signed":
@@ -63,7 +64,32 @@ def test_linear_scan_matches_a_loop(T, chunk, kind, seed):
         a = torch.polar(a, 6 * torch.rand(shape, generator=gen, dtype=torch.float64))
     b = torch.randn(shape, generator=gen, dtype=torch.float64).to(a.dtype)
     h0 = torch.randn(2, 3, generator=gen, dtype=torch.float64).to(a.dtype)
-    torch.testing.assert_close(linear_scan(a, b, h0, chunk), loop(a, b, h0))
+    return [x.requires_grad_() for x in (a, b, h0)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(T=st.integers(1, 300), chunk=st.sampled_from([None, 1, 2, 3, 8, 64, 400]),
+       kind=st.sampled_from(["positive", "signed", "complex"]), reverse=st.booleans(),
+       seed=st.integers(0, 99))
+def test_linear_scan_matches_a_loop(T, chunk, kind, reverse, seed):
+    """States and gradients (the backward is a reverse scan written by hand: compared
+    with autograd through the loop, complex conjugates included)."""
+    gen = torch.Generator().manual_seed(seed)
+    operands = random_scan_operands(gen, T, kind)
+    got, want = linear_scan(*operands, chunk, reverse), loop(*operands, reverse)
+    torch.testing.assert_close(got, want)
+    weight = torch.randn(got.shape, generator=gen, dtype=torch.float64)
+    grads = [torch.autograd.grad((y * weight).abs().sum(), operands) for y in (got, want)]
+    for g_got, g_want in zip(*grads):
+        torch.testing.assert_close(g_got, g_want)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_linear_scan_second_derivatives(reverse):
+    gen = torch.Generator().manual_seed(0)
+    operands = random_scan_operands(gen, 11, "signed")
+    assert torch.autograd.gradgradcheck(lambda a, b, h: linear_scan(a, b, h, 3, reverse),
+                                        operands)
 
 
 def test_no_overflow_for_gates_near_zero_over_long_sequences():
