@@ -141,7 +141,7 @@ class ScanProgram(Program):
     scanned previous states (for the outputs)."""
 
     Lowering = TokenLowering
-    scan_function = "linear_scan"
+    title, scan_function = "Scan", "linear_scan"
 
     def loop(self, first: str, blocks, outputs, unbound) -> list[str]:
         states = [py_name(d.name) for d in self.ir.states]
@@ -177,7 +177,7 @@ class ScanProgram(Program):
 
     def source(self) -> str:
         header = self.header([
-            f"Scan backend: h' = a h + b elementwise, scanned over time ({self.scan_function});",
+            f"{self.title} backend: h' = a h + b elementwise, over time by {self.scan_function};",
             "the loop body of the sequential backend runs on all tokens at once."])
         imports = ["import torch", "",
                    f"from reclang.backends.{self.__module__.rsplit('.', 1)[-1]} "

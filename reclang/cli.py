@@ -7,6 +7,7 @@ import sys
 import time
 
 from . import load
+from .compile import BACKENDS
 from .errors import RecError
 from .timing import best_of
 
@@ -105,7 +106,7 @@ def cmd_bench(args) -> int:
 
     cell = load(args.spec, **_hypers(args.set))
     backends = [v.backend for v in cell.plan.backends
-                if v.supported and v.backend in ("sequential", "scan", "chunk")]
+                if v.supported and v.backend in BACKENDS]
     torch.manual_seed(args.seed)
     modules = {b: cell.module(b) for b in backends}
     for m in modules.values():

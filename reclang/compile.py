@@ -17,7 +17,7 @@ from .ir import IR
 from .module import RecModule
 from .parser import parse
 
-BACKENDS = ("sequential", "scan", "chunk")
+BACKENDS = ("sequential", "scan", "chunk", "fft")
 
 
 class Cell:
@@ -55,23 +55,45 @@ class Cell:
         return self._sources[key]
 
     def module(self, backend: str = "sequential", chunk_size: int | None = None) -> RecModule:
-        """A fresh nn.Module (new parameters, initialized as the spec says)."""
+        """A fresh nn.Module (new parameters, initialized as the spec says).
+
+        `auto`: the backend `auto_backends` names for CPU tensors, and on CUDA tensors
+        the one it names for CUDA (same parameters, other generated code)."""
+        on_cuda = None
+        if backend == "auto":
+            backend, on_cuda = self.auto_backends()
         backend = self._backend(backend)
+        m = RecModule(self.ir, backend, *self._generated(backend, chunk_size))
+        if on_cuda not in (None, backend):
+            m.use_on("cuda", on_cuda, *self._generated(on_cuda, chunk_size))
+        return m
+
+    def auto_backends(self) -> tuple[str, str]:
+        """The backends `auto` runs on the CPU and on CUDA, from the plan:
+
+        - `chunk` on both when the plan allows it (mat-decay, dplr: 4-12x faster than
+          the loop on a 2-core CPU from T = 512, docs/benchmarks.md);
+        - for diag plans, `sequential` on the CPU, where the scan is 0.4-4x the loop's
+          speed depending on the cell (docs/benchmarks.md), and `scan` on CUDA, where
+          a loop pays kernel launches at every step;
+        - else `sequential`."""
+        if self.plan.supports("chunk"):
+            return "chunk", "chunk"
+        if self.plan.supports("scan"):
+            return "sequential", "scan"
+        return "sequential", "sequential"
+
+    def _generated(self, backend: str, chunk_size: int | None):
         source = self.source(backend, chunk_size)
         generated = _load_source(source, f"{self.name}_{backend}")
         if config.debug_level() >= 4:
             print(source)
-        return RecModule(self.ir, backend, source, generated)
+        return source, generated
 
     def _backend(self, backend: str) -> str:
-        """The backend to use; an explicit one must be able to run the plan.
-
-        `auto`: `chunk` when the plan allows it (mat-decay, dplr: 5-14x faster than the
-        loop on a 2-core CPU from T = 512, docs/benchmarks.md), else `sequential`: the
-        PyTorch scan beats the loop only when a step is tiny (small batch × state) and
-        loses by up to 10x on larger ones, so it is chosen explicitly where it pays."""
+        """The backend to use; an explicit one must be able to run the plan."""
         if backend == "auto":
-            return "chunk" if self.plan.supports("chunk") else "sequential"
+            return self.auto_backends()[0]
         if backend not in BACKENDS:
             raise RecError(f"unknown backend {backend!r}; available: "
                            f"{', '.join(BACKENDS + ('auto',))}")

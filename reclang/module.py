@@ -27,6 +27,7 @@ class RecModule(nn.Module):
         super().__init__()
         self.ir, self.backend, self.source = ir, backend, source
         self._generated = generated
+        self._on_device: dict[str, tuple] = {}  # device type -> (backend, source, code)
         for decl in ir.inputs:
             if decl.name in RESERVED_ARGS:
                 raise RecError(f"input name '{decl.name}' is an argument of the module "
@@ -40,20 +41,36 @@ class RecModule(nn.Module):
             self.register_parameter(decl.name, nn.Parameter(values[decl.name]))
 
     def extra_repr(self) -> str:
-        return f"cell={self.ir.name}, backend={self.backend}"
+        others = "".join(f", on {k}: {v[0]}" for k, v in self._on_device.items())
+        return f"cell={self.ir.name}, backend={self.backend}{others}"
+
+    def use_on(self, device_type: str, backend: str, source: str, generated) -> None:
+        """Runs whole sequences on tensors of this device type ("cuda") with another
+        backend's generated code (the parameters are the same)."""
+        self._on_device[device_type] = (backend, source, generated)
+
+    def backend_for(self, device) -> str:
+        """The backend whose code runs whole sequences on tensors of this device."""
+        return self._on_device.get(torch.device(device).type, (self.backend,))[0]
+
+    def _forward_for(self, inputs: dict):
+        first = next(iter(inputs.values()), None)
+        device = first.device.type if torch.is_tensor(first) else "cpu"
+        return self._on_device[device][2] if device in self._on_device else self._generated
 
     # ---- running
     def forward(self, state: dict | None = None, lengths=None, cu_seqlens=None, **inputs):
         """Whole sequences: inputs [B, T, *dims]. `lengths` ([B], right-padded batches)
         or `cu_seqlens` (packed sequences in a batch of one) run variable-length
         sequences without computing padding (see reclang/varlen.py)."""
+        code = self._forward_for(inputs)
         if lengths is None and cu_seqlens is None:
-            return self._run(self._generated.forward, inputs, state, sequence=True)
+            return self._run(code.forward, inputs, state, sequence=True)
         if lengths is not None and cu_seqlens is not None:
             raise TypeError("give lengths or cu_seqlens, not both")
 
         def run(part, part_state):
-            y, s = self._run(self._generated.forward, part, part_state, sequence=True)
+            y, s = self._run(code.forward, part, part_state, sequence=True)
             return (y if isinstance(y, dict) else {self.ir.outputs[0].arg: y}), s
 
         self._check_inputs(inputs, sequence=True)

@@ -1,6 +1,7 @@
-"""The scan backend against the sequential one (float64: outputs, final states and
-gradients of inputs, params and initial states), on every catalogue spec it can run,
-at awkward lengths around the chunk size; and its linear scan against a plain loop."""
+"""The scan and fft backends against the sequential one (float64: outputs, final
+states and gradients of inputs, params and initial states), on every catalogue spec
+they can run, at awkward lengths around the chunk size; and their scans (linear_scan,
+fft_scan) against a plain loop."""
 
 import pytest
 import torch
@@ -10,15 +11,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reclang
+from reclang.backends.fft import fft_scan
 from reclang.backends.scan import chunk_length, linear_scan
 
 F = torch.nn.functional
 TRANSFORMS = {"g": F.logsigmoid}
 
 
-def test_scan_runs_the_diagonal_cells():
+def test_scan_runs_the_diagonal_cells_and_fft_the_time_invariant_ones():
     assert set(cells_on("scan")) == {"hgrn", "lru", "lsrl_parity", "mamba_s6", "min_gru",
                                      "min_lstm", "rg_lru", "s4d"}
+    assert set(cells_on("fft")) == {"lru", "lsrl_parity", "s4d"}
+
+
+PAIRS = [(backend, name) for backend in ("scan", "fft") for name in cells_on(backend)]
 
 
 def test_chunk_length_is_about_the_square_root():
@@ -27,11 +33,11 @@ def test_chunk_length_is_about_the_square_root():
 
 # around whole chunks (C = √T: 63, 64, 65 and 1000 leave 7, 0, 2, 8 steps past them)
 @pytest.mark.parametrize("T", [1, 2, 7, 63, 64, 65, 129, 1000])
-@pytest.mark.parametrize("name", cells_on("scan"))
-def test_scan_matches_sequential(name, T):
+@pytest.mark.parametrize("backend, name", PAIRS)
+def test_matches_sequential(backend, name, T):
     cell = small(name)
     torch.manual_seed(0)
-    scan = cell.module("scan").double()
+    scan = cell.module(backend).double()
     sequential = cell.module("sequential").double()
     x = random_inputs(scan, 2, T, **TRANSFORMS)
     s = random_state(scan, 2)
@@ -84,6 +90,22 @@ def test_linear_scan_matches_a_loop(T, chunk, kind, reverse, seed):
         torch.testing.assert_close(g_got, g_want)
 
 
+@settings(max_examples=40, deadline=None)
+@given(T=st.integers(1, 300), kind=st.sampled_from(["positive", "signed", "complex"]),
+       seed=st.integers(0, 99))
+def test_fft_scan_matches_a_loop(T, kind, seed):
+    """A decay constant in time (|a| <= 1), states and gradients."""
+    gen = torch.Generator().manual_seed(seed)
+    a, b, h0 = random_scan_operands(gen, T, kind)
+    a_const = a[:, :1].expand_as(a)
+    got, want = fft_scan(a_const, b, h0), loop(a_const, b, h0)
+    torch.testing.assert_close(got, want)
+    weight = torch.randn(got.shape, generator=gen, dtype=torch.float64)
+    grads = [torch.autograd.grad((y * weight).abs().sum(), (a, b, h0)) for y in (got, want)]
+    for g_got, g_want in zip(*grads):
+        torch.testing.assert_close(g_got, g_want)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_linear_scan_second_derivatives(reverse):
     gen = torch.Generator().manual_seed(0)
@@ -106,4 +128,15 @@ def test_backend_choice_and_refusal():
     with pytest.raises(reclang.RecError, match="backend 'scan' cannot run cell lstm: needs diag"):
         lstm.module("scan")
     assert lstm.module("auto").backend == "sequential"
-    assert small("min_gru").module("auto").backend == "sequential"  # measured faster on CPU
+    assert lstm.module("auto").backend_for("cuda") == "sequential"
+
+
+@pytest.mark.parametrize("name", cells_on("scan"))
+def test_auto_runs_diagonal_cells_with_the_loop_on_cpu_and_the_scan_on_cuda(name):
+    m = small(name).module("auto")
+    assert (m.backend, m.backend_for("cpu"), m.backend_for("cuda")) == \
+        ("sequential", "sequential", "scan")
+    assert "linear_scan" in m._on_device["cuda"][1]  # the scan's source, loaded
+    with pytest.raises(reclang.RecError, match="backend 'fft' cannot run cell min_gru: "
+                                                "needs diag-lti"):
+        small("min_gru").module("fft")

@@ -31,7 +31,7 @@ BACKENDS = {
     "step": (None, None),
     "scan": (("diag", "diag-lti", "dense"), ("diag", "diag-lti")),
     "chunk": (("mat-decay", "dplr"), ("mat-decay", "dplr")),
-    "fft": (("diag-lti",), ()),
+    "fft": (("diag-lti",), ("diag-lti",)),
     "triton": (("diag", "diag-lti", "mat-decay", "dplr", "nonlinear"), ()),
 }
 
