@@ -49,6 +49,6 @@ class FftProgram(ScanProgram):
     title, scan_function = "FFT", "fft_scan"
 
 
-def generate(ir: IR) -> str:
+def generate(ir: IR, plan=None) -> str:
     """The generated source of the fft backend (forward and step)."""
-    return FftProgram(ir).source()
+    return FftProgram(ir, plan).source()

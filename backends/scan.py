@@ -40,12 +40,21 @@ def chunk_length(T: int) -> int:
     return max(1, math.isqrt(T - 1) + 1) if T > 1 else 1
 
 
+def _step(a: torch.Tensor, h: torch.Tensor, b: torch.Tensor, dense: bool, out=None):
+    """a h + b: elementwise, or (dense) a matrix [..., N, N] times a vector [..., N]."""
+    if not dense:
+        return torch.addcmul(b, a, h, out=out)
+    value = torch.matmul(a, h.unsqueeze(-1)).squeeze(-1) + b
+    return value if out is None else out.copy_(value)
+
+
 def _scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, C: int,
-          reverse: bool = False) -> torch.Tensor:
-    """h_t = a_t h_{t-1} + b_t (reverse: h_t = a_t h_{t+1} + b_t) for a, b [B, T, *S] of
-    one dtype, h0 [B, *S]; no autograd. The steps past the last whole chunk (fewer than
-    C) run one by one: after the chunks, or before them in reverse."""
-    B, T, *S = a.shape
+          reverse: bool = False, dense: bool = False) -> torch.Tensor:
+    """h_t = a_t h_{t-1} + b_t (reverse: h_t = a_t h_{t+1} + b_t) for b [B, T, *S] and
+    a of b's shape (or [B, T, *S, N] when dense), one dtype, h0 [B, *S]; no autograd.
+    The steps past the last whole chunk (fewer than C) run one by one: after the
+    chunks, or before them in reverse."""
+    B, T, *S = b.shape
     n = T // C
     states = torch.empty_like(b)
     order = range(C - 1, -1, -1) if reverse else range(C)
@@ -53,27 +62,28 @@ def _scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, C: int,
 
     def one_by_one(h):
         for t in tail:
-            h = torch.addcmul(b[:, t], a[:, t], h, out=states[:, t])
+            h = _step(a[:, t], h, b[:, t], dense, out=states[:, t])
         return h
 
     h = one_by_one(h0) if reverse else h0
     if n:
-        a_c, b_c, states_c = (x[:, :n * C].view(B, n, C, *S) for x in (a, b, states))
+        a_c = a[:, :n * C].view(B, n, C, *a.shape[2:])
+        b_c, states_c = (x[:, :n * C].view(B, n, C, *S) for x in (b, states))
         # 1. every chunk from a zero state (all chunks at once), and its decay product
         first, *rest = order
         run, decay = b_c[:, :, first].clone(), a_c[:, :, first].clone()
         for c in rest:
-            torch.addcmul(b_c[:, :, c], a_c[:, :, c], run, out=run)
-            decay.mul_(a_c[:, :, c])
+            _step(a_c[:, :, c], run, b_c[:, :, c], dense, out=run)
+            decay = a_c[:, :, c] @ decay if dense else decay.mul_(a_c[:, :, c])
         # 2. the state entering every chunk, chunk after chunk
-        entering = a.new_empty((B, n, *S))
+        entering = b.new_empty((B, n, *S))
         for j in (range(n - 1, -1, -1) if reverse else range(n)):
             entering[:, j] = h
-            h = torch.addcmul(run[:, j], decay[:, j], h)
+            h = _step(decay[:, j], h, run[:, j], dense)
         # 3. every chunk again from the state entering it, writing all its states
         h_c = entering
         for c in order:
-            h_c = torch.addcmul(b_c[:, :, c], a_c[:, :, c], h_c, out=states_c[:, :, c])
+            h_c = _step(a_c[:, :, c], h_c, b_c[:, :, c], dense, out=states_c[:, :, c])
     if not reverse:
         one_by_one(h)
     return states
@@ -81,31 +91,40 @@ def _scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, C: int,
 
 class _LinearScan(torch.autograd.Function):
     """The scan, with its backward written as the same scan in the other direction:
-    for h_t = a_t h_{t-1} + b_t, g_t = ∂L/∂h_t + conj(a_{t+1}) g_{t+1}, ∂L/∂b_t = g_t,
-    ∂L/∂a_t = g_t conj(h_{t-1}), ∂L/∂h0 = conj(a_0) g_0 (conj: torch's convention for
-    complex tensors). No graph of the loop steps is kept; saved: a, h0 and the states."""
+    for h_t = a_t h_{t-1} + b_t, g_t = ∂L/∂h_t + a_{t+1}ᴴ g_{t+1}, ∂L/∂b_t = g_t,
+    ∂L/∂a_t = g_t h_{t-1}ᴴ, ∂L/∂h0 = a_0ᴴ g_0 (ᴴ: the conjugate, and for dense a also
+    the transpose; the conjugates are torch's convention for complex tensors). No graph
+    of the loop steps is kept; saved: a, h0 and the states."""
 
     @staticmethod
-    def forward(ctx, a, b, h0, C, reverse):
-        states = _scan(a, b, h0, C, reverse)
+    def forward(ctx, a, b, h0, C, reverse, dense):
+        states = _scan(a, b, h0, C, reverse, dense)
         ctx.save_for_backward(a, h0, states)
-        ctx.C, ctx.reverse = C, reverse
+        ctx.C, ctx.reverse, ctx.dense = C, reverse, dense
         return states
 
     @staticmethod
     def backward(ctx, grad):
         a, h0, states = ctx.saved_tensors
+        dense = ctx.dense
+        adjoint = a.mH if dense else a.conj()
+        pad = torch.zeros_like(adjoint[:, :1])
         if ctx.reverse:  # flip the time axis in the formulas by swapping shift directions
-            a_next = torch.cat([torch.zeros_like(a[:, :1]), a[:, :-1]], 1).conj()
+            a_next = torch.cat([pad, adjoint[:, :-1]], 1)
             prev = torch.cat([states[:, 1:], h0.unsqueeze(1)], 1)
             first = -1
         else:
-            a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], 1).conj()
+            a_next = torch.cat([adjoint[:, 1:], pad], 1)
             prev = torch.cat([h0.unsqueeze(1), states[:, :-1]], 1)
             first = 0
         g = _LinearScan.apply(a_next, grad.to(a.dtype), torch.zeros_like(h0), ctx.C,
-                              not ctx.reverse)
-        return g * prev.conj(), g, g[:, first] * a[:, first].conj(), None, None
+                              not ctx.reverse, dense)
+        if dense:
+            grad_a = g.unsqueeze(-1) * prev.conj().unsqueeze(-2)
+        else:
+            grad_a = g * prev.conj()
+        grad_h0 = _step(adjoint[:, first], g[:, first], torch.zeros_like(h0), dense)
+        return grad_a, g, grad_h0, None, None, None
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
@@ -117,12 +136,52 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
     [B, T, *S]. `chunk`: steps per chunk (default ≈ √T). Differentiable in a, b, h0,
     to any order (the backward pass is itself a scan).
     """
+    return _scan_call(a, b, h0, chunk, reverse, dense=False)
+
+
+def dense_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
+               chunk: int | None = None, reverse: bool = False) -> torch.Tensor:
+    """All states of h_t = a_t h_{t-1} + b_t with matrices a_t: a [B, T, *R, N, N],
+    b [B, T, *R, N], h0 [B, *R, N] (R: axes the transition does not mix). As
+    `linear_scan` otherwise; the work per step is N times larger."""
+    return _scan_call(a, b, h0, chunk, reverse, dense=True)
+
+
+def _scan_call(a, b, h0, chunk, reverse, dense):
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), h0.dtype)
-    a, b = torch.broadcast_tensors(a.to(dtype), b.to(dtype))
-    h0 = h0.to(dtype).expand(a.shape[:1] + a.shape[2:])
-    if a.shape[1] == 0:
-        return a.clone()
-    return _LinearScan.apply(a, b, h0, chunk or chunk_length(a.shape[1]), reverse)
+    a, b = a.to(dtype), b.to(dtype)
+    shape = torch.broadcast_shapes(a.shape[:-1] if dense else a.shape, b.shape)
+    a = a.expand(*shape, a.shape[-1]) if dense else a.expand(shape)
+    b = b.expand(shape)
+    h0 = h0.to(dtype).expand(shape[:1] + shape[2:])
+    if shape[1] == 0:
+        return b.clone()
+    return _LinearScan.apply(a, b, h0, chunk or chunk_length(shape[1]), reverse, dense)
+
+
+def mixed_last(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """x with the dims a dense transition mixes moved last and flattened into one."""
+    last = tuple(range(-len(dims), 0))
+    return x.movedim(dims, last).flatten(-len(dims))
+
+
+def from_mixed_last(x: torch.Tensor, dims: tuple[int, ...], shape) -> torch.Tensor:
+    """The inverse of `mixed_last`, for a tensor of the given original shape."""
+    last = tuple(range(-len(dims), 0))
+    return x.unflatten(-1, [shape[d] for d in dims]).movedim(last, dims)
+
+
+def dense_transition(update, b: torch.Tensor, dims: tuple[int, ...]):
+    """The matrices a of an update h' = update(h) = a h + b that mixes the dims `dims`
+    of its states [B·T, *S] (b = update(0)), column by column: a e_i = update(e_i) − b
+    for the basis vectors e_i along those dims (the same e_i along the other dims,
+    which the update does not mix). Returns a [B·T, *R, N, N] and b [B·T, *R, N] in
+    the layout of `mixed_last`."""
+    b_last = mixed_last(b, dims)
+    eye = torch.eye(b_last.shape[-1], dtype=b.dtype, device=b.device)
+    columns = [mixed_last(update(from_mixed_last(e.expand_as(b_last), dims, b.shape)), dims)
+               - b_last for e in eye]
+    return torch.stack(columns, -1), b_last
 
 
 class TokenLowering(ExprLowering):
@@ -137,11 +196,23 @@ class TokenLowering(ExprLowering):
 
 class ScanProgram(Program):
     """The sequential forward with its loop replaced: the loop body becomes a function
-    of all tokens at once, evaluated from the states 0 and 1 (for a and b) and from the
-    scanned previous states (for the outputs)."""
+    of all tokens at once, evaluated from chosen states (0 and 1 for a and b; the
+    basis vectors along the mixed axes for a dense a) and from the scanned previous
+    states (for the outputs)."""
 
     Lowering = TokenLowering
     title, scan_function = "Scan", "linear_scan"
+
+    def __init__(self, ir: IR, plan=None):
+        super().__init__(ir)
+        self.plan = plan
+        structures = {st.name: st for st in plan.states} if plan is not None else {}
+        self.mixed = {}  # state -> (its mixed axes, their dims in its [B, ...] layout)
+        for d in ir.states:
+            t = structures[d.name].transition if d.name in structures else None
+            if t is not None and t.kind == "dense":
+                axes = structures[d.name].axes
+                self.mixed[d.name] = (t.mix_axes, tuple(axes.index(a) + 1 for a in t.mix_axes))
 
     def loop(self, first: str, blocks, outputs, unbound) -> list[str]:
         states = [py_name(d.name) for d in self.ir.states]
@@ -155,13 +226,19 @@ class ScanProgram(Program):
                   INDENT + '"""The loop body on B tokens at once (here B = B·T)."""']
         lines += [INDENT + line for line in blocks[Place.LOOP]]
         lines.append(INDENT + f"return {{{outs}}}, ({', '.join(states)},)")
-        lines.append("# h' = a h + b elementwise: b is the step from 0, a + b the step from 1")
-        for value, fill in (("_from0", 0), ("_from1", 1)):  # expand: no memory is filled
-            filled = ", ".join(f"{s}.new_full((), {fill}).expand(B * T, *{s}.shape[1:])"
-                               for s in states)
-            lines.append(f"_, {value} = _tokens(B * T, {filled})")
+        filled = {fill: [f"{s}.new_full((), {fill}).expand(B * T, *{s}.shape[1:])"
+                         for s in states] for fill in (0, 1)}  # expand: nothing is filled
+        lines.append("# h' = a h + b: b is the step from 0")
+        lines.append(f"_, _from0 = _tokens(B * T, {', '.join(filled[0])})")
+        if len(self.mixed) < len(states):
+            lines.append("# elementwise a: a + b is the step from 1")
+            lines.append(f"_, _from1 = _tokens(B * T, {', '.join(filled[1])})")
         for k, s in enumerate(states):
-            lines += [f"# all states of {self.ir.states[k].name}",
+            name = self.ir.states[k].name
+            if name in self.mixed:
+                lines += self.dense_block(k, s, filled[0])
+                continue
+            lines += [f"# all states of {name}",
                       f"_b = _from0[{k}].reshape(B, T, *{s}.shape[1:])",
                       f"_a = _from1[{k}].reshape(B, T, *{s}.shape[1:]) - _b",
                       f"_{s}_all = {self.scan_function}(_a, _b, {s})"]
@@ -175,13 +252,33 @@ class ScanProgram(Program):
         lines += [f"{s} = _{s}_all[:, -1]" for s in states]
         return lines
 
+    def dense_block(self, k: int, s: str, zeros: list[str]) -> list[str]:
+        """A state whose transition mixes some of its axes: the matrix column by column
+        (the step from each basis vector along the mixed axes, minus b), then a dense
+        scan in the layout with the mixed axes last and flattened."""
+        d = self.ir.states[k]
+        axes, dims = self.mixed[d.name]
+        args = ", ".join("_e" if j == k else z for j, z in enumerate(zeros))
+        seq_dims = tuple(x + 1 for x in dims)
+        return [f"# all states of {d.name}: its transition mixes "
+                f"{', '.join(axes)}, a matrix found from the basis "
+                "vectors e",
+                f"_a, _b = dense_transition(lambda _e: _tokens(B * T, {args})[1][{k}], "
+                f"_from0[{k}], {dims})",
+                f"_{s}_all = dense_scan(_a.unflatten(0, (B, T)), _b.unflatten(0, (B, T)), "
+                f"mixed_last({s}, {dims}))",
+                f"_{s}_all = from_mixed_last(_{s}_all, {seq_dims}, (B, T, *{s}.shape[1:]))"]
+
     def source(self) -> str:
         header = self.header([
             f"{self.title} backend: h' = a h + b elementwise, over time by {self.scan_function};",
             "the loop body of the sequential backend runs on all tokens at once."])
+        names = [self.scan_function]
+        if self.mixed:
+            names += ["dense_scan", "dense_transition", "from_mixed_last", "mixed_last"]
         imports = ["import torch", "",
                    f"from reclang.backends.{self.__module__.rsplit('.', 1)[-1]} "
-                   f"import {self.scan_function}"]
+                   f"import {', '.join(names)}"]
         forward = self.function(
             "forward", f"Runs {self.ir.name} over whole sequences with a scan: inputs "
             "[B, T, ...], states are the initial ones; returns (outputs, final states).",
@@ -190,6 +287,6 @@ class ScanProgram(Program):
             self.step_function() + "\n"
 
 
-def generate(ir: IR) -> str:
+def generate(ir: IR, plan=None) -> str:
     """The generated source of the scan backend (forward and step)."""
-    return ScanProgram(ir).source()
+    return ScanProgram(ir, plan).source()

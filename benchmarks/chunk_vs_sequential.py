@@ -7,8 +7,7 @@ Cells: GLA (key-wise decay), Gated DeltaNet (scalar decay + rank-1 WY part), Mam
 (scalar decay), float32, fla's layout. Prints milliseconds (best of --repeat) for the
 forward and forward+backward passes, the speed-up of the chunk backend over the loop,
 the chunk backend's time relative to the hand-written one (≤ 1.0 is as fast), and the
-peak memory of the chunk backend's forward+backward (tracemalloc does not see torch's
-allocator, so this is torch's own CPU profiler figure).
+peak tensor memory of one forward+backward of each (reclang.timing.peak_memory).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 import reclang
-from reclang.timing import best_of
+from reclang.timing import best_of, peak_memory
 
 F = torch.nn.functional
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -118,14 +117,25 @@ def hand_written(name, module, x):
     return lambda: gated_delta_chunk(x["q"], x["k"], x["v"], x["g"], x["beta"])
 
 
-def run(name, hypers, T, repeat):
+def functions(name, hypers, T):
+    """The three implementations of a cell as functions of no arguments."""
     cell = reclang.load(SPECS / f"{name}.rec", **hypers)
     torch.manual_seed(0)
     sequential, chunk = cell.module("sequential"), cell.module("chunk")
     chunk.load_state_dict(sequential.state_dict())
     x = {k: v.requires_grad_() for k, v in inputs_for(name, cell, T).items()}
-    fns = {"sequential": lambda: sequential(**x)[0], "chunk": lambda: chunk(**x)[0],
-           "hand": hand_written(name, chunk, x)}
+    return {"sequential": lambda: sequential(**x)[0], "chunk": lambda: chunk(**x)[0],
+            "hand": hand_written(name, chunk, x)}
+
+
+def training_step(name, hypers, T, label):
+    """One forward+backward of one implementation, as a function of no arguments."""
+    fn = functions(name, hypers, T)[label]
+    return lambda: fn().square().mean().backward()
+
+
+def run(name, hypers, T, repeat):
+    fns = functions(name, hypers, T)
     with torch.no_grad():  # the three agree before anything is timed
         ref = fns["sequential"]()
         for label in ("chunk", "hand"):
@@ -136,9 +146,7 @@ def run(name, hypers, T, repeat):
         with torch.no_grad():
             result[label, "fwd"] = best_of(fn, repeat)
         result[label, "fwd+bwd"] = best_of(lambda: fn().square().mean().backward(), repeat)
-    with torch.profiler.profile(profile_memory=True) as prof:
-        fns["chunk"]().square().mean().backward()
-    peak = max((e.cpu_memory_usage for e in prof.key_averages()), default=0)
+    peak = {label: peak_memory(training_step(name, hypers, T, label)) for label in fns}
     return result, peak
 
 
@@ -150,7 +158,7 @@ def main():
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, B={B}, H={H}, K=V={K}, float32")
     print(f"{'cell':<16}{'T':>5}  {'pass':<8}{'sequential':>11}{'chunk':>9}{'hand':>9}"
-          f"{'chunk/seq':>10}{'chunk/hand':>11}{'largest op':>11}")
+          f"{'chunk/seq':>10}{'chunk/hand':>11}   peak MiB seq/chunk/hand")
     cases = [("gla", dict(H=H, K=K, V=V)), ("gated_delta_net", dict(H=H, K=K, V=V)),
              ("mamba2", dict(H=H, P=64, N=64))]
     for name, hypers in cases:
@@ -158,9 +166,10 @@ def main():
             r, peak = run(name, hypers, T, args.repeat)
             for what in ("fwd", "fwd+bwd"):
                 seq, ch, hand = (r[k, what] * 1e3 for k in ("sequential", "chunk", "hand"))
-                mem = f"{peak / 2**20:.0f} MiB" if what == "fwd+bwd" else ""
+                mem = "/".join(f"{peak[k] / 2**20:.0f}" for k in ("sequential", "chunk", "hand"))
+                mem = mem if what == "fwd+bwd" else ""
                 print(f"{name:<16}{T:>5}  {what:<8}{seq:>9.1f}ms{ch:>7.1f}ms{hand:>7.1f}ms"
-                      f"{seq / ch:>9.1f}x{ch / hand:>10.2f}x{mem:>11}")
+                      f"{seq / ch:>9.1f}x{ch / hand:>10.2f}x   {mem}")
 
 
 if __name__ == "__main__":

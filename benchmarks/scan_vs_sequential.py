@@ -3,7 +3,8 @@
     python benchmarks/scan_vs_sequential.py [--T 4096] [--repeat 3]
 
 Forward and forward+backward, float32; prints milliseconds (best of --repeat) and the
-speed-up of each parallel backend over the loop. All modules of a cell share
+speed-up of each parallel backend over the loop, and the peak memory of one
+forward+backward of each (reclang.timing.peak_memory). All modules of a cell share
 parameters and inputs; the script first checks that they agree.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 import reclang
-from reclang.timing import best_of
+from reclang.timing import best_of, peak_memory
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 CASES = [("min_gru", dict(D=64, N=128), 8), ("mamba_s6", dict(D=64, N=16, R=4), 4),
@@ -30,7 +31,8 @@ def outputs(m, inputs) -> dict:
     return y if isinstance(y, dict) else {"y": y}
 
 
-def run(name, hypers, batch, T, repeat):
+def setup(name, hypers, batch, T):
+    """The modules of a cell that can run it, sharing parameters, and the inputs."""
     cell = reclang.load(SPECS / f"{name}.rec", **hypers)
     torch.manual_seed(0)
     modules = {"sequential": cell.module("sequential")}
@@ -42,6 +44,18 @@ def run(name, hypers, batch, T, repeat):
     if "g" in inputs:
         inputs["g"] = torch.nn.functional.logsigmoid(inputs["g"])
     inputs = {k: v.requires_grad_() for k, v in inputs.items()}
+    return modules, inputs
+
+
+def training_step(name, hypers, batch, T, backend):
+    """One forward+backward of one backend, as a function of no arguments."""
+    modules, inputs = setup(name, hypers, batch, T)
+    m = modules[backend]
+    return lambda: sum(v.abs().square().mean() for v in outputs(m, inputs).values()).backward()
+
+
+def run(name, hypers, batch, T, repeat):
+    modules, inputs = setup(name, hypers, batch, T)
     with torch.no_grad():
         want = outputs(modules["sequential"], inputs)
         for m in modules.values():
@@ -56,6 +70,7 @@ def run(name, hypers, batch, T, repeat):
         def train_step():
             sum(v.abs().square().mean() for v in outputs(m, inputs).values()).backward()
         result[label, "fwd+bwd"] = best_of(train_step, repeat)
+        result[label, "peak"] = peak_memory(training_step(name, hypers, batch, T, label))
     return result
 
 
@@ -67,7 +82,7 @@ def main():
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, T={args.T}, float32")
     print(f"{'cell':<10}{'B':>3}  {'pass':<8}{'sequential':>11}{'scan':>10}{'fft':>10}"
-          f"{'scan/seq':>10}{'fft/seq':>9}")
+          f"{'scan/seq':>10}{'fft/seq':>9}   peak MiB seq/scan/fft")
     for name, hypers, batch in CASES:
         r = run(name, hypers, batch, args.T, args.repeat)
         for what in ("fwd", "fwd+bwd"):
@@ -76,8 +91,10 @@ def main():
                      for b in PARALLEL]
             ups = [f"{seq / r[b, what]:>8.1f}x" if (b, what) in r else f"{'-':>9}"
                    for b in PARALLEL]
+            mem = "/".join(f"{r[b, 'peak'] / 2**20:.0f}" if (b, "peak") in r else "-"
+                           for b in ("sequential",) + PARALLEL) if what == "fwd+bwd" else ""
             print(f"{name:<10}{batch:>3}  {what:<8}{seq * 1e3:>9.1f}ms{''.join(times)}"
-                  f"{ups[0]:>10}{ups[1]:>9}")
+                  f"{ups[0]:>10}{ups[1]:>9}   {mem}")
 
 
 if __name__ == "__main__":

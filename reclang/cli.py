@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -105,14 +106,20 @@ def cmd_bench(args) -> int:
     import torch
 
     cell = load(args.spec, **_hypers(args.set))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     backends = [v.backend for v in cell.plan.backends
                 if v.supported and v.backend in BACKENDS]
+    if device == "cpu" and "triton" in backends:  # its kernels run on CUDA tensors
+        backends.remove("triton")
+        print("(triton skipped: its kernels run on CUDA tensors)")
     torch.manual_seed(args.seed)
-    modules = {b: cell.module(b) for b in backends}
+    modules = {b: cell.module(b).to(device) for b in backends}
     for m in modules.values():
         m.load_state_dict(modules["sequential"].state_dict())
-    inputs = {d.name: torch.randn(args.batch, args.T, *d.shape) for d in cell.ir.inputs}
-    print(f"cell {cell.name} ({cell.plan.form}), B={args.batch}, T={args.T}, float32")
+    inputs = {d.name: torch.randn(args.batch, args.T, *d.shape, device=device)
+              for d in cell.ir.inputs}
+    print(f"cell {cell.name} ({cell.plan.form}), B={args.batch}, T={args.T}, float32, "
+          f"{device}")
     print(f"  {'backend':<11}{'forward':>10}{'fwd+bwd':>10}{'max |y - sequential|':>22}")
     reference = None
     for name, m in modules.items():
@@ -164,6 +171,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-T", type=int, default=1024)
     c.add_argument("--repeat", type=int, default=3)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="where to run (default: cuda when available)")
     return p
 
 
@@ -174,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     except RecError as err:
         print(err, file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader stopped early (`reclang inspect ... | head`)
+        # point stdout at /dev/null so that Python's own flush at exit stays quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

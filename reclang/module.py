@@ -86,7 +86,7 @@ class RecModule(nn.Module):
 
     def initial_state(self, batch: int, dtype=torch.float32, device=None) -> dict:
         """The states a sequence starts from when no state is given, [B, *dims]."""
-        params = {d.name: getattr(self, d.name).to(dtype) for d in self.ir.params}
+        params = {d.name: _cast(getattr(self, d.name), dtype) for d in self.ir.params}
         return {d.name: init.evaluate(self.ir, d, params, dtype, device)
                 .expand(batch, *d.shape).clone() if d.init is not None
                 else torch.zeros(batch, *d.shape, dtype=_state_dtype(d, dtype), device=device)

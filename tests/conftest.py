@@ -1,9 +1,15 @@
 """Test configuration: under CI (CI=true) hypothesis runs a fixed, derandomized set of
-examples, so that a run is reproducible; locally it explores new examples each time."""
+examples, so that a run is reproducible; locally it explores new examples each time.
+Without a GPU, Triton kernels run under Triton's interpreter on the CPU: the variable
+must be set before triton is first imported."""
 
 import os
 
+import torch
 from hypothesis import settings
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):

@@ -73,7 +73,7 @@ def _loss(outs: dict, final: dict, seed: int = 3):
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
     for _, v in sorted(outs.items()) + sorted(final.items()):
-        w = torch.randn(v.shape, generator=gen, dtype=torch.float64)
+        w = torch.randn(v.shape, generator=gen, dtype=torch.float64).to(v.device)
         total = total + (torch.view_as_real(v) if v.is_complex() else v).mul(
             torch.view_as_real(w.to(v.dtype)) if v.is_complex() else w).sum()
     return total
@@ -103,9 +103,10 @@ def assert_matches_reference(module, reference, inputs: dict, state: dict | None
     y, final = module(state=s0, **xs)
     outs = _as_dict(module, y)
     ref_xs, ref_s0 = _leaves(inputs, state)
+    first = next(iter(inputs.values()))
     ref_state = ref_s0 if ref_s0 is not None else {
-        k: v.detach() for k, v in module.initial_state(next(iter(inputs.values())).shape[0],
-                                                       torch.float64).items()}
+        k: v.detach() for k, v in module.initial_state(first.shape[0], torch.float64,
+                                                       first.device).items()}
     ref_outs, ref_final = reference(ref_xs, params, ref_state)
     _compare("output", outs, ref_outs, atol, rtol)
     _compare("final state", final, ref_final, atol, rtol)

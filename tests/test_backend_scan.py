@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import reclang
 from reclang.backends.fft import fft_scan
-from reclang.backends.scan import chunk_length, linear_scan
+from reclang.backends.scan import chunk_length, dense_scan, linear_scan
 
 F = torch.nn.functional
 TRANSFORMS = {"g": F.logsigmoid}
@@ -132,11 +132,98 @@ def test_backend_choice_and_refusal():
 
 
 @pytest.mark.parametrize("name", cells_on("scan"))
-def test_auto_runs_diagonal_cells_with_the_loop_on_cpu_and_the_scan_on_cuda(name):
+def test_auto_runs_diagonal_cells_with_the_scan(name):
     m = small(name).module("auto")
+    assert (m.backend, m.backend_for("cpu"), m.backend_for("cuda")) == ("scan", "scan", "triton")
+
+
+def test_a_module_runs_the_code_chosen_for_the_device_of_its_inputs():
+    cell = small("min_gru")
+    m = cell.module("sequential").double()
+    x = random_inputs(m, 2, 9)
+    want, _ = m(**x)
+    m.use_on("cpu", "scan", *cell._generated("scan", None))
     assert (m.backend, m.backend_for("cpu"), m.backend_for("cuda")) == \
-        ("sequential", "sequential", "scan")
-    assert "linear_scan" in m._on_device["cuda"][1]  # the scan's source, loaded
-    with pytest.raises(reclang.RecError, match="backend 'fft' cannot run cell min_gru: "
-                                                "needs diag-lti"):
-        small("min_gru").module("fft")
+        ("sequential", "scan", "sequential")
+    got, _ = m(**x)
+    torch.testing.assert_close(got, want)
+    assert got.grad_fn.name() != want.grad_fn.name()  # computed by other code
+
+
+# ---- dense transitions: no catalogue cell has one (LMU's memory is, but LMU is not
+# linear as a whole), so these cells are written here.
+LMU_MEMORY = """
+cell lmu_memory(D = 3, Q = 4):
+    input x[D]
+    param A[Q, Q] ~ normal(0, 0.3)
+    param Bm[Q] ~ normal(0, 1)
+    state m[D, Q] = 0
+    m[d, q] <- sum(p: A[q, p] * m[d, p]) + Bm[q] * x[d]
+    out y[d, q] = m[d, q]
+"""
+MIXED = """
+cell mixed(N = 3, D = 2):
+    input x[D], z[N], g[D]
+    param A[N, N] ~ normal(0, 0.5)
+    param u[N] ~ normal(0, 1)
+    state h[N, D] = 0
+    state c[D] = 0
+    h[n, d] <- sum(m: A[n, m] * sigmoid(z[n]) * h[m, d]) + u[n] * x[d]
+    c[d] <- exp(g[d]) * c[d] + x[d]
+    out y[d] = sum(n: h[n, d]) + c[d]
+"""
+
+
+@pytest.mark.parametrize("T", [1, 2, 7, 63, 64, 65, 129])
+@pytest.mark.parametrize("text", [LMU_MEMORY, MIXED], ids=["lmu_memory", "mixed"])
+def test_dense_transitions_match_sequential(text, T):
+    """A time-invariant matrix mixing the last axis (LMU's memory), and a time-varying
+    one mixing the first axis beside an elementwise state."""
+    cell = reclang.loads(text, "dense.rec")
+    assert cell.plan.form == "dense" and cell.plan.supports("scan")
+    torch.manual_seed(0)
+    scan, sequential = cell.module("scan").double(), cell.module("sequential").double()
+    x = random_inputs(scan, 2, T, **TRANSFORMS)
+    assert_matches_reference(scan, as_reference(sequential), x, random_state(scan, 2),
+                             atol=1e-9, rtol=1e-7)
+    assert cell.module("auto").backend == "scan"
+
+
+def test_dense_scan_refuses_large_matrices():
+    cell = reclang.loads(LMU_MEMORY, "lmu.rec", Q=65)
+    with pytest.raises(reclang.RecError, match=r"lmu.rec:7:5: the transition of m mixes 65 "
+                       r"values \(along q\); the dense scan multiplies 65x65 matrices"):
+        cell.module("scan")
+    assert cell.module("auto").backend == "sequential"
+
+
+def dense_loop(a, b, h, reverse=False):
+    states = [None] * b.shape[1]
+    for t in reversed(range(b.shape[1])) if reverse else range(b.shape[1]):
+        h = states[t] = (a[:, t] @ h.unsqueeze(-1)).squeeze(-1) + b[:, t]
+    return torch.stack(states, 1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(T=st.integers(1, 100), N=st.integers(1, 5), chunk=st.sampled_from([None, 1, 3, 16]),
+       complex_=st.booleans(), reverse=st.booleans(), seed=st.integers(0, 99))
+def test_dense_scan_matches_a_loop(T, N, chunk, complex_, reverse, seed):
+    gen = torch.Generator().manual_seed(seed)
+    dtype = torch.complex128 if complex_ else torch.float64
+    a = (torch.randn(2, T, 3, N, N, generator=gen, dtype=dtype) / (N + 1)).requires_grad_()
+    b = torch.randn(2, T, 3, N, generator=gen, dtype=dtype).requires_grad_()
+    h0 = torch.randn(2, 3, N, generator=gen, dtype=dtype).requires_grad_()
+    got, want = dense_scan(a, b, h0, chunk, reverse), dense_loop(a, b, h0, reverse)
+    torch.testing.assert_close(got, want)
+    weight = torch.randn(got.shape, generator=gen, dtype=torch.float64)
+    grads = [torch.autograd.grad((y * weight).abs().sum(), (a, b, h0)) for y in (got, want)]
+    for g_got, g_want in zip(*grads):
+        torch.testing.assert_close(g_got, g_want)
+
+
+def test_dense_scan_second_derivatives():
+    gen = torch.Generator().manual_seed(0)
+    a = (torch.randn(2, 9, 3, 3, generator=gen, dtype=torch.float64) / 3).requires_grad_()
+    b, h0 = (torch.randn(*s, generator=gen, dtype=torch.float64).requires_grad_()
+             for s in ((2, 9, 3), (2, 3)))
+    assert torch.autograd.gradgradcheck(lambda a, b, h: dense_scan(a, b, h, 2), (a, b, h0))

@@ -29,10 +29,10 @@ from .terms import Expander, NotAffine
 BACKENDS = {
     "sequential": (None, None),
     "step": (None, None),
-    "scan": (("diag", "diag-lti", "dense"), ("diag", "diag-lti")),
+    "scan": (("diag", "diag-lti", "dense"), ("diag", "diag-lti", "dense")),
     "chunk": (("mat-decay", "dplr"), ("mat-decay", "dplr")),
     "fft": (("diag-lti",), ("diag-lti",)),
-    "triton": (("diag", "diag-lti", "mat-decay", "dplr", "nonlinear"), ()),
+    "triton": (("diag", "diag-lti", "mat-decay", "dplr", "nonlinear"), ("diag", "diag-lti")),
 }
 
 
@@ -349,8 +349,16 @@ def _verdicts(ir: IR, form: str, states) -> tuple[Verdict, ...]:
     return tuple(verdicts)
 
 
+DENSE_SCAN_LIMIT = 64  # mixed values per state: the scan's work per step grows as N²
+
+
 def _cannot_run(ir: IR, backend: str, states) -> str:
     """Why a backend cannot run a cell whose form it implements ("" when it can)."""
+    if backend == "scan":
+        return _too_dense(ir, states)
+    if backend == "triton":
+        from ..backends.triton import missing_dependency
+        return missing_dependency()
     if backend != "chunk":
         return ""
     from .operands import Unsupported, chunk_operands
@@ -359,6 +367,21 @@ def _cannot_run(ir: IR, backend: str, states) -> str:
     except Unsupported as err:
         file = ir.source.filename.rsplit('/', 1)[-1]
         return str(err) if str(err).startswith(file) else f"{file}: {err}"
+    return ""
+
+
+def _too_dense(ir: IR, states) -> str:
+    """A dense transition too large for the scan (its matrices cost N² per step)."""
+    file = ir.source.filename.rsplit("/", 1)[-1]
+    for s in states:
+        if s.affine and s.transition.kind == "dense":
+            sizes = dict(zip(s.axes, ir.decls[s.name].shape))
+            n = math.prod(sizes[a] for a in s.transition.mix_axes)
+            if n > DENSE_SCAN_LIMIT:
+                return (f"{file}:{s.loc}: the transition of {s.name} mixes {n} values "
+                        f"(along {', '.join(s.transition.mix_axes)}); the dense scan "
+                        f"multiplies {n}x{n} matrices at every step (limit "
+                        f"{DENSE_SCAN_LIMIT}): use the sequential backend")
     return ""
 
 

@@ -1,0 +1,77 @@
+"""The triton backend: generated Triton kernels. In this version: the diagonal scan,
+for cells whose plan is `diag` or `diag-lti`.
+
+Recurrence: h_t = a_t ⊙ h_{t-1} + b_t, as in the scan backend (reclang/backends/scan.py).
+Algorithm:  the scan backend's program (the loop body on all tokens gives a and b, and
+            the outputs from the previous states) with its scan done by a Triton
+            kernel rendered from the hand-written template
+            backends/templates/diag_scan.py.jinja: one program per (sequence, block of
+            channels) walks the T steps with the carry in registers; the backward pass
+            is the same kernel run in reverse on the gradients.
+Cost:       reads a and b and writes h once (memory-bound); T sequential steps per
+            program, B·S/BLOCK programs in parallel.
+Numerics:   the carry has the states' dtype (float32 for bf16/fp16 inputs).
+The generated file holds the kernel, its autograd Function and the forward and step
+functions: one file to read. It runs on CUDA tensors, or on the CPU under Triton's
+interpreter (TRITON_INTERPRET=1, how the tests run it without a GPU). First
+derivatives only (the backward is `once_differentiable`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from reclang.ir import IR
+
+from .scan import ScanProgram
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def missing_dependency() -> str:
+    """Why the triton backend cannot be used here ("" when it can)."""
+    import importlib.util
+
+    for module in ("triton", "jinja2"):
+        if importlib.util.find_spec(module) is None:
+            return f"needs the package {module} (pip install 'reclang[triton]')"
+    return ""
+
+
+def render(template: str, **slots) -> str:
+    """A kernel template filled in (jinja2; undefined slots are errors)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.get_template(template).render(**slots)
+
+
+class TritonScanProgram(ScanProgram):
+    """The scan backend's program with the scan as a kernel defined in the same file."""
+
+    title, scan_function = "Triton", "linear_scan"
+
+    def source(self) -> str:
+        digest = hashlib.sha256(self.ir.source.text.encode()).hexdigest()[:16]
+        header = self.header([
+            f"Spec sha256 {digest}; plan: {self.plan.summary}.",
+            "Triton backend: h' = a h + b elementwise; the scan is the kernel below (from",
+            "backends/templates/diag_scan.py.jinja); the loop body runs on all tokens at once."])
+        imports = ["import os", "", "import torch", "import triton",
+                   "import triton.language as tl"]
+        kernel = render("diag_scan.py.jinja", name=self.ir.name)
+        forward = self.function(
+            "forward", f"Runs {self.ir.name} over whole sequences with the Triton scan: inputs "
+            "[B, T, ...], states are the initial ones; returns (outputs, final states).",
+            step=False)
+        return "\n".join(header + imports) + "\n\n\n" + kernel + "\n\n" + forward + \
+            "\n\n\n" + self.step_function() + "\n"
+
+
+def generate(ir: IR, plan=None) -> str:
+    """The generated source of the triton backend (kernel, forward and step)."""
+    from reclang.analysis.plan import make_plan
+
+    return TritonScanProgram(ir, plan or make_plan(ir)).source()

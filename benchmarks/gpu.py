@@ -1,0 +1,260 @@
+"""Check and time reclang's backends on a CUDA GPU, in one run, and print the tables.
+
+    python benchmarks/gpu.py [--only scan cells chunk lstm] [--quick]
+
+Sections (each checks its results before it times them):
+  scan   the triton backend's diagonal-scan kernel on [B, T, S] float32 against the
+         memory-bandwidth floor (bytes it must move / the measured bandwidth of a
+         device-to-device copy), against the PyTorch chunked scan (scan backend) and
+         against a PyTorch loop over time; forward and forward+backward.
+  cells  whole diagonal cells (minGRU, Mamba S6, LRU) on the sequential, scan and
+         triton backends, float32, forward and forward+backward.
+  chunk  GLA and Gated DeltaNet, bf16, B·T = 32k tokens, H = 16, K = V = 128: reclang's
+         chunk backend (PyTorch; no Triton chunk kernel exists yet) against
+         flash-linear-attention's chunk_gla / chunk_gated_delta_rule when fla is
+         importable.
+  lstm   reclang's LSTM (sequential backend: no fused kernel exists yet) against
+         torch.nn.LSTM (cuDNN).
+Times are medians from triton.testing.do_bench, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import triton.testing
+
+import reclang
+from reclang.backends.scan import linear_scan as torch_scan
+
+F = torch.nn.functional
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+DEV = "cuda"
+
+
+def ms(fn) -> float:
+    """Median milliseconds of fn (triton.testing.do_bench), or the best of two runs
+    for a function slower than 50 ms (the loops), which do_bench would run ~10 times."""
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    if time.perf_counter() - start < 0.05:
+        return triton.testing.do_bench(fn, warmup=5, rep=50)
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+
+def training(fn):
+    """fn's forward+backward as a function of no arguments (fn returns a tensor)."""
+    return lambda: fn().float().square().mean().backward()
+
+
+def rel_rms(x, ref) -> float:
+    x, ref = x.double(), ref.double()
+    return ((x - ref).square().mean() / ref.square().mean().clamp_min(1e-30)).sqrt().item()
+
+
+def copy_bandwidth(nbytes: int) -> float:
+    """Bytes per second a device-to-device copy moves (read + written)."""
+    src = torch.empty(nbytes // 4, device=DEV)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / (ms(lambda: dst.copy_(src)) * 1e-3)
+
+
+# ---- scan ---------------------------------------------------------------------------
+def loop_scan(a, b, h0):
+    h, out = h0, torch.empty_like(b)
+    for t in range(b.shape[1]):
+        h = torch.addcmul(b[:, t], a[:, t], h)
+        out[:, t] = h
+    return out
+
+
+def scan_section(quick):
+    B, T, S = (4, 2048, 1024) if quick else (8, 4096, 2048)
+    cell = reclang.load(SPECS / "min_gru.rec")
+    kernel = cell._generated("triton", None)[1].linear_scan
+    torch.manual_seed(0)
+    a = torch.rand(B, T, S, device=DEV).requires_grad_()
+    b = torch.randn(B, T, S, device=DEV).requires_grad_()
+    h0 = torch.randn(B, S, device=DEV).requires_grad_()
+    ref = torch_scan(a.double(), b.double(), h0.double())
+    out = kernel(a, b, h0)
+    grads = torch.autograd.grad(out.square().sum(), (a, b, h0))
+    want = torch.autograd.grad(ref.square().sum(), (a, b, h0))
+    print(f"[scan] B={B} T={T} S={S} float32; kernel vs float64 torch scan: "
+          f"rel RMS out {rel_rms(out, ref):.1e}, grads "
+          + ", ".join(f"{rel_rms(g, w):.1e}" for g, w in zip(grads, want)))
+    tensor = a.numel() * a.element_size()
+    bw = copy_bandwidth(tensor)
+    # forward: read a, b, write h; backward: read a, ∂L/∂h, h, write the gradients of
+    # a and b: 3 + 5 tensors at least
+    floor = {"fwd": 3 * tensor / bw * 1e3, "fwd+bwd": 8 * tensor / bw * 1e3}
+    fns = {"triton": lambda: kernel(a, b, h0), "torch scan": lambda: torch_scan(a, b, h0),
+           "torch loop": lambda: loop_scan(a, b, h0)}
+    print(f"copy bandwidth {bw / 1e12:.2f} TB/s; floor fwd {floor['fwd']:.3f} ms, "
+          f"fwd+bwd {floor['fwd+bwd']:.3f} ms")
+    print(f"{'pass':<9}{'impl':<12}{'ms':>9}{'of floor':>10}{'vs triton':>11}")
+    dout = torch.randn_like(b)  # the backward from a given gradient: no loss's cost
+    for what in ("fwd", "fwd+bwd"):
+        times = {}
+        for label, fn in fns.items():
+            with torch.set_grad_enabled(what != "fwd"):
+                times[label] = ms(fn if what == "fwd" else
+                                  lambda fn=fn: torch.autograd.grad(fn(), (a, b, h0), dout))
+            print(f"{what:<9}{label:<12}{times[label]:>9.3f}"
+                  f"{floor[what] / times[label]:>9.0%}{times[label] / times['triton']:>10.1f}x")
+
+
+# ---- cells --------------------------------------------------------------------------
+CELLS = [("min_gru", dict(D=256, N=1024)), ("mamba_s6", dict(D=256, N=16, R=16)),
+         ("lru", dict(D=256, N=512))]
+
+
+def cell_section(quick):
+    B, T = (4, 1024) if quick else (8, 4096)
+    print(f"\n[cells] B={B} T={T} float32; ms, and speed-up over sequential")
+    print(f"{'cell':<10}{'pass':<9}{'sequential':>11}{'scan':>9}{'triton':>9}"
+          f"{'seq/scan':>10}{'seq/triton':>11}   max rel err scan/triton")
+    for name, hypers in CELLS:
+        cell = reclang.load(SPECS / f"{name}.rec", **hypers)
+        torch.manual_seed(0)
+        mods = {k: cell.module(k).to(DEV) for k in ("sequential", "scan", "triton")}
+        for m in mods.values():
+            m.load_state_dict(mods["sequential"].state_dict())
+        x = {d.name: torch.randn(B, T, *d.shape, device=DEV).requires_grad_()
+             for d in cell.ir.inputs}
+        fns = {k: (lambda m=m: m(**x)[0]) for k, m in mods.items()}
+        with torch.no_grad():
+            ref = fns["sequential"]()
+            errs = "/".join(f"{rel_rms(fns[k](), ref):.0e}" for k in ("scan", "triton"))
+        for what in ("fwd", "fwd+bwd"):
+            with torch.set_grad_enabled(what != "fwd"):
+                t = {k: ms(fn if what == "fwd" else training(fn)) for k, fn in fns.items()}
+            print(f"{name:<10}{what:<9}{t['sequential']:>11.2f}{t['scan']:>9.2f}"
+                  f"{t['triton']:>9.2f}{t['sequential'] / t['scan']:>9.1f}x"
+                  f"{t['sequential'] / t['triton']:>10.1f}x   {errs if what == 'fwd' else ''}")
+
+
+# ---- chunk vs fla -------------------------------------------------------------------
+def fla_functions():
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+        from fla.ops.gla import chunk_gla
+    except ImportError as e:
+        print(f"(flash-linear-attention not importable: {e}; timing reclang alone)")
+        return {}
+    return {"gla": lambda x: chunk_gla(x["q"], x["k"], x["v"], x["g"])[0],
+            "gated_delta_net": lambda x: chunk_gated_delta_rule(
+                x["q"], x["k"], x["v"], x["g"], x["beta"])[0]}
+
+
+def chunk_inputs(name, cell, B, T):
+    torch.manual_seed(0)
+    x = {d.name: torch.randn(B, T, *d.shape, device=DEV) for d in cell.ir.inputs}
+    if name == "gla":
+        x["g"] = F.logsigmoid(x["g"]) / 16
+    else:
+        x["k"], x["q"] = F.normalize(x["k"], dim=-1), F.normalize(x["q"], dim=-1)
+        x["beta"], x["g"] = torch.sigmoid(x["beta"]), F.logsigmoid(x["g"]) / 16
+    return {k: v.bfloat16().requires_grad_() for k, v in x.items()}
+
+
+def chunk_section(quick, cells=("gla", "gated_delta_net")):
+    H, K = 16, 128
+    lengths = [2048] if quick else [2048, 4096, 8192, 16384]
+    fla = fla_functions()
+    print(f"\n[chunk] bf16, B·T = 32768 tokens, H={H}, K=V={K}; ms and peak GiB; "
+          "ratio = reclang / fla (≤ 1.0 is as fast)")
+    print(f"{'cell':<16}{'T':>6}  {'pass':<9}{'reclang':>9}{'fla':>9}{'ratio':>8}"
+          f"{'GiB ours/fla':>14}   rel RMS vs fla")
+    for name in cells:
+        cell = reclang.load(SPECS / f"{name}.rec", H=H, K=K, V=K)
+        m = cell.module("chunk").to(DEV)
+        for T in lengths:
+            x = chunk_inputs(name, cell, 32768 // T, T)
+            fns = {"reclang": lambda x=x: m(**x)[0]}
+            if name in fla:
+                fns["fla"] = lambda f=fla[name], x=x: f(x)
+            with torch.no_grad():
+                err = f"{rel_rms(fns['reclang'](), fns['fla']()):.1e}" if "fla" in fns else ""
+            for what in ("fwd", "fwd+bwd"):
+                t, peak = {}, {}
+                refused = ""
+                for k, fn in fns.items():
+                    with torch.set_grad_enabled(what != "fwd"):
+                        run = fn if what == "fwd" else training(fn)
+                        try:
+                            t[k] = ms(run)
+                        except RuntimeError as e:  # fla refuses some Triton versions
+                            refused = f"fla refused: {str(e)[:70]}"
+                            continue
+                        torch.cuda.reset_peak_memory_stats()
+                        run()
+                        peak[k] = torch.cuda.max_memory_allocated() / 2**30
+                ratio = f"{t['reclang'] / t['fla']:>7.2f}x" if "fla" in t else f"{'':>8}"
+                fla_t = f"{t['fla']:>9.2f}" if "fla" in t else f"{'':>9}"
+                gib = "/".join(f"{peak[k]:.1f}" for k in peak)
+                print(f"{name:<16}{T:>6}  {what:<9}{t['reclang']:>9.2f}{fla_t}{ratio}"
+                      f"{gib:>14}   {err if what == 'fwd' else refused}")
+            del x, fns
+            torch.cuda.empty_cache()
+
+
+# ---- lstm ---------------------------------------------------------------------------
+def lstm_section(quick):
+    B, T = 32, (256 if quick else 1024)
+    print(f"\n[lstm] B={B} T={T} float32, D=N; ms; ratio = reclang / cuDNN")
+    print(f"{'N':>5}  {'pass':<9}{'reclang':>9}{'cuDNN':>9}{'ratio':>8}   max abs diff")
+    for N in (64, 256):
+        cell = reclang.load(SPECS / "lstm.rec", D=N, N=N)
+        m = cell.module("sequential").to(DEV)
+        ref = torch.nn.LSTM(N, N, batch_first=True).to(DEV)
+        with torch.no_grad():  # torch's gate order is i, f, g, o; the spec's z[0..3] too
+            W, U, b = m.W, m.U, m.b
+            ref.weight_ih_l0.copy_(W.reshape(4 * N, N))
+            ref.weight_hh_l0.copy_(U.reshape(4 * N, N))
+            ref.bias_ih_l0.copy_(b.reshape(-1))
+            ref.bias_hh_l0.zero_()
+        x = torch.randn(B, T, N, device=DEV, requires_grad=True)
+        fns = {"reclang": lambda: m(x=x)[0], "cudnn": lambda: ref(x)[0]}
+        with torch.no_grad():
+            diff = (fns["reclang"]() - fns["cudnn"]()).abs().max().item()
+        for what in ("fwd", "fwd+bwd"):
+            with torch.set_grad_enabled(what != "fwd"):
+                t = {k: ms(fn if what == "fwd" else training(fn)) for k, fn in fns.items()}
+            print(f"{N:>5}  {what:<9}{t['reclang']:>9.2f}{t['cudnn']:>9.2f}"
+                  f"{t['reclang'] / t['cudnn']:>7.1f}x   {f'{diff:.1e}' if what == 'fwd' else ''}")
+
+
+SECTIONS = {"scan": scan_section, "cells": cell_section, "chunk": chunk_section,
+            "lstm": lstm_section}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke run")
+    parser.add_argument("--chunk-cells", nargs="+", default=["gla", "gated_delta_net"])
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/gpu.py needs a CUDA GPU")
+    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+          f"triton {triton.__version__}")
+    for name in args.only:
+        if name == "chunk":
+            chunk_section(args.quick, args.chunk_cells)
+        else:
+            SECTIONS[name](args.quick)
+
+
+if __name__ == "__main__":
+    main()
