@@ -49,6 +49,7 @@ def cmd_inspect(args) -> int:
             dtype = ": complex" if d.dtype == "complex" else ""
             print(f"  {kind:<6} {d.name}{list(d.shape)}{dtype}")
     print("\n" + cell.plan.describe())
+    print(f"  auto: {cell.auto_summary()}")
     print("\nIR\n" + ir.summary())
     print(f"\ngenerated source ({args.backend})\n" + cell.source(args.backend))
     return 0

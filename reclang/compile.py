@@ -91,6 +91,15 @@ class Cell:
             return "scan", "triton" if self.plan.supports("triton") else "scan"
         return "sequential", "sequential"
 
+    def auto_summary(self) -> str:
+        """What `auto` runs on each device, and why not triton on CUDA tensors."""
+        cpu, cuda = self.auto_backends()
+        text = f"{cpu} on CPU tensors, {cuda} on CUDA tensors"
+        if cuda != "triton":
+            verdict = next(v for v in self.plan.backends if v.backend == "triton")
+            text += f" (not triton: {verdict.reason})"
+        return text
+
     def _generated(self, backend: str, chunk_size: int | None):
         source = self.source(backend, chunk_size)
         generated = _load_source(source, f"{self.name}_{backend}")

@@ -58,6 +58,27 @@ def test_triton_long_sequence_in_float32(name):
                                    atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["min_gru", "lru"])
+@pytest.mark.parametrize("dtype, bound", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
+def test_triton_low_precision_inputs_against_float64(name, dtype, bound):
+    """bf16/fp16 inputs: the carry stays float32 (complex64), the outputs are within the
+    output dtype's rounding of a float64 run on the same rounded inputs."""
+    cell = small(name)
+    torch.manual_seed(0)
+    triton_ = cell.module("triton").to(DEVICE)
+    sequential = cell.module("sequential").double().to(DEVICE)
+    sequential.load_state_dict(triton_.state_dict())
+    x = {k: v.to(dtype) for k, v in on_device(random_inputs(triton_, 2, 65)).items()}
+    y, state = triton_(**x)
+    y_ref, state_ref = sequential(**{k: v.double() for k, v in x.items()})
+    assert y.dtype == dtype and all(s.dtype in (torch.float32, torch.complex64)
+                                    for s in state.values())
+    rms = lambda a, b: ((a.to(b.dtype) - b).abs().pow(2).mean() /  # noqa: E731
+                        b.abs().pow(2).mean()).sqrt().item()
+    assert rms(y, y_ref) < bound
+    assert all(rms(state[k], state_ref[k]) < 1e-5 for k in state)
+
+
 def test_triton_variable_lengths():
     cell = small("min_gru")
     torch.manual_seed(0)
@@ -102,6 +123,12 @@ def test_auto_prefers_triton_on_cuda_tensors():
     m = small("min_gru").module("auto")
     assert (m.backend, m.backend_for("cpu"), m.backend_for("cuda")) == ("scan", "scan", "triton")
     assert small("gla").module("auto").backend_for("cuda") == "chunk"
+
+
+def test_auto_states_why_it_does_not_use_triton():
+    assert small("min_gru").auto_summary() == "scan on CPU tensors, triton on CUDA tensors"
+    assert small("gla").auto_summary() == ("chunk on CPU tensors, chunk on CUDA tensors (not "
+                                           "triton: applies to mat-decay: not implemented yet)")
 
 
 def test_the_tests_ran_the_kernel_somewhere():
