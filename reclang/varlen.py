@@ -30,7 +30,8 @@ def _check(lengths: list[int], limit: int, what: str):
 
 def run_padded(run, inputs: dict, state: dict | None, lengths) -> tuple[dict, dict]:
     """`run(inputs, state) -> (outputs dict, states dict)` on a right-padded batch."""
-    batch, T = next(iter(inputs.values())).shape[:2]
+    first = next(iter(inputs.values()))
+    batch, T = first.shape[:2]
     lengths = [int(n) for n in torch.as_tensor(lengths).reshape(-1).tolist()]
     if len(lengths) != batch:
         raise ValueError(f"lengths: expected {batch} lengths (one per sequence), "
@@ -38,7 +39,7 @@ def run_padded(run, inputs: dict, state: dict | None, lengths) -> tuple[dict, di
     _check(lengths, T, "lengths")
     outs, finals = {}, {}
     for n, rows in _groups(lengths).items():
-        index = torch.tensor(rows)
+        index = torch.tensor(rows, device=first.device)
         part = {k: v[index, :n] for k, v in inputs.items()}
         part_state = None if state is None else {k: v[index] for k, v in state.items()}
         y, s = run(part, part_state)
@@ -66,7 +67,7 @@ def run_packed(run, inputs: dict, state: dict | None, cu_seqlens) -> tuple[dict,
     for n, members in _groups([end - start for start, end in spans]).items():
         part = {k: torch.stack([v[0, spans[m][0]:spans[m][1]] for m in members])
                 for k, v in inputs.items()}
-        index = torch.tensor(members)
+        index = torch.tensor(members, device=first.device)
         part_state = None if state is None else {k: v[index] for k, v in state.items()}
         y, s = run(part, part_state)
         for k, v in y.items():

@@ -19,7 +19,17 @@ CASES = [("gla", "sequential", dict(H=2, K=4, V=3)), ("lstm", "sequential", dict
 
 def module(name, backend, hypers):
     torch.manual_seed(0)
-    return reclang.load(SPECS / f"{name}.rec", **hypers).module(backend).double()
+    return reclang.load(SPECS / f"{name}.rec", **hypers).module(backend).double().to(
+        device(backend))
+
+
+def device(backend):
+    """Triton kernels run on the GPU where there is one (else under the interpreter)."""
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
+def on(backend, tensors: dict) -> dict:
+    return {k: v.to(device(backend)) for k, v in tensors.items()}
 
 
 def alone(m, inputs, state):
@@ -35,9 +45,9 @@ def alone(m, inputs, state):
 def test_lengths(name, backend, hypers):
     m = module(name, backend, hypers)
     lengths = torch.tensor([5, 1, 9, 5])
-    x = random_inputs(m, 4, 9, g=torch.nn.functional.logsigmoid)
+    x = on(backend, random_inputs(m, 4, 9, g=torch.nn.functional.logsigmoid))
     x = {k: v.requires_grad_() for k, v in x.items()}
-    s0 = random_state(m, 4)
+    s0 = on(backend, random_state(m, 4))
     y, final = m(state=s0, lengths=lengths, **x)
     for b, n in enumerate(lengths.tolist()):
         want_y, want_s = alone(m, {k: v[b:b + 1, :n] for k, v in x.items()},
@@ -55,8 +65,8 @@ def test_lengths(name, backend, hypers):
 def test_cu_seqlens_resets_states_at_boundaries(name, backend, hypers):
     m = module(name, backend, hypers)
     cu = torch.tensor([0, 4, 5, 12, 16])
-    x = random_inputs(m, 1, 16, g=torch.nn.functional.logsigmoid)
-    s0 = random_state(m, 4)
+    x = on(backend, random_inputs(m, 1, 16, g=torch.nn.functional.logsigmoid))
+    s0 = on(backend, random_state(m, 4))
     y, final = m(state=s0, cu_seqlens=cu, **x)
     assert y.shape[:2] == (1, 16) and all(v.shape[0] == 4 for v in final.values())
     for i, (start, end) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
