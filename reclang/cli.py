@@ -75,7 +75,7 @@ def cmd_run(args) -> int:
     m = cell.module(args.backend)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     m = m.to(dtype)
-    inputs = {d.name: torch.randn(args.batch, args.T, *d.shape, dtype=dtype)
+    inputs = {d.name: args.scale * torch.randn(args.batch, args.T, *d.shape, dtype=dtype)
               for d in cell.ir.inputs}
     with torch.no_grad():
         m(**{k: v[:, :1] for k, v in inputs.items()})  # warm-up
@@ -97,7 +97,21 @@ def cmd_run(args) -> int:
         print(f"  state {k}: {list(v.shape)}  max |full - step| = {diff:.3g}")
     tokens = args.batch * args.T
     print(f"  forward: {elapsed * 1e3:.2f} ms ({tokens / elapsed:,.0f} tokens/s)")
+    _warn_if_not_finite(list(outs.values()), args.scale)
     return 0
+
+
+def _warn_if_not_finite(outputs, scale: float):
+    """Random inputs know nothing of a cell's ranges (a log gate above 0, keys of norm
+    above 1): say so when the cell diverged on them, rather than leave a bare nan."""
+    import torch
+
+    if all(torch.isfinite(y).all() for y in outputs):
+        return
+    print(f"note: some outputs are not finite: the inputs are normal samples of scale "
+          f"{scale:g}, which this cell does not expect everywhere (e.g. a log decay "
+          f"above 0 grows the state at every step); try a smaller --scale or -T",
+          file=sys.stderr)
 
 
 def cmd_bench(args) -> int:
@@ -117,7 +131,7 @@ def cmd_bench(args) -> int:
     modules = {b: cell.module(b).to(device) for b in backends}
     for m in modules.values():
         m.load_state_dict(modules["sequential"].state_dict())
-    inputs = {d.name: torch.randn(args.batch, args.T, *d.shape, device=device)
+    inputs = {d.name: args.scale * torch.randn(args.batch, args.T, *d.shape, device=device)
               for d in cell.ir.inputs}
     print(f"cell {cell.name} ({cell.plan.form}), B={args.batch}, T={args.T}, float32, "
           f"{device}")
@@ -132,6 +146,7 @@ def cmd_bench(args) -> int:
         both = best_of(lambda m=m: _outputs(m(**xs)[0]).square().mean().backward(), args.repeat)
         diff = (y - reference).abs().max().item()
         print(f"  {name:<11}{forward * 1e3:>8.2f}ms{both * 1e3:>8.2f}ms{diff:>22.3g}")
+    _warn_if_not_finite([reference], args.scale)
     return 0
 
 
@@ -167,11 +182,15 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-T", type=int, default=64)
     c.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--scale", type=float, default=1.0,
+                   help="standard deviation of the random inputs (default 1)")
     c = command("bench", cmd_bench, "time every backend that can run the cell, side by side")
     c.add_argument("-B", "--batch", type=int, default=4)
     c.add_argument("-T", type=int, default=1024)
     c.add_argument("--repeat", type=int, default=3)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--scale", type=float, default=1.0,
+                   help="standard deviation of the random inputs (default 1)")
     c.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="where to run (default: cuda when available)")
     return p

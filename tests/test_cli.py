@@ -59,3 +59,14 @@ def test_bench_times_every_supported_backend(capsys):
     out = capsys.readouterr().out
     rows = re.findall(r"^\s+(sequential|scan)\s+[\d.]+ms\s+[\d.]+ms\s+(\S+)$", out, re.M)
     assert [r[0] for r in rows] == ["sequential", "scan"] and float(rows[1][1]) < 1e-5
+
+
+def test_run_says_when_random_inputs_make_the_cell_diverge(capsys):
+    hgrn = str(Path(GLA).parent / "hgrn.rec")  # its log gate g ~ N(0, 1) is often above 0
+    assert main(["run", hgrn, "-T", "1024"]) == 0
+    out, err = capsys.readouterr()
+    assert "= nan" in out and "note: some outputs are not finite" in err and "--scale" in err
+    assert main(["run", hgrn, "-T", "1024", "--scale", "0.1"]) == 0
+    out, err = capsys.readouterr()
+    diffs = [float(x) for x in re.findall(r"max \|full - step\| = (\S+)", out)]
+    assert len(diffs) == 2 and max(diffs) < 1e-4 and err == ""
