@@ -204,6 +204,9 @@ class EpilogueLowering(ExprLowering):
 
 
 class ChunkProgram(Program):
+    pass_function = "chunk_affine"  # what runs one state over the sequence
+    how = "in chunks"
+
     def __init__(self, ir: IR, operands: ChunkOperands, chunk: int | None = None):
         super().__init__(ir)
         self.ops = operands
@@ -285,9 +288,9 @@ class ChunkProgram(Program):
         h0 = (f"{name}.permute(0, {', '.join(map(str, order))})" if moved else name) + \
             f".reshape(B, {Hs}, {Kf}, {Vf})"
         lr = f"_{name}_a, _{name}_b" if s.low_rank else "None, None"
-        chunk = self.chunk or CHUNK
-        self.lines.append(f"_{name}_out, _{name}_last = chunk_affine(_{name}_w, {lr}, "
-                          f"_{name}_k, _{name}_v, {q}, {h0}, chunk={chunk})")
+        chunk = f", chunk={self.chunk or CHUNK}" if self.pass_function == "chunk_affine" else ""
+        self.lines.append(f"_{name}_out, _{name}_last = {self.pass_function}(_{name}_w, {lr}, "
+                          f"_{name}_k, _{name}_v, {q}, {h0}{chunk})")
         back = [order.index(p + 1) + 1 for p in range(len(s.axes))]
         self.lines.append(f"{name} = _{name}_last.reshape(B, "
                           f"{', '.join(map(str, shared + key + value))})" +
@@ -358,7 +361,7 @@ class ChunkProgram(Program):
                             for i in self.ir.stmts if self.ir.node(i).op == Op.OUT)
         states = ", ".join(f'"{d.name}": {py_name(d.name)}' for d in self.ir.states)
         self.lines.append(f"return {{{outputs}}}, {{{states}}}")
-        doc = (f'"""Runs {self.ir.name} over whole sequences in chunks: inputs [B, T, ...]; '
+        doc = (f'"""Runs {self.ir.name} over whole sequences {self.how}: inputs [B, T, ...]; '
                'returns (outputs, final states)."""')
         return "\n".join([self.signature("forward"), INDENT + doc] +
                          [INDENT + line for line in self.lines])

@@ -1,5 +1,6 @@
 """The triton backend: generated Triton kernels. In this version: the diagonal scan,
-for cells whose plan is `diag` or `diag-lti`.
+for cells whose plan is `diag` or `diag-lti`, and the matrix-state recurrence in its
+recurrent form, for `mat-decay` cells (below the diagonal scan's notes).
 
 Recurrence: h_t = a_t ⊙ h_{t-1} + b_t, as in the scan backend (reclang/backends/scan.py).
 Algorithm:  the scan backend's program (the loop body on all tokens gives a and b, and
@@ -15,6 +16,19 @@ The generated file holds the kernel, its autograd Function and the forward and s
 functions: one file to read. It runs on CUDA tensors, or on the CPU under Triton's
 interpreter (TRITON_INTERPRET=1, how the tests run it without a GPU). First
 derivatives only (the backward is `once_differentiable`).
+
+mat-decay cells: the chunk backend's program (reclang/backends/chunk.py: the same
+operands w, k, v, q per state, the same epilogue) with each state run by a kernel
+rendered from backends/templates/mat_recurrent.py.jinja instead of chunk_affine:
+Recurrence: S_t = exp(w_t) ⊙ S_{t-1} + Σ_r k_{t,r} v_{t,r}ᵀ, o_{t,r} = S_{t-1}ᵀ q_{t,r}.
+Algorithm:  the recurrent form: one program per (sequence, head, tile of 32 values)
+            keeps its [K, 32] tile of the state in registers for all T steps; the
+            backward runs the same kernel forward (dq) and in reverse (dk, dv, dS_0),
+            and the log decay's gradient is a reverse cumulative sum (no state stored).
+Cost:       O(T·K·V) elementwise work per head, T dependent steps; reads each operand
+            once per value tile. The chunkwise form (matmuls on tensor cores) is the
+            faster kernel for training and is not written yet.
+Numerics:   the carry is float32 at least; decays enter as exp(w_t) ≤ 1 step by step.
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ from pathlib import Path
 
 from reclang.ir import IR
 
+from .chunk import ChunkProgram
 from .scan import ScanProgram
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -70,8 +85,34 @@ class TritonScanProgram(ScanProgram):
             "\n\n\n" + self.step_function() + "\n"
 
 
+class TritonChunkProgram(ChunkProgram):
+    """The chunk backend's program with each state run by the recurrent kernel."""
+
+    pass_function, how = "state_pass", "with the Triton kernel"
+
+    def source(self) -> str:
+        digest = hashlib.sha256(self.ir.source.text.encode()).hexdigest()[:16]
+        header = self.header([
+            f"Spec sha256 {digest}; plan: {self.plan.summary}.",
+            "Triton backend: each matrix state S_t = exp(w_t) S_{t-1} + Σ k vᵀ runs in the",
+            "kernel below (from backends/templates/mat_recurrent.py.jinja); its operands and",
+            "the outputs are computed on all tokens at once, as in the chunk backend."])
+        imports = ["import os", "", "import torch", "import triton",
+                   "import triton.language as tl", "",
+                   "from reclang.backends.chunk import check_log_decay, operand"]
+        kernel = render("mat_recurrent.py.jinja", name=self.ir.name)
+        return "\n".join(header + imports) + "\n\n\n" + kernel + "\n\n" + \
+            self.forward() + "\n\n\n" + self.step_function() + "\n"
+
+
 def generate(ir: IR, plan=None) -> str:
     """The generated source of the triton backend (kernel, forward and step)."""
+    from reclang.analysis.operands import chunk_operands
     from reclang.analysis.plan import make_plan
 
-    return TritonScanProgram(ir, plan or make_plan(ir)).source()
+    plan = plan or make_plan(ir)
+    if plan.form == "mat-decay":
+        program = TritonChunkProgram(ir, chunk_operands(ir, plan.states))
+        program.plan = plan
+        return program.source()
+    return TritonScanProgram(ir, plan).source()

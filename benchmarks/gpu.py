@@ -10,7 +10,8 @@ Sections (each checks its results before it times them):
   cells  whole diagonal cells (minGRU, Mamba S6, LRU) on the sequential, scan and
          triton backends, float32, forward and forward+backward.
   chunk  GLA and Gated DeltaNet, bf16, B·T = 32k tokens, H = 16, K = V = 128: reclang's
-         chunk backend (PyTorch; no Triton chunk kernel exists yet) against
+         chunk backend (PyTorch) and, for GLA, the triton backend (the recurrent
+         kernel; no Triton chunkwise kernel exists yet) against
          flash-linear-attention's chunk_gla / chunk_gated_delta_rule when fla is
          importable.
   lstm   reclang's LSTM (sequential backend: no fused kernel exists yet) against
@@ -157,9 +158,9 @@ def fla_functions():
                 x["q"], x["k"], x["v"], x["g"], x["beta"])[0]}
 
 
-def chunk_inputs(name, cell, B, T):
+def chunk_inputs(name, m, B, T):
     torch.manual_seed(0)
-    x = {d.name: torch.randn(B, T, *d.shape, device=DEV) for d in cell.ir.inputs}
+    x = {d.name: torch.randn(B, T, *d.shape, device=DEV) for d in m.ir.inputs}
     if name == "gla":
         x["g"] = F.logsigmoid(x["g"]) / 16
     else:
@@ -174,39 +175,47 @@ def chunk_section(quick, cells=("gla", "gated_delta_net")):
     fla = fla_functions()
     print(f"\n[chunk] bf16, B·T = 32768 tokens, H={H}, K=V={K}; ms and peak GiB; "
           "ratio = reclang / fla (≤ 1.0 is as fast)")
-    print(f"{'cell':<16}{'T':>6}  {'pass':<9}{'reclang':>9}{'fla':>9}{'ratio':>8}"
+    print(f"{'cell [backend]':<24}{'T':>6}  {'pass':<9}{'reclang':>9}{'fla':>9}{'ratio':>8}"
           f"{'GiB ours/fla':>14}   rel RMS vs fla")
     for name in cells:
         cell = reclang.load(SPECS / f"{name}.rec", H=H, K=K, V=K)
-        m = cell.module("chunk").to(DEV)
-        for T in lengths:
-            x = chunk_inputs(name, cell, 32768 // T, T)
-            fns = {"reclang": lambda x=x: m(**x)[0]}
-            if name in fla:
-                fns["fla"] = lambda f=fla[name], x=x: f(x)
-            with torch.no_grad():
-                err = f"{rel_rms(fns['reclang'](), fns['fla']()):.1e}" if "fla" in fns else ""
-            for what in ("fwd", "fwd+bwd"):
-                t, peak = {}, {}
-                refused = ""
-                for k, fn in fns.items():
-                    with torch.set_grad_enabled(what != "fwd"):
-                        run = fn if what == "fwd" else training(fn)
-                        try:
-                            t[k] = ms(run)
-                        except RuntimeError as e:  # fla refuses some Triton versions
-                            refused = f"fla refused: {str(e)[:70]}"
-                            continue
-                        torch.cuda.reset_peak_memory_stats()
-                        run()
-                        peak[k] = torch.cuda.max_memory_allocated() / 2**30
-                ratio = f"{t['reclang'] / t['fla']:>7.2f}x" if "fla" in t else f"{'':>8}"
-                fla_t = f"{t['fla']:>9.2f}" if "fla" in t else f"{'':>9}"
-                gib = "/".join(f"{peak[k]:.1f}" for k in peak)
-                print(f"{name:<16}{T:>6}  {what:<9}{t['reclang']:>9.2f}{fla_t}{ratio}"
-                      f"{gib:>14}   {err if what == 'fwd' else refused}")
-            del x, fns
-            torch.cuda.empty_cache()
+        for backend in ("chunk", "triton"):
+            if cell.plan.supports(backend):
+                chunk_rows(f"{name} [{backend}]", cell.module(backend).to(DEV),
+                           fla.get(name), lengths)
+
+
+def chunk_rows(label, m, fla, lengths):
+    """The rows of one module: forward and forward+backward at each length."""
+    name = m.ir.name
+    for T in lengths:
+        x = chunk_inputs(name, m, 32768 // T, T)
+        fns = {"reclang": lambda x=x: m(**x)[0]}
+        if fla is not None:
+            fns["fla"] = lambda x=x: fla(x)
+        with torch.no_grad():
+            err = f"{rel_rms(fns['reclang'](), fns['fla']()):.1e}" if "fla" in fns else ""
+        for what in ("fwd", "fwd+bwd"):
+            t, peak = {}, {}
+            refused = ""
+            for k, fn in fns.items():
+                with torch.set_grad_enabled(what != "fwd"):
+                    run = fn if what == "fwd" else training(fn)
+                    try:
+                        t[k] = ms(run)
+                    except RuntimeError as e:  # fla refuses some Triton versions
+                        refused = f"fla refused: {str(e)[:70]}"
+                        continue
+                    torch.cuda.reset_peak_memory_stats()
+                    run()
+                    peak[k] = torch.cuda.max_memory_allocated() / 2**30
+            ratio = f"{t['reclang'] / t['fla']:>7.2f}x" if "fla" in t else f"{'':>8}"
+            fla_t = f"{t['fla']:>9.2f}" if "fla" in t else f"{'':>9}"
+            gib = "/".join(f"{peak[k]:.1f}" for k in peak)
+            print(f"{label:<24}{T:>6}  {what:<9}{t['reclang']:>9.2f}{fla_t}{ratio}"
+                  f"{gib:>14}   {err if what == 'fwd' else refused}")
+        del x, fns
+        torch.cuda.empty_cache()
 
 
 # ---- lstm ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The triton backend against the sequential one, run by Triton's interpreter on the
 CPU when there is no GPU (TRITON_INTERPRET=1, set in conftest.py): float64 outputs,
 final states and gradients of inputs, params and initial states, at awkward lengths;
-its kernel against a plain loop; the generated file; the refusals."""
+its matrix-state kernel against a loop written here; the generated file; the refusals."""
 
 import os
 
@@ -20,36 +20,86 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def on_device(tensors: dict) -> dict:
     return {k: v.to(DEVICE) for k, v in tensors.items()}
 TRANSFORMS = {"g": F.logsigmoid}  # hgrn's gate is a log decay
+CELLS = cells_on("triton")
+MATRIX = [name for name in CELLS if small(name).plan.form == "mat-decay"]
+DIAGONAL = [name for name in CELLS if name not in MATRIX]
 
 
-def test_triton_runs_the_diagonal_cells():
-    assert set(cells_on("triton")) == {"hgrn", "lru", "lsrl_parity", "mamba_s6", "min_gru",
-                                       "min_lstm", "rg_lru", "s4d"}
+def test_triton_runs_the_diagonal_and_the_matrix_decay_cells():
+    assert set(DIAGONAL) == {"hgrn", "lru", "lsrl_parity", "mamba_s6", "min_gru",
+                             "min_lstm", "rg_lru", "s4d"}
+    assert set(MATRIX) == {"gla", "hgrn2", "linear_attn", "mamba2", "mlstm", "retnet",
+                           "rwkv6", "simple_gla"}
 
 
-# the interpreter runs the kernel's steps in Python: lengths stay short here
-@pytest.mark.parametrize("T", [1, 2, 7, 64, 65])
-@pytest.mark.parametrize("name", cells_on("triton"))
+# the interpreter runs the kernels' steps in Python, slowly: lengths stay short here.
+# The diagonal scan walks time in tiles of 64 steps (64, 65 cross a tile); the matrix
+# kernel step by step.
+CASES = [(name, T) for name in DIAGONAL for T in (1, 2, 7, 64, 65)] + \
+    [(name, T) for name in MATRIX for T in (1, 2, 7, 33)]
+
+
+@pytest.mark.parametrize("name, T", CASES)
 def test_triton_matches_sequential(name, T):
     cell = small(name)
     torch.manual_seed(0)
     triton_ = cell.module("triton").double().to(DEVICE)
     sequential = cell.module("sequential").double().to(DEVICE)
     x = on_device(random_inputs(triton_, 2, T, **TRANSFORMS))
+    # matrix cells: random inputs make gradients of 1e7 (exp of gates): the cumulative
+    # sum in the log decay's gradient then leaves absolute errors of 1e-8
+    atol = 1e-9 if name in DIAGONAL else 1e-7
     assert_matches_reference(triton_, as_reference(sequential), x,
-                             on_device(random_state(triton_, 2)), atol=1e-9, rtol=1e-7)
-    assert_matches_reference(triton_, as_reference(sequential), x, None, atol=1e-9, rtol=1e-7)
+                             on_device(random_state(triton_, 2)), atol=atol, rtol=1e-7)
+    assert_matches_reference(triton_, as_reference(sequential), x, None, atol=atol, rtol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["min_gru", "lru"])
+def loop_reference(w, k, v, q, s0):
+    """S_t = exp(w_t) S_{t-1} + Σ_r k_{t,r} v_{t,r}ᵀ, o_{t,r} = S_{t-1}ᵀ q_{t,r}: the
+    matrix kernel's recurrence, step by step."""
+    s, outs = s0, []
+    for t in range(k.shape[1]):
+        outs.append(torch.einsum("brhk,bhkv->brhv", q[:, t], s))
+        decay = torch.exp(w[:, t])[..., None]            # [B, H, 1 or K, 1]
+        s = decay * s + torch.einsum("brhk,brhv->bhkv", k[:, t], v[:, t])
+    return torch.stack(outs, 1), s
+
+
+@pytest.mark.parametrize("keywise", [True, False])
+def test_matrix_kernel_with_ranks_and_tiles_matches_a_loop(keywise):
+    """Two input terms and three readouts per step, K and V over one tile each (the
+    launcher adds the tiles' partial sums), scalar and key-wise decays: outputs, final
+    state and all gradients against the loop above."""
+    state_pass = small("gla").module("triton")._generated.state_pass  # the generated file's
+    torch.manual_seed(0)
+    B, T, H, K, V = 2, 9, 2, 130, 40
+    w = -torch.rand(B, T, H, K if keywise else 1, dtype=torch.float64)
+    k, q = (torch.randn(B, T, R, H, K, dtype=torch.float64) for R in (2, 3))
+    v = torch.randn(B, T, 2, H, V, dtype=torch.float64)
+    s0 = torch.randn(B, H, K, V, dtype=torch.float64)
+    leaves = [x.to(DEVICE).requires_grad_() for x in (w, k, v, q, s0)]
+    refs = [x.detach().clone().requires_grad_() for x in leaves]
+    o, last = state_pass(leaves[0], None, None, *leaves[1:])
+    o_ref, last_ref = loop_reference(*refs)
+    torch.testing.assert_close(o, o_ref)
+    torch.testing.assert_close(last, last_ref)
+    go, glast = torch.randn_like(o), torch.randn_like(last)
+    torch.autograd.backward((o, last), (go, glast))
+    torch.autograd.backward((o_ref, last_ref), (go, glast))
+    for name, ours, theirs in zip("w k v q s0".split(), leaves, refs):
+        torch.testing.assert_close(ours.grad, theirs.grad, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("name", ["min_gru", "lru", "gla"])
 def test_triton_long_sequence_in_float32(name):
-    """T = 300 in float32 (real and complex states), against sequential in float64."""
+    """T = 300 in float32 (real, complex and matrix states), against sequential in
+    float64."""
     cell = small(name)
     torch.manual_seed(0)
     triton_ = cell.module("triton").to(DEVICE)
     sequential = cell.module("sequential").double().to(DEVICE)
     sequential.load_state_dict(triton_.state_dict())
-    x = on_device(random_inputs(triton_, 3, 300))
+    x = on_device(random_inputs(triton_, 3, 300, **TRANSFORMS))
     y, state = triton_(**{k: v.float() for k, v in x.items()})
     y_ref, state_ref = sequential(**x)
     torch.testing.assert_close(y, y_ref.to(y.dtype), atol=1e-4, rtol=1e-4)
@@ -58,7 +108,7 @@ def test_triton_long_sequence_in_float32(name):
                                    atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["min_gru", "lru"])
+@pytest.mark.parametrize("name", ["min_gru", "lru", "gla"])
 @pytest.mark.parametrize("dtype, bound", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
 def test_triton_low_precision_inputs_against_float64(name, dtype, bound):
     """bf16/fp16 inputs: the carry stays float32 (complex64), the outputs are within the
@@ -68,7 +118,8 @@ def test_triton_low_precision_inputs_against_float64(name, dtype, bound):
     triton_ = cell.module("triton").to(DEVICE)
     sequential = cell.module("sequential").double().to(DEVICE)
     sequential.load_state_dict(triton_.state_dict())
-    x = {k: v.to(dtype) for k, v in on_device(random_inputs(triton_, 2, 65)).items()}
+    x = {k: v.to(dtype) for k, v in
+         on_device(random_inputs(triton_, 2, 65, **TRANSFORMS)).items()}
     y, state = triton_(**x)
     y_ref, state_ref = sequential(**{k: v.double() for k, v in x.items()})
     assert y.dtype == dtype and all(s.dtype in (torch.float32, torch.complex64)
@@ -114,21 +165,23 @@ def test_outside_the_interpreter_cpu_tensors_get_a_clear_error(monkeypatch):
 
 
 def test_refusals_name_the_reason():
-    with pytest.raises(reclang.RecError, match="backend 'triton' cannot run cell gla: applies "
-                                                "to mat-decay: not implemented yet"):
-        small("gla").module("triton")
+    with pytest.raises(reclang.RecError, match="backend 'triton' cannot run cell delta_net: "
+                                                "applies to dplr: not implemented yet"):
+        small("delta_net").module("triton")
 
 
 def test_auto_prefers_triton_on_cuda_tensors():
     m = small("min_gru").module("auto")
     assert (m.backend, m.backend_for("cpu"), m.backend_for("cuda")) == ("scan", "scan", "triton")
-    assert small("gla").module("auto").backend_for("cuda") == "chunk"
+    assert small("gla").module("auto").backend_for("cuda") == "triton"
+    assert small("delta_net").module("auto").backend_for("cuda") == "chunk"
 
 
 def test_auto_states_why_it_does_not_use_triton():
     assert small("min_gru").auto_summary() == "scan on CPU tensors, triton on CUDA tensors"
-    assert small("gla").auto_summary() == ("chunk on CPU tensors, chunk on CUDA tensors (not "
-                                           "triton: applies to mat-decay: not implemented yet)")
+    assert small("delta_net").auto_summary() == (
+        "chunk on CPU tensors, chunk on CUDA tensors (not triton: applies to dplr: not "
+        "implemented yet)")
 
 
 def test_the_tests_ran_the_kernel_somewhere():

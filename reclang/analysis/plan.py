@@ -32,7 +32,8 @@ BACKENDS = {
     "scan": (("diag", "diag-lti", "dense"), ("diag", "diag-lti", "dense")),
     "chunk": (("mat-decay", "dplr"), ("mat-decay", "dplr")),
     "fft": (("diag-lti",), ("diag-lti",)),
-    "triton": (("diag", "diag-lti", "mat-decay", "dplr", "nonlinear"), ("diag", "diag-lti")),
+    "triton": (("diag", "diag-lti", "mat-decay", "dplr", "nonlinear"),
+               ("diag", "diag-lti", "mat-decay")),
 }
 
 
@@ -344,7 +345,7 @@ def _verdicts(ir: IR, form: str, states) -> tuple[Verdict, ...]:
         elif form not in implemented:
             verdicts.append(Verdict(name, False, f"applies to {form}: not implemented yet"))
         else:
-            why = _cannot_run(ir, name, states)
+            why = _cannot_run(ir, name, form, states)
             verdicts.append(Verdict(name, not why, why or f"runs {form}"))
     return tuple(verdicts)
 
@@ -352,15 +353,17 @@ def _verdicts(ir: IR, form: str, states) -> tuple[Verdict, ...]:
 DENSE_SCAN_LIMIT = 64  # mixed values per state: the scan's work per step grows as N²
 
 
-def _cannot_run(ir: IR, backend: str, states) -> str:
+def _cannot_run(ir: IR, backend: str, form: str, states) -> str:
     """Why a backend cannot run a cell whose form it implements ("" when it can)."""
     if backend == "scan":
         return _too_dense(ir, states)
     if backend == "triton":
         from ..backends.triton import missing_dependency
-        return missing_dependency()
-    if backend != "chunk":
+        if missing_dependency() or form != "mat-decay":
+            return missing_dependency()
+    elif backend != "chunk":
         return ""
+    # the chunk backend's operands: the triton backend reads mat-decay cells the same way
     from .operands import Unsupported, chunk_operands
     try:
         chunk_operands(ir, states)
