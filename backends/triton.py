@@ -1,6 +1,6 @@
 """The triton backend: generated Triton kernels. In this version: the diagonal scan,
 for cells whose plan is `diag` or `diag-lti`, and the matrix-state recurrence in its
-recurrent form, for `mat-decay` cells (below the diagonal scan's notes).
+recurrent form, for `mat-decay` and `dplr` cells (below the diagonal scan's notes).
 
 Recurrence: h_t = a_t ⊙ h_{t-1} + b_t, as in the scan backend (reclang/backends/scan.py).
 Algorithm:  the scan backend's program (the loop body on all tokens gives a and b, and
@@ -17,18 +17,22 @@ functions: one file to read. It runs on CUDA tensors, or on the CPU under Triton
 interpreter (TRITON_INTERPRET=1, how the tests run it without a GPU). First
 derivatives only (the backward is `once_differentiable`).
 
-mat-decay cells: the chunk backend's program (reclang/backends/chunk.py: the same
-operands w, k, v, q per state, the same epilogue) with each state run by a kernel
-rendered from backends/templates/mat_recurrent.py.jinja instead of chunk_affine:
-Recurrence: S_t = exp(w_t) ⊙ S_{t-1} + Σ_r k_{t,r} v_{t,r}ᵀ, o_{t,r} = S_{t-1}ᵀ q_{t,r}.
+mat-decay and dplr cells: the chunk backend's program (reclang/backends/chunk.py: the
+same operands w, a, b, k, v, q per state, the same epilogue) with each state run by a
+kernel rendered from backends/templates/mat_recurrent.py.jinja instead of chunk_affine:
+Recurrence: S_t = (diag(exp(w_t)) + Σ_r a_{t,r} b_{t,r}ᵀ) S_{t-1} + Σ_r k_{t,r} v_{t,r}ᵀ,
+            o_{t,r} = S_{t-1}ᵀ q_{t,r}.
 Algorithm:  the recurrent form: one program per (sequence, head, tile of 32 values)
-            keeps its [K, 32] tile of the state in registers for all T steps; the
-            backward runs the same kernel forward (dq) and in reverse (dk, dv, dS_0),
-            and the log decay's gradient is a reverse cumulative sum (no state stored).
+            keeps its [K, 32] tile of the state in registers for all T steps (the
+            low-rank part reads bᵀ S over all keys, within the program); the backward
+            runs the same kernel in reverse (dk, dv, da, dS_0) and forward again (dq,
+            db), and the log decay's gradient is a reverse cumulative sum (no state
+            stored).
 Cost:       O(T·K·V) elementwise work per head, T dependent steps; reads each operand
             once per value tile. The chunkwise form (matmuls on tensor cores) is the
             faster kernel for training and is not written yet.
-Numerics:   the carry is float32 at least; decays enter as exp(w_t) ≤ 1 step by step.
+Numerics:   the carry is float32 at least; the transition is applied step by step, as
+            in the sequential backend (no triangular solve, no exp of a cumulative sum).
 """
 
 from __future__ import annotations
@@ -94,9 +98,10 @@ class TritonChunkProgram(ChunkProgram):
         digest = hashlib.sha256(self.ir.source.text.encode()).hexdigest()[:16]
         header = self.header([
             f"Spec sha256 {digest}; plan: {self.plan.summary}.",
-            "Triton backend: each matrix state S_t = exp(w_t) S_{t-1} + Σ k vᵀ runs in the",
-            "kernel below (from backends/templates/mat_recurrent.py.jinja); its operands and",
-            "the outputs are computed on all tokens at once, as in the chunk backend."])
+            "Triton backend: each matrix state, S_t = (exp(w_t) + Σ a bᵀ) S_{t-1} + Σ k vᵀ,",
+            "runs in the kernel below (from backends/templates/mat_recurrent.py.jinja); its",
+            "operands and the outputs are computed on all tokens at once, as in the chunk",
+            "backend."])
         imports = ["import os", "", "import torch", "import triton",
                    "import triton.language as tl", "",
                    "from reclang.backends.chunk import check_log_decay, operand"]
@@ -111,7 +116,7 @@ def generate(ir: IR, plan=None) -> str:
     from reclang.analysis.plan import make_plan
 
     plan = plan or make_plan(ir)
-    if plan.form == "mat-decay":
+    if plan.form in ("mat-decay", "dplr"):
         program = TritonChunkProgram(ir, chunk_operands(ir, plan.states))
         program.plan = plan
         return program.source()

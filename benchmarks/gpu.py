@@ -10,7 +10,7 @@ Sections (each checks its results before it times them):
   cells  whole diagonal cells (minGRU, Mamba S6, LRU) on the sequential, scan and
          triton backends, float32, forward and forward+backward.
   chunk  GLA and Gated DeltaNet, bf16, B·T = 32k tokens, H = 16, K = V = 128: reclang's
-         chunk backend (PyTorch) and, for GLA, the triton backend (the recurrent
+         chunk backend (PyTorch) and the triton backend (the recurrent matrix-state
          kernel; no Triton chunkwise kernel exists yet) against
          flash-linear-attention's chunk_gla / chunk_gated_delta_rule when fla is
          importable.

@@ -80,14 +80,15 @@ class Cell:
           that CPU; with large per-step states (B·state of 8K floats) it is 0.4-1.5x
           forward, as the loop's small steps stay in cache; on an accelerator the loop
           pays kernel launches at every step. `fft` is slower than `scan` on the CPU.
-        - on CUDA tensors, `triton` where its plan allows it (diag, diag-lti, mat-decay
-          in this version) and triton is installed: on an H100 diagonal cells run
+        - on CUDA tensors, `triton` where its plan allows it (diag, diag-lti, mat-decay,
+          dplr in this version) and triton is installed: on an H100 diagonal cells run
           1.2-2.5x faster than on `scan` and 36-136x faster than the loop, the kernel at
-          92% of the memory bandwidth. For mat-decay cells the kernel is the recurrent
+          92% of the memory bandwidth. For matrix states the kernel is the recurrent
           form, not yet timed on a GPU: it is preferred because it keeps one state per
           program in registers where the PyTorch chunk backend materializes C x C x K
-          decays (7 GiB against fla's 1.3 GiB for GLA, docs/benchmarks.md). The reason
-          triton is not used shows in `cell.plan.backends`;
+          decays (7 GiB against fla's 1.3 GiB for GLA, docs/benchmarks.md) and runs
+          many small kernels. The reason triton is not used shows in
+          `cell.plan.backends`;
         - else `sequential`."""
         if self.plan.supports("chunk"):
             return "chunk", "triton" if self.plan.supports("triton") else "chunk"

@@ -13,14 +13,29 @@ parameters can be compared too.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
 import reclang
 
+F = torch.nn.functional
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 LENGTHS = (1, 2, 7, 13)  # T = 1, and a few awkward (prime) lengths
+unit = lambda x: F.normalize(x, dim=-1)  # noqa: E731
+# Inputs of the matrix-state cells as the papers constrain them: log decays <= 0, unit
+# keys, β in [0, 1] (in [0, 2] for DeltaProduct), RWKV-7's removal and replacement keys.
+MATRIX_TRANSFORMS = {
+    "gla": {"g": lambda g: F.logsigmoid(g) / 4}, "hgrn2": {"g": F.logsigmoid},
+    "simple_gla": {"g": F.logsigmoid}, "rwkv6": {"w": lambda w: -torch.exp(w / 2)},
+    "mlstm": {"i": lambda i: -F.softplus(i)},
+    "delta_net": {"k": unit, "beta": torch.sigmoid},
+    "gated_delta_net": {"k": unit, "beta": torch.sigmoid, "g": F.logsigmoid},
+    "delta_product": {"k": unit, "beta": lambda b: 2 * torch.sigmoid(b)},
+    "rwkv7": {"w": lambda d: -math.exp(-0.5) * torch.sigmoid(d), "k": unit,
+              "a": lambda a: -unit(a), "b": lambda b: unit(b) / 2},
+}
 
 
 def load(name: str, **hypers):

@@ -2,12 +2,10 @@
 gradients of inputs, params and initial states), on every catalogue spec it can run,
 at awkward lengths around the chunk size; its core algorithm against a plain loop."""
 
-import math
-
 import pytest
 import torch
-from helpers import (as_reference, assert_matches_reference, cells_on, random_inputs,
-                     random_state, small)
+from helpers import (MATRIX_TRANSFORMS, as_reference, assert_matches_reference, cells_on,
+                     random_inputs, random_state, small)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,19 +14,8 @@ from reclang.backends.chunk import chunk_affine
 from reclang.errors import RecError
 
 F = torch.nn.functional
+TRANSFORMS = MATRIX_TRANSFORMS  # inputs as the papers constrain them
 unit = lambda x: F.normalize(x, dim=-1)  # noqa: E731
-# Inputs as the papers constrain them: log decays <= 0, unit keys, β in [0, 1] (in
-# [0, 2] for DeltaProduct), RWKV-7's removal and replacement keys.
-TRANSFORMS = {
-    "gla": {"g": lambda g: F.logsigmoid(g) / 4}, "hgrn2": {"g": F.logsigmoid},
-    "simple_gla": {"g": F.logsigmoid}, "rwkv6": {"w": lambda w: -torch.exp(w / 2)},
-    "mlstm": {"i": lambda i: -F.softplus(i)},
-    "delta_net": {"k": unit, "beta": torch.sigmoid},
-    "gated_delta_net": {"k": unit, "beta": torch.sigmoid, "g": F.logsigmoid},
-    "delta_product": {"k": unit, "beta": lambda b: 2 * torch.sigmoid(b)},
-    "rwkv7": {"w": lambda d: -math.exp(-0.5) * torch.sigmoid(d), "k": unit,
-              "a": lambda a: -unit(a), "b": lambda b: unit(b) / 2},
-}
 CHUNK = 8  # small chunks (with sub-chunks of 16 not dividing them) keep the tests fast
 
 

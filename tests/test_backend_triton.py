@@ -7,8 +7,8 @@ import os
 
 import pytest
 import torch
-from helpers import (as_reference, assert_matches_reference, cells_on, random_inputs,
-                     random_state, small)
+from helpers import (MATRIX_TRANSFORMS, as_reference, assert_matches_reference, cells_on,
+                     random_inputs, random_state, small)
 
 import reclang
 
@@ -21,15 +21,16 @@ def on_device(tensors: dict) -> dict:
     return {k: v.to(DEVICE) for k, v in tensors.items()}
 TRANSFORMS = {"g": F.logsigmoid}  # hgrn's gate is a log decay
 CELLS = cells_on("triton")
-MATRIX = [name for name in CELLS if small(name).plan.form == "mat-decay"]
+MATRIX = [name for name in CELLS if small(name).plan.form in ("mat-decay", "dplr")]
 DIAGONAL = [name for name in CELLS if name not in MATRIX]
 
 
-def test_triton_runs_the_diagonal_and_the_matrix_decay_cells():
+def test_triton_runs_the_diagonal_and_the_matrix_state_cells():
     assert set(DIAGONAL) == {"hgrn", "lru", "lsrl_parity", "mamba_s6", "min_gru",
                              "min_lstm", "rg_lru", "s4d"}
     assert set(MATRIX) == {"gla", "hgrn2", "linear_attn", "mamba2", "mlstm", "retnet",
-                           "rwkv6", "simple_gla"}
+                           "rwkv6", "simple_gla",                                # mat-decay
+                           "delta_net", "delta_product", "gated_delta_net", "rwkv7"}  # dplr
 
 
 # the interpreter runs the kernels' steps in Python, slowly: lengths stay short here.
@@ -45,49 +46,53 @@ def test_triton_matches_sequential(name, T):
     torch.manual_seed(0)
     triton_ = cell.module("triton").double().to(DEVICE)
     sequential = cell.module("sequential").double().to(DEVICE)
-    x = on_device(random_inputs(triton_, 2, T, **TRANSFORMS))
-    # matrix cells: random inputs make gradients of 1e7 (exp of gates): the cumulative
-    # sum in the log decay's gradient then leaves absolute errors of 1e-8
-    atol = 1e-9 if name in DIAGONAL else 1e-7
-    assert_matches_reference(triton_, as_reference(sequential), x,
-                             on_device(random_state(triton_, 2)), atol=atol, rtol=1e-7)
-    assert_matches_reference(triton_, as_reference(sequential), x, None, atol=atol, rtol=1e-7)
+    x = on_device(random_inputs(triton_, 2, T, **MATRIX_TRANSFORMS.get(name, TRANSFORMS)))
+    for state in (on_device(random_state(triton_, 2)), None):
+        assert_matches_reference(triton_, as_reference(sequential), x, state, atol=1e-9,
+                                 rtol=1e-7)
 
 
-def loop_reference(w, k, v, q, s0):
-    """S_t = exp(w_t) S_{t-1} + Σ_r k_{t,r} v_{t,r}ᵀ, o_{t,r} = S_{t-1}ᵀ q_{t,r}: the
-    matrix kernel's recurrence, step by step."""
+def loop_reference(w, a, b, k, v, q, s0):
+    """S_t = (diag(exp(w_t)) + Σ_r a_{t,r} b_{t,r}ᵀ) S_{t-1} + Σ_r k_{t,r} v_{t,r}ᵀ,
+    o_{t,r} = S_{t-1}ᵀ q_{t,r}: the matrix kernel's recurrence, step by step."""
     s, outs = s0, []
     for t in range(k.shape[1]):
         outs.append(torch.einsum("brhk,bhkv->brhv", q[:, t], s))
         decay = torch.exp(w[:, t])[..., None]            # [B, H, 1 or K, 1]
-        s = decay * s + torch.einsum("brhk,brhv->bhkv", k[:, t], v[:, t])
+        low_rank = torch.einsum("brhk,brhj,bhjv->bhkv", a[:, t], b[:, t], s)
+        s = decay * s + low_rank + torch.einsum("brhk,brhv->bhkv", k[:, t], v[:, t])
     return torch.stack(outs, 1), s
 
 
-@pytest.mark.parametrize("keywise", [True, False])
-def test_matrix_kernel_with_ranks_and_tiles_matches_a_loop(keywise):
-    """Two input terms and three readouts per step, K and V over one tile each (the
-    launcher adds the tiles' partial sums), scalar and key-wise decays: outputs, final
-    state and all gradients against the loop above."""
+@pytest.mark.parametrize("keywise, rank", [(True, 0), (False, 0), (True, 2)])
+def test_matrix_kernel_with_ranks_and_tiles_matches_a_loop(keywise, rank):
+    """Two input terms and three readouts per step, V over two tiles (the launcher adds
+    the tiles' partial sums), K over two tiles without a low-rank part (rank 0) and one
+    with it (rank 2), scalar and key-wise decays: outputs, final state and all
+    gradients against the loop above."""
     state_pass = small("gla").module("triton")._generated.state_pass  # the generated file's
     torch.manual_seed(0)
     B, T, H, K, V = 2, 9, 2, 130, 40
     w = -torch.rand(B, T, H, K if keywise else 1, dtype=torch.float64)
+    # a bᵀ of norm ~0.5: the transition stays a contraction, as for the delta rule
+    a, b = (torch.randn(B, T, rank, H, K, dtype=torch.float64) / K ** 0.5 for _ in "ab")
     k, q = (torch.randn(B, T, R, H, K, dtype=torch.float64) for R in (2, 3))
     v = torch.randn(B, T, 2, H, V, dtype=torch.float64)
     s0 = torch.randn(B, H, K, V, dtype=torch.float64)
-    leaves = [x.to(DEVICE).requires_grad_() for x in (w, k, v, q, s0)]
+    leaves = [x.to(DEVICE).requires_grad_() for x in (w, a, b, k, v, q, s0)]
     refs = [x.detach().clone().requires_grad_() for x in leaves]
-    o, last = state_pass(leaves[0], None, None, *leaves[1:])
+    low_rank = leaves[1:3] if rank else (None, None)
+    o, last = state_pass(leaves[0], *low_rank, *leaves[3:])
     o_ref, last_ref = loop_reference(*refs)
     torch.testing.assert_close(o, o_ref)
     torch.testing.assert_close(last, last_ref)
     go, glast = torch.randn_like(o), torch.randn_like(last)
     torch.autograd.backward((o, last), (go, glast))
     torch.autograd.backward((o_ref, last_ref), (go, glast))
-    for name, ours, theirs in zip("w k v q s0".split(), leaves, refs):
-        torch.testing.assert_close(ours.grad, theirs.grad, msg=lambda m, n=name: f"{n}: {m}")
+    for name, ours, theirs in zip("w a b k v q s0".split(), leaves, refs):
+        if rank or name not in "ab":
+            torch.testing.assert_close(ours.grad, theirs.grad,
+                                       msg=lambda m, n=name: f"{n}: {m}")
 
 
 @pytest.mark.parametrize("name", ["min_gru", "lru", "gla"])
@@ -99,7 +104,7 @@ def test_triton_long_sequence_in_float32(name):
     triton_ = cell.module("triton").to(DEVICE)
     sequential = cell.module("sequential").double().to(DEVICE)
     sequential.load_state_dict(triton_.state_dict())
-    x = on_device(random_inputs(triton_, 3, 300, **TRANSFORMS))
+    x = on_device(random_inputs(triton_, 3, 300, **MATRIX_TRANSFORMS.get(name, TRANSFORMS)))
     y, state = triton_(**{k: v.float() for k, v in x.items()})
     y_ref, state_ref = sequential(**x)
     torch.testing.assert_close(y, y_ref.to(y.dtype), atol=1e-4, rtol=1e-4)
@@ -108,7 +113,7 @@ def test_triton_long_sequence_in_float32(name):
                                    atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["min_gru", "lru", "gla"])
+@pytest.mark.parametrize("name", ["min_gru", "lru", "gla", "gated_delta_net"])
 @pytest.mark.parametrize("dtype, bound", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
 def test_triton_low_precision_inputs_against_float64(name, dtype, bound):
     """bf16/fp16 inputs: the carry stays float32 (complex64), the outputs are within the
@@ -118,8 +123,8 @@ def test_triton_low_precision_inputs_against_float64(name, dtype, bound):
     triton_ = cell.module("triton").to(DEVICE)
     sequential = cell.module("sequential").double().to(DEVICE)
     sequential.load_state_dict(triton_.state_dict())
-    x = {k: v.to(dtype) for k, v in
-         on_device(random_inputs(triton_, 2, 65, **TRANSFORMS)).items()}
+    x = random_inputs(triton_, 2, 65, **MATRIX_TRANSFORMS.get(name, TRANSFORMS))
+    x = {k: v.to(dtype) for k, v in on_device(x).items()}
     y, state = triton_(**x)
     y_ref, state_ref = sequential(**{k: v.double() for k, v in x.items()})
     assert y.dtype == dtype and all(s.dtype in (torch.float32, torch.complex64)
@@ -165,23 +170,24 @@ def test_outside_the_interpreter_cpu_tensors_get_a_clear_error(monkeypatch):
 
 
 def test_refusals_name_the_reason():
-    with pytest.raises(reclang.RecError, match="backend 'triton' cannot run cell delta_net: "
-                                                "applies to dplr: not implemented yet"):
-        small("delta_net").module("triton")
+    with pytest.raises(reclang.RecError, match="backend 'triton' cannot run cell lstm: "
+                                                "applies to nonlinear: not implemented yet"):
+        small("lstm").module("triton")
 
 
 def test_auto_prefers_triton_on_cuda_tensors():
     m = small("min_gru").module("auto")
     assert (m.backend, m.backend_for("cpu"), m.backend_for("cuda")) == ("scan", "scan", "triton")
     assert small("gla").module("auto").backend_for("cuda") == "triton"
-    assert small("delta_net").module("auto").backend_for("cuda") == "chunk"
+    assert small("delta_net").module("auto").backend_for("cuda") == "triton"
+    assert small("lstm").module("auto").backend_for("cuda") == "sequential"
 
 
 def test_auto_states_why_it_does_not_use_triton():
     assert small("min_gru").auto_summary() == "scan on CPU tensors, triton on CUDA tensors"
-    assert small("delta_net").auto_summary() == (
-        "chunk on CPU tensors, chunk on CUDA tensors (not triton: applies to dplr: not "
-        "implemented yet)")
+    assert small("lstm").auto_summary() == (
+        "sequential on CPU tensors, sequential on CUDA tensors (not triton: applies to "
+        "nonlinear: not implemented yet)")
 
 
 def test_the_tests_ran_the_kernel_somewhere():

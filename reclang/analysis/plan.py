@@ -33,7 +33,7 @@ BACKENDS = {
     "chunk": (("mat-decay", "dplr"), ("mat-decay", "dplr")),
     "fft": (("diag-lti",), ("diag-lti",)),
     "triton": (("diag", "diag-lti", "mat-decay", "dplr", "nonlinear"),
-               ("diag", "diag-lti", "mat-decay")),
+               ("diag", "diag-lti", "mat-decay", "dplr")),
 }
 
 
@@ -359,11 +359,11 @@ def _cannot_run(ir: IR, backend: str, form: str, states) -> str:
         return _too_dense(ir, states)
     if backend == "triton":
         from ..backends.triton import missing_dependency
-        if missing_dependency() or form != "mat-decay":
+        if missing_dependency() or form not in ("mat-decay", "dplr"):
             return missing_dependency()
     elif backend != "chunk":
         return ""
-    # the chunk backend's operands: the triton backend reads mat-decay cells the same way
+    # the chunk backend's operands: the triton backend reads matrix states the same way
     from .operands import Unsupported, chunk_operands
     try:
         chunk_operands(ir, states)
