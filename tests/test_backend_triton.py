@@ -35,9 +35,9 @@ def test_triton_runs_the_diagonal_and_the_matrix_state_cells():
 
 # the interpreter runs the kernels' steps in Python, slowly: lengths stay short here.
 # The diagonal scan walks time in tiles of 64 steps (64, 65 cross a tile); the matrix
-# kernel step by step.
+# kernel step by step (T = 1: no step before the readout; 7, 33: primes).
 CASES = [(name, T) for name in DIAGONAL for T in (1, 2, 7, 64, 65)] + \
-    [(name, T) for name in MATRIX for T in (1, 2, 7, 33)]
+    [(name, T) for name in MATRIX for T in (1, 7, 33)]
 
 
 @pytest.mark.parametrize("name, T", CASES)
