@@ -1,0 +1,85 @@
+"""Compiles generated Triton kernels for an H100 (sm_90) without a GPU, and prints the
+registers and local (spilled) memory per thread of each, one line per kernel:
+
+    <kernel> <flags> REG:<n> LOCAL:<bytes>
+
+Run by tests/test_triton_compile.py in a process of its own: under TRITON_INTERPRET=1
+(how the other tests run the kernels) triton.jit gives interpreted functions, which
+the compiler cannot take. It uses the ptxas and cuobjdump that the triton wheel ships.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ["TRITON_INTERPRET"] = "0"
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+
+import reclang  # noqa: E402
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+MATRIX_ARGS = "w_ptr x_ptr y_ptr rk_ptr rv_ptr lw_ptr c0_ptr out_k_ptr out_v_ptr last_ptr"
+SCAN_ARGS = "a_ptr b_ptr h0_ptr out_ptr states_ptr grad_a_ptr"
+# (spec, kernel family, flags of each launch the backend makes); the blocks, below, are
+# those the launchers pick at fla-like sizes (K = V = 128)
+CASES = [
+    ("min_gru", "scan", [dict(BACKWARD=False, COMPLEX=False), dict(BACKWARD=True, COMPLEX=False)]),
+    ("lru", "scan", [dict(BACKWARD=True, COMPLEX=True)]),
+    ("gla", "recurrent", [  # forward; reverse; forward again
+        dict(KEYWISE=True, REVERSE=False, R_UPDATE=1, R_READ_K=1, R_READ_V=0, R_FEED=0),
+        dict(KEYWISE=True, REVERSE=True, R_UPDATE=1, R_READ_K=1, R_READ_V=1, R_FEED=0),
+        dict(KEYWISE=True, REVERSE=False, R_UPDATE=1, R_READ_K=0, R_READ_V=1, R_FEED=0)]),
+    ("gated_delta_net", "recurrent", [
+        dict(KEYWISE=False, REVERSE=False, R_UPDATE=1, R_READ_K=2, R_READ_V=0, R_FEED=1),
+        dict(KEYWISE=False, REVERSE=True, R_UPDATE=1, R_READ_K=2, R_READ_V=2, R_FEED=1),
+        dict(KEYWISE=False, REVERSE=False, R_UPDATE=1, R_READ_K=1, R_READ_V=2, R_FEED=1)]),
+]
+
+
+def compile_sm90(kernel, signature: dict, constexprs: dict, num_warps: int) -> bytes:
+    source = triton.compiler.ASTSource(
+        fn=kernel, signature={**signature, **{k: "constexpr" for k in constexprs}},
+        constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": num_warps})
+    return compiled.asm["cubin"]
+
+
+def resources(cubin: bytes) -> str:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(TOOLS / "cuobjdump"), "--dump-resource-usage", f.name],
+                             capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if "REG:" in x).split()
+    return " ".join(x for x in line if x.startswith(("REG:", "LOCAL:")))
+
+
+def main() -> None:
+    for spec, family, launches in CASES:
+        cell = reclang.load(SPECS / f"{spec}.rec")  # sizes are arguments of the kernel
+        code = cell.module("triton")._generated
+        kernel = getattr(code, f"{spec}_{family}_kernel")
+        if family == "scan":
+            signature = {**{n: "*fp32" for n in SCAN_ARGS.split()}, "T": "i32", "S": "i32"}
+            blocks, warps = dict(BLOCK_T=64, BLOCK_S=32), 4
+        else:  # bf16 operands, float32 carry and readouts
+            signature = {n: "*bf16" if i < 6 else "*fp32"
+                         for i, n in enumerate(MATRIX_ARGS.split())}
+            signature.update({n: "i32" for n in ("T", "H", "K", "V", "TOKENS")})
+            blocks, warps = dict(BLOCK_K=128, BLOCK_V=32), 8  # as the launcher picks
+        for flags in launches:
+            cubin = compile_sm90(kernel, signature, {**flags, **blocks}, warps)
+            described = ",".join(f"{k}={int(v)}" for k, v in flags.items())
+            print(f"{kernel.__name__} {described} {resources(cubin)}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
