@@ -67,26 +67,33 @@ def render(template: str, **slots) -> str:
     return env.get_template(template).render(**slots)
 
 
+IMPORTS = ["import os", "", "import torch", "import triton", "import triton.language as tl"]
+
+
+def assemble(program, template: str, about: list[str], forward: str, imports=()) -> str:
+    """A generated file: the header (spec, its hash, the plan, `about`), the imports,
+    the kernel rendered from `template`, then `forward` and the cell's step function."""
+    digest = hashlib.sha256(program.ir.source.text.encode()).hexdigest()[:16]
+    header = program.header([f"Spec sha256 {digest}; plan: {program.plan.summary}.", *about])
+    kernel = render(template, name=program.ir.name)
+    return "\n".join(header + IMPORTS + list(imports)) + "\n\n\n" + kernel + "\n\n" + \
+        forward + "\n\n\n" + program.step_function() + "\n"
+
+
 class TritonScanProgram(ScanProgram):
     """The scan backend's program with the scan as a kernel defined in the same file."""
 
     title, scan_function = "Triton", "linear_scan"
 
     def source(self) -> str:
-        digest = hashlib.sha256(self.ir.source.text.encode()).hexdigest()[:16]
-        header = self.header([
-            f"Spec sha256 {digest}; plan: {self.plan.summary}.",
-            "Triton backend: h' = a h + b elementwise; the scan is the kernel below (from",
-            "backends/templates/diag_scan.py.jinja); the loop body runs on all tokens at once."])
-        imports = ["import os", "", "import torch", "import triton",
-                   "import triton.language as tl"]
-        kernel = render("diag_scan.py.jinja", name=self.ir.name)
         forward = self.function(
             "forward", f"Runs {self.ir.name} over whole sequences with the Triton scan: inputs "
             "[B, T, ...], states are the initial ones; returns (outputs, final states).",
             step=False)
-        return "\n".join(header + imports) + "\n\n\n" + kernel + "\n\n" + forward + \
-            "\n\n\n" + self.step_function() + "\n"
+        return assemble(self, "diag_scan.py.jinja", [
+            "Triton backend: h' = a h + b elementwise; the scan is the kernel below (from",
+            "backends/templates/diag_scan.py.jinja); the loop body runs on all tokens at once."],
+            forward)
 
 
 class TritonChunkProgram(ChunkProgram):
@@ -95,19 +102,12 @@ class TritonChunkProgram(ChunkProgram):
     pass_function, how = "state_pass", "with the Triton kernel"
 
     def source(self) -> str:
-        digest = hashlib.sha256(self.ir.source.text.encode()).hexdigest()[:16]
-        header = self.header([
-            f"Spec sha256 {digest}; plan: {self.plan.summary}.",
+        return assemble(self, "mat_recurrent.py.jinja", [
             "Triton backend: each matrix state, S_t = (exp(w_t) + Σ a bᵀ) S_{t-1} + Σ k vᵀ,",
             "runs in the kernel below (from backends/templates/mat_recurrent.py.jinja); its",
             "operands and the outputs are computed on all tokens at once, as in the chunk",
-            "backend."])
-        imports = ["import os", "", "import torch", "import triton",
-                   "import triton.language as tl", "",
-                   "from reclang.backends.chunk import check_log_decay, operand"]
-        kernel = render("mat_recurrent.py.jinja", name=self.ir.name)
-        return "\n".join(header + imports) + "\n\n\n" + kernel + "\n\n" + \
-            self.forward() + "\n\n\n" + self.step_function() + "\n"
+            "backend."], self.forward(),
+            ["", "from reclang.backends.chunk import check_log_decay, operand"])
 
 
 def generate(ir: IR, plan=None) -> str:

@@ -159,6 +159,11 @@ def test_generated_file_holds_the_kernel_with_a_header():
     assert source == small("lru").source("triton")  # deterministic
     m = small("lru").module("triton")
     assert m.source == source
+    matrix = small("gated_delta_net").source("triton")
+    assert matrix.splitlines()[1].startswith("# Spec sha256 ") and "plan: dplr" in matrix
+    assert "@triton.jit\ndef gated_delta_net_recurrent_kernel(" in matrix
+    assert "REVERSE: tl.constexpr, R_UPDATE: tl.constexpr" in matrix  # flags, not copies
+    assert "= state_pass(_S_w, _S_a, _S_b, _S_k, _S_v, _S_q, " in matrix
 
 
 def test_outside_the_interpreter_cpu_tensors_get_a_clear_error(monkeypatch):
