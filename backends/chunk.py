@@ -206,6 +206,7 @@ class EpilogueLowering(ExprLowering):
 class ChunkProgram(Program):
     pass_function = "chunk_affine"  # what runs one state over the sequence
     how = "in chunks"
+    packed = False  # whether forward takes cu_seqlens itself (else RecModule groups them)
 
     def __init__(self, ir: IR, operands: ChunkOperands, chunk: int | None = None):
         super().__init__(ir)
@@ -286,13 +287,13 @@ class ChunkProgram(Program):
         order = [s.axes.index(a) + 1 for a in s.shared + s.key + s.value]
         moved = order != sorted(order)
         h0 = (f"{name}.permute(0, {', '.join(map(str, order))})" if moved else name) + \
-            f".reshape(B, {Hs}, {Kf}, {Vf})"
+            f".reshape(-1, {Hs}, {Kf}, {Vf})"  # -1: packed sequences have B = 1, N states
         lr = f"_{name}_a, _{name}_b" if s.low_rank else "None, None"
-        chunk = f", chunk={self.chunk or CHUNK}" if self.pass_function == "chunk_affine" else ""
+        chunk = ", cu_seqlens=cu_seqlens" if self.packed else f", chunk={self.chunk or CHUNK}"
         self.lines.append(f"_{name}_out, _{name}_last = {self.pass_function}(_{name}_w, {lr}, "
                           f"_{name}_k, _{name}_v, {q}, {h0}{chunk})")
         back = [order.index(p + 1) + 1 for p in range(len(s.axes))]
-        self.lines.append(f"{name} = _{name}_last.reshape(B, "
+        self.lines.append(f"{name} = _{name}_last.reshape(-1, "
                           f"{', '.join(map(str, shared + key + value))})" +
                           (f".permute(0, {', '.join(map(str, back))})" if moved else ""))
         return f"_{name}_out"
@@ -363,7 +364,13 @@ class ChunkProgram(Program):
         self.lines.append(f"return {{{outputs}}}, {{{states}}}")
         doc = (f'"""Runs {self.ir.name} over whole sequences {self.how}: inputs [B, T, ...]; '
                'returns (outputs, final states)."""')
-        return "\n".join([self.signature("forward"), INDENT + doc] +
+        signature = self.signature("forward")
+        if self.packed:  # sequences packed in a batch of one, as flash-linear-attention
+            signature = signature[:-2] + (", " if "*" in signature else ", *, ") + \
+                "cu_seqlens=None):"
+            doc = doc[:-3] + ('\n    With cu_seqlens ([N + 1] offsets), N sequences packed in '
+                              'a batch of one; states [N, ...]."""')
+        return "\n".join([signature, INDENT + doc] +
                          [INDENT + line for line in self.lines])
 
     def epilogue(self) -> list[str]:

@@ -99,7 +99,7 @@ class TritonScanProgram(ScanProgram):
 class TritonChunkProgram(ChunkProgram):
     """The chunk backend's program with each state run by the recurrent kernel."""
 
-    pass_function, how = "state_pass", "with the Triton kernel"
+    pass_function, how, packed = "state_pass", "with the Triton kernel", True
 
     def source(self) -> str:
         return assemble(self, "mat_recurrent.py.jinja", [

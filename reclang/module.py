@@ -10,6 +10,9 @@ them; `state` is a dict name -> [B, *dims]. bf16/fp16 inputs are computed in flo
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import nn
 
@@ -68,6 +71,13 @@ class RecModule(nn.Module):
             return self._run(code.forward, inputs, state, sequence=True)
         if lengths is not None and cu_seqlens is not None:
             raise TypeError("give lengths or cu_seqlens, not both")
+        if cu_seqlens is not None and "cu_seqlens" in inspect.signature(code.forward).parameters:
+            self._check_inputs(inputs, sequence=True)  # the backend packs by itself
+            first = next(iter(inputs.values()))
+            offsets = varlen.packed_offsets(first, cu_seqlens)
+            packed = functools.partial(code.forward, cu_seqlens=torch.tensor(
+                offsets, dtype=torch.int64, device=first.device))
+            return self._run(packed, inputs, state, sequence=True, batch=len(offsets) - 1)
 
         def run(part, part_state):
             y, s = self._run(code.forward, part, part_state, sequence=True)
@@ -92,8 +102,11 @@ class RecModule(nn.Module):
                 else torch.zeros(batch, *d.shape, dtype=_state_dtype(d, dtype), device=device)
                 for d in self.ir.states}
 
-    def _run(self, fn, inputs: dict, state: dict | None, sequence: bool):
-        xs, batch, dtype = self._check_inputs(inputs, sequence)
+    def _run(self, fn, inputs: dict, state: dict | None, sequence: bool,
+             batch: int | None = None):
+        """`batch`: the number of states, when it is not the inputs' (packed sequences)."""
+        xs, inputs_batch, dtype = self._check_inputs(inputs, sequence)
+        batch = batch or inputs_batch
         compute = torch.float32 if dtype in LOW_PRECISION else dtype
         xs = [x.to(compute) for x in xs]
         states = self._check_state(state, batch, compute, xs[0].device)

@@ -4,11 +4,13 @@
     y, state = m(x=x, cu_seqlens=cu)          # x [1, total, ...] packed, cu [N + 1]
 
 Sequences of the same length run together in one call of the backend; nothing is
-computed for padding. With `lengths`, outputs past a sequence's end are 0 and its final
-state is the state after its last step. With `cu_seqlens` (flash-linear-attention's
-convention: offsets 0 = c_0 < c_1 < ... < c_N = total), the states are reset at every
-boundary: each sequence starts from its own initial state (`state` holds [N, ...]) and
-the returned states are [N, ...].
+computed for padding. A backend whose forward takes `cu_seqlens` itself (the triton
+backend's matrix-state kernel) gets packed sequences as they are, in one call.
+With `lengths`, outputs past a sequence's end are 0 and its final state is the state
+after its last step. With `cu_seqlens` (flash-linear-attention's convention: offsets 0 =
+c_0 < c_1 < ... < c_N = total), the states are reset at every boundary: each sequence
+starts from its own initial state (`state` holds [N, ...]) and the returned states are
+[N, ...].
 """
 
 from __future__ import annotations
@@ -50,9 +52,8 @@ def run_padded(run, inputs: dict, state: dict | None, lengths) -> tuple[dict, di
     return outs, finals
 
 
-def run_packed(run, inputs: dict, state: dict | None, cu_seqlens) -> tuple[dict, dict]:
-    """`run(inputs, state)` on sequences packed along time in a batch of one."""
-    first = next(iter(inputs.values()))
+def packed_offsets(first: torch.Tensor, cu_seqlens) -> list[int]:
+    """The offsets of packed sequences, checked against the packed input `first`."""
     if first.shape[0] != 1:
         raise ValueError(f"cu_seqlens: packed sequences come in a batch of 1, "
                          f"got a batch of {first.shape[0]}")
@@ -61,8 +62,17 @@ def run_packed(run, inputs: dict, state: dict | None, cu_seqlens) -> tuple[dict,
     if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != total:
         raise ValueError(f"cu_seqlens must run from 0 to the packed length {total}, "
                          f"got {offsets}")
+    _check([end - start for start, end in zip(offsets[:-1], offsets[1:])], total,
+           "cu_seqlens")
+    return offsets
+
+
+def run_packed(run, inputs: dict, state: dict | None, cu_seqlens) -> tuple[dict, dict]:
+    """`run(inputs, state)` on sequences packed along time in a batch of one."""
+    first = next(iter(inputs.values()))
+    offsets = packed_offsets(first, cu_seqlens)
+    total = first.shape[1]
     spans = list(zip(offsets[:-1], offsets[1:]))
-    _check([end - start for start, end in spans], total, "cu_seqlens")
     outs, finals = {}, {}
     for n, members in _groups([end - start for start, end in spans]).items():
         part = {k: torch.stack([v[0, spans[m][0]:spans[m][1]] for m in members])

@@ -25,21 +25,22 @@ import reclang  # noqa: E402
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-MATRIX_ARGS = "w_ptr x_ptr y_ptr rk_ptr rv_ptr lw_ptr c0_ptr out_k_ptr out_v_ptr last_ptr"
+MATRIX_ARGS = "w_ptr x_ptr y_ptr rk_ptr rv_ptr lw_ptr c0_ptr out_k_ptr out_v_ptr last_ptr " \
+    "starts_ptr"
 SCAN_ARGS = "a_ptr b_ptr h0_ptr out_ptr states_ptr grad_a_ptr"
 # (spec, kernel family, flags of each launch the backend makes); the blocks, below, are
 # those the launchers pick at fla-like sizes (K = V = 128)
+RECURRENT = ("VARLEN", "KEYWISE", "REVERSE", "R_UPDATE", "R_READ_K", "R_READ_V", "R_FEED")
 CASES = [
     ("min_gru", "scan", [dict(BACKWARD=False, COMPLEX=False), dict(BACKWARD=True, COMPLEX=False)]),
     ("lru", "scan", [dict(BACKWARD=True, COMPLEX=True)]),
-    ("gla", "recurrent", [  # forward; reverse; forward again
-        dict(KEYWISE=True, REVERSE=False, R_UPDATE=1, R_READ_K=1, R_READ_V=0, R_FEED=0),
-        dict(KEYWISE=True, REVERSE=True, R_UPDATE=1, R_READ_K=1, R_READ_V=1, R_FEED=0),
-        dict(KEYWISE=True, REVERSE=False, R_UPDATE=1, R_READ_K=0, R_READ_V=1, R_FEED=0)]),
-    ("gated_delta_net", "recurrent", [
-        dict(KEYWISE=False, REVERSE=False, R_UPDATE=1, R_READ_K=2, R_READ_V=0, R_FEED=1),
-        dict(KEYWISE=False, REVERSE=True, R_UPDATE=1, R_READ_K=2, R_READ_V=2, R_FEED=1),
-        dict(KEYWISE=False, REVERSE=False, R_UPDATE=1, R_READ_K=1, R_READ_V=2, R_FEED=1)]),
+    ("gla", "recurrent", [dict(zip(RECURRENT, flags)) for flags in [
+        (0, 1, 0, 1, 1, 0, 0),      # forward
+        (0, 1, 1, 1, 1, 1, 0),      # backward: reverse
+        (0, 1, 0, 1, 0, 1, 0),      # backward: forward again
+        (1, 1, 1, 1, 1, 1, 0)]]),   # packed sequences
+    ("gated_delta_net", "recurrent", [dict(zip(RECURRENT, flags)) for flags in [
+        (0, 0, 0, 1, 2, 0, 1), (0, 0, 1, 1, 2, 2, 1), (0, 0, 0, 1, 1, 2, 1)]]),
 ]
 
 
@@ -73,6 +74,7 @@ def main() -> None:
         else:  # bf16 operands, float32 carry and readouts
             signature = {n: "*bf16" if i < 6 else "*fp32"
                          for i, n in enumerate(MATRIX_ARGS.split())}
+            signature["starts_ptr"] = "*i64"
             signature.update({n: "i32" for n in ("T", "H", "K", "V", "TOKENS")})
             blocks, warps = dict(BLOCK_K=128, BLOCK_V=32), 8  # as the launcher picks
         for flags in launches:

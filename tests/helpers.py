@@ -110,19 +110,22 @@ def _compare(what: str, got: dict, want: dict, atol: float, rtol: float):
 
 
 def assert_matches_reference(module, reference, inputs: dict, state: dict | None = None,
-                             atol: float = 1e-9, rtol: float = 1e-7, grads: bool = True):
+                             atol: float = 1e-9, rtol: float = 1e-7, grads: bool = True,
+                             varlen: dict | None = None):
     """The module equals the reference: outputs, final states, and the gradients of a
-    random functional of both with respect to inputs, params and initial states."""
+    random functional of both with respect to inputs, params and initial states.
+    `varlen` (lengths= or cu_seqlens=) goes to the module; the reference gets it too
+    when it is made by as_reference."""
     params = dict(module.named_parameters())
     xs, s0 = _leaves(inputs, state)
-    y, final = module(state=s0, **xs)
+    y, final = module(state=s0, **xs, **(varlen or {}))
     outs = _as_dict(module, y)
     ref_xs, ref_s0 = _leaves(inputs, state)
     first = next(iter(inputs.values()))
     ref_state = ref_s0 if ref_s0 is not None else {
         k: v.detach() for k, v in module.initial_state(first.shape[0], torch.float64,
                                                        first.device).items()}
-    ref_outs, ref_final = reference(ref_xs, params, ref_state)
+    ref_outs, ref_final = reference({**ref_xs, **(varlen or {})}, params, ref_state)
     _compare("output", outs, ref_outs, atol, rtol)
     _compare("final state", final, ref_final, atol, rtol)
     if not grads:

@@ -149,6 +149,32 @@ def test_triton_variable_lengths():
     torch.testing.assert_close(final["h"], final_ref["h"])
 
 
+@pytest.mark.parametrize("name", ["gla", "gated_delta_net"])
+def test_matrix_kernel_runs_packed_sequences_in_one_launch(name):
+    """cu_seqlens with four different lengths: one kernel launch per state (not one per
+    length), equal to the sequential backend run sequence by sequence, with gradients
+    of inputs, params and the initial states (the log decay's gradient sums within
+    each sequence)."""
+    cell = small(name)
+    torch.manual_seed(0)
+    triton_ = cell.module("triton").double().to(DEVICE)
+    sequential = cell.module("sequential").double().to(DEVICE)
+    sequential.load_state_dict(triton_.state_dict())
+    calls = []
+    code = triton_._generated
+    launch = code.state_pass
+    code.state_pass = lambda *args, **kw: calls.append(1) or launch(*args, **kw)
+    cu = torch.tensor([0, 3, 4, 11, 16], device=DEVICE)
+    x = on_device(random_inputs(triton_, 1, 16, **MATRIX_TRANSFORMS[name]))
+    s0 = on_device(random_state(triton_, 4))
+    try:
+        assert_matches_reference(triton_, as_reference(sequential), x, s0,
+                                 varlen=dict(cu_seqlens=cu))
+    finally:
+        code.state_pass = launch
+    assert len(calls) == 1  # one state, one launch for the four sequences
+
+
 def test_generated_file_holds_the_kernel_with_a_header():
     source = small("lru").source("triton")
     lines = source.splitlines()
