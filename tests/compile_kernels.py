@@ -1,7 +1,7 @@
 """Compiles generated Triton kernels for an H100 (sm_90) without a GPU, and prints the
 registers and local (spilled) memory per thread of each, one line per kernel:
 
-    <kernel> <flags> REG:<n> LOCAL:<bytes>
+    <kernel> <flags and blocks> REG:<n> LOCAL:<bytes>
 
 Run by tests/test_triton_compile.py in a process of its own: under TRITON_INTERPRET=1
 (how the other tests run the kernels) triton.jit gives interpreted functions, which
@@ -41,6 +41,7 @@ CASES = [
         (1, 1, 1, 1, 1, 1, 0)]]),   # packed sequences
     ("gated_delta_net", "recurrent", [dict(zip(RECURRENT, flags)) for flags in [
         (0, 0, 0, 1, 2, 0, 1), (0, 0, 1, 1, 2, 2, 1), (0, 0, 0, 1, 1, 2, 1)]]),
+    ("gated_delta_net@K=256", "recurrent", [dict(zip(RECURRENT, (0, 0, 1, 1, 2, 2, 1)))]),
 ]
 
 
@@ -64,7 +65,8 @@ def resources(cubin: bytes) -> str:
 
 
 def main() -> None:
-    for spec, family, launches in CASES:
+    for case, family, launches in CASES:
+        spec, _, keys = case.partition("@K=")
         cell = reclang.load(SPECS / f"{spec}.rec")  # sizes are arguments of the kernel
         code = cell.module("triton")._generated
         kernel = getattr(code, f"{spec}_{family}_kernel")
@@ -76,10 +78,11 @@ def main() -> None:
                          for i, n in enumerate(MATRIX_ARGS.split())}
             signature["starts_ptr"] = "*i64"
             signature.update({n: "i32" for n in ("T", "H", "K", "V", "TOKENS")})
-            blocks, warps = dict(BLOCK_K=128, BLOCK_V=32), 8  # as the launcher picks
+            block_k = int(keys or 128)  # the warps as the launcher picks them
+            blocks, warps = dict(BLOCK_K=block_k, BLOCK_V=32), block_k * 32 // 512
         for flags in launches:
             cubin = compile_sm90(kernel, signature, {**flags, **blocks}, warps)
-            described = ",".join(f"{k}={int(v)}" for k, v in flags.items())
+            described = ",".join(f"{k}={int(v)}" for k, v in {**flags, **blocks}.items())
             print(f"{kernel.__name__} {described} {resources(cubin)}", flush=True)
 
 

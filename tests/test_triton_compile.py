@@ -15,7 +15,7 @@ def test_kernels_compile_for_sm90_without_spilling():
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 10, result.stdout
+    assert len(lines) == 11, result.stdout
     for line in lines:
         kernel, flags, regs, local = line.split()
         assert local == "LOCAL:0", f"{kernel} {flags} spills registers: {line}"
