@@ -9,6 +9,8 @@ import pytest
 import torch
 from helpers import (MATRIX_TRANSFORMS, as_reference, assert_matches_reference, cells_on,
                      random_inputs, random_state, small)
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import reclang
 
@@ -95,10 +97,52 @@ def test_matrix_kernel_with_ranks_and_tiles_matches_a_loop(keywise, rank):
                                        msg=lambda m, n=name: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("name", ["min_gru", "lru", "gla"])
+@settings(max_examples=12, deadline=None)
+@given(T=st.integers(1, 9), heads=st.integers(1, 2), K=st.sampled_from([1, 3, 17]),
+       V=st.sampled_from([1, 2, 33]), rank=st.integers(1, 2), queries=st.integers(0, 2),
+       low_rank=st.integers(0, 2), keywise=st.booleans(), cuts=st.lists(
+           st.integers(1, 8), max_size=3), seed=st.integers(0, 2**16))
+def test_matrix_kernel_over_shapes_and_packings(T, heads, K, V, rank, queries, low_rank,
+                                                keywise, cuts, seed):
+    """Any sizes (V = 33 spans two tiles), ranks, readouts, low-rank parts, decays, and
+    sequences packed at random cut points (cu_seqlens) or a batch of two: outputs, final
+    states and gradients against the loop above, run sequence by sequence."""
+    state_pass = small("gla").module("triton")._generated.state_pass
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    cu = sorted({0, T, *[c for c in cuts if c < T]}) if cuts else None
+    B = 1 if cu else 2
+    w = -torch.rand(B, T, heads, K if keywise else 1, generator=g, dtype=torch.float64)
+    a, b = (rand(B, T, low_rank, heads, K) / (K + 1) for _ in "ab")
+    k, v = rand(B, T, rank, heads, K), rand(B, T, rank, heads, V)
+    q, s0 = rand(B, T, queries, heads, K), rand(len(cu) - 1 if cu else B, heads, K, V)
+    leaves = [x.to(DEVICE).requires_grad_() for x in (w, a, b, k, v, q, s0)]
+    refs = [x.detach().clone().requires_grad_() for x in leaves]
+    low = leaves[1:3] if low_rank else (None, None)
+    o, last = state_pass(leaves[0], *low, *leaves[3:6], leaves[6],
+                         cu_seqlens=None if cu is None else torch.tensor(cu))
+    if cu is None:
+        o_ref, last_ref = loop_reference(*refs)
+    else:  # each packed sequence alone, from its own initial state
+        parts = [loop_reference(*(x[:, s:e] for x in refs[:6]), refs[6][n:n + 1])
+                 for n, (s, e) in enumerate(zip(cu[:-1], cu[1:]))]
+        o_ref = torch.cat([p[0] for p in parts], 1)
+        last_ref = torch.cat([p[1] for p in parts], 0)
+    torch.testing.assert_close(o, o_ref)
+    torch.testing.assert_close(last, last_ref)
+    go, glast = torch.randn_like(o), torch.randn_like(last)
+    torch.autograd.backward((o, last), (go, glast))
+    torch.autograd.backward((o_ref, last_ref), (go, glast))
+    for name, ours, theirs in zip("w a b k v q s0".split(), leaves, refs):
+        if low_rank or name not in "ab":
+            torch.testing.assert_close(ours.grad, theirs.grad,
+                                       msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("name", ["min_gru", "lru", "gla", "gated_delta_net"])
 def test_triton_long_sequence_in_float32(name):
-    """T = 300 in float32 (real, complex and matrix states), against sequential in
-    float64."""
+    """T = 300 in float32 (real, complex and matrix states, a delta rule), against
+    sequential in float64."""
     cell = small(name)
     torch.manual_seed(0)
     triton_ = cell.module("triton").to(DEVICE)
