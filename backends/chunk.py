@@ -55,20 +55,28 @@ SUB = 16            # key-wise decays: sub-chunks, for exponents that stay in ra
 
 
 # ---- the algorithm -------------------------------------------------------------------
-def chunk_affine(w, a, b, k, v, q, h0, chunk: int = CHUNK):
+def chunk_affine(w, a, b, k, v, q, h0, chunk: int = CHUNK, a_over_k=None):
     """The chunkwise form of one state (see the module docstring).
 
     w: [B, T, H, 1 or K] log decay; a, b: [B, T, R, H, K] or None; k: [B, T, Ri, H, K];
     v: [B, T, Ri, H, V]; q: [B, T, Rq, H, K] or None (readouts of the previous state);
     h0: [B, H, K, V]. Returns (o [B, T, Rq, H, V] or None, final state [B, H, K, V]).
+    a_over_k [B, T, R, H, 1]: given when a_r = a_over_k_r k_r (the delta rule, R = Ri),
+    so that the scores against a are those against k with scaled columns.
     """
     B, T = w.shape[:2]
     C = min(chunk, T)
     pad = (-T) % C
     if pad:  # steps with decay 1 and no input leave the state as it is
-        w, a, b, k, v, q = (None if x is None else torch.cat(
-            [x, x.new_zeros((B, pad, *x.shape[2:]))], 1) for x in (w, a, b, k, v, q))
-    w, a, b, k, v, q = (None if x is None else _chunked(x, C) for x in (w, a, b, k, v, q))
+        w, a, b, k, v, q, a_over_k = (None if x is None else torch.cat(
+            [x, x.new_zeros((B, pad, *x.shape[2:]))], 1) for x in (w, a, b, k, v, q, a_over_k))
+    w, a, b, k, v, q, a_over_k = (None if x is None else _chunked(x, C)
+                                  for x in (w, a, b, k, v, q, a_over_k))
+    if a_over_k is not None:  # [B, N, H, C, R, 1] -> a factor on the columns of scores
+        columns = a_over_k[..., 0][..., None, None, :, :]
+        against_a = lambda x, x_k: x_k * columns  # noqa: E731
+    else:
+        against_a = lambda x, x_k: _scores(x, a, Gx, G)  # noqa: E731
     G = torch.cumsum(w, 3)          # [B, N, H, C, Kw], inclusive
     Gx = G - w                      # exclusive: the decay up to the previous step
     G_end = G[..., -1:, :]          # [B, N, H, 1, Kw]
@@ -77,12 +85,13 @@ def chunk_affine(w, a, b, k, v, q, h0, chunk: int = CHUNK):
     kv_end = torch.einsum("...crk,...crv->...kv", to_end(k), v)
     decay_end = torch.exp(G_end[..., 0, :])[..., None]        # [B, N, H, Kw, 1]
     if a is not None:
+        b_k = _scores(b, k, Gx, G)
         tri = torch.eye(C * a.shape[4], dtype=w.dtype, device=w.device) - _flat(
-            _scores(b, a, Gx, G))
-        W = torch.linalg.solve_triangular(tri, _flat_rows(from_start(b)), upper=False,
-                                          unitriangular=True)
-        U = torch.linalg.solve_triangular(tri, _flat(_scores(b, k, Gx, G)) @ _flat_rows(v),
-                                          upper=False, unitriangular=True)
+            against_a(b, b_k))
+        # one solve for both right-hand sides: W (the start state's part) and U
+        rhs = torch.cat([_flat_rows(from_start(b)), _flat(b_k) @ _flat_rows(v)], -1)
+        WU = torch.linalg.solve_triangular(tri, rhs, upper=False, unitriangular=True)
+        W, U = WU[..., :b.shape[-1]], WU[..., b.shape[-1]:]
         a_end = _flat_rows(to_end(a))
     if a is None:  # the state from chunk to chunk is an elementwise linear recurrence
         ends = linear_scan(decay_end, kv_end, h0)          # [B, N, H, K, V]
@@ -97,9 +106,10 @@ def chunk_affine(w, a, b, k, v, q, h0, chunk: int = CHUNK):
         S0 = torch.stack(starts, 1)  # [B, N, H, K, V]
     if q is None:
         return None, h
-    out = _flat_rows(from_start(q)) @ S0 + _flat(_scores(q, k, Gx, G)) @ _flat_rows(v)
+    q_k = _scores(q, k, Gx, G)
+    out = _flat_rows(from_start(q)) @ S0 + _flat(q_k) @ _flat_rows(v)
     if a is not None:
-        out = out + _flat(_scores(q, a, Gx, G)) @ torch.stack(ys, 1)
+        out = out + _flat(against_a(q, q_k)) @ torch.stack(ys, 1)
     Rq = q.shape[4]
     out = out.unflatten(3, (C, Rq)).permute(0, 1, 3, 4, 2, 5)  # [B, N, C, Rq, H, V]
     return out.flatten(1, 2)[:, :T], h
@@ -273,6 +283,11 @@ class ChunkProgram(Program):
         self.emit_operand(f"_{name}_k", [p[0] for p in s.inputs], hk, shared + key,
                           "input term, key side: " + ", ".join(str(p[0]) for p in s.inputs))
         self.lines[-1] += flat_k
+        scale = _delta_rule_scale(s) if self.pass_function == "chunk_affine" else None
+        if scale is not None:
+            self.emit_operand(f"_{name}_ak", [scale], s.shared, shared,
+                              f"a = {scale} k: scores against a are those against k, scaled")
+            self.lines[-1] += f".reshape(B, T, 1, {Hs}, 1)"
         self.emit_operand(f"_{name}_v", [p[1] for p in s.inputs], s.shared + s.value,
                           shared + value,
                           "input term, value side: " + ", ".join(str(p[1]) for p in s.inputs))
@@ -290,6 +305,8 @@ class ChunkProgram(Program):
             f".reshape(-1, {Hs}, {Kf}, {Vf})"  # -1: packed sequences have B = 1, N states
         lr = f"_{name}_a, _{name}_b" if s.low_rank else "None, None"
         chunk = ", cu_seqlens=cu_seqlens" if self.packed else f", chunk={self.chunk or CHUNK}"
+        if scale is not None:
+            chunk += f", a_over_k=_{name}_ak"
         self.lines.append(f"_{name}_out, _{name}_last = {self.pass_function}(_{name}_w, {lr}, "
                           f"_{name}_k, _{name}_v, {q}, {h0}{chunk})")
         back = [order.index(p + 1) + 1 for p in range(len(s.axes))]
@@ -425,6 +442,18 @@ def check_log_decay(w: torch.Tensor, state: str) -> None:
     if torch.isnan(w).any():
         raise ValueError(f"the decay of {state} is not positive; the chunk backend "
                          "works with its logarithm")
+
+
+def _delta_rule_scale(s: ChunkState):
+    """a / k when the state has one low-rank term a bᵀ and one input term k vᵀ with a a
+    multiple of k along the key axes (the delta rule: a = -β k, or -exp(g) β k), else
+    None."""
+    if len(s.low_rank) != 1 or len(s.inputs) != 1:
+        return None
+    ratio = s.low_rank[0][0] / s.inputs[0][0]  # sympy cancels the common factors
+    if ratio == 0 or any(str(x) in s.key for x in ratio.free_symbols):
+        return None
+    return ratio
 
 
 def _shape(sizes) -> str:
