@@ -38,6 +38,7 @@ Numerics:   the carry is float32 at least; the transition is applied step by ste
 from __future__ import annotations
 
 import hashlib
+import textwrap
 from pathlib import Path
 
 from reclang.ir import IR
@@ -70,12 +71,14 @@ def render(template: str, **slots) -> str:
 IMPORTS = ["import os", "", "import torch", "import triton", "import triton.language as tl"]
 
 
-def assemble(program, template: str, about: list[str], forward: str, imports=()) -> str:
+def assemble(program, template: str, about: list[str], forward: str, imports=(),
+             slots=None) -> str:
     """A generated file: the header (spec, its hash, the plan, `about`), the imports,
-    the kernel rendered from `template`, then `forward` and the cell's step function."""
+    the kernel rendered from `template` (with `slots`), then `forward` and the cell's
+    step function."""
     digest = hashlib.sha256(program.ir.source.text.encode()).hexdigest()[:16]
     header = program.header([f"Spec sha256 {digest}; plan: {program.plan.summary}.", *about])
-    kernel = render(template, name=program.ir.name)
+    kernel = render(template, **{"name": program.ir.name, **(slots or {})})
     return "\n".join(header + IMPORTS + list(imports)) + "\n\n\n" + kernel + "\n\n" + \
         forward + "\n\n\n" + program.step_function() + "\n"
 
@@ -116,8 +119,24 @@ def generate(ir: IR, plan=None) -> str:
     from reclang.analysis.plan import make_plan
 
     plan = plan or make_plan(ir)
+    if plan.form == "nonlinear":
+        return _fused_source(ir, plan)
     if plan.form in ("mat-decay", "dplr"):
         program = TritonChunkProgram(ir, chunk_operands(ir, plan.states))
         program.plan = plan
         return program.source()
     return TritonScanProgram(ir, plan).source()
+
+
+def _fused_source(ir: IR, plan) -> str:
+    from .fused import fused_program
+
+    program, code = fused_program(ir, plan)
+    about = ("per unit, s_t = f(s_{t-1}, W s_{t-1}, o_t): the whole time loop in one kernel "
+             "(from backends/templates/fused_loop.py.jinja); the operands o and the weights W "
+             "are computed before it")
+    return assemble(program, "fused_loop.py.jinja", textwrap.wrap(
+        "Triton backend, fused loop: " + about, 88),
+        program.forward(),
+        ["", "from reclang.backends.chunk import operand", "from reclang.backends.fused import "
+         "constant"], slots=code.slots(about))

@@ -14,8 +14,8 @@ Sections (each checks its results before it times them):
          kernel; no Triton chunkwise kernel exists yet) against
          flash-linear-attention's chunk_gla / chunk_gated_delta_rule when fla is
          importable.
-  lstm   reclang's LSTM (sequential backend: no fused kernel exists yet) against
-         torch.nn.LSTM (cuDNN).
+  lstm   reclang's LSTM on the sequential backend and on the triton backend (the fused
+         loop) against torch.nn.LSTM (cuDNN).
 Times are medians from triton.testing.do_bench, in milliseconds.
 """
 
@@ -221,27 +221,33 @@ def chunk_rows(label, m, fla, lengths):
 # ---- lstm ---------------------------------------------------------------------------
 def lstm_section(quick):
     B, T = 32, (256 if quick else 1024)
-    print(f"\n[lstm] B={B} T={T} float32, D=N; ms; ratio = reclang / cuDNN")
-    print(f"{'N':>5}  {'pass':<9}{'reclang':>9}{'cuDNN':>9}{'ratio':>8}   max abs diff")
-    for N in (64, 256):
+    print(f"\n[lstm] B={B} T={T} float32, D=N; ms; ratio = triton / cuDNN")
+    print(f"{'N':>5}  {'pass':<9}{'sequential':>11}{'triton':>9}{'cuDNN':>9}{'ratio':>8}"
+          f"{'seq/triton':>11}   max abs diff triton/seq vs cuDNN")
+    for N in (64, 128):  # the fused loop takes at most 128 units
         cell = reclang.load(SPECS / "lstm.rec", D=N, N=N)
-        m = cell.module("sequential").to(DEV)
+        mods = {k: cell.module(k).to(DEV) for k in ("sequential", "triton")}
+        mods["triton"].load_state_dict(mods["sequential"].state_dict())
         ref = torch.nn.LSTM(N, N, batch_first=True).to(DEV)
         with torch.no_grad():  # torch's gate order is i, f, g, o; the spec's z[0..3] too
-            W, U, b = m.W, m.U, m.b
+            W, U, b = (getattr(mods["sequential"], p) for p in "WUb")
             ref.weight_ih_l0.copy_(W.reshape(4 * N, N))
             ref.weight_hh_l0.copy_(U.reshape(4 * N, N))
             ref.bias_ih_l0.copy_(b.reshape(-1))
             ref.bias_hh_l0.zero_()
         x = torch.randn(B, T, N, device=DEV, requires_grad=True)
-        fns = {"reclang": lambda: m(x=x)[0], "cudnn": lambda: ref(x)[0]}
+        fns = {k: (lambda m=m: m(x=x)[0]) for k, m in mods.items()}
+        fns["cudnn"] = lambda: ref(x)[0]
         with torch.no_grad():
-            diff = (fns["reclang"]() - fns["cudnn"]()).abs().max().item()
+            want = fns["cudnn"]()
+            diff = "/".join(f"{(fns[k]() - want).abs().max().item():.1e}"
+                            for k in ("triton", "sequential"))
         for what in ("fwd", "fwd+bwd"):
             with torch.set_grad_enabled(what != "fwd"):
                 t = {k: ms(fn if what == "fwd" else training(fn)) for k, fn in fns.items()}
-            print(f"{N:>5}  {what:<9}{t['reclang']:>9.2f}{t['cudnn']:>9.2f}"
-                  f"{t['reclang'] / t['cudnn']:>7.1f}x   {f'{diff:.1e}' if what == 'fwd' else ''}")
+            print(f"{N:>5}  {what:<9}{t['sequential']:>11.2f}{t['triton']:>9.2f}"
+                  f"{t['cudnn']:>9.2f}{t['triton'] / t['cudnn']:>7.1f}x"
+                  f"{t['sequential'] / t['triton']:>10.1f}x   {diff if what == 'fwd' else ''}")
 
 
 SECTIONS = {"scan": scan_section, "cells": cell_section, "chunk": chunk_section,

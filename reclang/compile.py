@@ -81,20 +81,23 @@ class Cell:
           forward, as the loop's small steps stay in cache; on an accelerator the loop
           pays kernel launches at every step. `fft` is slower than `scan` on the CPU.
         - on CUDA tensors, `triton` where its plan allows it (diag, diag-lti, mat-decay,
-          dplr in this version) and triton is installed: on an H100 diagonal cells run
+          dplr, nonlinear) and triton is installed: on an H100 diagonal cells run
           1.2-2.5x faster than on `scan` and 36-136x faster than the loop, the kernel at
           92% of the memory bandwidth. For matrix states the kernel is the recurrent
           form, not yet timed on a GPU: it is preferred because it keeps one state per
           program in registers where the PyTorch chunk backend materializes C x C x K
           decays (7 GiB against fla's 1.3 GiB for GLA, docs/benchmarks.md) and runs
-          many small kernels. The reason triton is not used shows in
+          many small kernels. For nonlinear cells (LSTM, GRU, sLSTM) the fused loop,
+          not yet timed on a GPU either: it runs T steps in one launch where the loop
+          launches several kernels per step. The reason triton is not used shows in
           `cell.plan.backends`;
         - else `sequential`."""
+        cuda = "triton" if self.plan.supports("triton") else None
         if self.plan.supports("chunk"):
-            return "chunk", "triton" if self.plan.supports("triton") else "chunk"
+            return "chunk", cuda or "chunk"
         if self.plan.supports("scan"):
-            return "scan", "triton" if self.plan.supports("triton") else "scan"
-        return "sequential", "sequential"
+            return "scan", cuda or "scan"
+        return "sequential", cuda or "sequential"
 
     def auto_summary(self) -> str:
         """What `auto` runs on each device, and why not triton on CUDA tensors."""

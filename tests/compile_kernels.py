@@ -1,7 +1,8 @@
 """Compiles generated Triton kernels for an H100 (sm_90) without a GPU, and prints the
-registers and local (spilled) memory per thread of each, one line per kernel:
+registers, stack frame and local memory per thread of each (spilled registers go to
+the stack frame), one line per kernel:
 
-    <kernel> <flags and blocks> REG:<n> LOCAL:<bytes>
+    <kernel> <flags and blocks> REG:<n> STACK:<bytes> LOCAL:<bytes>
 
 Run by tests/test_triton_compile.py in a process of its own: under TRITON_INTERPRET=1
 (how the other tests run the kernels) triton.jit gives interpreted functions, which
@@ -28,6 +29,9 @@ TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 MATRIX_ARGS = "w_ptr x_ptr y_ptr rk_ptr rv_ptr lw_ptr c0_ptr out_k_ptr out_v_ptr last_ptr " \
     "starts_ptr"
 SCAN_ARGS = "a_ptr b_ptr h0_ptr out_ptr states_ptr grad_a_ptr"
+FUSED_ARGS = {"forward": "ops_ptr consts_ptr w_ptr hist_ptr out_ptr",
+              "backward": "ops_ptr consts_ptr w_ptr hist_ptr d_out_ptr d_last_ptr d_ops_ptr "
+                          "d_consts_ptr d_r_ptr d_first_ptr"}
 # (spec, kernel family, flags of each launch the backend makes); the blocks, below, are
 # those the launchers pick at fla-like sizes (K = V = 128)
 RECURRENT = ("VARLEN", "KEYWISE", "REVERSE", "R_UPDATE", "R_READ_K", "R_READ_V", "R_FEED")
@@ -42,7 +46,8 @@ CASES = [
     ("gated_delta_net", "recurrent", [dict(zip(RECURRENT, flags)) for flags in [
         (0, 0, 0, 1, 2, 0, 1), (0, 0, 1, 1, 2, 2, 1), (0, 0, 0, 1, 1, 2, 1)]]),
     ("gated_delta_net@K=256", "recurrent", [dict(zip(RECURRENT, (0, 0, 1, 1, 2, 2, 1)))]),
-]
+] + [(spec, family, [dict(HEADS=heads)]) for spec, heads in (("lstm", 1), ("gru", 1),
+     ("slstm", 4)) for family in ("forward", "backward")]  # the fused loop, at N = 64
 
 
 def compile_sm90(kernel, signature: dict, constexprs: dict, num_warps: int) -> bytes:
@@ -61,7 +66,23 @@ def resources(cubin: bytes) -> str:
         out = subprocess.run([str(TOOLS / "cuobjdump"), "--dump-resource-usage", f.name],
                              capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if "REG:" in x).split()
-    return " ".join(x for x in line if x.startswith(("REG:", "LOCAL:")))
+    return " ".join(x for x in line if x.startswith(("REG:", "STACK:", "LOCAL:")))
+
+
+def launch_setup(family: str, keys: str) -> tuple[dict, dict, int]:
+    """The signature, blocks and warps of a kernel family as its launcher picks them."""
+    if family == "scan":
+        signature = {**{n: "*fp32" for n in SCAN_ARGS.split()}, "T": "i32", "S": "i32"}
+        return signature, dict(BLOCK_T=64, BLOCK_S=32), 4
+    if family in FUSED_ARGS:  # float32 throughout; N = 64 units
+        signature = {**{n: "*fp32" for n in FUSED_ARGS[family].split()}, "T": "i32", "B": "i32"}
+        return signature, dict(N=64, BLOCK_B=16, BLOCK_N=64), 8
+    # the matrix kernel: bf16 operands, float32 carry and readouts
+    signature = {n: "*bf16" if i < 6 else "*fp32" for i, n in enumerate(MATRIX_ARGS.split())}
+    signature["starts_ptr"] = "*i64"
+    signature.update({n: "i32" for n in ("T", "H", "K", "V", "TOKENS")})
+    block_k = int(keys or 128)
+    return signature, dict(BLOCK_K=block_k, BLOCK_V=32), block_k * 32 // 512
 
 
 def main() -> None:
@@ -70,16 +91,7 @@ def main() -> None:
         cell = reclang.load(SPECS / f"{spec}.rec")  # sizes are arguments of the kernel
         code = cell.module("triton")._generated
         kernel = getattr(code, f"{spec}_{family}_kernel")
-        if family == "scan":
-            signature = {**{n: "*fp32" for n in SCAN_ARGS.split()}, "T": "i32", "S": "i32"}
-            blocks, warps = dict(BLOCK_T=64, BLOCK_S=32), 4
-        else:  # bf16 operands, float32 carry and readouts
-            signature = {n: "*bf16" if i < 6 else "*fp32"
-                         for i, n in enumerate(MATRIX_ARGS.split())}
-            signature["starts_ptr"] = "*i64"
-            signature.update({n: "i32" for n in ("T", "H", "K", "V", "TOKENS")})
-            block_k = int(keys or 128)  # the warps as the launcher picks them
-            blocks, warps = dict(BLOCK_K=block_k, BLOCK_V=32), block_k * 32 // 512
+        signature, blocks, warps = launch_setup(family, keys)
         for flags in launches:
             cubin = compile_sm90(kernel, signature, {**flags, **blocks}, warps)
             described = ",".join(f"{k}={int(v)}" for k, v in {**flags, **blocks}.items())

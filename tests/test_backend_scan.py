@@ -128,7 +128,7 @@ def test_backend_choice_and_refusal():
     with pytest.raises(reclang.RecError, match="backend 'scan' cannot run cell lstm: needs diag"):
         lstm.module("scan")
     assert lstm.module("auto").backend == "sequential"
-    assert lstm.module("auto").backend_for("cuda") == "sequential"
+    assert lstm.module("auto").backend_for("cuda") == "triton"  # the fused loop
 
 
 @pytest.mark.parametrize("name", cells_on("scan"))

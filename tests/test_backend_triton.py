@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from helpers import (MATRIX_TRANSFORMS, as_reference, assert_matches_reference, cells_on,
+from helpers import (MATRIX_TRANSFORMS, SPECS, as_reference, assert_matches_reference, cells_on,
                      random_inputs, random_state, small)
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,22 +24,29 @@ def on_device(tensors: dict) -> dict:
 TRANSFORMS = {"g": F.logsigmoid}  # hgrn's gate is a log decay
 CELLS = cells_on("triton")
 MATRIX = [name for name in CELLS if small(name).plan.form in ("mat-decay", "dplr")]
-DIAGONAL = [name for name in CELLS if name not in MATRIX]
+NONLINEAR = [name for name in CELLS if small(name).plan.form == "nonlinear"]
+DIAGONAL = [name for name in CELLS if name not in MATRIX + NONLINEAR]
 
 
-def test_triton_runs_the_diagonal_and_the_matrix_state_cells():
+def test_triton_runs_the_diagonal_matrix_state_and_nonlinear_cells():
     assert set(DIAGONAL) == {"hgrn", "lru", "lsrl_parity", "mamba_s6", "min_gru",
                              "min_lstm", "rg_lru", "s4d"}
     assert set(MATRIX) == {"gla", "hgrn2", "linear_attn", "mamba2", "mlstm", "retnet",
                            "rwkv6", "simple_gla",                                # mat-decay
                            "delta_net", "delta_product", "gated_delta_net", "rwkv7"}  # dplr
+    odyssey = {f"lstm_odyssey_{v}" for v in ("cifg", "fgr", "nfg", "niaf", "nig", "noaf",
+                                             "nog", "np", "vanilla")}
+    assert set(NONLINEAR) == {"elman", "gru", "lstm", "slstm"} | odyssey
 
 
 # the interpreter runs the kernels' steps in Python, slowly: lengths stay short here.
 # The diagonal scan walks time in tiles of 64 steps (64, 65 cross a tile); the matrix
-# kernel step by step (T = 1: no step before the readout; 7, 33: primes).
+# kernel step by step (T = 1: no step before the readout; 7, 33: primes); so does the
+# fused loop of the nonlinear cells (33 for a few: the interpreter is slowest there).
 CASES = [(name, T) for name in DIAGONAL for T in (1, 2, 7, 64, 65)] + \
-    [(name, T) for name in MATRIX for T in (1, 7, 33)]
+    [(name, T) for name in MATRIX for T in (1, 7, 33)] + \
+    [(name, T) for name in NONLINEAR for T in (1, 7)] + \
+    [(name, 33) for name in ("elman", "gru", "lstm")]
 
 
 @pytest.mark.parametrize("name, T", CASES)
@@ -139,10 +146,10 @@ def test_matrix_kernel_over_shapes_and_packings(T, heads, K, V, rank, queries, l
                                        msg=lambda m, n=name: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("name", ["min_gru", "lru", "gla", "gated_delta_net"])
+@pytest.mark.parametrize("name", ["min_gru", "lru", "gla", "gated_delta_net", "lstm"])
 def test_triton_long_sequence_in_float32(name):
-    """T = 300 in float32 (real, complex and matrix states, a delta rule), against
-    sequential in float64."""
+    """T = 300 in float32 (real, complex and matrix states, a delta rule, the fused
+    loop), against sequential in float64."""
     cell = small(name)
     torch.manual_seed(0)
     triton_ = cell.module("triton").to(DEVICE)
@@ -157,7 +164,7 @@ def test_triton_long_sequence_in_float32(name):
                                    atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["min_gru", "lru", "gla", "gated_delta_net"])
+@pytest.mark.parametrize("name", ["min_gru", "lru", "gla", "gated_delta_net", "lstm"])
 @pytest.mark.parametrize("dtype, bound", [(torch.bfloat16, 1e-2), (torch.float16, 2e-3)])
 def test_triton_low_precision_inputs_against_float64(name, dtype, bound):
     """bf16/fp16 inputs: the carry stays float32 (complex64), the outputs are within the
@@ -219,6 +226,52 @@ def test_matrix_kernel_runs_packed_sequences_in_one_launch(name):
     assert len(calls) == 1  # one state, one launch for the four sequences
 
 
+def test_fused_loop_is_torch_lstm_across_batch_blocks_and_odd_sizes():
+    """lstm.rec, whose gates are torch.nn.LSTM's, on the fused loop against torch itself:
+    18 sequences (two programs of 16), 5 units (a tile of 16), outputs, final states and
+    the gradients of the input, the weights and the initial states."""
+    B, T, D, N = 18, 6, 3, 5
+    torch.manual_seed(0)
+    m = reclang.load(SPECS / "lstm.rec", D=D, N=N).module("triton").double().to(DEVICE)
+    x = torch.randn(B, T, D, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    h0, c0 = (torch.randn(B, N, dtype=torch.float64, device=DEVICE, requires_grad=True)
+              for _ in "hc")
+    y, final = m(x=x, state={"h": h0, "c": c0})
+    rnn = torch.nn.LSTM(D, N, batch_first=True).double().to(DEVICE)
+    weights = {"weight_ih_l0": m.W.reshape(4 * N, D), "weight_hh_l0": m.U.reshape(4 * N, N),
+               "bias_ih_l0": m.b.reshape(4 * N), "bias_hh_l0": torch.zeros_like(m.b).flatten()}
+    want, (h, c) = torch.func.functional_call(rnn, weights, (x, (h0[None], c0[None])))
+    for got, ref in ((y, want), (final["h"], h[0]), (final["c"], c[0])):
+        torch.testing.assert_close(got, ref)
+    seeds = [torch.randn_like(t) for t in (y, final["h"], final["c"])]
+    inputs = (x, h0, c0, m.W, m.U, m.b)
+    grads = torch.autograd.grad(sum((t * g).sum() for t, g in zip((y, final["h"], final["c"]),
+                                                                     seeds)), inputs)
+    expected = torch.autograd.grad(sum((t * g).sum() for t, g in zip((want, h[0], c[0]),
+                                                                        seeds)), inputs)
+    for got, ref in zip(grads, expected):
+        torch.testing.assert_close(got, ref)
+
+
+def test_fused_loop_with_heads_and_packed_sequences():
+    """slstm with 3 heads of 5 units and 17 sequences against sequential; lstm over
+    cu_seqlens (the module runs the packed sequences one by one on the kernel)."""
+    torch.manual_seed(0)
+    cell = reclang.load(SPECS / "slstm.rec", D=4, NH=3, DH=5)
+    triton_ = cell.module("triton").double().to(DEVICE)
+    sequential = cell.module("sequential").double().to(DEVICE)
+    x = on_device(random_inputs(triton_, 17, 4))
+    assert_matches_reference(triton_, as_reference(sequential), x,
+                             on_device(random_state(triton_, 17)), atol=1e-9, rtol=1e-7)
+    cell = small("lstm")
+    triton_ = cell.module("triton").double().to(DEVICE)
+    sequential = cell.module("sequential").double().to(DEVICE)
+    cu = torch.tensor([0, 3, 4, 9], device=DEVICE)
+    assert_matches_reference(triton_, as_reference(sequential),
+                             on_device(random_inputs(triton_, 1, 9)),
+                             on_device(random_state(triton_, 3)), varlen=dict(cu_seqlens=cu))
+
+
 def test_generated_file_holds_the_kernel_with_a_header():
     source = small("lru").source("triton")
     lines = source.splitlines()
@@ -234,10 +287,19 @@ def test_generated_file_holds_the_kernel_with_a_header():
     assert "@triton.jit\ndef gated_delta_net_recurrent_kernel(" in matrix
     assert "REVERSE: tl.constexpr, R_UPDATE: tl.constexpr" in matrix  # flags, not copies
     assert "= state_pass(_S_w, _S_a, _S_b, _S_k, _S_v, _S_q, " in matrix
+    fused = small("lstm").source("triton")
+    assert fused.splitlines()[1].startswith("# Spec sha256 ") and "plan: nonlinear" in fused
+    assert "@triton.jit\ndef lstm_forward_kernel(" in fused
+    assert "@triton.jit\ndef lstm_backward_kernel(" in fused
+    # the step's equations under the spec lines they come from, in the spec's order
+    step = fused[fused.index("# lstm.rec:15: c[n] <- sigmoid(z[1, n]) * c[n]"):]
+    assert step.index("# lstm.rec:16: h[n] <-") < step.index("new_c = ")
+    assert fused == small("lstm").source("triton")
 
 
-def test_outside_the_interpreter_cpu_tensors_get_a_clear_error(monkeypatch):
-    m = small("min_gru").module("triton")
+@pytest.mark.parametrize("name", ["min_gru", "gla", "lstm"])  # the three kernel families
+def test_outside_the_interpreter_cpu_tensors_get_a_clear_error(monkeypatch, name):
+    m = small(name).module("triton")
     x = random_inputs(m, 1, 3)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="the triton backend runs on CUDA tensors"):
@@ -245,9 +307,12 @@ def test_outside_the_interpreter_cpu_tensors_get_a_clear_error(monkeypatch):
 
 
 def test_refusals_name_the_reason():
-    with pytest.raises(reclang.RecError, match="backend 'triton' cannot run cell lstm: "
-                                                "applies to nonlinear: not implemented yet"):
-        small("lstm").module("triton")
+    with pytest.raises(reclang.RecError, match="backend 'triton' cannot run cell aaren: "
+                                                "needs diag or .* not affine in m"):
+        small("aaren").module("triton")
+    with pytest.raises(reclang.RecError, match="lmu.rec: the fused kernel needs states of "
+                                                "one shape"):
+        small("lmu").module("triton")
 
 
 def test_auto_prefers_triton_on_cuda_tensors():
@@ -255,14 +320,15 @@ def test_auto_prefers_triton_on_cuda_tensors():
     assert (m.backend, m.backend_for("cpu"), m.backend_for("cuda")) == ("scan", "scan", "triton")
     assert small("gla").module("auto").backend_for("cuda") == "triton"
     assert small("delta_net").module("auto").backend_for("cuda") == "triton"
-    assert small("lstm").module("auto").backend_for("cuda") == "sequential"
+    lstm = small("lstm").module("auto")
+    assert (lstm.backend_for("cpu"), lstm.backend_for("cuda")) == ("sequential", "triton")
 
 
 def test_auto_states_why_it_does_not_use_triton():
     assert small("min_gru").auto_summary() == "scan on CPU tensors, triton on CUDA tensors"
-    assert small("lstm").auto_summary() == (
-        "sequential on CPU tensors, sequential on CUDA tensors (not triton: applies to "
-        "nonlinear: not implemented yet)")
+    assert small("lmu").auto_summary().startswith(
+        "sequential on CPU tensors, sequential on CUDA tensors (not triton: lmu.rec: the "
+        "fused kernel needs states of one shape")
 
 
 def test_the_tests_ran_the_kernel_somewhere():

@@ -33,7 +33,7 @@ BACKENDS = {
     "chunk": (("mat-decay", "dplr"), ("mat-decay", "dplr")),
     "fft": (("diag-lti",), ("diag-lti",)),
     "triton": (("diag", "diag-lti", "mat-decay", "dplr", "nonlinear"),
-               ("diag", "diag-lti", "mat-decay", "dplr")),
+               ("diag", "diag-lti", "mat-decay", "dplr", "nonlinear")),
 }
 
 
@@ -359,8 +359,12 @@ def _cannot_run(ir: IR, backend: str, form: str, states) -> str:
         return _too_dense(ir, states)
     if backend == "triton":
         from ..backends.triton import missing_dependency
-        if missing_dependency() or form not in ("mat-decay", "dplr"):
+        if missing_dependency():
             return missing_dependency()
+        if form == "nonlinear":
+            return _no_lane_form(ir)
+        if form not in ("mat-decay", "dplr"):
+            return ""
     elif backend != "chunk":
         return ""
     # the chunk backend's operands: the triton backend reads matrix states the same way
@@ -370,6 +374,16 @@ def _cannot_run(ir: IR, backend: str, form: str, states) -> str:
     except Unsupported as err:
         file = ir.source.filename.rsplit('/', 1)[-1]
         return str(err) if str(err).startswith(file) else f"{file}: {err}"
+    return ""
+
+
+def _no_lane_form(ir: IR) -> str:
+    """Why the fused kernel cannot run a nonlinear cell ("" when it can)."""
+    from .lanes import Unsupported, lane_form
+    try:
+        lane_form(ir)
+    except Unsupported as err:
+        return str(err)
     return ""
 
 

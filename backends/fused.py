@@ -1,0 +1,304 @@
+"""The triton backend for nonlinear cells (LSTM, GRU, sLSTM, Elman...): one fused
+kernel runs the whole time loop.
+
+Recurrence: the lane form (reclang/analysis/lanes.py): per unit n of a head,
+            r_j = W_j s_{t-1};  s_t[n] = f(s_{t-1}[n], r[n], o_t[n]);  y_t[n] = g(...).
+Algorithm:  the operands o (everything that depends on no state: input projections,
+            biases) for all steps at once in PyTorch, as the sequential backend's
+            prelude; then one kernel, rendered from the hand-written template
+            backends/templates/fused_loop.py.jinja with f and g printed into it, runs
+            the T steps: one program per (16 sequences, head) keeps the states on chip
+            and reads the weights, 16 keys at a time, from L1/L2 at every step. The
+            backward kernel walks time down with the derivatives of f and g that sympy
+            writes from the same equations, recomputing each step from the stored
+            states; ∂L/∂W is one einsum after it.
+Cost:       per step, one [16, N] x [N, N] product per weight (IEEE float32 FMAs, not
+            tensor cores) and the cell's elementwise equations; the states are written
+            once per step (the backward and the next step's product read them), the
+            operands read once.
+Numerics:   float32 at least, products in IEEE float32 (not tf32); gates through
+            stable forms (sigmoid, log-sigmoid and softplus never exponentiate a large
+            argument, forward or backward).
+"""
+
+from __future__ import annotations
+
+import math
+
+import sympy
+from sympy.printing.str import StrPrinter
+
+from reclang.analysis.lanes import (KEY, LANE, LaneForm, LogSigmoid, Sigmoid, Softplus,
+                                    lane_form)
+from reclang.ir import IR
+
+from .sequential import INDENT, Program, py_name
+from .sympy_torch import SympyLowering
+from .torch_expr import align
+
+
+class TritonPrinter(StrPrinter):
+    """sympy scalar expressions as Triton code (tensors of one program's tile)."""
+
+    FUNCTIONS = {sympy.exp: "tl.exp", sympy.log: "tl.log", sympy.tanh: "_tanh",
+                 sympy.sin: "tl.sin", sympy.cos: "tl.cos", sympy.Abs: "tl.abs",
+                 sympy.sign: "_sign", Sigmoid: "tl.sigmoid", LogSigmoid: "_logsigmoid",
+                 Softplus: "_softplus"}
+
+    def _print_Function(self, expr):
+        if expr.func not in self.FUNCTIONS:
+            raise NotImplementedError(f"cannot print {expr.func} in a Triton kernel")
+        return f"{self.FUNCTIONS[expr.func]}({self._print(expr.args[0])})"
+
+    _print_exp = _print_log = _print_tanh = _print_Abs = _print_sign = _print_Function
+
+    def _print_Heaviside(self, expr):
+        return f"_heaviside({self._print(expr.args[0])})"
+
+    def _print_Max(self, expr):
+        return self._nested("tl.maximum", expr.args)
+
+    def _print_Min(self, expr):
+        return self._nested("tl.minimum", expr.args)
+
+    def _nested(self, fn, args):
+        text = self._print(args[0])
+        for a in args[1:]:
+            text = f"{fn}({text}, {self._print(a)})"
+        return text
+
+    def _print_Piecewise(self, expr):
+        text = self._print(expr.args[-1][0])
+        for value, cond in reversed(expr.args[:-1]):
+            text = f"tl.where({self._print(cond)}, {self._print(value)}, {text})"
+        return text
+
+    def _print_Relational(self, expr):
+        op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
+        return f"({self._print(expr.lhs)} {op} {self._print(expr.rhs)})"
+
+    def _print_Pow(self, expr, rational=False):
+        base, e = expr.args
+        b = self.parenthesize(base, 1000)  # always wrapped unless atomic
+        if e == sympy.Rational(1, 2):
+            return f"tl.sqrt({self._print(base)})"
+        if e == -sympy.Rational(1, 2):
+            return f"(1.0 / tl.sqrt({self._print(base)}))"
+        if e.is_Integer and 0 < e <= 4:
+            return "(" + " * ".join([b] * int(e)) + ")"
+        if e.is_Integer and -4 <= e < 0:
+            return "(1.0 / (" + " * ".join([b] * int(-e)) + "))"
+        return f"tl.exp({self._print(e)} * tl.log({self._print(base)}))"
+
+    def _print_Rational(self, expr):
+        return repr(float(expr))
+
+    def _print_Float(self, expr):
+        return repr(float(expr))
+
+    def _print_Integer(self, expr):
+        return f"{int(expr)}.0"
+
+    def _print_Exp1(self, expr):
+        return repr(math.e)
+
+    def _print_Pi(self, expr):
+        return repr(math.pi)
+
+
+def _merge_operands(form: LaneForm) -> None:
+    """Operands that are only ever added together become one (o0 + o1 for W x and b):
+    one load per step instead of several. Renumbers the operands in order of use."""
+    merged: dict = {}
+    by_symbol = {o.symbol: o for o in form.operands}
+
+    def visit(e):
+        if not e.args:
+            return e
+        args = [visit(a) for a in e.args]
+        if isinstance(e, sympy.Add):
+            ops = sorted((a for a in args if a in by_symbol or a in merged), key=str)
+            if len(ops) >= 2:
+                key = tuple(ops)
+                if key not in merged:
+                    merged[key] = sympy.Symbol(f"m{len(merged)}", real=True)
+                rest = [a for a in args if a not in ops]
+                return sympy.Add(merged[key], *rest)
+        return e.func(*args)
+
+    exprs = {k: visit(v) for k, v in {**form.updates, **form.outputs}.items()}
+    defs = {o.symbol: (o.expr, o.time_varying) for o in form.operands}
+    for key, symbol in merged.items():
+        parts = [defs[k] for k in key]
+        defs[symbol] = (sympy.Add(*[p[0] for p in parts]), any(p[1] for p in parts))
+    used: list = []
+    for e in exprs.values():
+        for s in sorted(e.free_symbols, key=sympy.default_sort_key):
+            if s in defs and s not in used:
+                used.append(s)
+    from reclang.analysis.lanes import Operand
+    rename = {s: sympy.Symbol(f"o{i}", real=True) for i, s in enumerate(used)}
+    form.operands = [Operand(rename[s], *defs[s]) for s in used]
+    form.updates = {k: exprs[k].xreplace(rename) for k in form.updates}
+    form.outputs = {k: exprs[k].xreplace(rename) for k in form.outputs}
+
+
+class KernelCode:
+    """The cell's equations and their derivatives as Triton statements."""
+
+    def __init__(self, form: LaneForm, ir: IR):
+        self.form, self.ir = form, ir
+        self.printer = TritonPrinter()
+        self.file = ir.source.filename.rsplit("/", 1)[-1]
+        self.states = [str(form.prev[s]) for s in form.states]
+        self.new = [f"new_{py_name(s)}" for s in form.states]
+        self.outputs = [f"out_{py_name(y)}" for y in form.outputs]
+
+    def statements(self, named: list[tuple[str, sympy.Expr]], prefix: str) -> list[str]:
+        """`name = expr` lines with common subexpressions factored out (sympy.cse)."""
+        temps, reduced = sympy.cse([e for _, e in named],
+                                   symbols=sympy.numbered_symbols(prefix), order="none")
+        lines = [f"{t} = {self.printer.doprint(e)}" for t, e in temps]
+        for (name, _), e in zip(named, reduced):
+            lines.append(f"{name} = {self.printer.doprint(e)}")
+        return lines
+
+    def forward(self) -> str:
+        f = self.form
+        named = [(n, f.updates[s]) for n, s in zip(self.new, f.states)]
+        named += [(n, f.outputs[y]) for n, y in zip(self.outputs, f.outputs)]
+        lines = self.comments()
+        return "\n".join(lines + self.statements(named, "e"))
+
+    def comments(self) -> list[str]:
+        """The spec lines the step's statements come from, in the spec's order."""
+        numbers = sorted({self.form.lines[name] for name in (*self.form.states,
+                                                             *self.form.outputs)})
+        return [f"# {self.file}:{n}: {self.ir.source.line(n).strip()}" for n in numbers]
+
+    def backward(self) -> str:
+        """∂L/∂(previous states, products, operands) of L = Σ g·f + Σ dy·g."""
+        f = self.form
+        grads = self.grads
+        loss = sum((sympy.Symbol(g, real=True) * f.updates[s]
+                    for g, s in zip(grads, f.states)), sympy.Integer(0))
+        loss += sum((sympy.Symbol(d, real=True) * f.outputs[y]
+                     for d, y in zip(self.d_outputs, f.outputs)), sympy.Integer(0))
+        wrt = [f.prev[s] for s in f.states] + [w.symbol for w in f.weights] + \
+            [o.symbol for o in f.operands]
+        named = [(f"d_{x}", sympy.diff(loss, x)) for x in wrt]
+        lines = ["# the derivatives of the step (sympy.diff of the equations above)"]
+        return "\n".join(lines + self.statements(named, "e"))
+
+    @property
+    def grads(self) -> list[str]:
+        return [f"g_{py_name(s)}" for s in self.form.states]
+
+    @property
+    def d_outputs(self) -> list[str]:
+        return [f"dy_{py_name(y)}" for y in self.form.outputs]
+
+    def carries(self) -> list[list[str]]:
+        """∂L/∂s_{t-1} beyond the step's own part: Σ_j ∂L/∂r_j W_j over its products,
+        as the terms added to each state's gradient."""
+        J = len(self.form.weights)
+        return [[f"_times(d_r_ptr + (t * {J} + {j}) * slab, rows_at, rows < B, "
+                 f"w_ptr + ({j} * HEADS + head) * N * N, False, N, BLOCK_B, BLOCK_N)"
+                 for j, w in enumerate(self.form.weights) if w.state == s]
+                for s in self.form.states]
+
+    def slots(self, about: str) -> dict:
+        f = self.form
+        index = {s: i for i, s in enumerate(f.states)}
+        return dict(
+            name=self.ir.name, about=about, weights=len(f.weights),
+            consts=[str(o.symbol) for o in f.operands if not o.time_varying],
+            ops=[str(o.symbol) for o in f.operands if o.time_varying],
+            states=self.states, new=self.new, outputs=self.outputs,
+            products=[(str(w.symbol), index[w.state]) for w in f.weights],
+            forward=self.forward(), backward=self.backward(), grads=self.grads,
+            d_outputs=self.d_outputs, carries=self.carries(),
+            state_of_product=str([index[w.state] for w in f.weights]))
+
+
+class FusedProgram(Program):
+    """forward(): the operands and weights in PyTorch, then the fused kernel."""
+
+    def __init__(self, ir: IR, form: LaneForm):
+        super().__init__(ir)
+        self.form = form
+        heads = {str(s): n for s, n in zip(form.head_symbols, form.heads)}
+        self.sympy = SympyLowering(ir, {**heads, str(LANE): form.lanes, str(KEY): form.lanes})
+        self.lines: list[str] = []
+
+    def tensor(self, expr, axes: tuple, shape: str, how: str) -> str:
+        """An expression over `axes` as PyTorch code broadcast to `shape`."""
+        code = self.sympy.lower(expr)
+        text = code.text if code.const else align(code, axes).text
+        return f"{how}({text}, _like, {shape})"
+
+    def stacked(self, name: str, items, axes, shape: str, how: str, empty: str):
+        self.lines.append(f"{name} = " + (
+            f"torch.stack([{', '.join(self.tensor(e, axes, shape, how) for e in items)}])"
+            if items else empty))
+
+    def forward(self) -> str:
+        f = self.form
+        heads = [str(s) for s in f.head_symbols]
+        H = math.prod(f.heads)
+        N = f.lanes
+        unit = heads + [str(LANE)]
+        shape = "(" + ", ".join(map(str, (*f.heads, N))) + ",)"
+        first = py_name(self.ir.inputs[0].name)
+        self.lines = [f"B, T = {first}.shape[:2]", f"_like = {first}",
+                      "_dtype, _device = _like.dtype, _like.device"]
+        varying = [o for o in f.operands if o.time_varying]
+        consts = [o for o in f.operands if not o.time_varying]
+        self.lines.append("# operands: what a step reads that depends on no state")
+        self.lines += [f"#   {o.symbol} = {o.expr}" for o in f.operands]
+        self.stacked("_ops", [o.expr for o in varying], unit, shape, "operand",
+                     f"_like.new_empty((0, B, T, {H}, {N}))")
+        self.lines[-1] += f".reshape(-1, B, T, {H}, {N}).permute(2, 0, 1, 3, 4)"
+        self.stacked("_consts", [o.expr for o in consts], unit, shape, "constant",
+                     f"_like.new_empty((0, {H}, {N}))")
+        self.lines[-1] += f".reshape(-1, {H}, {N})"
+        self.lines.append("# weights: r_j = Σ_key W_j[unit, key] s[key]")
+        self.lines += [f"#   {w.symbol} = Σ_key {w.expr} {w.state}[key]" for w in f.weights]
+        square = "(" + ", ".join(map(str, (*f.heads, N, N))) + ",)"
+        self.stacked("_w", [w.expr for w in f.weights], tuple(unit + [str(KEY)]), square,
+                     "constant", f"_like.new_empty((0, {H}, {N}, {N}))")
+        self.lines[-1] += f".reshape(-1, {H}, {N}, {N})"
+        states = [py_name(s) for s in f.states]
+        self.lines.append(f"_h0 = torch.stack([{', '.join(states)}]).reshape(-1, B, {H}, {N})"
+                          ".to(_dtype)")
+        self.lines.append("_out, _last = fused_loop(_ops, _consts, _w, _h0)")
+        dims = ", ".join(map(str, (*f.heads, N)))
+        for k, y in enumerate(f.outputs):
+            self.lines.append(f"{py_name(y)} = _out[:, {k}].transpose(0, 1).reshape(B, T, {dims})")
+        for k, s in enumerate(states):
+            self.lines.append(f"{s} = _last[{k}].reshape(B, {dims})")
+        outs = ", ".join(f'"{y}": {py_name(y)}' for y in f.outputs)
+        sts = ", ".join(f'"{s}": {py_name(s)}' for s in f.states)
+        self.lines.append(f"return {{{outs}}}, {{{sts}}}")
+        doc = (f'"""Runs {self.ir.name} over whole sequences in the fused kernel: inputs '
+               '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
+        return "\n".join([self.signature("forward"), INDENT + doc] +
+                         [INDENT + line for line in self.lines])
+
+
+def constant(x, like, shape):
+    """A value of params alone broadcast to `shape`, in the dtype of `like`."""
+    import torch
+
+    if not torch.is_tensor(x):
+        return like.new_full(shape, x)
+    return x.to(like.dtype).expand(shape)
+
+
+def fused_program(ir: IR, plan):
+    """The program and the kernel slots of a nonlinear cell."""
+    form = lane_form(ir)
+    _merge_operands(form)
+    program = FusedProgram(ir, form)
+    program.plan = plan
+    return program, KernelCode(form, ir)

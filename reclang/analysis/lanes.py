@@ -1,0 +1,250 @@
+"""The lane form of a nonlinear cell, for a fused kernel that runs its whole time loop.
+
+LSTM, GRU, sLSTM and their kin cannot be parallelized over time, but their step has a
+shape a kernel can keep on chip: every state has the same units (`lanes`, the last
+axis, behind optional head axes), and a step is
+
+    r_j = W_j s_{j,t-1}                      recurrent matrix products (per head)
+    s_t[n] = f(s_{t-1}[n], r[n], o_t[n])     a scalar function per unit n
+    y_t[n] = g(s_{t-1}[n], r[n], o_t[n])
+
+where the operands o_t are values that depend on no state (the input projections,
+biases, peepholes: computed for all steps at once before the kernel) and the weights
+W_j are functions of params alone. `lane_form(ir)` finds f, g, the operands and the
+weights as sympy expressions: f and g over plain symbols (one per previous state,
+product and operand), the operands and weights over `Indexed` inputs and params with
+the symbols `HEADS` and `LANE` (and `KEY` for the weights' columns) as their indices.
+Because f and g are scalar sympy expressions, the backward is their symbolic
+derivative (sympy.diff), printed into the same kernel.
+
+Gate functions are kept as named functions (`Sigmoid`, `LogSigmoid`, `Softplus`) whose
+derivatives are written in terms of themselves, so that neither the forward nor the
+backward evaluates the exp(-x) of a large negative x that 1/(1 + exp(-x)) would.
+
+What does not fit raises `Unsupported` with the place in the spec: states of different
+sizes, a unit reading another unit of a state except through a weighted sum over all
+of them, a matrix that changes with time, a sum over the units outside such a product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy
+
+from ..ir import IR, Node, Op
+from .partition import Phase
+from .terms import SYMPY, Expander, NotAffine
+
+LANE = sympy.Symbol("lane", integer=True)   # the unit a scalar expression is about
+KEY = sympy.Symbol("key", integer=True)     # the column of a recurrent weight
+LANE_LIMIT = 128  # units per head the fused kernel keeps on chip (weights N x N)
+
+
+class Sigmoid(sympy.Function):
+    """σ(x); σ' = σ (1 − σ)."""
+
+    def fdiff(self, argindex=1):
+        return self * (1 - self)
+
+
+class LogSigmoid(sympy.Function):
+    """log σ(x); its derivative is σ(−x)."""
+
+    def fdiff(self, argindex=1):
+        return Sigmoid(-self.args[0])
+
+
+class Softplus(sympy.Function):
+    """log(1 + eˣ); its derivative is σ(x)."""
+
+    def fdiff(self, argindex=1):
+        return Sigmoid(self.args[0])
+
+
+def _where(c, a, b):
+    return sympy.Piecewise((a, c), (b, True))
+
+
+# IR functions on the scalar expressions of one unit: those of the affine analysis, with
+# the gates as named functions (stable to print and to differentiate) and real values
+# only (a complex state is refused before any of these is called).
+SCALAR = {**{k: v for k, v in SYMPY.items()
+             if k not in ("real", "imag", "conj", "complex", "angle")},
+          "sigmoid": Sigmoid, "logsigmoid": LogSigmoid, "softplus": Softplus,
+          "silu": lambda x: x * Sigmoid(x), "eq": sympy.Eq, "where": _where}
+
+
+class Unsupported(Exception):
+    """The cell does not fit the lane form; the message says why and where."""
+
+
+@dataclass(frozen=True)
+class Operand:
+    symbol: sympy.Symbol
+    expr: sympy.Expr        # over Indexed inputs/params, HEADS and LANE
+    time_varying: bool      # reads an input (else: params only, loaded once)
+
+
+@dataclass(frozen=True)
+class Weight:
+    symbol: sympy.Symbol    # r_j = Σ_key W_j[lane, key] s[key]
+    expr: sympy.Expr        # over Indexed params, HEADS, LANE and KEY
+    state: str
+
+
+@dataclass
+class LaneForm:
+    heads: tuple[int, ...]              # sizes of the head axes (each head is separate)
+    lanes: int                          # units per head
+    states: list[str]                   # in declaration order
+    prev: dict[str, sympy.Symbol]       # state -> the symbol of its previous value
+    head_symbols: tuple[sympy.Symbol, ...]
+    operands: list[Operand] = field(default_factory=list)
+    weights: list[Weight] = field(default_factory=list)
+    updates: dict[str, sympy.Expr] = field(default_factory=dict)   # state -> new value
+    outputs: dict[str, sympy.Expr] = field(default_factory=dict)   # output -> value
+    lines: dict[str, int] = field(default_factory=dict)  # state/output -> spec line
+
+
+def lane_form(ir: IR) -> LaneForm:
+    """The lane form of a cell, or `Unsupported` with a reason."""
+    return _Lowering(ir).run()
+
+
+class _Lowering:
+    def __init__(self, ir: IR):
+        self.ir = ir
+        self.file = ir.source.filename.rsplit("/", 1)[-1]
+        self.expander = Expander(ir)
+        self.cache: dict = {}
+
+    def fail(self, node: Node, why: str):
+        loc = node.loc if node.stmt < 0 else self.ir.node(self.ir.stmts[node.stmt]).loc
+        raise Unsupported(f"{self.file}:{loc}: {why}")
+
+    def run(self) -> LaneForm:
+        ir = self.ir
+        shapes = {d.shape for d in ir.states}
+        if not ir.states or len(shapes) != 1 or not next(iter(shapes)):
+            raise Unsupported(f"{self.file}: the fused kernel needs states of one shape "
+                              f"(heads..., units); here {_shapes(ir)}")
+        if any(d.dtype != "real" for d in ir.states):
+            raise Unsupported(f"{self.file}: the fused kernel runs real states only")
+        shape = next(iter(shapes))
+        if shape[-1] > LANE_LIMIT:
+            raise Unsupported(f"{self.file}: {shape[-1]} units per head; the fused kernel "
+                              f"keeps at most {LANE_LIMIT} (every state and temporary of "
+                              "16 sequences in registers)")
+        heads = tuple(sympy.Symbol(f"head{i}", integer=True) for i in range(len(shape) - 1))
+        self.full = heads + (LANE,)
+        prev = {d.name: sympy.Symbol(f"s_{d.name}", real=True) for d in ir.states}
+        self.form = LaneForm(shape[:-1], shape[-1], [d.name for d in ir.states], prev, heads)
+        for i in ir.stmts:
+            node = ir.node(i)
+            if node.op == Op.LET:
+                continue
+            if node.sizes != shape:
+                self.fail(node, f"{node.arg} has shape {list(node.sizes)}, the states "
+                          f"{list(shape)}: the fused kernel computes one value per unit")
+            env = dict(zip(node.axes, self.full))
+            target = self.form.updates if node.op == Op.UPDATE else self.form.outputs
+            target[node.arg] = self.value(node.args[0], env)
+            self.form.lines[node.arg] = node.loc.line
+        return self.form
+
+    # ---- the scalar expression of one unit
+    def value(self, i: int, env: dict) -> sympy.Expr:
+        key = (i, tuple(sorted(env.items(), key=str)))
+        if key not in self.cache:
+            self.cache[key] = self._value(i, env)
+        return self.cache[key]
+
+    def _value(self, i: int, env: dict) -> sympy.Expr:
+        node = self.ir.node(i)
+        if self.expander.phase[i] != Phase.CORE:
+            return self.operand(self.expander.symbolic(i, env), node)
+        if node.op == Op.READ:
+            return self.read(node, env)
+        if node.op == Op.FN:
+            if node.arg not in SCALAR:
+                self.fail(node, f"{node.arg} is not supported by the fused kernel")
+            return SCALAR[node.arg](*(self.value(a, env) for a in node.args))
+        if node.op == Op.REDUCE:
+            return self.product(node, env)
+        if node.op in (Op.LET, Op.UPDATE, Op.OUT):
+            return self.value(node.args[0], env)
+        self.fail(node, f"{node.op.name.lower()} inside the recurrence")
+
+    def read(self, node: Node, env: dict) -> sympy.Expr:
+        source = self.ir.node(node.args[0])
+        index = tuple(env[s] if isinstance(s, str) else sympy.Integer(s) for s in node.arg)
+        if source.op == Op.STATE:
+            if index != self.full:
+                self.fail(node, f"reads {source.arg} at another unit than its own: the "
+                          "fused kernel mixes units only through a weighted sum over all "
+                          "of them (sum(m: W[n, m] * h[m]))")
+            return self.form.prev[source.arg]
+        return self.value(source.args[0], dict(zip(source.axes, index)))
+
+    def product(self, node: Node, env: dict) -> sympy.Expr:
+        """A sum over units that reads states: Σ_terms Σ_key coef[lane, key] s[key]."""
+        try:
+            terms = self.expander.terms(node.id, env)
+        except NotAffine as err:
+            self.fail(node, f"a sum over the units of a state that is {err.reason}: the "
+                      "fused kernel mixes units only through weighted sums")
+        total = sympy.Integer(0)
+        for t in terms:
+            if t.state is None:
+                sums = [(s, 0, n - 1) for s, n in t.sums]
+                total += self.operand(sympy.Sum(t.coef, *sums) if sums else t.coef, node)
+                continue
+            k = t.sums[-1][0] if len(t.sums) == 1 else None
+            if k is None or t.index != self.full[:-1] + (k,):
+                self.fail(node, f"the sum reads {t.state} other than as Σ_m W[.., n, m] "
+                          f"{t.state}[.., m] within a head")
+            bases = {str(x.base) for x in t.coef.atoms(sympy.Indexed)}
+            if any(self.ir.decls[b].kind != "param" for b in bases if b in self.ir.decls):
+                self.fail(node, f"the matrix multiplying {t.state} changes with time; the "
+                          "fused kernel takes weights computed once, before its loop")
+            total += self.weight(t.coef.subs(k, KEY), t.state)
+        return total
+
+    # ---- symbols for what the kernel loads
+    def operand(self, expr: sympy.Expr, node: Node) -> sympy.Expr:
+        if expr.is_Number:
+            return expr
+        if not expr.free_symbols <= set(self.full) | _bases(expr):
+            self.fail(node, "a value of the step depends on an index other than the units "
+                      "and heads")
+        for o in self.form.operands:
+            if o.expr == expr:
+                return o.symbol
+        inputs = {d.name for d in self.ir.inputs}
+        symbol = sympy.Symbol(f"o{len(self.form.operands)}", real=True)
+        varying = any(str(x.base) in inputs for x in expr.atoms(sympy.Indexed)) or any(
+            str(s) in inputs for s in expr.free_symbols)
+        self.form.operands.append(Operand(symbol, expr, varying))
+        return symbol
+
+    def weight(self, expr: sympy.Expr, state: str) -> sympy.Symbol:
+        for w in self.form.weights:
+            if w.expr == expr and w.state == state:
+                return w.symbol
+        symbol = sympy.Symbol(f"r{len(self.form.weights)}", real=True)
+        self.form.weights.append(Weight(symbol, expr, state))
+        return symbol
+
+
+def _bases(expr) -> set:
+    """The symbols that are parts of Indexed objects (their bases and labels)."""
+    found = set()
+    for x in expr.atoms(sympy.Indexed):
+        found |= x.base.free_symbols | {x.base.label}
+    found |= {s for s in expr.free_symbols if not s.is_integer}  # scalar inputs, params
+    return found
+
+
+def _shapes(ir: IR) -> str:
+    return ", ".join(f"{d.name}{list(d.shape)}" for d in ir.states)
