@@ -382,11 +382,8 @@ class ChunkProgram(Program):
         doc = (f'"""Runs {self.ir.name} over whole sequences {self.how}: inputs [B, T, ...]; '
                'returns (outputs, final states)."""')
         signature = self.signature("forward")
-        if self.packed:  # sequences packed in a batch of one, as flash-linear-attention
-            signature = signature[:-2] + (", " if "*" in signature else ", *, ") + \
-                "cu_seqlens=None):"
-            doc = doc[:-3] + ('\n    With cu_seqlens ([N + 1] offsets), N sequences packed in '
-                              'a batch of one; states [N, ...]."""')
+        if self.packed:
+            signature, doc = self.packed_signature(doc)
         return "\n".join([signature, INDENT + doc] +
                          [INDENT + line for line in self.lines])
 

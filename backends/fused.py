@@ -269,21 +269,27 @@ class FusedProgram(Program):
                      "constant", f"_like.new_empty((0, {H}, {N}, {N}))")
         self.lines[-1] += f".reshape(-1, {H}, {N}, {N})"
         states = [py_name(s) for s in f.states]
-        self.lines.append(f"_h0 = torch.stack([{', '.join(states)}]).reshape(-1, B, {H}, {N})"
-                          ".to(_dtype)")
-        self.lines.append("_out, _last = fused_loop(_ops, _consts, _w, _h0)")
+        self.lines.append(f"_h0 = torch.stack([{', '.join(states)}]).reshape({len(states)}, -1, "
+                          f"{H}, {N}).to(_dtype)")
+        self.lines += [
+            "_starts = None",
+            "if cu_seqlens is not None:  # padded at the front to the longest: one launch",
+            "    _ops, _starts = pad_packed(_ops, cu_seqlens)",
+            "_out, _last = fused_loop(_ops, _consts, _w, _h0, _starts)",
+            "if cu_seqlens is not None:",
+            "    _out = unpad_packed(_out, cu_seqlens)"]
         dims = ", ".join(map(str, (*f.heads, N)))
         for k, y in enumerate(f.outputs):
             self.lines.append(f"{py_name(y)} = _out[:, {k}].transpose(0, 1).reshape(B, T, {dims})")
         for k, s in enumerate(states):
-            self.lines.append(f"{s} = _last[{k}].reshape(B, {dims})")
+            self.lines.append(f"{s} = _last[{k}].reshape(-1, {dims})")
         outs = ", ".join(f'"{y}": {py_name(y)}' for y in f.outputs)
         sts = ", ".join(f'"{s}": {py_name(s)}' for s in f.states)
         self.lines.append(f"return {{{outs}}}, {{{sts}}}")
         doc = (f'"""Runs {self.ir.name} over whole sequences in the fused kernel: inputs '
                '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
-        return "\n".join([self.signature("forward"), INDENT + doc] +
-                         [INDENT + line for line in self.lines])
+        signature, doc = self.packed_signature(doc)
+        return "\n".join([signature, INDENT + doc] + [INDENT + line for line in self.lines])
 
 
 def constant(x, like, shape):
@@ -293,6 +299,34 @@ def constant(x, like, shape):
     if not torch.is_tensor(x):
         return like.new_full(shape, x)
     return x.to(like.dtype).expand(shape)
+
+
+def pad_packed(ops, cu_seqlens):
+    """Operands of sequences packed along time, [total, O, 1, H, N], as a batch
+    [T_max, O, N_seq, H, N] in which they all end at the last step (zeros before each
+    one's start), and those starts [N_seq]."""
+    import torch
+
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    T = int(lengths.max())
+    starts = T - lengths
+    steps = torch.arange(T, device=ops.device)[:, None]
+    live = steps >= starts                                   # [T_max, N_seq]
+    tokens = torch.where(live, cu_seqlens[:-1] + steps - starts, 0)
+    padded = torch.where(live[..., None, None, None], ops[:, :, 0][tokens], 0)
+    return padded.transpose(1, 2), starts
+
+
+def unpad_packed(out, cu_seqlens):
+    """The outputs of pad_packed's batch, [T_max, Y, N_seq, H, N], back at their
+    tokens: [total, Y, 1, H, N]."""
+    import torch
+
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    tokens = torch.arange(int(cu_seqlens[-1]), device=out.device)
+    sequence = torch.searchsorted(cu_seqlens[1:], tokens, right=True)
+    step = tokens - cu_seqlens[sequence] + (out.shape[0] - lengths[sequence])
+    return out[step, :, sequence].unsqueeze(2)
 
 
 def fused_program(ir: IR, plan):

@@ -112,6 +112,16 @@ class Program:
         args = ", ".join(ins + states + (["*"] + params if params else []))
         return f"def {name}({args}):"
 
+    def packed_signature(self, doc: str) -> tuple[str, str]:
+        """forward's signature and docstring (`doc`, a quoted line) taking
+        `cu_seqlens=None`: sequences packed in a batch of one, as flash-linear-attention."""
+        signature = self.signature("forward")
+        signature = signature[:-2] + (", " if "*" in signature else ", *, ") + \
+            "cu_seqlens=None):"
+        doc = doc[:-3] + ('\n    With cu_seqlens ([N + 1] offsets), N sequences packed in '
+                          'a batch of one; states [N, ...]."""')
+        return signature, doc
+
     def body(self, step: bool) -> list[str]:
         place = placements(self.ir, step)
         blocks = {p: [] for p in Place}

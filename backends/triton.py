@@ -139,4 +139,4 @@ def _fused_source(ir: IR, plan) -> str:
         "Triton backend, fused loop: " + about, 88),
         program.forward(),
         ["", "from reclang.backends.chunk import operand", "from reclang.backends.fused import "
-         "constant"], slots=code.slots(about))
+         "constant, pad_packed, unpad_packed"], slots=code.slots(about))

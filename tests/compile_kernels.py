@@ -31,7 +31,7 @@ MATRIX_ARGS = "w_ptr x_ptr y_ptr rk_ptr rv_ptr lw_ptr c0_ptr out_k_ptr out_v_ptr
 SCAN_ARGS = "a_ptr b_ptr h0_ptr out_ptr states_ptr grad_a_ptr"
 FUSED_ARGS = {"forward": "ops_ptr consts_ptr w_ptr hist_ptr out_ptr",
               "backward": "ops_ptr consts_ptr w_ptr hist_ptr d_out_ptr d_last_ptr d_ops_ptr "
-                          "d_consts_ptr d_r_ptr d_first_ptr"}
+                          "d_consts_ptr d_r_ptr d_first_ptr"}  # then start_ptr (int32), T, B
 # (spec, kernel family, flags of each launch the backend makes); the blocks, below, are
 # those the launchers pick at fla-like sizes (K = V = 128)
 RECURRENT = ("VARLEN", "KEYWISE", "REVERSE", "R_UPDATE", "R_READ_K", "R_READ_V", "R_FEED")
@@ -75,7 +75,8 @@ def launch_setup(family: str, keys: str) -> tuple[dict, dict, int]:
         signature = {**{n: "*fp32" for n in SCAN_ARGS.split()}, "T": "i32", "S": "i32"}
         return signature, dict(BLOCK_T=64, BLOCK_S=32), 4
     if family in FUSED_ARGS:  # float32 throughout; N = 64 units
-        signature = {**{n: "*fp32" for n in FUSED_ARGS[family].split()}, "T": "i32", "B": "i32"}
+        signature = {**{n: "*fp32" for n in FUSED_ARGS[family].split()}, "start_ptr": "*i32",
+                     "T": "i32", "B": "i32"}
         return signature, dict(N=64, BLOCK_B=16, BLOCK_N=64), 8
     # the matrix kernel: bf16 operands, float32 carry and readouts
     signature = {n: "*bf16" if i < 6 else "*fp32" for i, n in enumerate(MATRIX_ARGS.split())}

@@ -253,9 +253,8 @@ def test_fused_loop_is_torch_lstm_across_batch_blocks_and_odd_sizes():
         torch.testing.assert_close(got, ref)
 
 
-def test_fused_loop_with_heads_and_packed_sequences():
-    """slstm with 3 heads of 5 units and 17 sequences against sequential; lstm over
-    cu_seqlens (the module runs the packed sequences one by one on the kernel)."""
+def test_fused_loop_with_heads():
+    """slstm with 3 heads of 5 units and 17 sequences against sequential."""
     torch.manual_seed(0)
     cell = reclang.load(SPECS / "slstm.rec", D=4, NH=3, DH=5)
     triton_ = cell.module("triton").double().to(DEVICE)
@@ -263,13 +262,29 @@ def test_fused_loop_with_heads_and_packed_sequences():
     x = on_device(random_inputs(triton_, 17, 4))
     assert_matches_reference(triton_, as_reference(sequential), x,
                              on_device(random_state(triton_, 17)), atol=1e-9, rtol=1e-7)
-    cell = small("lstm")
+
+
+@pytest.mark.parametrize("name", ["lstm", "slstm"])
+def test_fused_loop_runs_packed_sequences_in_one_launch(name):
+    """cu_seqlens with four different lengths: padded to the longest in one launch, the
+    states of the shorter ones held past their ends, against sequential sequence by
+    sequence, with the gradients of inputs, params and the initial states."""
+    cell = small(name)
+    torch.manual_seed(0)
     triton_ = cell.module("triton").double().to(DEVICE)
     sequential = cell.module("sequential").double().to(DEVICE)
-    cu = torch.tensor([0, 3, 4, 9], device=DEVICE)
-    assert_matches_reference(triton_, as_reference(sequential),
-                             on_device(random_inputs(triton_, 1, 9)),
-                             on_device(random_state(triton_, 3)), varlen=dict(cu_seqlens=cu))
+    calls = []
+    code = triton_._generated
+    launch = code.fused_loop
+    code.fused_loop = lambda *args, **kw: calls.append(1) or launch(*args, **kw)
+    cu = torch.tensor([0, 3, 4, 11, 16], device=DEVICE)
+    try:
+        assert_matches_reference(triton_, as_reference(sequential),
+                                 on_device(random_inputs(triton_, 1, 16)),
+                                 on_device(random_state(triton_, 4)), varlen=dict(cu_seqlens=cu))
+    finally:
+        code.fused_loop = launch
+    assert len(calls) == 1
 
 
 def test_generated_file_holds_the_kernel_with_a_header():
