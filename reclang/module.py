@@ -71,7 +71,13 @@ class RecModule(nn.Module):
             return self._run(code.forward, inputs, state, sequence=True)
         if lengths is not None and cu_seqlens is not None:
             raise TypeError("give lengths or cu_seqlens, not both")
-        if cu_seqlens is not None and "cu_seqlens" in inspect.signature(code.forward).parameters:
+        packs = "cu_seqlens" in inspect.signature(code.forward).parameters
+        if lengths is not None and packs:  # one call on the sequences packed end to end
+            self._check_inputs(inputs, sequence=True)
+            packed, cu_seqlens = varlen.pack(inputs, lengths)
+            y, final = self.forward(state=state, cu_seqlens=cu_seqlens, **packed)
+            return varlen.unpack(y, lengths, next(iter(inputs.values())).shape[1]), final
+        if cu_seqlens is not None and packs:
             self._check_inputs(inputs, sequence=True)  # the backend packs by itself
             first = next(iter(inputs.values()))
             offsets = varlen.packed_offsets(first, cu_seqlens)

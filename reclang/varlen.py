@@ -5,7 +5,8 @@
 
 Sequences of the same length run together in one call of the backend; nothing is
 computed for padding. A backend whose forward takes `cu_seqlens` itself (the triton
-backend's matrix-state kernel) gets packed sequences as they are, in one call.
+backend's matrix-state kernel and fused loop) gets packed sequences as they are, in
+one call, and a right-padded batch packed end to end (`pack`, `unpack`).
 With `lengths`, outputs past a sequence's end are 0 and its final state is the state
 after its last step. With `cu_seqlens` (flash-linear-attention's convention: offsets 0 =
 c_0 < c_1 < ... < c_N = total), the states are reset at every boundary: each sequence
@@ -30,15 +31,45 @@ def _check(lengths: list[int], limit: int, what: str):
         raise ValueError(f"{what}: every sequence needs 1 to {limit} steps, got {lengths}")
 
 
-def run_padded(run, inputs: dict, state: dict | None, lengths) -> tuple[dict, dict]:
-    """`run(inputs, state) -> (outputs dict, states dict)` on a right-padded batch."""
+def pack(inputs: dict, lengths) -> tuple[dict, torch.Tensor]:
+    """A right-padded batch [B, T, ...] as its sequences packed in a batch of one
+    [1, total, ...], with their offsets (cu_seqlens): for a backend that runs packed
+    sequences in one call."""
     first = next(iter(inputs.values()))
+    lengths = _lengths(lengths, first)
+    live = torch.arange(first.shape[1], device=first.device) < torch.tensor(
+        lengths, device=first.device)[:, None]                  # [B, T]
+    cu_seqlens = torch.tensor([0] + lengths, device=first.device).cumsum(0)
+    return {k: v[live][None] for k, v in inputs.items()}, cu_seqlens
+
+
+def unpack(y, lengths, T: int):
+    """Outputs of pack's batch, [1, total, ...] (or a dict of them), right-padded again:
+    [B, T, ...], zeros past each end."""
+    if isinstance(y, dict):
+        return {k: unpack(v, lengths, T) for k, v in y.items()}
+    lengths = torch.as_tensor(lengths, device=y.device).reshape(-1)
+    live = torch.arange(T, device=y.device) < lengths[:, None]
+    out = y.new_zeros((lengths.numel(), T, *y.shape[2:]))
+    return out.index_put((live,), y[0])
+
+
+def _lengths(lengths, first: torch.Tensor) -> list[int]:
+    """The lengths as a list, checked against the batch [B, T, ...]."""
     batch, T = first.shape[:2]
     lengths = [int(n) for n in torch.as_tensor(lengths).reshape(-1).tolist()]
     if len(lengths) != batch:
         raise ValueError(f"lengths: expected {batch} lengths (one per sequence), "
                          f"got {len(lengths)}")
     _check(lengths, T, "lengths")
+    return lengths
+
+
+def run_padded(run, inputs: dict, state: dict | None, lengths) -> tuple[dict, dict]:
+    """`run(inputs, state) -> (outputs dict, states dict)` on a right-padded batch."""
+    first = next(iter(inputs.values()))
+    batch, T = first.shape[:2]
+    lengths = _lengths(lengths, first)
     outs, finals = {}, {}
     for n, rows in _groups(lengths).items():
         index = torch.tensor(rows, device=first.device)

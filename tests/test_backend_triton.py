@@ -266,9 +266,10 @@ def test_fused_loop_with_heads():
 
 @pytest.mark.parametrize("name", ["lstm", "slstm"])
 def test_fused_loop_runs_packed_sequences_in_one_launch(name):
-    """cu_seqlens with four different lengths: padded to the longest in one launch, the
-    states of the shorter ones held past their ends, against sequential sequence by
-    sequence, with the gradients of inputs, params and the initial states."""
+    """cu_seqlens with four different lengths: aligned to end together in one launch,
+    the states of the shorter ones held before their starts, against sequential sequence
+    by sequence, with the gradients of inputs, params and the initial states; then
+    `lengths` (a right-padded batch), also in one launch."""
     cell = small(name)
     torch.manual_seed(0)
     triton_ = cell.module("triton").double().to(DEVICE)
@@ -282,9 +283,15 @@ def test_fused_loop_runs_packed_sequences_in_one_launch(name):
         assert_matches_reference(triton_, as_reference(sequential),
                                  on_device(random_inputs(triton_, 1, 16)),
                                  on_device(random_state(triton_, 4)), varlen=dict(cu_seqlens=cu))
+        assert len(calls) == 1
+        # a right-padded batch is packed end to end: one launch too
+        lengths = torch.tensor([3, 1, 7, 5], device=DEVICE)
+        assert_matches_reference(triton_, as_reference(sequential),
+                                 on_device(random_inputs(triton_, 4, 7)),
+                                 on_device(random_state(triton_, 4)), varlen=dict(lengths=lengths))
+        assert len(calls) == 2
     finally:
         code.fused_loop = launch
-    assert len(calls) == 1
 
 
 def test_generated_file_holds_the_kernel_with_a_header():

@@ -15,7 +15,8 @@ CASES = [("gla", "sequential", dict(H=2, K=4, V=3)), ("lstm", "sequential", dict
          ("lru", "scan", dict(D=3, N=4)), ("lru", "fft", dict(D=3, N=4)),
          ("gla", "chunk", dict(H=2, K=4, V=3)), ("delta_net", "chunk", dict(H=2, K=4, V=3)),
          ("min_gru", "triton", dict(D=3, N=4)), ("lru", "triton", dict(D=3, N=4)),
-         ("gla", "triton", dict(H=2, K=4, V=3)), ("delta_net", "triton", dict(H=2, K=4, V=3))]
+         ("gla", "triton", dict(H=2, K=4, V=3)), ("delta_net", "triton", dict(H=2, K=4, V=3)),
+         ("lstm", "triton", dict(D=3, N=4)), ("slstm", "triton", dict(D=3, NH=2, DH=2))]
 
 
 def module(name, backend, hypers):
