@@ -47,7 +47,7 @@ CASES = [
         (0, 0, 0, 1, 2, 0, 1), (0, 0, 1, 1, 2, 2, 1), (0, 0, 0, 1, 1, 2, 1)]]),
     ("gated_delta_net@K=256", "recurrent", [dict(zip(RECURRENT, (0, 0, 1, 1, 2, 2, 1)))]),
 ] + [(spec, family, [dict(HEADS=heads)]) for spec, heads in (("lstm", 1), ("gru", 1),
-     ("slstm", 4)) for family in ("forward", "backward")]  # the fused loop, at N = 64
+     ("slstm", 4), ("lstm@fp64", 1)) for family in ("forward", "backward")]  # fused, N = 64
 
 
 def compile_sm90(kernel, signature: dict, constexprs: dict, num_warps: int) -> bytes:
@@ -69,34 +69,38 @@ def resources(cubin: bytes) -> str:
     return " ".join(x for x in line if x.startswith(("REG:", "STACK:", "LOCAL:")))
 
 
-def launch_setup(family: str, keys: str) -> tuple[dict, dict, int]:
-    """The signature, blocks and warps of a kernel family as its launcher picks them."""
+def launch_setup(family: str, variant: str) -> tuple[dict, dict, int]:
+    """The signature, blocks and warps of a kernel family as its launcher picks them;
+    `variant`: "K=<keys>" for the matrix kernel, "fp64" for the fused loop (the tests'
+    dtype on a GPU)."""
     if family == "scan":
         signature = {**{n: "*fp32" for n in SCAN_ARGS.split()}, "T": "i32", "S": "i32"}
         return signature, dict(BLOCK_T=64, BLOCK_S=32), 4
-    if family in FUSED_ARGS:  # float32 throughout; N = 64 units
-        signature = {**{n: "*fp32" for n in FUSED_ARGS[family].split()}, "start_ptr": "*i32",
+    if family in FUSED_ARGS:  # float32 (or 64) throughout; N = 64 units
+        dtype = "*fp64" if variant == "fp64" else "*fp32"
+        signature = {**{n: dtype for n in FUSED_ARGS[family].split()}, "start_ptr": "*i32",
                      "T": "i32", "B": "i32"}
         return signature, dict(N=64, BLOCK_B=16, BLOCK_N=64), 8
     # the matrix kernel: bf16 operands, float32 carry and readouts
     signature = {n: "*bf16" if i < 6 else "*fp32" for i, n in enumerate(MATRIX_ARGS.split())}
     signature["starts_ptr"] = "*i64"
     signature.update({n: "i32" for n in ("T", "H", "K", "V", "TOKENS")})
-    block_k = int(keys or 128)
+    block_k = int(variant.removeprefix("K=") or 128)
     return signature, dict(BLOCK_K=block_k, BLOCK_V=32), block_k * 32 // 512
 
 
 def main() -> None:
     for case, family, launches in CASES:
-        spec, _, keys = case.partition("@K=")
+        spec, _, variant = case.partition("@")
         cell = reclang.load(SPECS / f"{spec}.rec")  # sizes are arguments of the kernel
         code = cell.module("triton")._generated
         kernel = getattr(code, f"{spec}_{family}_kernel")
-        signature, blocks, warps = launch_setup(family, keys)
+        signature, blocks, warps = launch_setup(family, variant)
         for flags in launches:
             cubin = compile_sm90(kernel, signature, {**flags, **blocks}, warps)
             described = ",".join(f"{k}={int(v)}" for k, v in {**flags, **blocks}.items())
-            print(f"{kernel.__name__} {described} {resources(cubin)}", flush=True)
+            name = kernel.__name__ + ("_fp64" if variant == "fp64" else "")
+            print(f"{name} {described} {resources(cubin)}", flush=True)
 
 
 if __name__ == "__main__":
