@@ -253,6 +253,18 @@ def test_fused_loop_is_torch_lstm_across_batch_blocks_and_odd_sizes():
         torch.testing.assert_close(got, ref)
 
 
+def test_fused_loop_with_a_large_padded_head():
+    """130 units: a tile of 256 units, the products over 9 slices of 16 keys (the last
+    one mostly padding)."""
+    torch.manual_seed(0)
+    cell = reclang.load(SPECS / "gru.rec", D=3, N=130)
+    triton_ = cell.module("triton").double().to(DEVICE)
+    sequential = cell.module("sequential").double().to(DEVICE)
+    assert_matches_reference(triton_, as_reference(sequential),
+                             on_device(random_inputs(triton_, 2, 3)),
+                             on_device(random_state(triton_, 2)), atol=1e-9, rtol=1e-7)
+
+
 def test_fused_loop_with_heads():
     """slstm with 3 heads of 5 units and 17 sequences against sequential."""
     torch.manual_seed(0)

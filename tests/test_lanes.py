@@ -66,8 +66,8 @@ def test_refusals_name_the_place_and_the_reason(body, reason):
 
 
 def test_too_many_units_and_states_of_different_shapes():
-    with pytest.raises(Unsupported, match="200 units per head; the fused kernel keeps at "
-                                          "most 128"):
-        lane_form(reclang.load(SPECS / "lstm.rec", N=200).ir)
+    with pytest.raises(Unsupported, match="300 units per head; the fused kernel keeps at "
+                                          "most 256"):
+        lane_form(reclang.load(SPECS / "lstm.rec", N=300).ir)
     with pytest.raises(Unsupported, match="needs states of one shape"):
         lane_form(reclang.load(SPECS / "lmu.rec").ir)

@@ -38,7 +38,8 @@ from .terms import SYMPY, Expander, NotAffine
 
 LANE = sympy.Symbol("lane", integer=True)   # the unit a scalar expression is about
 KEY = sympy.Symbol("key", integer=True)     # the column of a recurrent weight
-LANE_LIMIT = 128  # units per head the fused kernel keeps on chip (weights N x N)
+LANE_LIMIT = 256  # units per head: a program holds [16, N] tiles of every state and temporary
+#                   in registers; from N = 128 on ptxas spills some (docs/backends.md)
 
 
 class Sigmoid(sympy.Function):
