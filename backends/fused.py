@@ -173,7 +173,8 @@ class KernelCode:
     def comments(self) -> list[str]:
         """The spec lines the step's statements come from, in the spec's order."""
         numbers = sorted({self.form.lines[name] for name in (*self.form.states,
-                                                             *self.form.outputs)})
+                                                             *self.form.outputs)}
+                         | self.form.step_lines)
         return [f"# {self.file}:{n}: {self.ir.source.line(n).strip()}" for n in numbers]
 
     def backward(self) -> str:
@@ -238,9 +239,13 @@ class FusedProgram(Program):
         return f"{how}({text}, _like, {shape})"
 
     def stacked(self, name: str, items, axes, shape: str, how: str, empty: str):
-        self.lines.append(f"{name} = " + (
-            f"torch.stack([{', '.join(self.tensor(e, axes, shape, how) for e in items)}])"
-            if items else empty))
+        """`name = torch.stack([...])`, one item a line (callers append to the last)."""
+        if not items:
+            self.lines.append(f"{name} = {empty}")
+            return
+        self.lines.append(f"{name} = torch.stack([")
+        self.lines += [f"    {self.tensor(e, axes, shape, how)}," for e in items]
+        self.lines.append("])")
 
     def forward(self) -> str:
         f = self.form

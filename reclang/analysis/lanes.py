@@ -106,6 +106,7 @@ class LaneForm:
     updates: dict[str, sympy.Expr] = field(default_factory=dict)   # state -> new value
     outputs: dict[str, sympy.Expr] = field(default_factory=dict)   # output -> value
     lines: dict[str, int] = field(default_factory=dict)  # state/output -> spec line
+    step_lines: set[int] = field(default_factory=set)    # the lets the step computes
 
 
 def lane_form(ir: IR) -> LaneForm:
@@ -186,6 +187,8 @@ class _Lowering:
                           "fused kernel mixes units only through a weighted sum over all "
                           "of them (sum(m: W[n, m] * h[m]))")
             return self.form.prev[source.arg]
+        if self.expander.phase[source.id] == Phase.CORE:  # a let that reads the states
+            self.form.step_lines.add(source.loc.line)
         return self.value(source.args[0], dict(zip(source.axes, index)))
 
     def product(self, node: Node, env: dict) -> sympy.Expr:
