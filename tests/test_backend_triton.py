@@ -310,11 +310,11 @@ def test_fused_loop_refuses_sizes_past_its_32_bit_offsets():
     """Sizes on the meta device (no memory): a long batch is fine until a tensor the
     kernel walks reaches 2³¹ elements."""
     check = small("lstm").module("triton")._generated.check_offsets
-    T, O, B, N = 4096, 4, 64, 256
-    ops, w = (torch.empty(s, device="meta") for s in ((T, O, B, 1, N), (4, 1, N, N)))
+    T, gates, B, N = 4096, 4, 64, 256
+    ops, w = (torch.empty(s, device="meta") for s in ((T, gates, B, 1, N), (4, 1, N, N)))
     check(ops, w, torch.empty((2, B, 1, N), device="meta"))  # 2.7e8: runs
     with pytest.raises(ValueError, match="32-bit offsets"):  # 8 B: 2³¹ operand values
-        check(torch.empty((T, O, 8 * B, 1, N), device="meta"), w,
+        check(torch.empty((T, gates, 8 * B, 1, N), device="meta"), w,
               torch.empty((2, 8 * B, 1, N), device="meta"))
 
 
