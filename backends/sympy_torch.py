@@ -103,7 +103,7 @@ class SympyLowering:
             return Code(f"-torch.expm1({arg.text})", UNARY, arg.axes)
         terms = [self.lower(a) for a in _ordered(expr.args)]
         axes = _union(terms)
-        text = terms[0].text if terms[0].prec > SUM else align(terms[0], axes).wrap(SUM)
+        text = align(terms[0], axes).wrap(SUM)  # aligned too: a term may lack an axis
         for t in terms[1:]:
             part = align(t, axes)
             text += f" - {part.text[1:]}" if part.text.startswith("-") and part.prec >= \

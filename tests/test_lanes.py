@@ -71,3 +71,12 @@ def test_too_many_units_and_states_of_different_shapes():
         lane_form(reclang.load(SPECS / "lstm.rec", N=300).ir)
     with pytest.raises(Unsupported, match="needs states of one shape"):
         lane_form(reclang.load(SPECS / "lmu.rec").ir)
+
+
+def test_a_state_whose_update_reads_no_state_is_refused():
+    """Its new value would be an operand computed before the loop: refused, not run
+    with the state's initial value in its place."""
+    cell = reclang.loads(CELL.format(body="    h[n] <- tanh(x[n] * g[n, 0])"), "c.rec")
+    with pytest.raises(Unsupported, match="c.rec:7:.*reads the new value of h, whose update "
+                                          "depends on no state"):
+        lane_form(cell.ir)

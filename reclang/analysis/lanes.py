@@ -222,6 +222,10 @@ class _Lowering:
         if not expr.free_symbols <= set(self.full) | _bases(expr):
             self.fail(node, "a value of the step depends on an index other than the units "
                       "and heads")
+        states = {str(x.base) for x in expr.atoms(sympy.Indexed)} & set(self.form.states)
+        if states:  # its update reads no state: the operand would be the state's own value
+            self.fail(node, f"reads the new value of {min(states)}, whose update depends on "
+                      "no state: the fused kernel needs every update to read a state")
         for o in self.form.operands:
             if o.expr == expr:
                 return o.symbol
