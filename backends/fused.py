@@ -28,8 +28,8 @@ import math
 import sympy
 from sympy.printing.str import StrPrinter
 
-from reclang.analysis.lanes import (KEY, LANE, LaneForm, LogSigmoid, Sigmoid, Softplus,
-                                    lane_form)
+from reclang.analysis.lanes import (KEY, LANE, LaneForm, LogSigmoid, Operand, Sigmoid,
+                                    Softplus, lane_form)
 from reclang.ir import IR
 
 from .sequential import INDENT, Program, py_name
@@ -74,8 +74,7 @@ class TritonPrinter(StrPrinter):
         return text
 
     def _print_Relational(self, expr):
-        op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[expr.rel_op]
-        return f"({self._print(expr.lhs)} {op} {self._print(expr.rhs)})"
+        return f"({self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)})"
 
     def _print_Pow(self, expr, rational=False):
         base, e = expr.args
@@ -136,7 +135,6 @@ def _merge_operands(form: LaneForm) -> None:
         for s in sorted(e.free_symbols, key=sympy.default_sort_key):
             if s in defs and s not in used:
                 used.append(s)
-    from reclang.analysis.lanes import Operand
     rename = {s: sympy.Symbol(f"o{i}", real=True) for i, s in enumerate(used)}
     form.operands = [Operand(rename[s], *defs[s]) for s in used]
     form.updates = {k: exprs[k].xreplace(rename) for k in form.updates}
@@ -212,7 +210,7 @@ class KernelCode:
         f = self.form
         index = {s: i for i, s in enumerate(f.states)}
         return dict(
-            name=self.ir.name, about=about, weights=len(f.weights),
+            name=self.ir.name, about=about,
             consts=[str(o.symbol) for o in f.operands if not o.time_varying],
             ops=[str(o.symbol) for o in f.operands if o.time_varying],
             states=self.states, new=self.new, outputs=self.outputs,
@@ -282,7 +280,7 @@ class FusedProgram(Program):
             "    _ops, _starts = pad_packed(_ops, cu_seqlens)",
             "_out, _last = fused_loop(_ops, _consts, _w, _h0, _starts)",
             "if cu_seqlens is not None:",
-            "    _out = unpad_packed(_out, cu_seqlens)"]
+            "    _out = unpad_packed(_out, cu_seqlens, _starts)"]
         dims = ", ".join(map(str, (*f.heads, N)))
         for k, y in enumerate(f.outputs):
             self.lines.append(f"{py_name(y)} = _out[:, {k}].transpose(0, 1).reshape(B, T, {dims})")
@@ -322,15 +320,14 @@ def pad_packed(ops, cu_seqlens):
     return padded.transpose(1, 2), starts
 
 
-def unpad_packed(out, cu_seqlens):
+def unpad_packed(out, cu_seqlens, starts):
     """The outputs of pad_packed's batch, [T_max, Y, N_seq, H, N], back at their
-    tokens: [total, Y, 1, H, N]."""
+    tokens: [total, Y, 1, H, N] (`starts` as pad_packed gave them)."""
     import torch
 
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
     tokens = torch.arange(int(cu_seqlens[-1]), device=out.device)
     sequence = torch.searchsorted(cu_seqlens[1:], tokens, right=True)
-    step = tokens - cu_seqlens[sequence] + (out.shape[0] - lengths[sequence])
+    step = tokens - cu_seqlens[sequence] + starts[sequence]
     return out[step, :, sequence].unsqueeze(2)
 
 
