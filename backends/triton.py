@@ -41,6 +41,7 @@ import hashlib
 import textwrap
 from pathlib import Path
 
+from reclang.errors import RecError
 from reclang.ir import IR
 
 from .chunk import ChunkProgram
@@ -110,11 +111,13 @@ class TritonChunkProgram(ChunkProgram):
             "runs in the kernel below (from backends/templates/mat_recurrent.py.jinja); its",
             "operands and the outputs are computed on all tokens at once, as in the chunk",
             "backend."], self.forward(),
-            ["", "from reclang.backends.chunk import check_log_decay, operand"])
+            ["", "from reclang.backends.chunk import check_log_decay, operand"],
+            slots=dict(chunkwise=self.plan.form == "mat-decay", chunk=self.chunk))
 
 
-def generate(ir: IR, plan=None) -> str:
-    """The generated source of the triton backend (kernel, forward and step)."""
+def generate(ir: IR, plan=None, chunk: int | None = None) -> str:
+    """The generated source of the triton backend (kernel, forward and step); `chunk`:
+    the steps per chunk of the chunk kernels (mat-decay cells), a power of 2 ≥ 16."""
     from reclang.analysis.operands import chunk_operands
     from reclang.analysis.plan import make_plan
 
@@ -122,8 +125,11 @@ def generate(ir: IR, plan=None) -> str:
     if plan.form == "nonlinear":
         return _fused_source(ir, plan)
     if plan.form in ("mat-decay", "dplr"):
+        if chunk is not None and (chunk < 16 or chunk & (chunk - 1)):
+            raise RecError(f"chunk_size={chunk}: the triton backend's chunk kernels take a "
+                           "power of 2 of at least 16 steps (tl.dot's smallest size)")
         program = TritonChunkProgram(ir, chunk_operands(ir, plan.states))
-        program.plan = plan
+        program.plan, program.chunk = plan, chunk or 64
         return program.source()
     return TritonScanProgram(ir, plan).source()
 

@@ -43,12 +43,13 @@ class Cell:
         return self._plan
 
     def source(self, backend: str = "sequential", chunk_size: int | None = None) -> str:
-        """The generated source for a backend (`chunk_size`: the chunk backend's C)."""
+        """The generated source for a backend (`chunk_size`: the chunk length C of the
+        chunk backend and of the triton backend's chunk kernels)."""
         backend = self._backend(backend)
         key = (backend, chunk_size)
         if key not in self._sources:
             generator = importlib.import_module(f"reclang.backends.{backend}")
-            if backend == "chunk":
+            if backend in ("chunk", "triton"):
                 self._sources[key] = generator.generate(self.ir, self.plan, chunk_size)
             elif backend == "sequential":
                 self._sources[key] = generator.generate(self.ir)

@@ -32,6 +32,10 @@ SCAN_ARGS = "a_ptr b_ptr h0_ptr out_ptr states_ptr grad_a_ptr"
 FUSED_ARGS = {"forward": "ops_ptr consts_ptr w_ptr hist_ptr out_ptr",
               "backward": "ops_ptr consts_ptr w_ptr hist_ptr d_out_ptr d_last_ptr d_ops_ptr "
                           "d_consts_ptr d_r_ptr d_first_ptr"}  # then start_ptr (int32), T, B
+CHUNK_ARGS = {
+    "chunk_states": "w_ptr x_ptr y_ptr c0_ptr states_ptr last_ptr starts_ptr chunk_first_ptr",
+    "chunk_read_k": "w_ptr x_ptr y_ptr rk_ptr states_ptr out_ptr chunk_token_ptr chunk_end_ptr",
+    "chunk_read_v": "w_ptr x_ptr y_ptr rv_ptr states_ptr out_ptr chunk_token_ptr chunk_end_ptr"}
 # (spec, kernel family, flags of each launch the backend makes); the blocks, below, are
 # those the launchers pick at fla-like sizes (K = V = 128)
 RECURRENT = ("VARLEN", "KEYWISE", "REVERSE", "R_UPDATE", "R_READ_K", "R_READ_V", "R_FEED")
@@ -46,7 +50,8 @@ CASES = [
     ("gated_delta_net", "recurrent", [dict(zip(RECURRENT, flags)) for flags in [
         (0, 0, 0, 1, 2, 0, 1), (0, 0, 1, 1, 2, 2, 1), (0, 0, 0, 1, 1, 2, 1)]]),
     ("gated_delta_net@K=256", "recurrent", [dict(zip(RECURRENT, (0, 0, 1, 1, 2, 2, 1)))]),
-] + [(spec, family, [dict(HEADS=heads)]) for spec, heads in (("lstm", 1), ("gru", 1),
+] + [(spec, f"chunk_{part}", [{}]) for spec in ("gla", "simple_gla")  # the chunk kernels
+     for part in ("states", "read_k", "read_v")] + [(spec, family, [dict(HEADS=heads)]) for spec, heads in (("lstm", 1), ("gru", 1),
      ("slstm", 4), ("lstm@fp64", 1)) for family in ("forward", "backward")]  # fused, N = 64
 
 
@@ -81,6 +86,13 @@ def launch_setup(family: str, variant: str) -> tuple[dict, dict, int]:
         signature = {**{n: dtype for n in FUSED_ARGS[family].split()}, "start_ptr": "*i32",
                      "T": "i32", "B": "i32"}
         return signature, dict(N=64, BLOCK_B=16, BLOCK_N=64), 8
+    if family.startswith("chunk_"):  # bf16 operands, float32 states and readouts
+        names = CHUNK_ARGS[family].split()
+        signature = {n: "*bf16" if n[:2] in ("w_", "x_", "y_", "rk", "rv") else "*fp32"
+                     for n in names}
+        signature.update({n: "*i64" for n in names[-2:]})
+        signature.update({n: "i32" for n in ("H", "K", "V")})
+        return signature, {}, 0  # the sizes: the generated file's chunk_blocks
     # the matrix kernel: bf16 operands, float32 carry and readouts
     signature = {n: "*bf16" if i < 6 else "*fp32" for i, n in enumerate(MATRIX_ARGS.split())}
     signature["starts_ptr"] = "*i64"
@@ -96,6 +108,10 @@ def main() -> None:
         code = cell.module("triton")._generated
         kernel = getattr(code, f"{spec}_{family}_kernel")
         signature, blocks, warps = launch_setup(family, variant)
+        if family.startswith("chunk_"):  # as the launcher picks them, at K = V = 128
+            keywise = spec == "gla"
+            blocks = code.chunk_blocks(family.removeprefix("chunk_"), keywise, 128, 128)
+            warps = blocks.pop("num_warps")
         for flags in launches:
             cubin = compile_sm90(kernel, signature, {**flags, **blocks}, warps)
             described = ",".join(f"{k}={int(v)}" for k, v in {**flags, **blocks}.items())

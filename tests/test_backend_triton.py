@@ -70,6 +70,8 @@ def loop_reference(w, a, b, k, v, q, s0):
         decay = torch.exp(w[:, t])[..., None]            # [B, H, 1 or K, 1]
         low_rank = torch.einsum("brhk,brhj,bhjv->bhkv", a[:, t], b[:, t], s)
         s = decay * s + low_rank + torch.einsum("brhk,brhv->bhkv", k[:, t], v[:, t])
+    if not outs:  # an empty sequence
+        return q.new_zeros((*q.shape[:-1], v.shape[-1])), s
     return torch.stack(outs, 1), s
 
 
@@ -123,8 +125,16 @@ def test_matrix_kernel_over_shapes_and_packings(T, heads, K, V, rank, queries, l
     a, b = (rand(B, T, low_rank, heads, K) / (K + 1) for _ in "ab")
     k, v = rand(B, T, rank, heads, K), rand(B, T, rank, heads, V)
     q, s0 = rand(B, T, queries, heads, K), rand(len(cu) - 1 if cu else B, heads, K, V)
-    leaves = [x.to(DEVICE).requires_grad_() for x in (w, a, b, k, v, q, s0)]
+    check_state_pass(state_pass, (w, a, b, k, v, q, s0), cu)
+
+
+def check_state_pass(state_pass, tensors, cu=None):
+    """state_pass on (w, a, b, k, v, q, s0) (a, b of rank 0: no low-rank part) against
+    the loop above, run sequence by sequence for sequences packed at `cu`: outputs,
+    final states and the gradients of all seven."""
+    leaves = [x.to(DEVICE).requires_grad_() for x in tensors]
     refs = [x.detach().clone().requires_grad_() for x in leaves]
+    low_rank = leaves[1].shape[2] > 0
     low = leaves[1:3] if low_rank else (None, None)
     o, last = state_pass(leaves[0], *low, *leaves[3:6], leaves[6],
                          cu_seqlens=None if cu is None else torch.tensor(cu))
@@ -144,6 +154,52 @@ def test_matrix_kernel_over_shapes_and_packings(T, heads, K, V, rank, queries, l
         if low_rank or name not in "ab":
             torch.testing.assert_close(ours.grad, theirs.grad,
                                        msg=lambda m, n=name: f"{n}: {m}")
+
+
+@settings(max_examples=10, deadline=None)
+@given(T=st.integers(1, 50), chunk=st.sampled_from([16, 32]), heads=st.integers(1, 2),
+       K=st.sampled_from([1, 17, 40, 70]), V=st.sampled_from([1, 33, 70]),
+       keywise=st.booleans(), cuts=st.lists(st.integers(0, 49), max_size=3),
+       seed=st.integers(0, 2**16))
+def test_chunk_kernels_over_shapes_chunks_and_packings(T, chunk, heads, K, V, keywise,
+                                                       cuts, seed):
+    """The chunk kernels (one input term, one readout, no low-rank part: mat-decay
+    cells) at chunks of 16 and 32 steps: several chunks and key-wise sub-chunks, a last
+    chunk cut short, keys and values over several tiles (the kernels' tiles are 16 to
+    64 wide: K = 17, 40, 70 and V = 33, 70 cross them), sequences packed at random cuts
+    (empty ones too) or a batch of two."""
+    code = small("gla").module("triton", chunk_size=chunk)._generated
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    cu = sorted([0, T, *[c for c in cuts if c < T]]) if cuts else None
+    B = 1 if cu else 2
+    w = -torch.rand(B, T, heads, K if keywise else 1, generator=g, dtype=torch.float64)
+    none = rand(B, T, 0, heads, K)
+    k, v, q = rand(B, T, 1, heads, K), rand(B, T, 1, heads, V), rand(B, T, 1, heads, K)
+    assert code._launcher(none, k, q) is code._launch_chunk
+    check_state_pass(code.state_pass, (w, none, none, k, v, q,
+                                       rand(len(cu) - 1 if cu else B, heads, K, V)), cu)
+
+
+@pytest.mark.parametrize("keywise", [False, True])
+def test_chunk_kernels_with_decays_that_vanish(keywise):
+    """Log decays of -30 to -60 a step in float32: the decay across a chunk of 32 steps
+    underflows to 0 and nothing in the kernels overflows (no exp of a cumulative sum).
+    The exponents are differences of sums within a chunk (up to ~2000 here), so they
+    carry float32's rounding of those sums: ~1e-4, relative, in the outputs."""
+    code = small("gla").module("triton", chunk_size=32)._generated
+    torch.manual_seed(0)
+    B, T, H, K, V = 1, 70, 1, 16, 16
+    w = -30 - 30 * torch.rand(B, T, H, K if keywise else 1)
+    k, v, q = (torch.randn(B, T, 1, H, n) for n in (K, V, K))
+    s0 = torch.randn(B, H, K, V)
+    none = k[:, :, :0]
+    o, last = code.state_pass(*(x.to(DEVICE) for x in (w, none, none, k, v, q, s0)))
+    o_ref, last_ref = loop_reference(w.double(), *(x.double() for x in (none, none, k, v, q,
+                                                                        s0)))
+    assert torch.isfinite(o).all() and torch.isfinite(last).all()
+    torch.testing.assert_close(o.double().cpu(), o_ref, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(last.double().cpu(), last_ref, atol=1e-3, rtol=1e-3)
 
 
 @pytest.mark.parametrize("name", ["min_gru", "lru", "gla", "gated_delta_net", "lstm"])
