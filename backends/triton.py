@@ -29,10 +29,22 @@ Algorithm:  the recurrent form: one program per (sequence, head, tile of 32 valu
             db), and the log decay's gradient is a reverse cumulative sum (no state
             stored).
 Cost:       O(T·K·V) elementwise work per head, T dependent steps; reads each operand
-            once per value tile. The chunkwise form (matmuls on tensor cores) is the
-            faster kernel for training and is not written yet.
+            once per value tile. It runs dplr cells and mat-decay states with
+            several input terms or readouts; the others run the chunk kernels below.
 Numerics:   the carry is float32 at least; the transition is applied step by step, as
             in the sequential backend (no triangular solve, no exp of a cumulative sum).
+
+mat-decay states with one input term and one readout: the chunk kernels of
+backends/templates/mat_chunk.py.jinja (included in the same file), with the recurrent
+kernel's contract and autograd Function:
+Algorithm:  the chunkwise form. One kernel walks the chunks of each sequence and
+            stores the state where each starts; two more compute the readouts of every
+            chunk in parallel (over keys: the outputs and dv; over values: dk and dq),
+            from that state and the decayed scores within the chunk. The backward is
+            the same kernels on the gradients, time reversed, and again forward.
+Cost:       O(T·C·K + T·K·V) per head, in matmuls; T / C dependent steps.
+Numerics:   exponents are log decays between two steps of a chunk (≤ 0): key-wise
+            decays use sub-chunks of 16 steps for that (the template's comment).
 """
 
 from __future__ import annotations

@@ -84,9 +84,9 @@ class Cell:
         - on CUDA tensors, `triton` where its plan allows it (diag, diag-lti, mat-decay,
           dplr, nonlinear) and triton is installed: on an H100 diagonal cells run
           1.2-2.5x faster than on `scan` and 36-136x faster than the loop, the kernel at
-          92% of the memory bandwidth. For matrix states the kernel is the recurrent
-          form, not yet timed on a GPU: it is preferred because it keeps one state per
-          program in registers where the PyTorch chunk backend materializes C x C x K
+          92% of the memory bandwidth. For matrix states the kernels (the chunkwise
+          form for mat-decay, the recurrent form for dplr) are not yet timed on a GPU:
+          they are preferred because the PyTorch chunk backend materializes C x C x K
           decays (7 GiB against fla's 1.3 GiB for GLA, docs/benchmarks.md) and runs
           many small kernels. For nonlinear cells (LSTM, GRU, sLSTM) the fused loop,
           not yet timed on a GPU either: it runs T steps in one launch where the loop

@@ -51,7 +51,8 @@ CASES = [
         (0, 0, 0, 1, 2, 0, 1), (0, 0, 1, 1, 2, 2, 1), (0, 0, 0, 1, 1, 2, 1)]]),
     ("gated_delta_net@K=256", "recurrent", [dict(zip(RECURRENT, (0, 0, 1, 1, 2, 2, 1)))]),
 ] + [(spec, f"chunk_{part}", [{}]) for spec in ("gla", "simple_gla")  # the chunk kernels
-     for part in ("states", "read_k", "read_v")] + [(spec, family, [dict(HEADS=heads)]) for spec, heads in (("lstm", 1), ("gru", 1),
+     for part in ("states", "read_k", "read_v")] + \
+    [(spec, family, [dict(HEADS=heads)]) for spec, heads in (("lstm", 1), ("gru", 1),
      ("slstm", 4), ("lstm@fp64", 1)) for family in ("forward", "backward")]  # fused, N = 64
 
 
