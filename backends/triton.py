@@ -29,19 +29,23 @@ Algorithm:  the recurrent form: one program per (sequence, head, tile of 32 valu
             db), and the log decay's gradient is a reverse cumulative sum (no state
             stored).
 Cost:       O(T·K·V) elementwise work per head, T dependent steps; reads each operand
-            once per value tile. It runs dplr cells and mat-decay states with
-            several input terms or readouts; the others run the chunk kernels below.
+            once per value tile. It runs key-wise dplr cells (RWKV-7), low-rank
+            parts of rank > 1 and states with several input terms or readouts; the
+            others run the chunk kernels below.
 Numerics:   the carry is float32 at least; the transition is applied step by step, as
             in the sequential backend (no triangular solve, no exp of a cumulative sum).
 
-mat-decay states with one input term and one readout: the chunk kernels of
-backends/templates/mat_chunk.py.jinja (included in the same file), with the recurrent
-kernel's contract and autograd Function:
+States with one input term and one readout, and no low-rank part or one of rank 1
+with a scalar decay: the chunk kernels of backends/templates/mat_chunk.py.jinja
+(included in the same file), with the recurrent kernel's contract and autograd
+Function:
 Algorithm:  the chunkwise form. One kernel walks the chunks of each sequence and
             stores the state where each starts; two more compute the readouts of every
             chunk in parallel (over keys: the outputs and dv; over values: dk and dq),
-            from that state and the decayed scores within the chunk. The backward is
-            the same kernels on the gradients, time reversed, and again forward.
+            from that state and the decayed scores within the chunk. A delta rule's
+            fed-back values u = W C_0 + U come from the WY form, W and U for all
+            chunks in parallel. The backward is the same kernels on the gradients,
+            time reversed, and again forward.
 Cost:       O(T·C·K + T·K·V) per head, in matmuls; T / C dependent steps.
 Numerics:   exponents are log decays between two steps of a chunk (≤ 0): key-wise
             decays use sub-chunks of 16 steps for that (the template's comment).
@@ -124,12 +128,12 @@ class TritonChunkProgram(ChunkProgram):
             "operands and the outputs are computed on all tokens at once, as in the chunk",
             "backend."], self.forward(),
             ["", "from reclang.backends.chunk import check_log_decay, operand"],
-            slots=dict(chunkwise=self.plan.form == "mat-decay", chunk=self.chunk))
+            slots=dict(chunkwise=True, chunk=self.chunk))
 
 
 def generate(ir: IR, plan=None, chunk: int | None = None) -> str:
     """The generated source of the triton backend (kernel, forward and step); `chunk`:
-    the steps per chunk of the chunk kernels (mat-decay cells), a power of 2 ≥ 16."""
+    the steps per chunk of the chunk kernels (matrix states), a power of 2 ≥ 16."""
     from reclang.analysis.operands import chunk_operands
     from reclang.analysis.plan import make_plan
 

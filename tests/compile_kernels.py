@@ -33,9 +33,14 @@ FUSED_ARGS = {"forward": "ops_ptr consts_ptr w_ptr hist_ptr out_ptr",
               "backward": "ops_ptr consts_ptr w_ptr hist_ptr d_out_ptr d_last_ptr d_ops_ptr "
                           "d_consts_ptr d_r_ptr d_first_ptr"}  # then start_ptr (int32), T, B
 CHUNK_ARGS = {
+    "chunk_wy": "w_ptr x_ptr y_ptr a_ptr b_ptr wy_ptr u_ptr chunk_token_ptr chunk_end_ptr",
     "chunk_states": "w_ptr x_ptr y_ptr c0_ptr states_ptr last_ptr starts_ptr chunk_first_ptr",
-    "chunk_read_k": "w_ptr x_ptr y_ptr rk_ptr states_ptr out_ptr chunk_token_ptr chunk_end_ptr",
-    "chunk_read_v": "w_ptr x_ptr y_ptr rv_ptr states_ptr out_ptr chunk_token_ptr chunk_end_ptr"}
+    "chunk_wy_states": "w_ptr x_ptr y_ptr a_ptr wy_ptr u_ptr c0_ptr states_ptr last_ptr "
+                       "starts_ptr chunk_first_ptr",
+    "chunk_read_k": "w_ptr x_ptr y_ptr a_ptr u_ptr rk_ptr states_ptr out_ptr chunk_token_ptr "
+                    "chunk_end_ptr",
+    "chunk_read_v": "w_ptr x_ptr y_ptr a_ptr u_ptr rv_ptr states_ptr out_ptr chunk_token_ptr "
+                    "chunk_end_ptr"}
 # (spec, kernel family, flags of each launch the backend makes); the blocks, below, are
 # those the launchers pick at fla-like sizes (K = V = 128)
 RECURRENT = ("VARLEN", "KEYWISE", "REVERSE", "R_UPDATE", "R_READ_K", "R_READ_V", "R_FEED")
@@ -50,8 +55,10 @@ CASES = [
     ("gated_delta_net", "recurrent", [dict(zip(RECURRENT, flags)) for flags in [
         (0, 0, 0, 1, 2, 0, 1), (0, 0, 1, 1, 2, 2, 1), (0, 0, 0, 1, 1, 2, 1)]]),
     ("gated_delta_net@K=256", "recurrent", [dict(zip(RECURRENT, (0, 0, 1, 1, 2, 2, 1)))]),
-] + [(spec, f"chunk_{part}", [{}]) for spec in ("gla", "simple_gla")  # the chunk kernels
-     for part in ("states", "read_k", "read_v")] + \
+] + [(spec, f"chunk_{part}", [{}]) for spec in ("gla", "simple_gla", "gated_delta_net")
+     for part in ("wy", "wy_states", "read_k", "read_v") if part[:2] != "wy" or
+     spec == "gated_delta_net"] + [(spec, "chunk_states", [{}]) for spec in ("gla",
+                                                                          "simple_gla")] + \
     [(spec, family, [dict(HEADS=heads)]) for spec, heads in (("lstm", 1), ("gru", 1),
      ("slstm", 4), ("lstm@fp64", 1)) for family in ("forward", "backward")]  # fused, N = 64
 
@@ -89,9 +96,10 @@ def launch_setup(family: str, variant: str) -> tuple[dict, dict, int]:
         return signature, dict(N=64, BLOCK_B=16, BLOCK_N=64), 8
     if family.startswith("chunk_"):  # bf16 operands, float32 states and readouts
         names = CHUNK_ARGS[family].split()
-        signature = {n: "*bf16" if n[:2] in ("w_", "x_", "y_", "rk", "rv") else "*fp32"
-                     for n in names}
-        signature.update({n: "*i64" for n in names[-2:]})
+        operands = ("w_", "x_", "y_", "a_", "b_", "rk", "rv") if variant == "feed" else \
+            ("w_", "x_", "y_", "a_", "u_", "wy", "rk", "rv")  # (a, u) unread: x, y
+        signature = {n: "*bf16" if n[:2] in operands else "*fp32" for n in names}
+        signature.update({n: "*i64" for n in names[-2:]})  # the chunk tables
         signature.update({n: "i32" for n in ("H", "K", "V")})
         return signature, {}, 0  # the sizes: the generated file's chunk_blocks
     # the matrix kernel: bf16 operands, float32 carry and readouts
@@ -108,11 +116,14 @@ def main() -> None:
         cell = reclang.load(SPECS / f"{spec}.rec")  # sizes are arguments of the kernel
         code = cell.module("triton")._generated
         kernel = getattr(code, f"{spec}_{family}_kernel")
-        signature, blocks, warps = launch_setup(family, variant)
+        feed = spec == "gated_delta_net" and family.startswith("chunk_")
+        signature, blocks, warps = launch_setup(family, "feed" if feed else variant)
         if family.startswith("chunk_"):  # as the launcher picks them, at K = V = 128
-            keywise = spec == "gla"
-            blocks = code.chunk_blocks(family.removeprefix("chunk_"), keywise, 128, 128)
+            blocks = code.chunk_blocks(family.removeprefix("chunk_"), spec == "gla", 128,
+                                       128, feed)
             warps = blocks.pop("num_warps")
+            if family.startswith("chunk_wy"):
+                blocks.update(CHUNK=64, **({"LOG2_CHUNK": 6} if family == "chunk_wy" else {}))
         for flags in launches:
             cubin = compile_sm90(kernel, signature, {**flags, **blocks}, warps)
             described = ",".join(f"{k}={int(v)}" for k, v in {**flags, **blocks}.items())
