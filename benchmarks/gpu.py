@@ -10,8 +10,8 @@ Sections (each checks its results before it times them):
   cells  whole diagonal cells (minGRU, Mamba S6, LRU) on the sequential, scan and
          triton backends, float32, forward and forward+backward.
   chunk  GLA and Gated DeltaNet, bf16, B·T = 32k tokens, H = 16, K = V = 128: reclang's
-         chunk backend (PyTorch) and the triton backend (the recurrent matrix-state
-         kernel; no Triton chunkwise kernel exists yet) against
+         chunk backend (PyTorch) and the triton backend (its chunk kernels, the WY
+         form for Gated DeltaNet) against
          flash-linear-attention's chunk_gla / chunk_gated_delta_rule when fla is
          importable.
   lstm   reclang's LSTM on the sequential backend and on the triton backend (the fused
