@@ -29,14 +29,14 @@ Algorithm:  the recurrent form: one program per (sequence, head, tile of 32 valu
             db), and the log decay's gradient is a reverse cumulative sum (no state
             stored).
 Cost:       O(T·K·V) elementwise work per head, T dependent steps; reads each operand
-            once per value tile. It runs key-wise dplr cells (RWKV-7), low-rank
-            parts of rank > 1 and states with several input terms or readouts; the
-            others run the chunk kernels below.
+            once per value tile. It runs low-rank parts of rank > 1 (DeltaProduct)
+            and states with several input terms or readouts; the others run the
+            chunk kernels below.
 Numerics:   the carry is float32 at least; the transition is applied step by step, as
             in the sequential backend (no triangular solve, no exp of a cumulative sum).
 
-States with one input term and one readout, and no low-rank part or one of rank 1
-with a scalar decay: the chunk kernels of backends/templates/mat_chunk.py.jinja
+States with one input term and one readout, and a low-rank part of rank 1 at most:
+the chunk kernels of backends/templates/mat_chunk.py.jinja
 (included in the same file), with the recurrent kernel's contract and autograd
 Function:
 Algorithm:  the chunkwise form. One kernel walks the chunks of each sequence and
@@ -124,11 +124,11 @@ class TritonChunkProgram(ChunkProgram):
     def source(self) -> str:
         return assemble(self, "mat_recurrent.py.jinja", [
             "Triton backend: each matrix state, S_t = (exp(w_t) + Σ a bᵀ) S_{t-1} + Σ k vᵀ,",
-            "runs in the kernel below (from backends/templates/mat_recurrent.py.jinja); its",
-            "operands and the outputs are computed on all tokens at once, as in the chunk",
-            "backend."], self.forward(),
+            "runs in the kernels below: in chunks (backends/templates/mat_chunk.py.jinja)",
+            "where they apply, else step by step (mat_recurrent.py.jinja); its operands and",
+            "the outputs are computed on all tokens at once, as in the chunk backend."], self.forward(),
             ["", "from reclang.backends.chunk import check_log_decay, operand"],
-            slots=dict(chunkwise=True, chunk=self.chunk))
+            slots=dict(chunk=self.chunk))
 
 
 def generate(ir: IR, plan=None, chunk: int | None = None) -> str:

@@ -33,7 +33,8 @@ FUSED_ARGS = {"forward": "ops_ptr consts_ptr w_ptr hist_ptr out_ptr",
               "backward": "ops_ptr consts_ptr w_ptr hist_ptr d_out_ptr d_last_ptr d_ops_ptr "
                           "d_consts_ptr d_r_ptr d_first_ptr"}  # then start_ptr (int32), T, B
 CHUNK_ARGS = {
-    "chunk_wy": "w_ptr x_ptr y_ptr a_ptr b_ptr wy_ptr u_ptr chunk_token_ptr chunk_end_ptr",
+    "chunk_wy": "w_ptr x_ptr y_ptr a_ptr b_ptr wy_ptr u_ptr scores_ptr chunk_token_ptr "
+                "chunk_end_ptr",
     "chunk_states": "w_ptr x_ptr y_ptr c0_ptr states_ptr last_ptr starts_ptr chunk_first_ptr",
     "chunk_wy_states": "w_ptr x_ptr y_ptr a_ptr wy_ptr u_ptr c0_ptr states_ptr last_ptr "
                        "starts_ptr chunk_first_ptr",
@@ -41,6 +42,8 @@ CHUNK_ARGS = {
                     "chunk_end_ptr",
     "chunk_read_v": "w_ptr x_ptr y_ptr a_ptr u_ptr rv_ptr states_ptr out_ptr chunk_token_ptr "
                     "chunk_end_ptr"}
+FEED = ("gated_delta_net", "rwkv7")   # delta rules: scalar and key-wise decays
+KEYWISE = ("gla", "rwkv7")
 # (spec, kernel family, flags of each launch the backend makes); the blocks, below, are
 # those the launchers pick at fla-like sizes (K = V = 128)
 RECURRENT = ("VARLEN", "KEYWISE", "REVERSE", "R_UPDATE", "R_READ_K", "R_READ_V", "R_FEED")
@@ -55,10 +58,10 @@ CASES = [
     ("gated_delta_net", "recurrent", [dict(zip(RECURRENT, flags)) for flags in [
         (0, 0, 0, 1, 2, 0, 1), (0, 0, 1, 1, 2, 2, 1), (0, 0, 0, 1, 1, 2, 1)]]),
     ("gated_delta_net@K=256", "recurrent", [dict(zip(RECURRENT, (0, 0, 1, 1, 2, 2, 1)))]),
-] + [(spec, f"chunk_{part}", [{}]) for spec in ("gla", "simple_gla", "gated_delta_net")
-     for part in ("wy", "wy_states", "read_k", "read_v") if part[:2] != "wy" or
-     spec == "gated_delta_net"] + [(spec, "chunk_states", [{}]) for spec in ("gla",
-                                                                          "simple_gla")] + \
+] + [(spec, f"chunk_{part}", [{}]) for spec in FEED for part in ("wy", "wy_states")] + \
+    [(spec, "chunk_states", [{}]) for spec in ("gla", "simple_gla")] + \
+    [(spec, f"chunk_{part}", [{}]) for spec in ("gla", "simple_gla", *FEED)
+     for part in ("read_k", "read_v")] + \
     [(spec, family, [dict(HEADS=heads)]) for spec, heads in (("lstm", 1), ("gru", 1),
      ("slstm", 4), ("lstm@fp64", 1)) for family in ("forward", "backward")]  # fused, N = 64
 
@@ -116,14 +119,14 @@ def main() -> None:
         cell = reclang.load(SPECS / f"{spec}.rec")  # sizes are arguments of the kernel
         code = cell.module("triton")._generated
         kernel = getattr(code, f"{spec}_{family}_kernel")
-        feed = spec == "gated_delta_net" and family.startswith("chunk_")
+        feed = spec in FEED and family.startswith("chunk_")
         signature, blocks, warps = launch_setup(family, "feed" if feed else variant)
         if family.startswith("chunk_"):  # as the launcher picks them, at K = V = 128
-            blocks = code.chunk_blocks(family.removeprefix("chunk_"), spec == "gla", 128,
+            blocks = code.chunk_blocks(family.removeprefix("chunk_"), spec in KEYWISE, 128,
                                        128, feed)
             warps = blocks.pop("num_warps")
-            if family.startswith("chunk_wy"):
-                blocks.update(CHUNK=64, **({"LOG2_CHUNK": 6} if family == "chunk_wy" else {}))
+            if family == "chunk_wy":
+                blocks["LOG2_CHUNK"] = 6
         for flags in launches:
             cubin = compile_sm90(kernel, signature, {**flags, **blocks}, warps)
             described = ",".join(f"{k}={int(v)}" for k, v in {**flags, **blocks}.items())

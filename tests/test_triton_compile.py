@@ -15,12 +15,12 @@ def test_kernels_compile_for_sm90_without_spilling():
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 29, result.stdout
+    assert len(lines) == 33, result.stdout
     for line in lines:
         kernel, flags, regs, stack, local = line.split()
         # spilled registers go to the stack frame (local memory); 32 bytes is what the
         # gla forward keeps there, and the fused loop's float64 backward 16. The WY
-        # kernel of the dplr chunk form spills ~550 bytes with any tiles and warps (its
+        # kernel of the dplr chunk form spills ~570 bytes with any tiles and warps (its
         # 64 x 64 inverse by repeated squaring: docs/backends.md); the bound catches a
         # regression
         limit = 600 if kernel.endswith("_chunk_wy_kernel") else 32
