@@ -126,7 +126,8 @@ class TritonChunkProgram(ChunkProgram):
             "Triton backend: each matrix state, S_t = (exp(w_t) + Σ a bᵀ) S_{t-1} + Σ k vᵀ,",
             "runs in the kernels below: in chunks (backends/templates/mat_chunk.py.jinja)",
             "where they apply, else step by step (mat_recurrent.py.jinja); its operands and",
-            "the outputs are computed on all tokens at once, as in the chunk backend."], self.forward(),
+            "the outputs are computed on all tokens at once, as in the chunk backend."],
+            self.forward(),
             ["", "from reclang.backends.chunk import check_log_decay, operand"],
             slots=dict(chunk=self.chunk))
 
