@@ -125,8 +125,6 @@ def main() -> None:
             blocks = code.chunk_blocks(family.removeprefix("chunk_"), spec in KEYWISE, 128,
                                        128, feed)
             warps = blocks.pop("num_warps")
-            if family == "chunk_wy":
-                blocks["LOG2_CHUNK"] = 6
         for flags in launches:
             cubin = compile_sm90(kernel, signature, {**flags, **blocks}, warps)
             described = ",".join(f"{k}={int(v)}" for k, v in {**flags, **blocks}.items())

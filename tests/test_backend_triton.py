@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 from helpers import (MATRIX_TRANSFORMS, SPECS, as_reference, assert_matches_reference, cells_on,
-                     random_inputs, random_state, small)
+                     random_inputs, random_state, small, unit)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -183,6 +183,26 @@ def test_chunk_kernels_over_shapes_chunks_and_packings(T, chunk, heads, K, V, de
     assert code._launcher(a, k, q) is code._launch_chunk
     check_state_pass(code.state_pass, (w, a, b, k, v, q,
                                        rand(len(cu) - 1 if cu else B, heads, K, V)), cu)
+
+
+@pytest.mark.parametrize("low, high", [(0.0, 2.0), (1.9, 2.0)])
+def test_chunk_delta_rule_with_beta_near_two_in_float32(low, high):
+    """DeltaNet with β up to 2 (I - β k kᵀ reflects: eigenvalue -1) over T = 300 in
+    float32, against sequential in float64: the WY form's (I - L)⁻¹ within a chunk is
+    taken by forward substitution. (Its series by repeated squaring, Π (I + L^(2^k)),
+    lost every digit here: outputs 1e17 off.)"""
+    cell = small("delta_net")
+    torch.manual_seed(0)
+    triton_ = cell.module("triton").to(DEVICE)
+    sequential = cell.module("sequential").double().to(DEVICE)
+    sequential.load_state_dict(triton_.state_dict())
+    x = on_device(random_inputs(triton_, 2, 300, k=unit,
+                                beta=lambda b: low + (high - low) * torch.sigmoid(b)))
+    y, state = triton_(**{k: v.float() for k, v in x.items()})
+    y_ref, state_ref = sequential(**x)
+    # relative to the largest value: reflections keep float32's rounding from decaying
+    error = lambda a, b: ((a.double() - b).abs().max() / b.abs().max()).item()  # noqa: E731
+    assert error(y, y_ref) < 1e-4 and error(state["S"], state_ref["S"]) < 1e-4
 
 
 @pytest.mark.parametrize("keywise", [False, True])
