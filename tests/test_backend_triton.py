@@ -413,6 +413,11 @@ def test_generated_file_holds_the_kernel_with_a_header():
     assert "@triton.jit\ndef gated_delta_net_recurrent_kernel(" in matrix
     assert "REVERSE: tl.constexpr, R_UPDATE: tl.constexpr" in matrix  # flags, not copies
     assert "= state_pass(_S_w, _S_a, _S_b, _S_k, _S_v, _S_q, " in matrix
+    for kernel in ("chunk_wy", "chunk_wy_states", "chunk_read_k", "chunk_read_v"):
+        assert f"@triton.jit\ndef gated_delta_net_{kernel}_kernel(" in matrix
+    assert "KEYWISE: tl.constexpr, FEED: tl.constexpr" in matrix  # flags, not copies
+    assert "CHUNK = 64  # steps per chunk" in matrix
+    assert "CHUNK = 32  # steps per chunk" in small("gla").source("triton", chunk_size=32)
     fused = small("lstm").source("triton")
     assert fused.splitlines()[1].startswith("# Spec sha256 ") and "plan: nonlinear" in fused
     assert "@triton.jit\ndef lstm_forward_kernel(" in fused
@@ -439,6 +444,9 @@ def test_refusals_name_the_reason():
     with pytest.raises(reclang.RecError, match="lmu.rec: the fused kernel needs states of "
                                                 "one shape"):
         small("lmu").module("triton")
+    with pytest.raises(reclang.RecError, match="chunk_size=24: the triton backend's chunk "
+                                                "kernels take a power of 2 of at least 16"):
+        small("gla").module("triton", chunk_size=24)
 
 
 def test_auto_prefers_triton_on_cuda_tensors():
