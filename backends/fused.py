@@ -333,7 +333,7 @@ def unpad_packed(out, cu_seqlens, starts):
 
 def fused_program(ir: IR, plan):
     """The program and the kernel slots of a nonlinear cell."""
-    form = lane_form(ir)
+    form = lane_form(ir, gates=True)
     _merge_operands(form)
     program = FusedProgram(ir, form)
     program.plan = plan

@@ -1,6 +1,8 @@
-"""The triton backend: generated Triton kernels. In this version: the diagonal scan,
-for cells whose plan is `diag` or `diag-lti`, and the matrix-state recurrence in its
-recurrent form, for `mat-decay` and `dplr` cells (below the diagonal scan's notes).
+"""The triton backend: generated Triton kernels. In this version: for cells whose plan
+is `diag` or `diag-lti`, the gated scan (backends/gated_scan.py: the gates computed in
+the kernel) where it applies, else the diagonal scan below; the matrix-state kernels
+for `mat-decay` and `dplr` cells (below the diagonal scan's notes); the fused loop for
+`nonlinear` cells (backends/fused.py).
 
 Recurrence: h_t = a_t ⊙ h_{t-1} + b_t, as in the scan backend (reclang/backends/scan.py).
 Algorithm:  the scan backend's program (the loop body on all tokens gives a and b, and
@@ -105,6 +107,10 @@ class TritonScanProgram(ScanProgram):
 
     title, scan_function = "Triton", "linear_scan"
 
+    def __init__(self, ir: IR, plan=None, not_gated: str = ""):
+        super().__init__(ir, plan)
+        self.not_gated = not_gated  # why the gated scan does not apply
+
     def source(self) -> str:
         forward = self.function(
             "forward", f"Runs {self.ir.name} over whole sequences with the Triton scan: inputs "
@@ -112,8 +118,8 @@ class TritonScanProgram(ScanProgram):
             step=False)
         return assemble(self, "diag_scan.py.jinja", [
             "Triton backend: h' = a h + b elementwise; the scan is the kernel below (from",
-            "backends/templates/diag_scan.py.jinja); the loop body runs on all tokens at once."],
-            forward)
+            "backends/templates/diag_scan.py.jinja); the loop body runs on all tokens at once.",
+            *textwrap.wrap(f"Not the gated scan: {self.not_gated}.", 88)], forward)
 
 
 class TritonChunkProgram(ChunkProgram):
@@ -141,6 +147,8 @@ def generate(ir: IR, plan=None, chunk: int | None = None) -> str:
     plan = plan or make_plan(ir)
     if plan.form == "nonlinear":
         return _fused_source(ir, plan)
+    if plan.form in ("diag", "diag-lti"):
+        return _diagonal_source(ir, plan)
     if plan.form in ("mat-decay", "dplr"):
         if chunk is not None and (chunk < 16 or chunk & (chunk - 1)):
             raise RecError(f"chunk_size={chunk}: the triton backend's chunk kernels take a "
@@ -149,6 +157,26 @@ def generate(ir: IR, plan=None, chunk: int | None = None) -> str:
         program.plan, program.chunk = plan, chunk or 64
         return program.source()
     return TritonScanProgram(ir, plan).source()
+
+
+def _diagonal_source(ir: IR, plan) -> str:
+    """The gated scan (gates computed in the kernel) where it applies, else the
+    diagonal scan of a and b, with the reason in its header."""
+    from reclang.analysis.lanes import Unsupported
+
+    from .gated_scan import gated_program
+
+    try:
+        program, code = gated_program(ir, plan)
+    except Unsupported as why:
+        return TritonScanProgram(ir, plan, str(why)).source()
+    about = ("h' = a h + b per channel, a and b the cell's equations of operands o and "
+             "constants c, computed in the kernel (from backends/templates/"
+             "gated_scan.py.jinja); the operands are computed before it")
+    return assemble(program, "gated_scan.py.jinja", textwrap.wrap(
+        "Triton backend, gated scan: " + about, 88), program.forward(),
+        ["", "from reclang.backends.chunk import operand",
+         "from reclang.backends.fused import constant"], slots=code.slots(about))
 
 
 def _fused_source(ir: IR, plan) -> str:

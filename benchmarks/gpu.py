@@ -7,8 +7,10 @@ Sections (each checks its results before it times them):
          memory-bandwidth floor (bytes it must move / the measured bandwidth of a
          device-to-device copy), against the PyTorch chunked scan (scan backend) and
          against a PyTorch loop over time; forward and forward+backward.
-  cells  whole diagonal cells (minGRU, Mamba S6, LRU) on the sequential, scan and
-         triton backends, float32, forward and forward+backward.
+  cells  whole diagonal cells (minGRU, RG-LRU, Mamba S6, LRU) on the sequential, scan
+         and triton backends, float32, forward and forward+backward; for minGRU and
+         RG-LRU, whose gates the triton backend computes in its gated scan, also the
+         triton diagonal scan of materialized a and b ("plain"): what fusing pays.
   chunk  GLA and Gated DeltaNet, bf16, B·T = 32k tokens, H = 16, K = V = 128: reclang's
          chunk backend (PyTorch) and the triton backend (its chunk kernels, the WY
          form for Gated DeltaNet) against
@@ -81,7 +83,7 @@ def loop_scan(a, b, h0):
 
 def scan_section(quick):
     B, T, S = (4, 2048, 1024) if quick else (8, 4096, 2048)
-    cell = reclang.load(SPECS / "min_gru.rec")
+    cell = reclang.load(SPECS / "mamba_s6.rec")  # not a gated scan: the generic kernel
     kernel = cell._generated("triton", None)[1].linear_scan
     torch.manual_seed(0)
     a = torch.rand(B, T, S, device=DEV).requires_grad_()
@@ -116,19 +118,36 @@ def scan_section(quick):
 
 
 # ---- cells --------------------------------------------------------------------------
-CELLS = [("min_gru", dict(D=256, N=1024)), ("mamba_s6", dict(D=256, N=16, R=16)),
-         ("lru", dict(D=256, N=512))]
+CELLS = [("min_gru", dict(D=256, N=1024)), ("rg_lru", dict(D=1024)),
+         ("mamba_s6", dict(D=256, N=16, R=16)), ("lru", dict(D=256, N=512))]
+
+
+def plain_scan_module(cell):
+    """The cell on the triton backend's diagonal scan of a and b (the scan backend's
+    program), where the backend would run its gated scan: None elsewhere."""
+    from reclang.backends.triton import TritonScanProgram
+    from reclang.compile import _load_source
+    from reclang.module import RecModule
+
+    if "gated_scan" not in cell.source("triton"):
+        return None
+    source = TritonScanProgram(cell.ir, cell.plan, "a benchmark's comparison").source()
+    return RecModule(cell.ir, "triton", source, _load_source(source, f"{cell.name}_plain"))
 
 
 def cell_section(quick):
     B, T = (4, 1024) if quick else (8, 4096)
     print(f"\n[cells] B={B} T={T} float32; ms, and speed-up over sequential")
     print(f"{'cell':<10}{'pass':<9}{'sequential':>11}{'scan':>9}{'triton':>9}"
-          f"{'seq/scan':>10}{'seq/triton':>11}   max rel err scan/triton")
+          f"{'seq/scan':>10}{'seq/triton':>11}{'plain':>9}{'plain/triton':>13}"
+          "   rel err scan/triton")
     for name, hypers in CELLS:
         cell = reclang.load(SPECS / f"{name}.rec", **hypers)
         torch.manual_seed(0)
         mods = {k: cell.module(k).to(DEV) for k in ("sequential", "scan", "triton")}
+        plain = plain_scan_module(cell)
+        if plain is not None:
+            mods["plain"] = plain.to(DEV)
         for m in mods.values():
             m.load_state_dict(mods["sequential"].state_dict())
         x = {d.name: torch.randn(B, T, *d.shape, device=DEV).requires_grad_()
@@ -137,12 +156,17 @@ def cell_section(quick):
         with torch.no_grad():
             ref = fns["sequential"]()
             errs = "/".join(f"{rel_rms(fns[k](), ref):.0e}" for k in ("scan", "triton"))
+            if plain is not None:
+                errs += f" (plain {rel_rms(fns['plain'](), ref):.0e})"
         for what in ("fwd", "fwd+bwd"):
             with torch.set_grad_enabled(what != "fwd"):
                 t = {k: ms(fn if what == "fwd" else training(fn)) for k, fn in fns.items()}
+            fused = f"{t['plain']:>9.2f}{t['plain'] / t['triton']:>12.1f}x" if plain \
+                else f"{'-':>9}{'-':>13}"
             print(f"{name:<10}{what:<9}{t['sequential']:>11.2f}{t['scan']:>9.2f}"
                   f"{t['triton']:>9.2f}{t['sequential'] / t['scan']:>9.1f}x"
-                  f"{t['sequential'] / t['triton']:>10.1f}x   {errs if what == 'fwd' else ''}")
+                  f"{t['sequential'] / t['triton']:>10.1f}x{fused}"
+                  f"   {errs if what == 'fwd' else ''}")
 
 
 # ---- chunk vs fla -------------------------------------------------------------------

@@ -82,9 +82,11 @@ class Cell:
           forward, as the loop's small steps stay in cache; on an accelerator the loop
           pays kernel launches at every step. `fft` is slower than `scan` on the CPU.
         - on CUDA tensors, `triton` where its plan allows it (diag, diag-lti, mat-decay,
-          dplr, nonlinear) and triton is installed: on an H100 diagonal cells run
+          dplr, nonlinear) and triton is installed: on an H100 diagonal cells ran
           1.2-2.5x faster than on `scan` and 36-136x faster than the loop, the kernel at
-          92% of the memory bandwidth. For matrix states the kernels (the chunkwise
+          92% of the memory bandwidth (the diagonal scan; the gated scan, which since
+          runs minGRU, minLSTM, HGRN and RG-LRU with their gates in the kernel, is not
+          timed yet). For matrix states the kernels (the chunkwise
           form for mat-decay, the recurrent form for dplr) are not yet timed on a GPU:
           they are preferred because the PyTorch chunk backend materializes C x C x K
           decays (7 GiB against fla's 1.3 GiB for GLA, docs/benchmarks.md) and runs

@@ -48,7 +48,7 @@ KEYWISE = ("gla", "rwkv7")
 # those the launchers pick at fla-like sizes (K = V = 128)
 RECURRENT = ("VARLEN", "KEYWISE", "REVERSE", "R_UPDATE", "R_READ_K", "R_READ_V", "R_FEED")
 CASES = [
-    ("min_gru", "scan", [dict(BACKWARD=False, COMPLEX=False), dict(BACKWARD=True, COMPLEX=False)]),
+    ("mamba_s6", "scan", [dict(BACKWARD=False, COMPLEX=False), dict(BACKWARD=True, COMPLEX=False)]),
     ("lru", "scan", [dict(BACKWARD=True, COMPLEX=True)]),
     ("gla", "recurrent", [dict(zip(RECURRENT, flags)) for flags in [
         (0, 1, 0, 1, 1, 0, 0),      # forward
@@ -58,7 +58,9 @@ CASES = [
     ("gated_delta_net", "recurrent", [dict(zip(RECURRENT, flags)) for flags in [
         (0, 0, 0, 1, 2, 0, 1), (0, 0, 1, 1, 2, 2, 1), (0, 0, 0, 1, 1, 2, 1)]]),
     ("gated_delta_net@K=256", "recurrent", [dict(zip(RECURRENT, (0, 0, 1, 1, 2, 2, 1)))]),
-] + [(spec, f"chunk_{part}", [{}]) for spec in FEED for part in ("wy", "wy_states")] + \
+] + [(spec, family, [{}]) for spec in ("min_gru", "rg_lru")
+     for family in ("gated_scan", "gated_scan_backward")] + \
+    [(spec, f"chunk_{part}", [{}]) for spec in FEED for part in ("wy", "wy_states")] + \
     [(spec, "chunk_states", [{}]) for spec in ("gla", "simple_gla")] + \
     [(spec, f"chunk_{part}", [{}]) for spec in ("gla", "simple_gla", *FEED)
      for part in ("read_k", "read_v")] + \
@@ -85,10 +87,14 @@ def resources(cubin: bytes) -> str:
     return " ".join(x for x in line if x.startswith(("REG:", "STACK:", "LOCAL:")))
 
 
-def launch_setup(family: str, variant: str) -> tuple[dict, dict, int]:
+def launch_setup(family: str, variant: str, kernel) -> tuple[dict, dict, int]:
     """The signature, blocks and warps of a kernel family as its launcher picks them;
     `variant`: "K=<keys>" for the matrix kernel, "fp64" for the fused loop (the tests'
     dtype on a GPU)."""
+    if family.startswith("gated_scan"):  # pointers to float32 operands and states
+        signature = {n: "i32" if n in ("T", "S") else "*fp32" for n in kernel.arg_names
+                     if not n.startswith("BLOCK_")}
+        return signature, dict(BLOCK_T=64, BLOCK_S=32), 4
     if family == "scan":
         signature = {**{n: "*fp32" for n in SCAN_ARGS.split()}, "T": "i32", "S": "i32"}
         return signature, dict(BLOCK_T=64, BLOCK_S=32), 4
@@ -120,7 +126,7 @@ def main() -> None:
         code = cell.module("triton")._generated
         kernel = getattr(code, f"{spec}_{family}_kernel")
         feed = spec in FEED and family.startswith("chunk_")
-        signature, blocks, warps = launch_setup(family, "feed" if feed else variant)
+        signature, blocks, warps = launch_setup(family, "feed" if feed else variant, kernel)
         if family.startswith("chunk_"):  # as the launcher picks them, at K = V = 128
             blocks = code.chunk_blocks(family.removeprefix("chunk_"), spec in KEYWISE, 128,
                                        128, feed)

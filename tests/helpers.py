@@ -182,3 +182,18 @@ def as_reference(sequential):
         y, final = functional_call(sequential, params, args=(), kwargs={**x, "state": state})
         return (y if isinstance(y, dict) else {name: y}), final
     return reference
+
+
+def expression(depth: int, terms, functions):
+    """A hypothesis strategy for expressions of the spec language: `terms`, wrapped in
+    `functions` ("tanh({})") and joined by +, -, *, nested `depth` deep."""
+    from hypothesis import strategies as st
+
+    leaf = st.sampled_from(terms)
+    if depth == 0:
+        return leaf
+    inner = expression(depth - 1, terms, functions)
+    return st.one_of(
+        leaf,
+        st.tuples(st.sampled_from(functions), inner).map(lambda t: t[0].format(t[1])),
+        st.tuples(inner, st.sampled_from([" + ", " - ", " * "]), inner).map("".join))

@@ -49,6 +49,8 @@ CASES = [(name, T) for name in DIAGONAL for T in (1, 2, 7, 64, 65)] + \
     [(name, 33) for name in ("elman", "gru", "lstm")]
 
 
+# padding channels of the gated scan compute what they like (0 / 0 included) and are masked
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("name, T", CASES)
 def test_triton_matches_sequential(name, T):
     cell = small(name)

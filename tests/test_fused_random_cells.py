@@ -7,7 +7,8 @@ import os
 
 import pytest
 import torch
-from helpers import as_reference, assert_matches_reference, random_inputs, random_state
+from helpers import (as_reference, assert_matches_reference, expression, random_inputs,
+                     random_state)
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -22,17 +23,6 @@ PRODUCT = "sum(m: V[n, m] * c[m])"
 FUNCTIONS = ["tanh({})", "sigmoid({})", "softplus({}) * 0.1", "logsigmoid({})",
              "exp(-abs({}))", "relu({})", "silu({})", "max({}, 0.2)", "({}) / (1 + abs(p[n]))",
              "sqrt(1 + ({}) ** 2)", "-{}"]
-
-
-def expression(depth, terms=tuple(TERMS)):
-    leaf = st.sampled_from(terms)
-    if depth == 0:
-        return leaf
-    inner = expression(depth - 1, terms)
-    return st.one_of(
-        leaf,
-        st.tuples(st.sampled_from(FUNCTIONS), inner).map(lambda t: t[0].format(t[1])),
-        st.tuples(inner, st.sampled_from([" + ", " - ", " * "]), inner).map("".join))
 
 
 EXAMPLE = ("cell f(D = 3, N = 5):\n"
@@ -50,8 +40,8 @@ EXAMPLE = ("cell f(D = 3, N = 5):\n"
 
 @st.composite
 def cells(draw):
-    c_new = draw(expression(2, (*TERMS, PRODUCT)))
-    h_new, y = draw(expression(2)), draw(expression(2))
+    c_new = draw(expression(2, (*TERMS, PRODUCT), FUNCTIONS))
+    h_new, y = draw(expression(2, TERMS, FUNCTIONS)), draw(expression(2, TERMS, FUNCTIONS))
     return EXAMPLE.format(c_new=c_new, h_new=h_new, y=y)
 
 

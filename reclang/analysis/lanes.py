@@ -17,6 +17,12 @@ the symbols `HEADS` and `LANE` (and `KEY` for the weights' columns) as their ind
 Because f and g are scalar sympy expressions, the backward is their symbolic
 derivative (sympy.diff), printed into the same kernel.
 
+With `gates` (the gated scan of diagonal cells, backends/gated_scan.py, and the fused
+loop), a state-free value that is an elementwise function of time-varying ones (a
+gate sigmoid(W x + b), a log decay -8 softplus(Λ) r) stays in f and g rather than
+becoming an operand, so that the kernel computes it: the operands are then the inputs,
+the sums (W x) and the values of params alone that it is computed from.
+
 Gate functions are kept as named functions (`Sigmoid`, `LogSigmoid`, `Softplus`) whose
 derivatives are written in terms of themselves, so that neither the forward nor the
 backward evaluates the exp(-x) of a large negative x that 1/(1 + exp(-x)) would.
@@ -42,22 +48,42 @@ LANE_LIMIT = 256  # units per head: a program holds [16, N] tiles of every state
 #                   in registers; from N = 128 on ptxas spills some (docs/backends.md)
 
 
-class Sigmoid(sympy.Function):
+class _Gate(sympy.Function):
+    """A gate function: real of a real x (else sympy differentiates |σ(x)| through
+    its real and imaginary parts), and of a number its value (a constant folds)."""
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+
+class Sigmoid(_Gate):
     """σ(x); σ' = σ (1 − σ)."""
+
+    @classmethod
+    def eval(cls, x):
+        return 1 / (1 + sympy.exp(-x)) if x.is_Number else None
 
     def fdiff(self, argindex=1):
         return self * (1 - self)
 
 
-class LogSigmoid(sympy.Function):
+class LogSigmoid(_Gate):
     """log σ(x); its derivative is σ(−x)."""
+
+    @classmethod
+    def eval(cls, x):
+        return -sympy.log(1 + sympy.exp(-x)) if x.is_Number else None
 
     def fdiff(self, argindex=1):
         return Sigmoid(-self.args[0])
 
 
-class Softplus(sympy.Function):
+class Softplus(_Gate):
     """log(1 + eˣ); its derivative is σ(x)."""
+
+    @classmethod
+    def eval(cls, x):
+        return sympy.log(1 + sympy.exp(x)) if x.is_Number else None
 
     def fdiff(self, argindex=1):
         return Sigmoid(self.args[0])
@@ -109,14 +135,21 @@ class LaneForm:
     step_lines: set[int] = field(default_factory=set)    # the lets the step computes
 
 
-def lane_form(ir: IR) -> LaneForm:
-    """The lane form of a cell, or `Unsupported` with a reason."""
-    return _Lowering(ir).run()
+def lane_form(ir: IR, gates: bool = False, lane_limit: int | None = LANE_LIMIT) -> LaneForm:
+    """The lane form of a cell, or `Unsupported` with a reason.
+
+    `gates`: elementwise functions of time-varying, state-free values (a gate
+    sigmoid(z), a log decay -8 softplus(Λ) r) stay in f and g, over operands that are
+    the values they are computed from (inputs, sums such as W x, params), so that a
+    kernel computes them instead of reading them. Without it every state-free value f
+    reads is an operand. `lane_limit`: the most units per head (None: any)."""
+    return _Lowering(ir, gates, lane_limit).run()
 
 
 class _Lowering:
-    def __init__(self, ir: IR):
+    def __init__(self, ir: IR, gates: bool = False, lane_limit: int | None = LANE_LIMIT):
         self.ir = ir
+        self.gates, self.lane_limit = gates, lane_limit
         self.file = ir.source.filename.rsplit("/", 1)[-1]
         self.expander = Expander(ir)
         self.cache: dict = {}
@@ -134,10 +167,10 @@ class _Lowering:
         if any(d.dtype != "real" for d in ir.states):
             raise Unsupported(f"{self.file}: the fused kernel runs real states only")
         shape = next(iter(shapes))
-        if shape[-1] > LANE_LIMIT:
+        if self.lane_limit is not None and shape[-1] > self.lane_limit:
             raise Unsupported(f"{self.file}: {shape[-1]} units per head; the fused kernel "
-                              f"keeps at most {LANE_LIMIT} (every state and temporary of "
-                              "16 sequences in registers)")
+                              f"keeps at most {self.lane_limit} (every state and temporary "
+                              "of 16 sequences in registers)")
         heads = tuple(sympy.Symbol(f"head{i}", integer=True) for i in range(len(shape) - 1))
         self.full = heads + (LANE,)
         prev = {d.name: sympy.Symbol(f"s_{d.name}", real=True) for d in ir.states}
@@ -164,7 +197,8 @@ class _Lowering:
 
     def _value(self, i: int, env: dict) -> sympy.Expr:
         node = self.ir.node(i)
-        if self.expander.phase[i] != Phase.CORE:
+        phase = self.expander.phase[i]
+        if phase != Phase.CORE and not (phase == Phase.PRELUDE and self.gate(node)):
             return self.operand(self.expander.symbolic(i, env), node)
         if node.op == Op.READ:
             return self.read(node, env)
@@ -178,6 +212,17 @@ class _Lowering:
             return self.value(node.args[0], env)
         self.fail(node, f"{node.op.name.lower()} inside the recurrence")
 
+    def gate(self, node: Node) -> bool:
+        """With `gates`: whether a state-free, time-varying node is computed in the
+        step (an elementwise function, a let, a read of a let) rather than loaded."""
+        if not self.gates:
+            return False
+        if node.op == Op.FN:
+            return node.arg in SCALAR
+        if node.op == Op.READ:
+            return self.ir.node(node.args[0]).op == Op.LET
+        return node.op == Op.LET
+
     def read(self, node: Node, env: dict) -> sympy.Expr:
         source = self.ir.node(node.args[0])
         index = tuple(env[s] if isinstance(s, str) else sympy.Integer(s) for s in node.arg)
@@ -187,7 +232,7 @@ class _Lowering:
                           "fused kernel mixes units only through a weighted sum over all "
                           "of them (sum(m: W[n, m] * h[m]))")
             return self.form.prev[source.arg]
-        if self.expander.phase[source.id] == Phase.CORE:  # a let that reads the states
+        if self.expander.phase[source.id] != Phase.CONST:  # a let the step computes
             self.form.step_lines.add(source.loc.line)
         return self.value(source.args[0], dict(zip(source.axes, index)))
 

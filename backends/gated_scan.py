@@ -1,0 +1,132 @@
+"""The triton backend's gated scan: diagonal cells whose gates the kernel computes.
+
+Recurrence: h_t = a_t ⊙ h_{t-1} + b_t with a = a(o_t, c), b = b(o_t, c) the cell's own
+            elementwise equations (sigmoid(W x + b), exp(-8 softplus(Λ) r), ...) of
+            operands o_t (inputs and sums such as W x: what is not elementwise) and
+            constants c (params alone); from the lane form with `gates`
+            (reclang/analysis/lanes.py), a = ∂f/∂h and b = f(h = 0) of the update f.
+Algorithm:  the operands for all steps at once in PyTorch, then the diagonal scan of
+            backends/templates/gated_scan.py.jinja with a and b printed into it: they
+            are computed in registers, tile by tile, instead of materialized. The
+            backward kernel computes a_{t+1} again from the operands and applies the
+            derivatives of a and b that sympy writes (no gate is stored).
+Cost:       reads the operands once and writes the states once forward (the scan
+            backend also writes and reads a, b and every gate between them); the
+            backward reads the operands twice (steps t and t + 1) and the states once.
+Numerics:   the carry and the equations in the states' dtype (float32 at least for
+            bf16/fp16 inputs); gates through the stable forms of gates.py.jinja.
+It applies when the cell has one real state of shape (heads..., units), every
+output is that state's new value, and the equations fit the lane form; other
+diagonal cells run the diagonal scan of a and b (backends/triton.py).
+"""
+
+from __future__ import annotations
+
+import sympy
+
+from reclang.analysis.lanes import LaneForm, Unsupported, lane_form
+from reclang.ir import IR
+
+from .fused import FusedProgram, KernelCode
+from .sequential import INDENT, py_name
+
+
+def gated_form(ir: IR) -> tuple[LaneForm, sympy.Expr, sympy.Expr]:
+    """The cell's lane form with its gates inside, and a, b of its one state's update
+    (operands renamed o0.. and constants c0..), or `Unsupported` saying why not."""
+    if len(ir.states) != 1:
+        raise Unsupported("the gated scan runs cells with one state")
+    form = lane_form(ir, gates=True, lane_limit=None)
+    state = form.states[0]
+    s, f = form.prev[state], form.updates[state]
+    others = [y for y, g in form.outputs.items() if g != f]
+    if others:
+        raise Unsupported(f"output {others[0]} is not the new value of {state}: the gated "
+                          "scan writes the states only")
+    a, b = sympy.diff(f, s), f.subs(s, 0)
+    if s in a.free_symbols or s in b.free_symbols:  # the plan says affine: a safeguard
+        raise Unsupported(f"the update of {state} is not affine in it")
+    varying = [o for o in form.operands if o.time_varying]
+    if not varying:
+        raise Unsupported(f"the update of {state} reads no input")
+    fixed = [o for o in form.operands if not o.time_varying]
+    rename = {o.symbol: sympy.Symbol(f"o{i}", real=True) for i, o in enumerate(varying)}
+    rename.update({o.symbol: sympy.Symbol(f"c{i}", real=True) for i, o in enumerate(fixed)})
+    form.operands = [type(o)(rename[o.symbol], o.expr, o.time_varying)
+                     for o in varying + fixed]
+    return form, a.xreplace(rename), b.xreplace(rename)
+
+
+class ScanCode(KernelCode):
+    """a, b and their derivatives as the statements of the template's two functions."""
+
+    def __init__(self, form: LaneForm, ir: IR, a: sympy.Expr, b: sympy.Expr):
+        super().__init__(form, ir)
+        self.a, self.b = a, b
+
+    def slots(self, about: str) -> dict:
+        ops = [str(o.symbol) for o in self.form.operands if o.time_varying]
+        consts = [str(o.symbol) for o in self.form.operands if not o.time_varying]
+        da, db = sympy.symbols("da db", real=True)
+        loss = da * self.a + db * self.b
+        symbols = [o.symbol for o in self.form.operands]
+        derivatives = self.statements([(f"d_{x}", sympy.diff(loss, x)) for x in symbols], "e")
+        # a constant alone would be a float32 scalar in Triton: a tile of the operands'
+        # dtype instead (an operand always exists: the update reads an input)
+        numbers = [f"{n} = tl.full({ops[0]}.shape, {float(e)!r}, {ops[0]}.dtype)"
+                   for n, e in (("a", self.a), ("b", self.b)) if not e.free_symbols]
+        coefficients = self.statements([(n, e) for n, e in (("a", self.a), ("b", self.b))
+                                        if e.free_symbols], "e")
+        return dict(name=self.ir.name, about=about, file=self.file, ops=ops, consts=consts,
+                    args=", ".join(ops + consts),
+                    d_args=", ".join(f"d_{x}" for x in ops + consts),
+                    coefficients="\n".join(self.comments() + coefficients + numbers),
+                    derivatives="\n".join(derivatives))
+
+
+class GatedScanProgram(FusedProgram):
+    """forward(): the operands and constants in PyTorch, then the gated scan."""
+
+    def forward(self) -> str:
+        f = self.form
+        unit = [str(s) for s in f.head_symbols] + ["lane"]
+        shape = "(" + ", ".join(map(str, (*f.heads, f.lanes))) + ",)"
+        S = sympy.prod(f.heads) * f.lanes
+        first = py_name(self.ir.inputs[0].name)
+        state = py_name(f.states[0])
+        lines = [f"B, T = {first}.shape[:2]", f"_like = {first}",
+                 "_dtype, _device = _like.dtype, _like.device",
+                 "# operands [B, T, S] and constants [S]: what the step reads; the gates "
+                 "computed from them are in the kernel"]
+        ops, consts = [], []
+        for o in f.operands:
+            name = f"_{o.symbol}"
+            lines.append(f"# {o.symbol} = {o.expr}")
+            if o.time_varying:
+                code = self.tensor(o.expr, unit, shape, "operand")
+                lines.append(f"{name} = {code}.reshape(B, T, {S})")
+                ops.append(name)
+            else:
+                lines.append(f"{name} = {self.tensor(o.expr, unit, shape, 'constant')}"
+                             f".reshape({S})")
+                consts.append(name)
+        dims = ", ".join(map(str, (*f.heads, f.lanes)))
+        lines += [f"_h0 = {state}.reshape(-1, {S}).to(torch.promote_types({state}.dtype, "
+                  "_dtype))",
+                  f"_{state}_all = gated_scan([{', '.join(ops)}], [{', '.join(consts)}], _h0)"]
+        lines += [f"{py_name(y)} = _{state}_all.reshape(B, T, {dims})" for y in f.outputs]
+        lines.append(f"{state} = _{state}_all[:, -1].reshape(-1, {dims})")
+        outs = ", ".join(f'"{y}": {py_name(y)}' for y in f.outputs)
+        lines.append(f'return {{{outs}}}, {{"{f.states[0]}": {state}}}')
+        doc = (f'"""Runs {self.ir.name} over whole sequences with the gated scan: inputs '
+               '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
+        return "\n".join([self.signature("forward"), INDENT + doc] +
+                         [INDENT + line for line in lines])
+
+
+def gated_program(ir: IR, plan) -> tuple[GatedScanProgram, ScanCode]:
+    """The program and kernel code of a diagonal cell, or `Unsupported`."""
+    form, a, b = gated_form(ir)
+    program = GatedScanProgram(ir, form)
+    program.plan = plan
+    return program, ScanCode(form, ir, a, b)
