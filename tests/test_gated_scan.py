@@ -80,3 +80,23 @@ def test_other_diagonal_cells_run_the_plain_scan_and_say_why(name, reason):
     assert f"def {name}_scan_kernel(" in source and "gated_scan" not in source
     header = " ".join(line[2:] for line in source.splitlines() if line.startswith("# "))
     assert "Not the gated scan:" in header and reason in header
+
+
+def test_a_state_with_heads_and_operands_of_one_head():
+    text = ("cell heads(D = 3, H = 2, N = 5):\n"
+            "    input x[D], u[H]\n"
+            "    param W[H, N, D] ~ normal(0, 0.5)\n"
+            "    param A_log[H] = 0\n"
+            "    state s[H, N] = 0\n"
+            "    z[h, n] = sum(d: W[h, n, d] * x[d])\n"
+            "    s[h, n] <- exp(-exp(A_log[h]) * softplus(u[h])) * s[h, n] + sigmoid(z[h, n])\n"
+            "    out y[h, n] = s[h, n]\n")
+    cell = reclang.loads(text, "heads.rec")
+    source = cell.source("triton")
+    assert "def heads_gated_scan_kernel(" in source
+    assert "operand(u[..., None], _like, (2, 5,)).reshape(B, T, 10)" in source  # broadcast
+    torch.manual_seed(0)
+    triton_ = cell.module("triton").double()
+    sequential = cell.module("sequential").double()
+    assert_matches_reference(triton_, as_reference(sequential), random_inputs(triton_, 2, 67),
+                             random_state(triton_, 2), atol=1e-9, rtol=1e-7)
