@@ -389,38 +389,7 @@ class ChunkProgram(Program):
 
     def epilogue(self) -> list[str]:
         """The output statements over all steps, reading the linear parts."""
-        phase = phases(self.ir)
-        place = {i: Place.ONCE if p == Phase.CONST else Place.HOIST for i, p in phase.items()}
-        blocks = {p: [] for p in Place}
-        lower = EpilogueLowering(self.ir, place, blocks, self.given)
-        needed = self.needed_statements()
-        for i in self.ir.stmts:
-            node = self.ir.node(i)
-            if i not in needed:
-                continue
-            place[i] = Place.HOIST
-            value = lower.code(node.args[0], Place.HOIST)
-            text = _broadcast(lower, value, node, Place.HOIST, place[node.args[0]])
-            lower.emit(Place.HOIST, node, f"{py_name(node.arg)} = {text}")
-        return blocks[Place.ONCE] + blocks[Place.HOIST]
-
-    def needed_statements(self) -> set[int]:
-        """Statements the outputs need, not counting what the linear parts replace."""
-        needed, stack = set(), [i for i in self.ir.stmts if self.ir.node(i).op == Op.OUT]
-        while stack:
-            i = stack.pop()
-            node = self.ir.node(i)
-            if i in self.given:
-                continue
-            if i in self.ir.stmts:
-                if i in needed:
-                    continue
-                needed.add(i)
-            if node.op == Op.READ:
-                stack.append(node.args[0])
-            else:
-                stack.extend(node.args)
-        return needed
+        return epilogue(self.ir, self.given)
 
     def source(self) -> str:
         header = self.header([
@@ -432,6 +401,44 @@ class ChunkProgram(Program):
         forward = self.forward()
         return "\n".join(header + imports) + "\n\n\n" + forward + "\n\n\n" + \
             self.step_function() + "\n"
+
+
+def epilogue(ir: IR, given: dict[int, str], lowering=EpilogueLowering) -> list[str]:
+    """The output statements over all steps at once ([B, T, ...] values), with the
+    nodes in `given` read from the named tensors instead of computed."""
+    phase = phases(ir)
+    place = {i: Place.ONCE if p == Phase.CONST else Place.HOIST for i, p in phase.items()}
+    blocks = {p: [] for p in Place}
+    lower = lowering(ir, place, blocks, given)
+    needed = needed_statements(ir, given)
+    for i in ir.stmts:
+        node = ir.node(i)
+        if i not in needed:
+            continue
+        place[i] = Place.HOIST
+        value = lower.code(node.args[0], Place.HOIST)
+        text = _broadcast(lower, value, node, Place.HOIST, place[node.args[0]])
+        lower.emit(Place.HOIST, node, f"{py_name(node.arg)} = {text}")
+    return blocks[Place.ONCE] + blocks[Place.HOIST]
+
+
+def needed_statements(ir: IR, given: dict[int, str]) -> set[int]:
+    """Statements the outputs need, not counting the nodes `given` replaces."""
+    needed, stack = set(), [i for i in ir.stmts if ir.node(i).op == Op.OUT]
+    while stack:
+        i = stack.pop()
+        node = ir.node(i)
+        if i in given:
+            continue
+        if i in ir.stmts:
+            if i in needed:
+                continue
+            needed.add(i)
+        if node.op == Op.READ:
+            stack.append(node.args[0])
+        else:
+            stack.extend(node.args)
+    return needed
 
 
 def check_log_decay(w: torch.Tensor, state: str) -> None:

@@ -25,24 +25,21 @@ from __future__ import annotations
 import sympy
 
 from reclang.analysis.lanes import LaneForm, Unsupported, lane_form
-from reclang.ir import IR
+from reclang.ir import IR, Op
 
+from .chunk import EpilogueLowering, epilogue
 from .fused import FusedProgram, KernelCode
 from .sequential import INDENT, py_name
 
 
 def gated_form(ir: IR) -> tuple[LaneForm, sympy.Expr, sympy.Expr]:
-    """The cell's lane form with its gates inside, and a, b of its one state's update
-    (operands renamed o0.. and constants c0..), or `Unsupported` saying why not."""
+    """The lane form of the cell's update with its gates inside, and a, b of its one
+    state (operands renamed o0.. and constants c0..), or `Unsupported` saying why not."""
     if len(ir.states) != 1:
         raise Unsupported("the gated scan runs cells with one state")
-    form = lane_form(ir, gates=True, lane_limit=None)
+    form = lane_form(ir, gates=True, lane_limit=None, outputs=False)
     state = form.states[0]
     s, f = form.prev[state], form.updates[state]
-    others = [y for y, g in form.outputs.items() if g != f]
-    if others:
-        raise Unsupported(f"output {others[0]} is not the new value of {state}: the gated "
-                          "scan writes the states only")
     a, b = sympy.diff(f, s), f.subs(s, 0)
     if s in a.free_symbols or s in b.free_symbols:  # the plan says affine: a safeguard
         raise Unsupported(f"the update of {state} is not affine in it")
@@ -84,8 +81,22 @@ class ScanCode(KernelCode):
                     derivatives="\n".join(derivatives))
 
 
+class StatesLowering(EpilogueLowering):
+    """The outputs over all steps, reading the state's new values from _<s>_new and
+    its previous ones from _<s>_prev ([B, T, ...] both)."""
+
+    def var(self, i: int) -> str:
+        node = self.ir.node(i)
+        if node.op == Op.UPDATE:
+            return f"_{py_name(node.arg)}_new"
+        if node.op == Op.STATE:
+            return f"_{py_name(node.arg)}_prev"
+        return super().var(i)
+
+
 class GatedScanProgram(FusedProgram):
-    """forward(): the operands and constants in PyTorch, then the gated scan."""
+    """forward(): the operands and constants in PyTorch, the gated scan, then the
+    outputs from the states (as the chunk backend's epilogue)."""
 
     def forward(self) -> str:
         f = self.form
@@ -113,10 +124,18 @@ class GatedScanProgram(FusedProgram):
         dims = ", ".join(map(str, (*f.heads, f.lanes)))
         lines += [f"_h0 = {state}.reshape(-1, {S}).to(torch.promote_types({state}.dtype, "
                   "_dtype))",
-                  f"_{state}_all = gated_scan([{', '.join(ops)}], [{', '.join(consts)}], _h0)"]
-        lines += [f"{py_name(y)} = _{state}_all.reshape(B, T, {dims})" for y in f.outputs]
-        lines.append(f"{state} = _{state}_all[:, -1].reshape(-1, {dims})")
-        outs = ", ".join(f'"{y}": {py_name(y)}' for y in f.outputs)
+                  f"_{state}_new = gated_scan([{', '.join(ops)}], [{', '.join(consts)}], "
+                  f"_h0).reshape(B, T, {dims})"]
+        update = self.ir.update(f.states[0]).id
+        outputs = epilogue(self.ir, {update: f"_{state}_new"}, StatesLowering)
+        if any(f"_{state}_prev" in line for line in outputs):
+            lines += ["# the states before each step, for the outputs that read them",
+                      f"_{state}_prev = torch.cat([_h0.reshape(-1, 1, {dims}), "
+                      f"_{state}_new[:, :-1]], 1)"]
+        lines += outputs
+        lines.append(f"{state} = _{state}_new[:, -1]")
+        outs = ", ".join(f'"{n.arg}": {py_name(n.arg)}' for n in map(self.ir.node, self.ir.stmts)
+                         if n.op == Op.OUT)
         lines.append(f'return {{{outs}}}, {{"{f.states[0]}": {state}}}')
         doc = (f'"""Runs {self.ir.name} over whole sequences with the gated scan: inputs '
                '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')

@@ -135,21 +135,24 @@ class LaneForm:
     step_lines: set[int] = field(default_factory=set)    # the lets the step computes
 
 
-def lane_form(ir: IR, gates: bool = False, lane_limit: int | None = LANE_LIMIT) -> LaneForm:
+def lane_form(ir: IR, gates: bool = False, lane_limit: int | None = LANE_LIMIT,
+              outputs: bool = True) -> LaneForm:
     """The lane form of a cell, or `Unsupported` with a reason.
 
     `gates`: elementwise functions of time-varying, state-free values (a gate
     sigmoid(z), a log decay -8 softplus(Λ) r) stay in f and g, over operands that are
     the values they are computed from (inputs, sums such as W x, params), so that a
     kernel computes them instead of reading them. Without it every state-free value f
-    reads is an operand. `lane_limit`: the most units per head (None: any)."""
-    return _Lowering(ir, gates, lane_limit).run()
+    reads is an operand. `lane_limit`: the most units per head (None: any).
+    `outputs=False`: the updates only (outputs computed elsewhere, of any shape)."""
+    return _Lowering(ir, gates, lane_limit, outputs).run()
 
 
 class _Lowering:
-    def __init__(self, ir: IR, gates: bool = False, lane_limit: int | None = LANE_LIMIT):
+    def __init__(self, ir: IR, gates: bool = False, lane_limit: int | None = LANE_LIMIT,
+                 outputs: bool = True):
         self.ir = ir
-        self.gates, self.lane_limit = gates, lane_limit
+        self.gates, self.lane_limit, self.outputs = gates, lane_limit, outputs
         self.file = ir.source.filename.rsplit("/", 1)[-1]
         self.expander = Expander(ir)
         self.cache: dict = {}
@@ -177,7 +180,7 @@ class _Lowering:
         self.form = LaneForm(shape[:-1], shape[-1], [d.name for d in ir.states], prev, heads)
         for i in ir.stmts:
             node = ir.node(i)
-            if node.op == Op.LET:
+            if node.op == Op.LET or (node.op == Op.OUT and not self.outputs):
                 continue
             if node.sizes != shape:
                 self.fail(node, f"{node.arg} has shape {list(node.sizes)}, the states "
