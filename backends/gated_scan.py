@@ -22,9 +22,11 @@ diagonal cells run the diagonal scan of a and b (backends/triton.py).
 
 from __future__ import annotations
 
+import math
+
 import sympy
 
-from reclang.analysis.lanes import LaneForm, Unsupported, lane_form
+from reclang.analysis.lanes import LANE, LaneForm, Unsupported, lane_form
 from reclang.ir import IR, Op
 
 from .chunk import EpilogueLowering, epilogue
@@ -54,6 +56,20 @@ def gated_form(ir: IR) -> tuple[LaneForm, sympy.Expr, sympy.Expr]:
     return form, a.xreplace(rename), b.xreplace(rename)
 
 
+def layout(form: LaneForm, expr: sympy.Expr) -> tuple[list[str], int, int]:
+    """The unit axes an operand varies along (a run of adjacent ones, else all of them)
+    and where channel s of the state finds its element in the operand's [B, T, mod]:
+    at (s // div) % mod. Returns (axes, div, mod)."""
+    symbols = [*form.head_symbols, LANE]
+    sizes = [*form.heads, form.lanes]
+    used = [i for i, x in enumerate(symbols) if x in expr.free_symbols]
+    if used and used != list(range(used[0], used[-1] + 1)):
+        used = list(range(len(symbols)))
+    first, last = (used[0], used[-1] + 1) if used else (len(symbols), len(symbols))
+    return ([str(symbols[i]) for i in used], math.prod(sizes[last:]),
+            math.prod(sizes[first:last]))
+
+
 class ScanCode(KernelCode):
     """a, b and their derivatives as the statements of the template's two functions."""
 
@@ -64,6 +80,8 @@ class ScanCode(KernelCode):
     def slots(self, about: str) -> dict:
         ops = [str(o.symbol) for o in self.form.operands if o.time_varying]
         consts = [str(o.symbol) for o in self.form.operands if not o.time_varying]
+        layouts = [(str(o.symbol), *layout(self.form, o.expr)[1:])
+                   for o in self.form.operands if o.time_varying]
         da, db = sympy.symbols("da db", real=True)
         loss = da * self.a + db * self.b
         symbols = [o.symbol for o in self.form.operands]
@@ -75,6 +93,7 @@ class ScanCode(KernelCode):
         coefficients = self.statements([(n, e) for n, e in (("a", self.a), ("b", self.b))
                                         if e.free_symbols], "e")
         return dict(name=self.ir.name, about=about, file=self.file, ops=ops, consts=consts,
+                    layouts=layouts, layout_table=str([(d, m) for _, d, m in layouts]),
                     args=", ".join(ops + consts),
                     d_args=", ".join(f"d_{x}" for x in ops + consts),
                     coefficients="\n".join(self.comments() + coefficients + numbers),
@@ -107,15 +126,18 @@ class GatedScanProgram(FusedProgram):
         state = py_name(f.states[0])
         lines = [f"B, T = {first}.shape[:2]", f"_like = {first}",
                  "_dtype, _device = _like.dtype, _like.device",
-                 "# operands [B, T, S] and constants [S]: what the step reads; the gates "
-                 "computed from them are in the kernel"]
+                 "# operands [B, T, their axes] and constants [S]: what the step reads; the "
+                 "gates computed from them are in the kernel"]
         ops, consts = [], []
         for o in f.operands:
             name = f"_{o.symbol}"
             lines.append(f"# {o.symbol} = {o.expr}")
-            if o.time_varying:
-                code = self.tensor(o.expr, unit, shape, "operand")
-                lines.append(f"{name} = {code}.reshape(B, T, {S})")
+            if o.time_varying:  # along its own unit axes only: read broadcast
+                axes, _, size = layout(f, o.expr)
+                own = "(" + ", ".join(str(n) for a, n in zip(unit, (*f.heads, f.lanes))
+                                      if a in axes) + ("," if len(axes) == 1 else "") + ")"
+                code = self.tensor(o.expr, axes, own, "operand")
+                lines.append(f"{name} = {code}.reshape(B, T, {size})")
                 ops.append(name)
             else:
                 lines.append(f"{name} = {self.tensor(o.expr, unit, shape, 'constant')}"

@@ -8,8 +8,8 @@ Sections (each checks its results before it times them):
          device-to-device copy), against the PyTorch chunked scan (scan backend) and
          against a PyTorch loop over time; forward and forward+backward.
   cells  whole diagonal cells (minGRU, RG-LRU, Mamba S6, LRU) on the sequential, scan
-         and triton backends, float32, forward and forward+backward; for minGRU and
-         RG-LRU, whose gates the triton backend computes in its gated scan, also the
+         and triton backends, float32, forward and forward+backward; for the first
+         three, whose gates the triton backend computes in its gated scan, also the
          triton diagonal scan of materialized a and b ("plain"): what fusing pays.
   chunk  GLA and Gated DeltaNet, bf16, B·T = 32k tokens, H = 16, K = V = 128: reclang's
          chunk backend (PyTorch) and the triton backend (its chunk kernels, the WY
@@ -83,7 +83,7 @@ def loop_scan(a, b, h0):
 
 def scan_section(quick):
     B, T, S = (4, 2048, 1024) if quick else (8, 4096, 2048)
-    cell = reclang.load(SPECS / "mamba_s6.rec")  # not a gated scan: the generic kernel
+    cell = reclang.load(SPECS / "lru.rec")  # complex: the diagonal scan, not a gated one
     kernel = cell._generated("triton", None)[1].linear_scan
     torch.manual_seed(0)
     a = torch.rand(B, T, S, device=DEV).requires_grad_()

@@ -85,7 +85,7 @@ class Cell:
           dplr, nonlinear) and triton is installed: on an H100 diagonal cells ran
           1.2-2.5x faster than on `scan` and 36-136x faster than the loop, the kernel at
           92% of the memory bandwidth (the diagonal scan; the gated scan, which since
-          runs minGRU, minLSTM, HGRN and RG-LRU with their gates in the kernel, is not
+          runs minGRU, minLSTM, HGRN, RG-LRU and Mamba S6 with their gates in the kernel, is not
           timed yet). For matrix states the kernels (the chunkwise
           form for mat-decay, the recurrent form for dplr) are not yet timed on a GPU:
           they are preferred because the PyTorch chunk backend materializes C x C x K

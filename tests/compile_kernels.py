@@ -48,8 +48,8 @@ KEYWISE = ("gla", "rwkv7")
 # those the launchers pick at fla-like sizes (K = V = 128)
 RECURRENT = ("VARLEN", "KEYWISE", "REVERSE", "R_UPDATE", "R_READ_K", "R_READ_V", "R_FEED")
 CASES = [
-    ("mamba_s6", "scan", [dict(BACKWARD=False, COMPLEX=False), dict(BACKWARD=True, COMPLEX=False)]),
-    ("lru", "scan", [dict(BACKWARD=True, COMPLEX=True)]),
+    ("lru", "scan", [dict(BACKWARD=backward, COMPLEX=complex_) for backward, complex_ in
+                     ((False, False), (True, False), (True, True))]),
     ("gla", "recurrent", [dict(zip(RECURRENT, flags)) for flags in [
         (0, 1, 0, 1, 1, 0, 0),      # forward
         (0, 1, 1, 1, 1, 1, 0),      # backward: reverse
@@ -58,7 +58,7 @@ CASES = [
     ("gated_delta_net", "recurrent", [dict(zip(RECURRENT, flags)) for flags in [
         (0, 0, 0, 1, 2, 0, 1), (0, 0, 1, 1, 2, 2, 1), (0, 0, 0, 1, 1, 2, 1)]]),
     ("gated_delta_net@K=256", "recurrent", [dict(zip(RECURRENT, (0, 0, 1, 1, 2, 2, 1)))]),
-] + [(spec, family, [{}]) for spec in ("min_gru", "rg_lru")
+] + [(spec, family, [{}]) for spec in ("min_gru", "rg_lru", "mamba_s6")
      for family in ("gated_scan", "gated_scan_backward")] + \
     [(spec, f"chunk_{part}", [{}]) for spec in FEED for part in ("wy", "wy_states")] + \
     [(spec, "chunk_states", [{}]) for spec in ("gla", "simple_gla")] + \
@@ -94,10 +94,10 @@ def launch_setup(family: str, variant: str, kernel) -> tuple[dict, dict, int]:
     if family.startswith("gated_scan"):  # pointers to float32 operands and states
         signature = {n: "i32" if n in ("T", "S") else "*fp32" for n in kernel.arg_names
                      if not n.startswith("BLOCK_")}
-        return signature, dict(BLOCK_T=64, BLOCK_S=32), 4
+        return signature, dict(BLOCK_T=64, BLOCK_S=32), 8 if "backward" in family else 4
     if family == "scan":
         signature = {**{n: "*fp32" for n in SCAN_ARGS.split()}, "T": "i32", "S": "i32"}
-        return signature, dict(BLOCK_T=64, BLOCK_S=32), 4
+        return signature, dict(BLOCK_T=64, BLOCK_S=32), 8 if "backward" in family else 4
     if family in FUSED_ARGS:  # float32 (or 64) throughout; N = 64 units
         dtype = "*fp64" if variant == "fp64" else "*fp32"
         signature = {**{n: dtype for n in FUSED_ARGS[family].split()}, "start_ptr": "*i32",

@@ -4,8 +4,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 5300  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
-# (5000 -> 5300: the lane form and the fused loop for nonlinear cells, ~520 lines)
+LINE_BUDGET = 5500  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+# (5000 -> 5300: the lane form and the fused loop for nonlinear cells, ~520 lines;
+# 5300 -> 5500: the gated scan of diagonal cells, ~170 lines)
 
 
 def test_readme_example_runs():
