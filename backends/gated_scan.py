@@ -10,14 +10,18 @@ Algorithm:  the operands for all steps at once in PyTorch, then the diagonal sca
             are computed in registers, tile by tile, instead of materialized. The
             backward kernel computes a_{t+1} again from the operands and applies the
             derivatives of a and b that sympy writes (no gate is stored).
-Cost:       reads the operands once and writes the states once forward (the scan
-            backend also writes and reads a, b and every gate between them); the
-            backward reads the operands twice (steps t and t + 1) and the states once.
+            The outputs follow from the states for all steps at once (the chunk
+            backend's epilogue): any readout of the new or the previous state.
+Cost:       forward, reads the operands once, each along its own axes of the state
+            (Mamba's Δ [B, T, D], B [B, T, N] for a state [D, N]), and writes the states
+            once (the scan backend also writes and reads a, b and every gate between
+            them); the backward reads the operands twice (steps t and t + 1) and the
+            states once.
 Numerics:   the carry and the equations in the states' dtype (float32 at least for
             bf16/fp16 inputs); gates through the stable forms of gates.py.jinja.
-It applies when the cell has one real state of shape (heads..., units), every
-output is that state's new value, and the equations fit the lane form; other
-diagonal cells run the diagonal scan of a and b (backends/triton.py).
+It applies when the cell has one real state of shape (heads..., units) whose update
+fits the lane form; other diagonal cells run the diagonal scan of a and b
+(backends/triton.py).
 """
 
 from __future__ import annotations
@@ -119,42 +123,17 @@ class GatedScanProgram(FusedProgram):
 
     def forward(self) -> str:
         f = self.form
-        unit = [str(s) for s in f.head_symbols] + ["lane"]
-        shape = "(" + ", ".join(map(str, (*f.heads, f.lanes))) + ",)"
-        S = sympy.prod(f.heads) * f.lanes
-        first = py_name(self.ir.inputs[0].name)
-        state = py_name(f.states[0])
-        lines = [f"B, T = {first}.shape[:2]", f"_like = {first}",
-                 "_dtype, _device = _like.dtype, _like.device",
-                 "# operands [B, T, their axes] and constants [S]: what the step reads; the "
-                 "gates computed from them are in the kernel"]
-        ops, consts = [], []
-        for o in f.operands:
-            name = f"_{o.symbol}"
-            lines.append(f"# {o.symbol} = {o.expr}")
-            if o.time_varying:  # along its own unit axes only: read broadcast
-                axes, _, size = layout(f, o.expr)
-                own = "(" + ", ".join(str(n) for a, n in zip(unit, (*f.heads, f.lanes))
-                                      if a in axes) + ("," if len(axes) == 1 else "") + ")"
-                code = self.tensor(o.expr, axes, own, "operand")
-                lines.append(f"{name} = {code}.reshape(B, T, {size})")
-                ops.append(name)
-            else:
-                lines.append(f"{name} = {self.tensor(o.expr, unit, shape, 'constant')}"
-                             f".reshape({S})")
-                consts.append(name)
+        first, state = py_name(self.ir.inputs[0].name), py_name(f.states[0])
         dims = ", ".join(map(str, (*f.heads, f.lanes)))
+        lines = [f"B, T = {first}.shape[:2]", f"_like = {first}",
+                 "_dtype, _device = _like.dtype, _like.device"]
+        ops, consts = self.operands(lines)
+        S = math.prod(f.heads) * f.lanes
         lines += [f"_h0 = {state}.reshape(-1, {S}).to(torch.promote_types({state}.dtype, "
                   "_dtype))",
                   f"_{state}_new = gated_scan([{', '.join(ops)}], [{', '.join(consts)}], "
                   f"_h0).reshape(B, T, {dims})"]
-        update = self.ir.update(f.states[0]).id
-        outputs = epilogue(self.ir, {update: f"_{state}_new"}, StatesLowering)
-        if any(f"_{state}_prev" in line for line in outputs):
-            lines += ["# the states before each step, for the outputs that read them",
-                      f"_{state}_prev = torch.cat([_h0.reshape(-1, 1, {dims}), "
-                      f"_{state}_new[:, :-1]], 1)"]
-        lines += outputs
+        lines += self.outputs(state, dims)
         lines.append(f"{state} = _{state}_new[:, -1]")
         outs = ", ".join(f'"{n.arg}": {py_name(n.arg)}' for n in map(self.ir.node, self.ir.stmts)
                          if n.op == Op.OUT)
@@ -163,6 +142,38 @@ class GatedScanProgram(FusedProgram):
                '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
         return "\n".join([self.signature("forward"), INDENT + doc] +
                          [INDENT + line for line in lines])
+
+    def operands(self, lines: list[str]) -> tuple[list[str], list[str]]:
+        """Appends the operands [B, T, their axes] and constants [S]; returns their names."""
+        f = self.form
+        unit = [str(s) for s in f.head_symbols] + ["lane"]
+        sizes = dict(zip(unit, (*f.heads, f.lanes)))
+        lines.append("# operands [B, T, their axes] and constants [S]: what the step reads; "
+                     "the gates computed from them are in the kernel")
+        ops, consts = [], []
+        for o in f.operands:
+            name = f"_{o.symbol}"
+            lines.append(f"# {o.symbol} = {o.expr}")
+            if o.time_varying:  # along its own axes of the state, read broadcast
+                axes, _, size = layout(f, o.expr)
+                how, flat = "operand", f"B, T, {size}"
+            else:
+                axes, how, flat = unit, "constant", str(math.prod(sizes.values()))
+            shape = "(" + "".join(f"{sizes[a]}, " for a in axes).rstrip(" ") + ")"
+            lines.append(f"{name} = {self.tensor(o.expr, axes, shape, how)}.reshape({flat})")
+            (ops if o.time_varying else consts).append(name)
+        return ops, consts
+
+    def outputs(self, state: str, dims: str) -> list[str]:
+        """The output statements, reading the states (and the previous states if any
+        output reads them)."""
+        update = self.ir.update(self.form.states[0]).id
+        lines = epilogue(self.ir, {update: f"_{state}_new"}, StatesLowering)
+        if not any(f"_{state}_prev" in line for line in lines):
+            return lines
+        return ["# the states before each step, for the outputs that read them",
+                f"_{state}_prev = torch.cat([_h0.reshape(-1, 1, {dims}), "
+                f"_{state}_new[:, :-1]], 1)"] + lines
 
 
 def gated_program(ir: IR, plan) -> tuple[GatedScanProgram, ScanCode]:
