@@ -131,17 +131,20 @@ class GatedScanProgram(FusedProgram):
         S = math.prod(f.heads) * f.lanes
         lines += [f"_h0 = {state}.reshape(-1, {S}).to(torch.promote_types({state}.dtype, "
                   "_dtype))",
-                  f"_{state}_new = gated_scan([{', '.join(ops)}], [{', '.join(consts)}], "
-                  f"_h0).reshape(B, T, {dims})"]
+                  "_starts = None if cu_seqlens is None else torch.as_tensor(cu_seqlens, "
+                  "dtype=torch.int64, device=_device)",
+                  f"_{state}_all = gated_scan([{', '.join(ops)}], [{', '.join(consts)}], "
+                  "_h0, _starts)",
+                  f"_{state}_new = _{state}_all.reshape(B, T, {dims})"]
         lines += self.outputs(state, dims)
-        lines.append(f"{state} = _{state}_new[:, -1]")
+        lines.append(f"{state} = final_states(_{state}_all, _h0, _starts).reshape(-1, {dims})")
         outs = ", ".join(f'"{n.arg}": {py_name(n.arg)}' for n in map(self.ir.node, self.ir.stmts)
                          if n.op == Op.OUT)
         lines.append(f'return {{{outs}}}, {{"{f.states[0]}": {state}}}')
         doc = (f'"""Runs {self.ir.name} over whole sequences with the gated scan: inputs '
                '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
-        return "\n".join([self.signature("forward"), INDENT + doc] +
-                         [INDENT + line for line in lines])
+        signature, doc = self.packed_signature(doc)
+        return "\n".join([signature, INDENT + doc] + [INDENT + line for line in lines])
 
     def operands(self, lines: list[str]) -> tuple[list[str], list[str]]:
         """Appends the operands [B, T, their axes] and constants [S]; returns their names."""
@@ -172,8 +175,8 @@ class GatedScanProgram(FusedProgram):
         if not any(f"_{state}_prev" in line for line in lines):
             return lines
         return ["# the states before each step, for the outputs that read them",
-                f"_{state}_prev = torch.cat([_h0.reshape(-1, 1, {dims}), "
-                f"_{state}_new[:, :-1]], 1)"] + lines
+                f"_{state}_prev = previous_states(_{state}_all, _h0, _starts)"
+                f".reshape(B, T, {dims})"] + lines
 
 
 def gated_program(ir: IR, plan) -> tuple[GatedScanProgram, ScanCode]:

@@ -5,8 +5,8 @@
 
 Sequences of the same length run together in one call of the backend; nothing is
 computed for padding. A backend whose forward takes `cu_seqlens` itself (the triton
-backend's matrix-state kernel and fused loop) gets packed sequences as they are, in
-one call, and a right-padded batch packed end to end (`pack`, `unpack`).
+backend's matrix-state kernels, gated scan and fused loop) gets packed sequences as
+they are, in one call, and a right-padded batch packed end to end (`pack`, `unpack`).
 With `lengths`, outputs past a sequence's end are 0 and its final state is the state
 after its last step. With `cu_seqlens` (flash-linear-attention's convention: offsets 0 =
 c_0 < c_1 < ... < c_N = total), the states are reset at every boundary: each sequence

@@ -58,7 +58,8 @@ CASES = [
     ("gated_delta_net", "recurrent", [dict(zip(RECURRENT, flags)) for flags in [
         (0, 0, 0, 1, 2, 0, 1), (0, 0, 1, 1, 2, 2, 1), (0, 0, 0, 1, 1, 2, 1)]]),
     ("gated_delta_net@K=256", "recurrent", [dict(zip(RECURRENT, (0, 0, 1, 1, 2, 2, 1)))]),
-] + [(spec, family, [{}]) for spec in ("min_gru", "rg_lru", "mamba_s6")
+] + [(spec, family, [dict(VARLEN=v) for v in ((0, 1) if spec == "mamba_s6" else (0,))])
+     for spec in ("min_gru", "rg_lru", "mamba_s6")
      for family in ("gated_scan", "gated_scan_backward")] + \
     [(spec, f"chunk_{part}", [{}]) for spec in FEED for part in ("wy", "wy_states")] + \
     [(spec, "chunk_states", [{}]) for spec in ("gla", "simple_gla")] + \
@@ -92,8 +93,8 @@ def launch_setup(family: str, variant: str, kernel) -> tuple[dict, dict, int]:
     `variant`: "K=<keys>" for the matrix kernel, "fp64" for the fused loop (the tests'
     dtype on a GPU)."""
     if family.startswith("gated_scan"):  # pointers to float32 operands and states
-        signature = {n: "i32" if n in ("T", "S") else "*fp32" for n in kernel.arg_names
-                     if not n.startswith("BLOCK_")}
+        signature = {n: "i32" if n in ("T", "S") else "*i64" if n == "starts_ptr" else "*fp32"
+                     for n in kernel.arg_names if not n.startswith("BLOCK_") and n != "VARLEN"}
         return signature, dict(BLOCK_T=64, BLOCK_S=32), 8 if "backward" in family else 4
     if family == "scan":
         signature = {**{n: "*fp32" for n in SCAN_ARGS.split()}, "T": "i32", "S": "i32"}

@@ -104,3 +104,34 @@ def test_a_state_with_heads_and_operands_of_one_head():
     sequential = cell.module("sequential").double()
     assert_matches_reference(triton_, as_reference(sequential), random_inputs(triton_, 2, 67),
                              random_state(triton_, 2), atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # padding channels, as above
+@pytest.mark.parametrize("name", ["rg_lru", "mamba_s6", "random.rec"])
+def test_packed_sequences_in_one_launch(name):
+    """cu_seqlens with four different lengths, one of them crossing a tile of 64 steps:
+    one launch, against sequential sequence by sequence, with the gradients of inputs,
+    params and the initial states; then `lengths` (a right-padded batch), one launch.
+    (random.rec: CELL, whose outputs read the previous state too.)"""
+    cell = reclang.loads(CELL.format(a="sigmoid(z[0, n])", b="z[1, n]", y="u[n]"), name) \
+        if name == "random.rec" else small(name)
+    torch.manual_seed(0)
+    triton_ = cell.module("triton").double()
+    sequential = cell.module("sequential").double()
+    calls = []
+    code = triton_._generated
+    launch = code.gated_scan
+    code.gated_scan = lambda *args, **kw: calls.append(1) or launch(*args, **kw)
+    cu = torch.tensor([0, 3, 4, 70, 75])
+    try:
+        assert_matches_reference(triton_, as_reference(sequential),
+                                 random_inputs(triton_, 1, 75), random_state(triton_, 4),
+                                 varlen=dict(cu_seqlens=cu), atol=1e-9, rtol=1e-7)
+        assert len(calls) == 1
+        lengths = torch.tensor([3, 1, 7, 5])
+        assert_matches_reference(triton_, as_reference(sequential),
+                                 random_inputs(triton_, 4, 7), random_state(triton_, 4),
+                                 varlen=dict(lengths=lengths), atol=1e-9, rtol=1e-7)
+        assert len(calls) == 2
+    finally:
+        code.gated_scan = launch
