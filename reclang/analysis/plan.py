@@ -381,7 +381,7 @@ def _no_lane_form(ir: IR) -> str:
     """Why the fused kernel cannot run a nonlinear cell ("" when it can)."""
     from .lanes import Unsupported, lane_form
     try:
-        lane_form(ir)
+        lane_form(ir, gates=True)  # as backends/fused.py builds it
     except Unsupported as err:
         return str(err)
     return ""
