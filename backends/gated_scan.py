@@ -43,7 +43,8 @@ def gated_form(ir: IR) -> tuple[LaneForm, sympy.Expr, sympy.Expr]:
     state (operands renamed o0.. and constants c0..), or `Unsupported` saying why not."""
     if len(ir.states) != 1:
         raise Unsupported("the gated scan runs cells with one state")
-    form = lane_form(ir, gates=True, lane_limit=None, outputs=False)
+    form = lane_form(ir, gates=True, lane_limit=None, outputs=False,
+                     kernel="the gated scan")
     state = form.states[0]
     s, f = form.prev[state], form.updates[state]
     a, b = sympy.diff(f, s), f.subs(s, 0)

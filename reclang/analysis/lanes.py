@@ -136,7 +136,7 @@ class LaneForm:
 
 
 def lane_form(ir: IR, gates: bool = False, lane_limit: int | None = LANE_LIMIT,
-              outputs: bool = True) -> LaneForm:
+              outputs: bool = True, kernel: str = "the fused kernel") -> LaneForm:
     """The lane form of a cell, or `Unsupported` with a reason.
 
     `gates`: elementwise functions of time-varying, state-free values (a gate
@@ -144,15 +144,17 @@ def lane_form(ir: IR, gates: bool = False, lane_limit: int | None = LANE_LIMIT,
     the values they are computed from (inputs, sums such as W x, params), so that a
     kernel computes them instead of reading them. Without it every state-free value f
     reads is an operand. `lane_limit`: the most units per head (None: any).
-    `outputs=False`: the updates only (outputs computed elsewhere, of any shape)."""
-    return _Lowering(ir, gates, lane_limit, outputs).run()
+    `outputs=False`: the updates only (outputs computed elsewhere, of any shape).
+    `kernel`: what the refusals say cannot run the cell."""
+    return _Lowering(ir, gates, lane_limit, outputs, kernel).run()
 
 
 class _Lowering:
     def __init__(self, ir: IR, gates: bool = False, lane_limit: int | None = LANE_LIMIT,
-                 outputs: bool = True):
+                 outputs: bool = True, kernel: str = "the fused kernel"):
         self.ir = ir
         self.gates, self.lane_limit, self.outputs = gates, lane_limit, outputs
+        self.kernel = kernel  # what cannot run the cell, in the refusals
         self.file = ir.source.filename.rsplit("/", 1)[-1]
         self.expander = Expander(ir)
         self.cache: dict = {}
@@ -165,13 +167,13 @@ class _Lowering:
         ir = self.ir
         shapes = {d.shape for d in ir.states}
         if not ir.states or len(shapes) != 1 or not next(iter(shapes)):
-            raise Unsupported(f"{self.file}: the fused kernel needs states of one shape "
+            raise Unsupported(f"{self.file}: {self.kernel} needs states of one shape "
                               f"(heads..., units); here {_shapes(ir)}")
         if any(d.dtype != "real" for d in ir.states):
-            raise Unsupported(f"{self.file}: the fused kernel runs real states only")
+            raise Unsupported(f"{self.file}: {self.kernel} runs real states only")
         shape = next(iter(shapes))
         if self.lane_limit is not None and shape[-1] > self.lane_limit:
-            raise Unsupported(f"{self.file}: {shape[-1]} units per head; the fused kernel "
+            raise Unsupported(f"{self.file}: {shape[-1]} units per head; {self.kernel} "
                               f"keeps at most {self.lane_limit} (every state and temporary "
                               "of 16 sequences in registers)")
         heads = tuple(sympy.Symbol(f"head{i}", integer=True) for i in range(len(shape) - 1))
@@ -184,7 +186,7 @@ class _Lowering:
                 continue
             if node.sizes != shape:
                 self.fail(node, f"{node.arg} has shape {list(node.sizes)}, the states "
-                          f"{list(shape)}: the fused kernel computes one value per unit")
+                          f"{list(shape)}: {self.kernel} computes one value per unit")
             env = dict(zip(node.axes, self.full))
             target = self.form.updates if node.op == Op.UPDATE else self.form.outputs
             target[node.arg] = self.value(node.args[0], env)
@@ -207,7 +209,7 @@ class _Lowering:
             return self.read(node, env)
         if node.op == Op.FN:
             if node.arg not in SCALAR:
-                self.fail(node, f"{node.arg} is not supported by the fused kernel")
+                self.fail(node, f"{node.arg} is not supported by {self.kernel}")
             return SCALAR[node.arg](*(self.value(a, env) for a in node.args))
         if node.op == Op.REDUCE:
             return self.product(node, env)
@@ -231,8 +233,8 @@ class _Lowering:
         index = tuple(env[s] if isinstance(s, str) else sympy.Integer(s) for s in node.arg)
         if source.op == Op.STATE:
             if index != self.full:
-                self.fail(node, f"reads {source.arg} at another unit than its own: the "
-                          "fused kernel mixes units only through a weighted sum over all "
+                self.fail(node, f"reads {source.arg} at another unit than its own: "
+                          f"{self.kernel} mixes units only through a weighted sum over all "
                           "of them (sum(m: W[n, m] * h[m]))")
             return self.form.prev[source.arg]
         if self.expander.phase[source.id] != Phase.CONST:  # a let the step computes
@@ -244,8 +246,8 @@ class _Lowering:
         try:
             terms = self.expander.terms(node.id, env)
         except NotAffine as err:
-            self.fail(node, f"a sum over the units of a state that is {err.reason}: the "
-                      "fused kernel mixes units only through weighted sums")
+            self.fail(node, f"a sum over the units of a state that is {err.reason}: "
+                      f"{self.kernel} mixes units only through weighted sums")
         total = sympy.Integer(0)
         for t in terms:
             if t.state is None:
@@ -258,8 +260,8 @@ class _Lowering:
                           f"{t.state}[.., m] within a head")
             bases = {str(x.base) for x in t.coef.atoms(sympy.Indexed)}
             if any(self.ir.decls[b].kind != "param" for b in bases if b in self.ir.decls):
-                self.fail(node, f"the matrix multiplying {t.state} changes with time; the "
-                          "fused kernel takes weights computed once, before its loop")
+                self.fail(node, f"the matrix multiplying {t.state} changes with time; "
+                          f"{self.kernel} takes weights computed once, before its loop")
             total += self.weight(t.coef.subs(k, KEY), t.state)
         return total
 
@@ -273,7 +275,7 @@ class _Lowering:
         states = {str(x.base) for x in expr.atoms(sympy.Indexed)} & set(self.form.states)
         if states:  # its update reads no state: the operand would be the state's own value
             self.fail(node, f"reads the new value of {min(states)}, whose update depends on "
-                      "no state: the fused kernel needs every update to read a state")
+                      f"no state: {self.kernel} needs every update to read a state")
         for o in self.form.operands:
             if o.expr == expr:
                 return o.symbol
