@@ -33,7 +33,7 @@ import sympy
 from reclang.analysis.lanes import LANE, LaneForm, Unsupported, lane_form
 from reclang.ir import IR, Op
 
-from .chunk import EpilogueLowering, epilogue
+from .chunk import EpilogueLowering, _shape, epilogue
 from .fused import FusedProgram, KernelCode
 from .sequential import INDENT, py_name
 
@@ -163,7 +163,7 @@ class GatedScanProgram(FusedProgram):
                 how, flat = "operand", f"B, T, {size}"
             else:
                 axes, how, flat = unit, "constant", str(math.prod(sizes.values()))
-            shape = "(" + "".join(f"{sizes[a]}, " for a in axes).rstrip(" ") + ")"
+            shape = _shape([sizes[a] for a in axes])
             lines.append(f"{name} = {self.tensor(o.expr, axes, shape, how)}.reshape({flat})")
             (ops if o.time_varying else consts).append(name)
         return ops, consts
