@@ -6,13 +6,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
+import importlib
 from pathlib import Path
 
 from . import config
 from .ast_to_ir import build_ir
 from .errors import RecError
+from .generated import load_source
 from .ir import IR
 from .module import RecModule
 from .parser import parse
@@ -113,7 +113,7 @@ class Cell:
 
     def _generated(self, backend: str, chunk_size: int | None):
         source = self.source(backend, chunk_size)
-        generated = _load_source(source, f"{self.name}_{backend}")
+        generated = load_source(source, f"{self.name}_{backend}")
         if config.debug_level() >= 4:
             print(source)
         return source, generated
@@ -129,21 +129,6 @@ class Cell:
         if verdict is not None and not verdict.supported:
             raise RecError(f"backend {backend!r} cannot run cell {self.name}: {verdict.reason}")
         return backend
-
-
-def _load_source(source: str, stem: str):
-    """Writes generated code to a file named by its hash and imports it from there, so
-    that tracebacks and debuggers show the generated lines."""
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    path = config.cache_dir() / f"{stem}_{digest}.py"
-    if not path.exists() or path.read_text() != source:
-        tmp = path.with_suffix(f".tmp{id(source)}")
-        tmp.write_text(source)
-        tmp.replace(path)
-    spec = importlib.util.spec_from_file_location(f"reclang_generated.{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def loads(text: str, filename: str = "<string>", **hypers) -> Cell:
