@@ -78,9 +78,10 @@ def _read(path: Path) -> bytes | None:
         fd = os.open(path, flags)
     except OSError:
         return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            return None
         return file.read()
 
 
