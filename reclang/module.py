@@ -17,9 +17,12 @@ import torch
 from torch import nn
 
 from . import init, varlen
+from .ast_to_ir import build_ir
 from .backends.torch_expr import py_name
 from .errors import RecError
+from .generated import load_source
 from .ir import IR
+from .parser import parse
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 RESERVED_ARGS = ("state", "lengths", "cu_seqlens", "cell")
@@ -42,6 +45,28 @@ class RecModule(nn.Module):
                                "module; rename it", ir.source, decl.loc)
             values[decl.name] = init.evaluate(ir, decl, values)
             self.register_parameter(decl.name, nn.Parameter(values[decl.name]))
+
+    # ---- pickle, copy.deepcopy, torch.save: rebuilt from the spec and the generated sources
+    def __getstate__(self) -> dict:
+        """The module without its generated Python modules, which cannot be pickled: the
+        spec (text, file name, hyperparameters) stands for the IR, and `__setstate__`
+        loads the sources again through the checking loader (reclang/generated.py)."""
+        state = self.__dict__.copy()
+        state["ir"] = (self.ir.source, dict(self.ir.hypers))
+        state["_generated"] = None
+        state["_on_device"] = {k: v[:2] for k, v in self._on_device.items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        source, hypers = state["ir"]
+        on_device = state["_on_device"]
+        super().__setstate__(state)
+        self.ir = build_ir(parse(source.text, source.filename), hypers)
+        self._generated = self._load(self.backend, self.source)
+        self._on_device = {k: (b, text, self._load(b, text)) for k, (b, text) in on_device.items()}
+
+    def _load(self, backend: str, source: str):
+        return load_source(source, f"{self.ir.name}_{backend}")
 
     def extra_repr(self) -> str:
         others = "".join(f", on {k}: {v[0]}" for k, v in self._on_device.items())
