@@ -95,7 +95,6 @@ def test_planted_bytecode_whose_header_matches_the_source_never_runs(tmp_path, m
 def _write(content):
     def plant(path):
         path.write_bytes(content(path))
-        return None
     return plant
 
 
@@ -118,7 +117,6 @@ def _linked(tmp_path):
 
 def _folder(path):
     (path / "inside").mkdir(parents=True)
-    return None
 
 
 @pytest.mark.parametrize("corrupt", ["not utf-8", "truncated", "empty", "folder", "malicious",

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import torch
+from helpers import SPECS
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import reclang
-from helpers import SPECS
 
 # a delta rule with params (the catalogue's dplr cells have none)
 DELTA_RATE = """cell delta_rate(H = 2, K = 3, V = 4):
