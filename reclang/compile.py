@@ -57,8 +57,10 @@ class Cell:
                 self._sources[key] = generator.generate(self.ir, self.plan)
         return self._sources[key]
 
-    def module(self, backend: str = "sequential", chunk_size: int | None = None) -> RecModule:
-        """A fresh nn.Module (new parameters, initialized as the spec says).
+    def module(self, backend: str = "sequential", chunk_size: int | None = None, *,
+               device=None, dtype=None) -> RecModule:
+        """A fresh nn.Module (new parameters, initialized as the spec says, of `device` and
+        `dtype` as nn.Linear's: by default the default dtype).
 
         `auto`: the backend `auto_backends` names for CPU tensors, and on CUDA tensors
         the one it names for CUDA (same parameters, other generated code)."""
@@ -66,7 +68,8 @@ class Cell:
         if backend == "auto":
             backend, on_cuda = self.auto_backends()
         backend = self._backend(backend)
-        m = RecModule(self.ir, backend, *self._generated(backend, chunk_size))
+        m = RecModule(self.ir, backend, *self._generated(backend, chunk_size), device=device,
+                      dtype=dtype)
         if on_cuda not in (None, backend):
             m.use_on("cuda", on_cuda, *self._generated(on_cuda, chunk_size))
         return m

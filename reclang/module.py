@@ -29,8 +29,13 @@ RESERVED_ARGS = ("state", "lengths", "cu_seqlens", "cell")
 
 
 class RecModule(nn.Module):
-    def __init__(self, ir: IR, backend: str, source: str, generated):
+    def __init__(self, ir: IR, backend: str, source: str, generated, device=None, dtype=None):
+        """`device`, `dtype`: of the parameters, as nn.Linear's (default: the default dtype;
+        complex params are of its complex counterpart)."""
         super().__init__()
+        dtype = dtype or torch.get_default_dtype()
+        if not dtype.is_floating_point:
+            raise TypeError(f"the parameters' dtype must be a real floating-point one, got {dtype}")
         self.ir, self.backend, self.source = ir, backend, source
         self._generated = generated
         self._on_device: dict[str, tuple] = {}  # device type -> (backend, source, code)
@@ -38,13 +43,26 @@ class RecModule(nn.Module):
             if decl.name in RESERVED_ARGS:
                 raise RecError(f"input name '{decl.name}' is an argument of the module "
                                "call; rename the input", ir.source, decl.loc)
-        values: dict[str, torch.Tensor] = {}
         for decl in ir.params:
             if hasattr(self, decl.name) or decl.name in RESERVED_ARGS:
                 raise RecError(f"param name '{decl.name}' clashes with an attribute of the "
                                "module; rename it", ir.source, decl.loc)
-            values[decl.name] = init.evaluate(ir, decl, values)
-            self.register_parameter(decl.name, nn.Parameter(values[decl.name]))
+            kind = dtype.to_complex() if decl.dtype == "complex" else dtype
+            self.register_parameter(decl.name, nn.Parameter(
+                torch.empty(decl.shape, dtype=kind, device=device)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initializes the parameters as the spec says, in place, each evaluated in its own
+        dtype and on its own device (a float64 module gets float64 constants). A module
+        built on the meta device is made real by `to_empty(device=...)` then this."""
+        values: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for decl in self.ir.params:
+                p = getattr(self, decl.name)
+                values[decl.name] = init.evaluate(self.ir, decl, values, p.dtype.to_real(),
+                                                  p.device)
+                p.copy_(values[decl.name])
 
     # ---- pickle, copy.deepcopy, torch.save: rebuilt from the spec and the generated sources
     def __getstate__(self) -> dict:
