@@ -36,6 +36,8 @@ from .errors import RecError
 PACKAGE = "reclang_generated"
 STALE_TMP_S = 3600  # a temporary file this old was left by a writer that died
 _lock = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a child forked while another thread held the lock
+    os.register_at_fork(after_in_child=lambda: globals().update(_lock=threading.Lock()))
 _loaded: dict[tuple[str, Path], types.ModuleType] = {}  # (sha256 of a source, file) -> module
 
 

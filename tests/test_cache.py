@@ -6,15 +6,18 @@ import concurrent.futures
 import importlib
 import os
 import pickle
+import signal
 import stat
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import reclang
+from reclang import generated
 
 SPEC = """cell acc(D = 3):
     input x[D]
@@ -209,3 +212,24 @@ def test_without_a_writable_home_the_cache_is_a_private_folder_of_the_user(tmp_p
     folder.chmod(0o777)  # planted by someone else, world-writable: refused, not used
     with pytest.raises(reclang.RecError, match="can be written by other users"):
         reclang.loads(SPEC).module()
+
+
+def test_a_process_forked_while_another_thread_loads_can_load(cache):
+    """The loader's lock, held by a thread at the fork, is not held in the child."""
+    cell = reclang.loads(SPEC, D=9)
+    with generated._lock:
+        pid = os.fork()
+        if pid == 0:
+            ok = False
+            try:
+                torch.set_num_threads(1)
+                ok = _build_and_run(cell, 9)
+            finally:
+                os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while (status := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if status[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert status == (pid, 0), "the child could not load (deadlock or failure)"
