@@ -106,7 +106,6 @@ def _execute(source: str, name: str, path: Path) -> types.ModuleType:
     module = types.ModuleType(name)
     module.__file__ = str(path)
     module.__spec__ = importlib.machinery.ModuleSpec(name, None, origin=str(path))
-    module.__spec__.has_location = True
     # mtime None: linecache.checkcache keeps the entry, so getsource reads this text
     linecache.cache[str(path)] = (len(source), None, source.splitlines(True), str(path))
     code = compile(source, str(path), "exec", dont_inherit=True)
@@ -131,9 +130,8 @@ def _register(module: types.ModuleType) -> None:
 
 
 def _prune(directory: Path) -> None:
-    """Removes the least recently used entries past the bound, and temporary files
-    left by writers that died. Safe while other processes run: a loaded module never
-    reads its file again."""
+    """Removes the least recently used entries past the bound and temporary files of dead
+    writers; safe while other processes run, as a loaded module never reads its file."""
     entries, now = [], time.time()
     for path in directory.iterdir():
         with contextlib.suppress(OSError):

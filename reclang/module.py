@@ -30,8 +30,7 @@ RESERVED_ARGS = ("state", "lengths", "cu_seqlens", "cell")
 
 class RecModule(nn.Module):
     def __init__(self, ir: IR, backend: str, source: str, generated, device=None, dtype=None):
-        """`device`, `dtype`: of the parameters, as nn.Linear's (default: the default dtype;
-        complex params are of its complex counterpart)."""
+        """`device`, `dtype`: the parameters', as nn.Linear's (complex params: complex)."""
         super().__init__()
         dtype = dtype or torch.get_default_dtype()
         if not dtype.is_floating_point:
@@ -53,9 +52,8 @@ class RecModule(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Initializes the parameters as the spec says, in place, each evaluated in its own
-        dtype and on its own device (a float64 module gets float64 constants). A module
-        built on the meta device is made real by `to_empty(device=...)` then this."""
+        """The spec's initializers, in place, each evaluated in its parameter's dtype and
+        device; a module built on the meta device: `to_empty(device=...)`, then this."""
         values: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for decl in self.ir.params:
