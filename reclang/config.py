@@ -24,8 +24,8 @@ def cache_dir() -> Path:
     explicit = os.environ.get("RECLANG_CACHE")
     if explicit:
         return _private_dir(Path(explicit))
-    # a read-only home: a folder of this user's in the temporary directory
-    fallback = Path(tempfile.gettempdir()) / f"reclang-cache-{_uid()}"
+    # a read-only home: a folder of this user's (by uid; none on Windows) in the temporary one
+    fallback = Path(tempfile.gettempdir()) / f"reclang-cache-{getattr(os, 'getuid', str)()}"
     return _private_dir(Path.home() / ".cache" / "reclang", fallback)
 
 
@@ -45,20 +45,20 @@ def _private_dir(path: Path, fallback: Path | None = None) -> Path:
             return _private_dir(fallback)
         raise RecError(f"cannot create the cache folder {path}: {err.strerror}; set "
                        "RECLANG_CACHE to a folder of your own") from None
-    info = path.stat()
+    if os.name != "posix":  # no owners and modes to check (Windows)
+        return path
+    uid, info = os.getuid(), path.stat()
     advice = "; remove it, or set RECLANG_CACHE to a folder of your own"
-    if _uid() is not None and info.st_uid != _uid():
-        raise RecError(f"the cache folder {path} belongs to user id {info.st_uid}, not to "
-                       f"you ({_uid()}): reclang does not trust code written there{advice}")
+    # the link too: someone else's link in /tmp may point to a folder of yours
+    owner = next((i.st_uid for i in (path.lstat(), info) if i.st_uid != uid), None)
+    if owner is not None:
+        raise RecError(f"the cache folder {path} belongs to user id {owner}, not to you "
+                       f"({uid}): reclang does not trust code written there{advice}")
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise RecError(f"the cache folder {path} can be written by other users (mode "
                        f"{stat.S_IMODE(info.st_mode):o}): reclang does not trust code written "
                        f"there; chmod 700 it{advice.replace('; remove it,', ',')}")
     return path
-
-
-def _uid() -> int | None:
-    return os.getuid() if hasattr(os, "getuid") else None  # None: not POSIX (Windows)
 
 
 def _int(name: str, default: int) -> int:

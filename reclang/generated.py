@@ -35,6 +35,7 @@ from .errors import RecError
 
 PACKAGE = "reclang_generated"
 STALE_TMP_S = 3600  # a temporary file this old was left by a writer that died
+ENTRY = re.compile(r"\.?\w+_[0-9a-f]{16}(\.py|\.\w+\.tmp)")  # what _prune may remove
 _lock = threading.Lock()
 if hasattr(os, "register_at_fork"):  # a child forked while another thread held the lock
     os.register_at_fork(after_in_child=lambda: globals().update(_lock=threading.Lock()))
@@ -108,10 +109,9 @@ def _execute(source: str, name: str, path: Path) -> types.ModuleType:
     module.__spec__ = importlib.machinery.ModuleSpec(name, None, origin=str(path))
     # mtime None: linecache.checkcache keeps the entry, so getsource reads this text
     linecache.cache[str(path)] = (len(source), None, source.splitlines(True), str(path))
-    code = compile(source, str(path), "exec", dont_inherit=True)
     _register(module)  # before running it, as import does: a kernel may look itself up
     try:
-        exec(code, module.__dict__)  # noqa: S102 - the compiler's own output
+        exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)  # noqa: S102
     except BaseException:
         sys.modules.pop(name, None)
         raise
@@ -133,14 +133,13 @@ def _prune(directory: Path) -> None:
     """Removes the least recently used entries past the bound and temporary files of dead
     writers; safe while other processes run, as a loaded module never reads its file."""
     entries, now = [], time.time()
-    for path in directory.iterdir():
+    for path in filter(lambda p: ENTRY.fullmatch(p.name), directory.iterdir()):
         with contextlib.suppress(OSError):
             info = path.lstat()
             if path.suffix == ".tmp" and now - info.st_mtime > STALE_TMP_S:
                 path.unlink()
             elif path.suffix == ".py" and stat.S_ISREG(info.st_mode):
                 entries.append((info.st_mtime, path))
-    entries.sort()
-    for _, path in entries[:max(0, len(entries) - config.cache_max_files())]:
+    for _, path in sorted(entries)[:max(0, len(entries) - config.cache_max_files())]:
         with contextlib.suppress(OSError):
             path.unlink()

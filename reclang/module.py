@@ -74,15 +74,13 @@ class RecModule(nn.Module):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        source, hypers = state["ir"]
-        on_device = state["_on_device"]
         super().__setstate__(state)
+        source, hypers = self.ir
         self.ir = build_ir(parse(source.text, source.filename), hypers)
-        self._generated = self._load(self.backend, self.source)
-        self._on_device = {k: (b, text, self._load(b, text)) for k, (b, text) in on_device.items()}
-
-    def _load(self, backend: str, source: str):
-        return load_source(source, f"{self.ir.name}_{backend}")
+        stem = self.ir.name + "_"  # + the backend, as compile.Cell names the files
+        self._generated = load_source(self.source, stem + self.backend)
+        self._on_device = {k: (b, text, load_source(text, stem + b))
+                           for k, (b, text) in self._on_device.items()}
 
     def extra_repr(self) -> str:
         others = "".join(f", on {k}: {v[0]}" for k, v in self._on_device.items())

@@ -169,13 +169,15 @@ def test_threads_and_forked_processes_build_one_new_cell_into_an_empty_cache(siz
 
 
 def test_the_cache_keeps_the_most_recently_used_entries(cache, monkeypatch):
+    """...and removes temporary files of dead writers, but no file it did not write."""
     monkeypatch.setenv("RECLANG_CACHE_MAX", "2")
     cache.mkdir(mode=0o700)
-    stale = cache / ".left_by_a_dead_writer.tmp"
-    stale.write_text("")
-    os.utime(stale, (0, 0))
+    for name in (".acc_sequential_0123456789abcdef.k2_x9.tmp", "notes.py", "old.tmp"):
+        (cache / name).write_text(name)
+        os.utime(cache / name, (0, 0))
     sources = [reclang.loads(SPEC, D=d).module().source for d in (2, 3, 4)]
-    assert sorted(p.read_text() for p in cache.iterdir()) == sorted(sources[1:])
+    assert sorted(p.read_text() for p in cache.iterdir()) == sorted(
+        ["notes.py", "old.tmp", *sources[1:]])
 
 
 def test_a_cache_folder_others_can_write_is_refused(cache):
@@ -189,6 +191,23 @@ def test_a_cache_folder_of_another_user_is_refused(cache, monkeypatch):
     cache.mkdir(mode=0o700)
     monkeypatch.setattr(os, "getuid", lambda: cache.stat().st_uid + 1)
     with pytest.raises(reclang.RecError, match="belongs to user id .*reclang does not trust"):
+        reclang.loads(SPEC).module()
+
+
+def test_a_link_of_another_user_to_a_folder_of_yours_is_refused(tmp_path, monkeypatch):
+    """As a link planted in /tmp would be (someone else's link, your folder)."""
+    (tmp_path / "yours").mkdir(mode=0o700)
+    link = tmp_path / "cache"
+    link.symlink_to(tmp_path / "yours")
+    real = Path.lstat
+
+    def lstat(path, *args, **kwargs):  # the link as someone else's
+        info = real(path, *args, **kwargs)
+        return os.stat_result((*info[:4], info.st_uid + 1, *info[5:])) if path == link else info
+
+    monkeypatch.setattr(Path, "lstat", lstat)
+    monkeypatch.setenv("RECLANG_CACHE", str(link))
+    with pytest.raises(reclang.RecError, match="belongs to user id"):
         reclang.loads(SPEC).module()
 
 
