@@ -126,13 +126,13 @@ def plain_scan_module(cell):
     """The cell on the triton backend's diagonal scan of a and b (the scan backend's
     program), where the backend would run its gated scan: None elsewhere."""
     from reclang.backends.triton import TritonScanProgram
-    from reclang.compile import _load_source
+    from reclang.generated import load_source
     from reclang.module import RecModule
 
     if "gated_scan" not in cell.source("triton"):
         return None
     source = TritonScanProgram(cell.ir, cell.plan, "a benchmark's comparison").source()
-    return RecModule(cell.ir, "triton", source, _load_source(source, f"{cell.name}_plain"))
+    return RecModule(cell.ir, "triton", source, load_source(source, f"{cell.name}_plain"))
 
 
 def cell_section(quick):

@@ -6,13 +6,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
+import importlib
 from pathlib import Path
 
 from . import config
 from .ast_to_ir import build_ir
 from .errors import RecError
+from .generated import load_source
 from .ir import IR
 from .module import RecModule
 from .parser import parse
@@ -57,8 +57,10 @@ class Cell:
                 self._sources[key] = generator.generate(self.ir, self.plan)
         return self._sources[key]
 
-    def module(self, backend: str = "sequential", chunk_size: int | None = None) -> RecModule:
-        """A fresh nn.Module (new parameters, initialized as the spec says).
+    def module(self, backend: str = "sequential", chunk_size: int | None = None, *,
+               device=None, dtype=None) -> RecModule:
+        """A fresh nn.Module (new parameters, initialized as the spec says, of `device` and
+        `dtype` as nn.Linear's: by default the default dtype).
 
         `auto`: the backend `auto_backends` names for CPU tensors, and on CUDA tensors
         the one it names for CUDA (same parameters, other generated code)."""
@@ -66,7 +68,8 @@ class Cell:
         if backend == "auto":
             backend, on_cuda = self.auto_backends()
         backend = self._backend(backend)
-        m = RecModule(self.ir, backend, *self._generated(backend, chunk_size))
+        m = RecModule(self.ir, backend, *self._generated(backend, chunk_size), device=device,
+                      dtype=dtype)
         if on_cuda not in (None, backend):
             m.use_on("cuda", on_cuda, *self._generated(on_cuda, chunk_size))
         return m
@@ -113,7 +116,7 @@ class Cell:
 
     def _generated(self, backend: str, chunk_size: int | None):
         source = self.source(backend, chunk_size)
-        generated = _load_source(source, f"{self.name}_{backend}")
+        generated = load_source(source, f"{self.name}_{backend}")
         if config.debug_level() >= 4:
             print(source)
         return source, generated
@@ -129,21 +132,6 @@ class Cell:
         if verdict is not None and not verdict.supported:
             raise RecError(f"backend {backend!r} cannot run cell {self.name}: {verdict.reason}")
         return backend
-
-
-def _load_source(source: str, stem: str):
-    """Writes generated code to a file named by its hash and imports it from there, so
-    that tracebacks and debuggers show the generated lines."""
-    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    path = config.cache_dir() / f"{stem}_{digest}.py"
-    if not path.exists() or path.read_text() != source:
-        tmp = path.with_suffix(f".tmp{id(source)}")
-        tmp.write_text(source)
-        tmp.replace(path)
-    spec = importlib.util.spec_from_file_location(f"reclang_generated.{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def loads(text: str, filename: str = "<string>", **hypers) -> Cell:

@@ -1,30 +1,68 @@
 """Every environment setting reclang reads, in one place.
 
-RECLANG_CACHE   where generated sources are written (default ~/.cache/reclang)
-RECLANG_DEBUG   at load time, print: 2 the IR, 3 also the plan, 4 also the generated source
-                (when a module is built)
+RECLANG_CACHE       where generated sources are written (default ~/.cache/reclang; when the
+                    home folder cannot be written, reclang-cache-<uid> in the temporary folder)
+RECLANG_CACHE_MAX   how many generated files the cache keeps, the most recently used (1000)
+RECLANG_DEBUG       at load time, print: 2 the IR, 3 also the plan, 4 also the generated
+                    source (when a module is built)
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
+from .errors import RecError
+
 
 def cache_dir() -> Path:
-    default = Path.home() / ".cache" / "reclang"
-    path = Path(os.environ.get("RECLANG_CACHE", default))
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:  # a read-only home: fall back to the temporary directory
-        path = Path(tempfile.gettempdir()) / "reclang-cache"
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+    """The cache folder, created private (0700). Generated code is checked against the
+    compiler's text before it runs, but triton and tracebacks read the files, so a folder
+    of another user, or one that others can write, is refused."""
+    explicit = os.environ.get("RECLANG_CACHE")
+    if explicit:
+        return _private_dir(Path(explicit))
+    # a read-only home: a folder of this user's (by uid; none on Windows) in the temporary one
+    fallback = Path(tempfile.gettempdir()) / f"reclang-cache-{getattr(os, 'getuid', str)()}"
+    return _private_dir(Path.home() / ".cache" / "reclang", fallback)
+
+
+def cache_max_files() -> int:
+    return _int("RECLANG_CACHE_MAX", 1000)
 
 
 def debug_level() -> int:
+    return _int("RECLANG_DEBUG", 0)
+
+
+def _private_dir(path: Path, fallback: Path | None = None) -> Path:
     try:
-        return int(os.environ.get("RECLANG_DEBUG", "0"))
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as err:
+        if fallback is not None:
+            return _private_dir(fallback)
+        raise RecError(f"cannot create the cache folder {path}: {err.strerror}; set "
+                       "RECLANG_CACHE to a folder of your own") from None
+    if os.name != "posix":  # no owners and modes to check (Windows)
+        return path
+    uid, info = os.getuid(), path.stat()
+    advice = "; remove it, or set RECLANG_CACHE to a folder of your own"
+    # the link too: someone else's link in /tmp may point to a folder of yours
+    owner = next((i.st_uid for i in (path.lstat(), info) if i.st_uid != uid), None)
+    if owner is not None:
+        raise RecError(f"the cache folder {path} belongs to user id {owner}, not to you "
+                       f"({uid}): reclang does not trust code written there{advice}")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise RecError(f"the cache folder {path} can be written by other users (mode "
+                       f"{stat.S_IMODE(info.st_mode):o}): reclang does not trust code written "
+                       f"there; chmod 700 it{advice.replace('; remove it,', ',')}")
+    return path
+
+
+def _int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, str(default)))
     except ValueError:
-        return 0
+        return default

@@ -25,8 +25,8 @@ def evaluate(ir: IR, decl: Decl, params: dict[str, torch.Tensor], dtype=torch.fl
     else:
         env = _Env(ir, decl, params, dtype, device)
         value = env.eval(decl.init)
-    if not torch.is_tensor(value):
-        value = torch.tensor(value, device=device)
+    if not torch.is_tensor(value):  # a number: made a tensor in `dtype`, not the default one
+        value = torch.tensor(value, **_kw_for(value, {"dtype": dtype, "device": device}))
     if decl.dtype == "complex":
         value = value.to(dtype.to_complex() if not dtype.is_complex else dtype)
     elif value.is_complex():

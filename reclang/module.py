@@ -17,17 +17,24 @@ import torch
 from torch import nn
 
 from . import init, varlen
+from .ast_to_ir import build_ir
 from .backends.torch_expr import py_name
 from .errors import RecError
+from .generated import load_source
 from .ir import IR
+from .parser import parse
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 RESERVED_ARGS = ("state", "lengths", "cu_seqlens", "cell")
 
 
 class RecModule(nn.Module):
-    def __init__(self, ir: IR, backend: str, source: str, generated):
+    def __init__(self, ir: IR, backend: str, source: str, generated, device=None, dtype=None):
+        """`device`, `dtype`: the parameters', as nn.Linear's (complex params: complex)."""
         super().__init__()
+        dtype = dtype or torch.get_default_dtype()
+        if not dtype.is_floating_point:
+            raise TypeError(f"the parameters' dtype must be a real floating-point one, got {dtype}")
         self.ir, self.backend, self.source = ir, backend, source
         self._generated = generated
         self._on_device: dict[str, tuple] = {}  # device type -> (backend, source, code)
@@ -35,13 +42,45 @@ class RecModule(nn.Module):
             if decl.name in RESERVED_ARGS:
                 raise RecError(f"input name '{decl.name}' is an argument of the module "
                                "call; rename the input", ir.source, decl.loc)
-        values: dict[str, torch.Tensor] = {}
         for decl in ir.params:
             if hasattr(self, decl.name) or decl.name in RESERVED_ARGS:
                 raise RecError(f"param name '{decl.name}' clashes with an attribute of the "
                                "module; rename it", ir.source, decl.loc)
-            values[decl.name] = init.evaluate(ir, decl, values)
-            self.register_parameter(decl.name, nn.Parameter(values[decl.name]))
+            kind = dtype.to_complex() if decl.dtype == "complex" else dtype
+            self.register_parameter(decl.name, nn.Parameter(
+                torch.empty(decl.shape, dtype=kind, device=device)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The spec's initializers, in place, each evaluated in its parameter's dtype and
+        device; a module built on the meta device: `to_empty(device=...)`, then this."""
+        values: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            for decl in self.ir.params:
+                p = getattr(self, decl.name)
+                values[decl.name] = init.evaluate(self.ir, decl, values, p.dtype.to_real(),
+                                                  p.device)
+                p.copy_(values[decl.name])
+
+    # ---- pickle, copy.deepcopy, torch.save: rebuilt from the spec and the generated sources
+    def __getstate__(self) -> dict:
+        """The module without its generated Python modules, which cannot be pickled: the
+        spec (text, file name, hyperparameters) stands for the IR, and `__setstate__`
+        loads the sources again through the checking loader (reclang/generated.py)."""
+        state = self.__dict__.copy()
+        state["ir"] = (self.ir.source, dict(self.ir.hypers))
+        state["_generated"] = None
+        state["_on_device"] = {k: v[:2] for k, v in self._on_device.items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        source, hypers = self.ir
+        self.ir = build_ir(parse(source.text, source.filename), hypers)
+        stem = self.ir.name + "_"  # + the backend, as compile.Cell names the files
+        self._generated = load_source(self.source, stem + self.backend)
+        self._on_device = {k: (b, text, load_source(text, stem + b))
+                           for k, (b, text) in self._on_device.items()}
 
     def extra_repr(self) -> str:
         others = "".join(f", on {k}: {v[0]}" for k, v in self._on_device.items())

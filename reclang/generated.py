@@ -1,0 +1,145 @@
+"""Loading generated code: the text the compiler produced runs, never what a file holds.
+
+A generated source is written to `<cache>/<stem>_<hash>.py` (a real file: `@triton.jit`
+reads its kernel with inspect.getsource, and tracebacks show the generated lines), but
+the file is only compared with the text, and rewritten when it differs (truncated, not
+UTF-8, a folder, planted). The text itself is compiled in memory, so no bytecode is
+written or read, and executed in a fresh module registered in sys.modules as
+`reclang_generated.<stem>_<hash>`: pickle and torch.compile find its functions by their
+qualified names. linecache holds the same text, so getsource never re-reads the file.
+
+Writes go to a unique temporary file renamed over the entry, so threads and processes
+building the same cell never see a half-written one. The cache keeps the
+`config.cache_max_files()` most recently used entries (see `_prune`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.machinery
+import linecache
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+import threading
+import time
+import types
+from pathlib import Path
+
+from . import config
+from .errors import RecError
+
+PACKAGE = "reclang_generated"
+STALE_TMP_S = 3600  # a temporary file this old was left by a writer that died
+ENTRY = re.compile(r"\.?\w+_[0-9a-f]{16}(\.py|\.\w+\.tmp)")  # what _prune may remove
+_lock = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a child forked while another thread held the lock
+    os.register_at_fork(after_in_child=lambda: globals().update(_lock=threading.Lock()))
+_loaded: dict[tuple[str, Path], types.ModuleType] = {}  # (sha256 of a source, file) -> module
+
+
+def load_source(source: str, stem: str) -> types.ModuleType:
+    """The module of a generated source, executed once per process and cache folder, and
+    registered as `reclang_generated.<stem>_<hash>`; `stem` names the file (cell, backend)."""
+    digest = hashlib.sha256(source.encode()).hexdigest()
+    name = f"{re.sub(r'[^0-9A-Za-z_]', '_', stem)}_{digest[:16]}"
+    with _lock:
+        path = _store(source, name + ".py")  # the cache shows what runs, even on a reuse
+        module = _loaded.get((digest, path))
+        if module is None:
+            module = _loaded[digest, path] = _execute(source, f"{PACKAGE}.{name}", path)
+        _register(module)  # again, in case someone removed it from sys.modules
+    return module
+
+
+def _store(source: str, filename: str) -> Path:
+    """Makes the cache entry hold exactly `source`; returns its path."""
+    directory = config.cache_dir()
+    path = directory / filename
+    data = source.encode()
+    if _read(path) == data:
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: kept by _prune
+        return path
+    try:
+        _write(directory, path, data)
+    except OSError as err:
+        raise RecError(f"cannot write generated code to {directory}: {err.strerror}; "
+                       "set RECLANG_CACHE to a folder of your own") from None
+    _prune(directory)
+    return path
+
+
+def _read(path: Path) -> bytes | None:
+    """The bytes of a regular file at `path` (links are not followed), else None."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    with os.fdopen(fd, "rb") as file:
+        return file.read()
+
+
+def _write(directory: Path, path: Path, data: bytes) -> None:
+    """Writes a unique temporary file and renames it over `path`, atomically."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        if path.is_dir() and not path.is_symlink():  # a corrupt entry: rename cannot replace it
+            shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _execute(source: str, name: str, path: Path) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None, origin=str(path))
+    # mtime None: linecache.checkcache keeps the entry, so getsource reads this text
+    linecache.cache[str(path)] = (len(source), None, source.splitlines(True), str(path))
+    _register(module)  # before running it, as import does: a kernel may look itself up
+    try:
+        exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)  # noqa: S102
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _register(module: types.ModuleType) -> None:
+    package = sys.modules.get(PACKAGE)
+    if package is None:
+        package = types.ModuleType(PACKAGE, "Modules of generated code (reclang/generated.py).")
+        package.__path__ = []
+        package.__spec__ = importlib.machinery.ModuleSpec(PACKAGE, None, is_package=True)
+        sys.modules[PACKAGE] = package
+    sys.modules[module.__name__] = module
+    setattr(package, module.__name__.rpartition(".")[2], module)
+
+
+def _prune(directory: Path) -> None:
+    """Removes the least recently used entries past the bound and temporary files of dead
+    writers; safe while other processes run, as a loaded module never reads its file."""
+    entries, now = [], time.time()
+    for path in filter(lambda p: ENTRY.fullmatch(p.name), directory.iterdir()):
+        with contextlib.suppress(OSError):
+            info = path.lstat()
+            if path.suffix == ".tmp" and now - info.st_mtime > STALE_TMP_S:
+                path.unlink()
+            elif path.suffix == ".py" and stat.S_ISREG(info.st_mode):
+                entries.append((info.st_mtime, path))
+    for _, path in sorted(entries)[:max(0, len(entries) - config.cache_max_files())]:
+        with contextlib.suppress(OSError):
+            path.unlink()
