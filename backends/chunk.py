@@ -321,24 +321,29 @@ class ChunkProgram(Program):
 
     # ---- linear parts of the outputs
     def readouts(self) -> tuple[dict, dict]:
-        """The queries of each state (terms that share a state, node axes and post factor
-        are summed into one query) and, for each such (state, axes, post), its index."""
-        groups: dict = {}
-        for part in self.ops.parts:
+        """The queries of each state and, for each part and (state, axes, post), the
+        index of its query. Terms of one part that share a state, node axes and post
+        factor are summed into one query; the parts keep their own queries (two parts
+        share one only when it is the same expression), because an output may combine
+        them nonlinearly (o * o, an RMSNorm of o) and a sum would read as each."""
+        per_state: dict = {}
+        index = {}
+        for n, part in enumerate(self.ops.parts):
+            groups: dict = {}
             for t in part.terms:
                 key = (t.state, t.axes, t.post)
                 groups[key] = groups.get(key, 0) + t.query
-        per_state: dict = {}
-        index = {}
-        for (state, axes, post), query in groups.items():
-            per_state.setdefault(state, []).append(query)
-            index[(state, axes, post)] = len(per_state[state]) - 1
+            for (state, axes, post), query in groups.items():
+                queries = per_state.setdefault(state, [])
+                if query not in queries:
+                    queries.append(query)
+                index[(n, state, axes, post)] = queries.index(query)
         return per_state, index
 
-    def part_block(self, part: LinearPart, outs: dict, index: dict) -> str:
+    def part_block(self, n: int, outs: dict, index: dict, made: dict) -> str:
+        part = self.ops.parts[n]
         node = self.ir.node(part.node)
         self.sympy.sizes.update(zip(node.axes, node.sizes))
-        var = f"_linear{len(self.given)}"
         pieces = []
         seen = set()
         for t in part.terms:
@@ -351,7 +356,7 @@ class ChunkProgram(Program):
             mapping = dict(t.axes)
             axes = tuple(mapping[a] for a in s.shared + s.value)
             sizes = ", ".join(str(size[a]) for a in s.shared + s.value)
-            read = Code(f"{outs[t.state]}[:, :, {index[key]}].reshape(B, T, {sizes})"
+            read = Code(f"{outs[t.state]}[:, :, {index[(n, *key)]}].reshape(B, T, {sizes})"
                         .replace(", )", ")"), ATOM, axes)
             if t.post != 1:
                 read = self.sympy.product([self.sympy.lower(t.post), read])
@@ -359,9 +364,12 @@ class ChunkProgram(Program):
         if part.free != 0:
             pieces.append(self.sympy.lower(part.free))
         codes = [p.text if p.const else align(p, node.axes).text for p in pieces]
-        self.lines.append(f"# linear in the states: {self.ir.spec_line(node.loc)}")
-        self.lines.append(f"{var} = operand({' + '.join(codes)}, _like, {_shape(node.sizes)})")
-        return var
+        value = f"operand({' + '.join(codes)}, _like, {_shape(node.sizes)})"
+        if value not in made:
+            made[value] = f"_linear{len(made)}"
+            self.lines.append(f"# linear in the states: {self.ir.spec_line(node.loc)}")
+            self.lines.append(f"{made[value]} = {value}")
+        return made[value]
 
     # ---- assembly
     def forward(self) -> str:
@@ -372,8 +380,9 @@ class ChunkProgram(Program):
         outs = {s.name: self.state_block(s, per_state.get(s.name, []))
                 for s in self.ops.states}
         self.given = {}
-        for part in self.ops.parts:
-            self.given[part.node] = self.part_block(part, outs, index)
+        made: dict[str, str] = {}  # value -> its var: o * o computes o once
+        for n, part in enumerate(self.ops.parts):
+            self.given[part.node] = self.part_block(n, outs, index, made)
         self.lines += self.epilogue()
         outputs = ", ".join(f'"{self.ir.node(i).arg}": {py_name(self.ir.node(i).arg)}'
                             for i in self.ir.stmts if self.ir.node(i).op == Op.OUT)
