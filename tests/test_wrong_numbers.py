@@ -4,8 +4,10 @@ Every parallel backend against the sequential one in float64."""
 
 import pytest
 import torch
+from helpers import SPECS, random_inputs, small
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_random_cells import cells as random_cells
 
 import reclang
 
@@ -95,3 +97,58 @@ def test_a_square_of_a_readout_reads_one_query_once():
     source = reclang.loads(SQUARE, "c.rec").source("chunk")
     assert "2 * torch.exp(g) * q" not in source
     assert "y = _linear0 * _linear0" in source
+
+
+# ---- what auto may choose -------------------------------------------------------------
+SPEC_NAMES = sorted(p.stem for p in SPECS.glob("*.rec"))
+DECAYS = ["tanh(a[h])", "sigmoid(a[h])", "exp(g[h, i])", "a[h]", "0.9", "1 - sigmoid(a[h])",
+          "exp(-exp(a[h]))", "a[h] * a[h]", "-sigmoid(a[h])", "abs(a[h]) + 0.1", "1"]
+
+
+def auto_runs(cell, T: int = 5, cuda: bool = True):
+    """Both of auto's choices build and run on random inputs, as sequential does."""
+    cpu, on_cuda = cell.auto_backends()
+    assert cell.plan.proves(cpu) and cell.plan.proves(on_cuda), cell.plan.describe()
+    torch.manual_seed(0)
+    want = cell.module("sequential").double()
+    x = random_inputs(want, 2, T, g=F.logsigmoid)
+    y0, s0 = want(**x)
+    for backend in (cpu, on_cuda) if cuda else (cpu,):
+        torch.manual_seed(0)
+        y, s = cell.module(backend).double()(**x)
+        torch.testing.assert_close(y, y0, atol=1e-9, rtol=1e-7, equal_nan=True)
+        for name in s0:
+            torch.testing.assert_close(s[name], s0[name], atol=1e-9, rtol=1e-7,
+                                       equal_nan=True)
+
+
+@pytest.mark.parametrize("name", SPEC_NAMES)
+def test_auto_runs_every_catalogue_cell(name):
+    auto_runs(small(name), cuda=False)  # triton on the catalogue: test_backend_triton
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(DECAYS))
+def test_auto_never_picks_a_backend_that_refuses_the_decay(decay):
+    """S <- tanh(a) S + k vᵀ made auto choose chunk, which then raised 'the decay of S
+    is not positive'."""
+    cell = reclang.loads(
+        "cell c(H = 2, K = 3, V = 2):\n"
+        "    input k[H, K], v[H, V], a[H], g[H, K], q[H, K]\n"
+        "    state S[H, K, V] = 0\n"
+        f"    S[h, i, j] <- {decay} * S[h, i, j] + k[h, i] * v[h, j]\n"
+        "    out o[h, j] = sum(i: q[h, i] * S[h, i, j])\n", "c.rec")
+    auto_runs(cell)
+
+
+@settings(max_examples=15, deadline=None)
+@given(random_cells())
+def test_auto_runs_random_cells(text):
+    auto_runs(reclang.loads(text, "random.rec"), cuda=False)
+
+
+def test_a_decay_of_indices_alone_is_proven_positive():
+    """RetNet's 1 - 2^(-5-h): sympy cannot bound 2^h; its values at h = 0..H-1 can."""
+    t = small("retnet").plan.states[0].transition
+    assert t.positive and t.at_most_one
+    assert small("retnet").auto_backends()[0] == "chunk"
