@@ -113,7 +113,8 @@ class Expander:
             body = self.symbolic(node.args[0], inner)
             if kind == "sum":
                 return sympy.Sum(body, *limits)
-            return sympy.Function(kind)(body, *[lim[0] for lim in limits])
+            # the limits, as Sum's: a printer needs the sizes (an index used as a value)
+            return sympy.Function(kind)(body, *[sympy.Tuple(*lim) for lim in limits])
         raise AssertionError(f"unexpected {node.op} in a state-free value")
 
     def _read_symbol(self, node: Node, env: dict):
