@@ -398,12 +398,17 @@ def _cannot_run(ir: IR, backend: str, form: str, states) -> str:
 
 
 def _no_lane_form(ir: IR) -> str:
-    """Why the fused kernel cannot run a nonlinear cell ("" when it can)."""
-    from .lanes import Unsupported, lane_form
+    """Why the fused kernel cannot run a nonlinear cell ("" when it can): its lowering,
+    as the triton backend builds it, with the step and its derivatives printed."""
+    from ..backends.fused import fused_program
+    from .lanes import Unsupported
     try:
-        lane_form(ir, gates=True)  # as backends/fused.py builds it
+        _, code = fused_program(ir, None)
+        code.forward(), code.backward()
     except Unsupported as err:
         return str(err)
+    except NotImplementedError as err:  # the printer's: a function it has no form for
+        return f"{ir.source.filename.rsplit('/', 1)[-1]}: {err}"
     return ""
 
 
