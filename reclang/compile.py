@@ -68,7 +68,7 @@ class Cell:
         backend = self._backend(backend)
         m = RecModule(self.ir, backend, *self._generated(backend, chunk_size))
         if on_cuda not in (None, backend):
-            m.use_on("cuda", on_cuda, *self._generated(on_cuda, chunk_size))
+            m.use_on("cuda", on_cuda, build=lambda: self._generated(on_cuda, chunk_size))
         return m
 
     def auto_backends(self) -> tuple[str, str]:

@@ -152,3 +152,83 @@ def test_a_decay_of_indices_alone_is_proven_positive():
     t = small("retnet").plan.states[0].transition
     assert t.positive and t.at_most_one
     assert small("retnet").auto_backends()[0] == "chunk"
+
+
+# ---- valid specs that must lower --------------------------------------------------------
+STATELESS = """cell c(N = 3):
+    input x[N]
+    out y[n] = tanh(x[n]) * 2
+"""
+WHERE = """cell c(H = 2, K = 3, V = 2):
+    input q[H, K], k[H, K], v[H, V], g[H, K], c[H, K]
+    state S[H, K, V] = 0
+    S[h, i, j] <- exp(g[h, 0]) * S[h, i, j] + where(c[h, i] > 0, k[h, i], where(c[h, i] < -1, 2 * k[h, i], 0.5)) * v[h, j]
+    out o[h, j] = sum(i: where(c[h, i] > 0, q[h, i], where(c[h, i] < -1, -q[h, i], 1.0)) * S[h, i, j])
+"""  # noqa: E501
+LOGSUMEXP = """cell c(H = 2, K = 3, V = 2):
+    input q[H, K], k[H, K], v[H, V], g[H, K]
+    state S[H, K, V] = 0
+    S[h, i, j] <- exp(g[h, 0]) * S[h, i, j] + k[h, i] * v[h, j] * logsumexp(m: g[h, m] * m)
+    out o[h, j] = sum(i: q[h, i] * S[h, i, j])
+"""
+SIGN = """cell c(N = 3):
+    input x[N]
+    param W[N, N] ~ normal(0, 0.5)
+    state h[N] = 0
+    h[n] <- tanh(sign(x[n]) * sum(m: W[n, m] * h[m]) + x[n])
+    out y[n] = h[n] * sign(h[n] - 0.1)
+"""
+
+
+@pytest.mark.parametrize("text, backends", [
+    (STATELESS, ("auto", "scan", "fft", "triton")),      # generated `return {}, (,)`
+    (WHERE, ("auto", "chunk", "triton")),                # Piecewise of three pieces
+    (LOGSUMEXP, ("auto", "chunk", "triton")),            # KeyError: the index's size
+    (SIGN, ("auto", "triton")),                          # DiracDelta in the backward
+])
+def test_valid_specs_lower_on_every_backend_that_accepts_them(text, backends):
+    cell = reclang.loads(text, "c.rec")
+    for backend in backends:
+        assert backend == "auto" or cell.plan.supports(backend), (backend, cell.plan.describe())
+        torch.manual_seed(0)
+        got = cell.module(backend).double()
+        torch.manual_seed(0)
+        want = cell.module("sequential").double()
+        x = random_inputs(want, 2, 6, g=F.logsigmoid)
+        xs = {k: v.clone().requires_grad_() for k, v in x.items()}
+        (y, s), (y0, s0) = got(**xs), want(**x)
+        torch.testing.assert_close(y, y0, atol=1e-10, rtol=1e-8)
+        assert set(s) == set(s0) and all(torch.allclose(s[k], s0[k]) for k in s0)
+        x0 = {k: v.clone().requires_grad_() for k, v in x.items()}
+        y0, _ = want(**x0)
+        grads = torch.autograd.grad(y.sum(), list(xs.values()), allow_unused=True)
+        grads0 = torch.autograd.grad(y0.sum(), list(x0.values()), allow_unused=True)
+        for g, g0 in zip(grads, grads0):  # None: an input only conditions read
+            assert (g is None) == (g0 is None)
+            if g is not None:
+                torch.testing.assert_close(g, g0, atol=1e-10, rtol=1e-8)
+
+
+def test_auto_builds_the_cuda_backend_only_when_it_runs(monkeypatch):
+    """cell.module("auto") generated the triton source at once, for use on CUDA, so a
+    cell whose kernel could not be printed failed even on a CPU-only machine."""
+    cell = reclang.loads(SIGN, "c.rec")
+    assert cell.auto_backends() == ("sequential", "triton")
+    built = []
+    from reclang.backends import triton
+    monkeypatch.setattr(triton, "generate", lambda *a, **k: built.append(a) or "")
+    m = cell.module("auto")
+    assert m.backend_for("cuda") == "triton" and not built
+    m(x=torch.randn(2, 3, 3))
+    assert not built
+
+
+def test_the_fused_verdict_comes_from_the_printed_kernel(monkeypatch):
+    """A step the printer has no form for is refused in the verdict, with the file."""
+    from reclang.backends.fused import TritonPrinter
+    printable = {f: t for f, t in TritonPrinter.FUNCTIONS.items() if str(f) != "tanh"}
+    monkeypatch.setattr(TritonPrinter, "FUNCTIONS", printable)
+    cell = reclang.loads(SIGN, "c.rec")
+    verdict = next(v for v in cell.plan.backends if v.backend == "triton")
+    assert not verdict.supported and verdict.reason.startswith("c.rec: cannot print tanh")
+    assert cell.auto_backends() == ("sequential", "sequential")
