@@ -195,9 +195,10 @@ class SympyLowering:
         return self.product(consts + [code]) if consts else code
 
     def reduction(self, expr) -> Code:
-        """max / min / logsumexp(body, (index, 0, size - 1), ...)."""
-        reduced = [str(s) for s, _, _ in expr.args[1:]]
-        self.sizes.update({str(s): int(hi - lo + 1) for s, lo, hi in expr.args[1:]})
+        """max / min / logsumexp(body, index, its size, index, its size, ...)."""
+        indices, sizes = expr.args[1::2], expr.args[2::2]
+        reduced = [str(s) for s in indices]
+        self.sizes.update({str(s): int(n) for s, n in zip(indices, sizes)})
         body = self.lower(expr.args[0])
         dims = tuple(body.axes.index(a) - len(body.axes) for a in reduced)
         out = tuple(a for a in body.axes if a not in reduced)
