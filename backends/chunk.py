@@ -33,6 +33,8 @@ Cost:       O(T·C·K + T·K·V) work per head in batched matmuls, plus the pass
 Numerics:   exponents of decays are differences within a chunk (see 1); the
             triangular solve is exact for |score(b, a)| of order 1 (DeltaNet keys of
             norm ≤ 1, β ≤ 2). Gradients by autograd (and the scan's own backward).
+            NaN and ±inf stay causal and a log decay of -inf is a decay of 0
+            (`causal_pass`: a second run where an operand is not finite).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import math
 
 import torch
 
-from reclang.analysis.operands import ChunkOperands, ChunkState, LinearPart
+from reclang.analysis.operands import ChunkOperands, ChunkState
 from reclang.analysis.partition import Phase, phases
 from reclang.ir import IR, Op
 
@@ -56,6 +58,53 @@ SUB = 16            # key-wise decays: sub-chunks, for exponents that stay in ra
 
 # ---- the algorithm -------------------------------------------------------------------
 def chunk_affine(w, a, b, k, v, q, h0, chunk: int = CHUNK, a_over_k=None):
+    """The chunkwise form of one state (`_chunkwise`), causal for non-finite values too
+    (`causal_pass`)."""
+    def run(w, a, b, k, v, q, a_over_k):
+        return _chunkwise(w, a, b, k, v, q, h0, chunk, a_over_k)
+    return causal_pass(run, (w, a, b, k, v, q, a_over_k))
+
+
+def causal_pass(run, operands, starts=None):
+    """run(*operands) -> (outputs [B, T, ...] or None, final state) of a chunkwise form,
+    operands (w, ...) [B, T, ...] or None, w the log decay first; `starts`: the offsets
+    of sequences packed along T (cu_seqlens), None for a batch of whole ones.
+
+    Within a chunk the matmuls weigh every step by scores that are 0 for later steps,
+    and 0 · NaN = NaN: a NaN or ±inf in an operand would reach the outputs of earlier
+    steps. Where there is one, the outputs up to each sequence's first such step come
+    from a second run on the operands made finite (equal to them up to that step), the
+    others and the final state from the operands as they are. A log decay of -inf (a
+    decay of exactly 0) is first raised to LOG_ZERO, whose exp is 0 too: cumulative
+    sums then stay finite (-inf - -inf would be NaN)."""
+    w, *rest = operands
+    w = torch.clamp(w, min=LOG_ZERO[w.dtype]) if w.dtype in LOG_ZERO else w
+    operands = (w, *rest)
+    bad = None  # [B, T]: the steps where some operand is not finite
+    for x in operands:
+        if x is not None and not bool(torch.isfinite(x).all()):
+            here = (~torch.isfinite(x)).flatten(2).any(-1)
+            bad = here if bad is None else bad | here
+    out, last = run(*operands)
+    if bad is None or out is None:
+        return out, last
+    finite, _ = run(*(None if x is None else torch.where(torch.isfinite(x), x, 0)
+                      for x in operands))
+    seen = bad.cumsum(1)  # non-finite steps so far
+    if starts is not None:  # ... in each packed sequence (a batch of one)
+        first = starts[:-1].clamp(max=seen.shape[1] - 1)
+        before = (seen - bad.long())[0, first]
+        seen = seen - torch.repeat_interleave(before, starts[1:] - starts[:-1])[None]
+    after = (seen > 0).reshape(*seen.shape, *[1] * (out.dim() - 2))
+    return torch.where(after, out, finite), last
+
+
+# exp(LOG_ZERO) is 0 in the dtype (below its smallest subnormal): a decay of 0
+LOG_ZERO = {torch.float16: -18.0, torch.bfloat16: -105.0, torch.float32: -105.0,
+            torch.float64: -746.0}
+
+
+def _chunkwise(w, a, b, k, v, q, h0, chunk: int = CHUNK, a_over_k=None):
     """The chunkwise form of one state (see the module docstring).
 
     w: [B, T, H, 1 or K] log decay; a, b: [B, T, R, H, K] or None; k: [B, T, Ri, H, K];

@@ -134,7 +134,7 @@ class TritonChunkProgram(ChunkProgram):
             "where they apply, else step by step (mat_recurrent.py.jinja); its operands and",
             "the outputs are computed on all tokens at once, as in the chunk backend."],
             self.forward(),
-            ["", "from reclang.backends.chunk import check_log_decay, operand"],
+            ["", "from reclang.backends.chunk import causal_pass, check_log_decay, operand"],
             slots=dict(chunk=self.chunk))
 
 

@@ -4,7 +4,7 @@ Every parallel backend against the sequential one in float64."""
 
 import pytest
 import torch
-from helpers import SPECS, random_inputs, small
+from helpers import MATRIX_TRANSFORMS, SPECS, random_inputs, small
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_random_cells import cells as random_cells
@@ -232,3 +232,83 @@ def test_the_fused_verdict_comes_from_the_printed_kernel(monkeypatch):
     verdict = next(v for v in cell.plan.backends if v.backend == "triton")
     assert not verdict.supported and verdict.reason.startswith("c.rec: cannot print tanh")
     assert cell.auto_backends() == ("sequential", "sequential")
+
+
+# ---- non-finite values: causal on every parallel backend --------------------------------
+PARALLEL = [("chunk", n) for n in ("gla", "simple_gla", "delta_net", "rwkv7", "mlstm")] + \
+    [("scan", n) for n in ("min_gru", "lru", "hgrn")] + [("fft", n) for n in ("s4d", "lru")] + \
+    [("triton", n) for n in ("gla", "delta_net", "min_gru", "lstm")]
+
+
+def modules(name: str, backend: str):
+    cell = small(name)
+    torch.manual_seed(0)
+    want = cell.module("sequential").double()
+    torch.manual_seed(0)
+    got = cell.module(backend, **({"chunk_size": 8} if backend == "chunk" else {})).double()
+    return got, want
+
+
+def as_dict(y) -> dict:
+    return y if isinstance(y, dict) else {"y": y}
+
+
+@pytest.mark.parametrize("backend, name", PARALLEL)
+def test_a_non_finite_input_at_step_t_reaches_no_earlier_output(backend, name):
+    """A NaN (or inf) at step t made the outputs of earlier steps NaN on chunk, triton
+    and fft: the chunk's matmuls weigh later steps by 0, and 0 · NaN = NaN."""
+    got, want = modules(name, backend)
+    x = random_inputs(want, 2, 20, **MATRIX_TRANSFORMS.get(name, {"g": F.logsigmoid}))
+    t = 11  # within the second chunk of 8 steps
+    for bad in (float("nan"), float("inf")):
+        for input_name in x:
+            xb = {k: v.clone() for k, v in x.items()}
+            xb[input_name][:, t] = bad
+            y, y0 = as_dict(got(**xb)[0]), as_dict(want(**xb)[0])
+            for k in y0:
+                assert torch.isfinite(y0[k][:, :t]).all()
+                torch.testing.assert_close(y[k][:, :t], y0[k][:, :t], atol=1e-10, rtol=1e-8,
+                                           msg=f"{input_name} = {bad}: output {k} before t")
+
+
+LOG_GATES = [("chunk", "gla", "g"), ("chunk", "simple_gla", "g"),
+             ("chunk", "gated_delta_net", "g"), ("chunk", "rwkv6", "w"),
+             ("triton", "gla", "g"), ("triton", "gated_delta_net", "g")]
+
+
+@pytest.mark.parametrize("backend, name, gate", LOG_GATES)
+def test_a_log_decay_of_minus_inf_is_a_decay_of_zero(backend, name, gate):
+    """A log gate of -inf (a decay of exactly 0) gave NaN: the cumulative log decays
+    within a chunk took -inf - -inf. Forward and gradients as sequential's."""
+    got, want = modules(name, backend)
+    x = random_inputs(want, 2, 20, **MATRIX_TRANSFORMS.get(name, {"g": F.logsigmoid}))
+    x[gate][:, 3] = float("-inf")
+    x[gate][0, 12:14] = float("-inf")
+    results = []
+    for m in (got, want):
+        xs = {k: v.clone().requires_grad_() for k, v in x.items()}
+        y, s = m(**xs)
+        loss = sum((v * torch.linspace(-1, 1, v.numel(), dtype=v.dtype).reshape(v.shape)).sum()
+                   for v in [*as_dict(y).values(), *s.values()])
+        results.append((as_dict(y), s, torch.autograd.grad(loss, list(xs.values()))))
+    (y, s, grads), (y0, s0, grads0) = results
+    for k in y0:
+        assert torch.isfinite(y0[k]).all()
+        torch.testing.assert_close(y[k], y0[k], atol=1e-10, rtol=1e-8)
+    for k in s0:
+        torch.testing.assert_close(s[k], s0[k], atol=1e-10, rtol=1e-8)
+    for k, g, g0 in zip(x, grads, grads0):
+        finite = torch.isfinite(g0)
+        assert torch.isfinite(g[finite]).all(), k
+        torch.testing.assert_close(g[finite], g0[finite], atol=1e-9, rtol=1e-7, msg=k)
+
+
+def test_a_chunk_refusal_about_a_state_names_its_update():
+    cell = reclang.loads("cell c(H = 2, K = 3, V = 2):\n"
+                         "    input k[H, K], v[H, V], q[H, K]\n"
+                         "    state S[H, K, V] = 0\n"
+                         "    S[h, i, j] <- k[h, i] * v[h, j]\n"
+                         "    out o[h, j] = sum(i: q[h, i] * S[h, i, j])\n", "c.rec")
+    reasons = {v.backend: v.reason for v in cell.plan.backends}
+    assert reasons["chunk"] == "c.rec:4:5: S is overwritten at every step (no recurrence)"
+    assert reasons["triton"] == reasons["chunk"]
