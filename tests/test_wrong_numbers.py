@@ -13,6 +13,23 @@ import reclang
 
 F = torch.nn.functional
 
+# the triton backend runs on CUDA tensors where there is a GPU, else under the interpreter
+TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def module(cell, backend: str, **options):
+    """A float64 module of the backend as a function of CPU tensors to CPU tensors (the
+    triton backend's run on the GPU where there is one)."""
+    device = TRITON_DEVICE if backend == "triton" else "cpu"
+    m = cell.module(backend, **options).double().to(device)
+
+    def run(**x):
+        y, s = m(**{k: v.to(device) for k, v in x.items()})
+        y = {k: v.cpu() for k, v in y.items()} if isinstance(y, dict) else y.cpu()
+        return y, {k: v.cpu() for k, v in s.items()}
+    return run
+
+
 # ---- readouts of a matrix state used nonlinearly --------------------------------------
 # o and u read the new state with two queries, e the previous state; x is an input.
 READOUTS = ["o[h, j]", "u[h, j]", "e[h, j]", "x[h, j]"]
@@ -31,8 +48,9 @@ def readout_cells(draw):
         if depth == 0 or draw(st.integers(0, 2)) == 0:
             return leaf()
         form = draw(st.sampled_from(EPILOGUES))
-        a, b = value(depth - 1), value(depth - 1)
-        return form.format(a, b, **{"0m": a.replace("j]", "m]")})
+        # an RMSNorm normalizes a readout (its sum over m must not nest another over m)
+        a = leaf() if "rsqrt" in form else value(depth - 1)
+        return form.format(a, value(depth - 1), **{"0m": a.replace("j]", "m]")})
 
     decay = draw(st.sampled_from(["exp(g[h, i])", "exp(g[h, 0])"]))
     y = value(2)
@@ -60,7 +78,7 @@ def assert_same_as_sequential(cell, backend: str, x: dict, **options):
     results = []
     for name, extra in (("sequential", {}), (backend, options)):
         torch.manual_seed(0)
-        m = cell.module(name, **extra).double()
+        m = module(cell, name, **extra)
         xs = {k: v.clone().requires_grad_() for k, v in x.items()}
         y, s = m(**xs)
         weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(5),
@@ -120,12 +138,12 @@ def auto_runs(cell, T: int = 5, cuda: bool = True):
     cpu, on_cuda = cell.auto_backends()
     assert cell.plan.proves(cpu) and cell.plan.proves(on_cuda), cell.plan.describe()
     torch.manual_seed(0)
-    want = cell.module("sequential").double()
-    x = random_inputs(want, 2, T, g=F.logsigmoid)
+    want = module(cell, "sequential")
+    x = random_inputs(cell, 2, T, g=F.logsigmoid)
     y0, s0 = want(**x)
     for backend in (cpu, on_cuda) if cuda else (cpu,):
         torch.manual_seed(0)
-        y, s = cell.module(backend).double()(**x)
+        y, s = module(cell, backend)(**x)
         torch.testing.assert_close(y, y0, atol=1e-9, rtol=1e-7, equal_nan=True)
         for name in s0:
             torch.testing.assert_close(s[name], s0[name], atol=1e-9, rtol=1e-7,
@@ -201,10 +219,10 @@ def test_valid_specs_lower_on_every_backend_that_accepts_them(text, backends):
     for backend in backends:
         assert backend == "auto" or cell.plan.supports(backend), (backend, cell.plan.describe())
         torch.manual_seed(0)
-        got = cell.module(backend).double()
+        got = module(cell, backend)
         torch.manual_seed(0)
-        want = cell.module("sequential").double()
-        x = random_inputs(want, 2, 6, g=F.logsigmoid)
+        want = module(cell, "sequential")
+        x = random_inputs(cell, 2, 6, g=F.logsigmoid)
         xs = {k: v.clone().requires_grad_() for k, v in x.items()}
         (y, s), (y0, s0) = got(**xs), want(**x)
         torch.testing.assert_close(y, y0, atol=1e-10, rtol=1e-8)
@@ -253,10 +271,10 @@ PARALLEL = [("chunk", n) for n in ("gla", "simple_gla", "delta_net", "rwkv7", "m
 def modules(name: str, backend: str):
     cell = small(name)
     torch.manual_seed(0)
-    want = cell.module("sequential").double()
+    want = module(cell, "sequential")
     torch.manual_seed(0)
-    got = cell.module(backend, **({"chunk_size": 8} if backend == "chunk" else {})).double()
-    return got, want
+    got = module(cell, backend, **({"chunk_size": 8} if backend == "chunk" else {}))
+    return got, want, cell
 
 
 def as_dict(y) -> dict:
@@ -267,8 +285,8 @@ def as_dict(y) -> dict:
 def test_a_non_finite_input_at_step_t_reaches_no_earlier_output(backend, name):
     """A NaN (or inf) at step t made the outputs of earlier steps NaN on chunk, triton
     and fft: the chunk's matmuls weigh later steps by 0, and 0 · NaN = NaN."""
-    got, want = modules(name, backend)
-    x = random_inputs(want, 2, 20, **MATRIX_TRANSFORMS.get(name, {"g": F.logsigmoid}))
+    got, want, cell = modules(name, backend)
+    x = random_inputs(cell, 2, 20, **MATRIX_TRANSFORMS.get(name, {"g": F.logsigmoid}))
     t = 11  # within the second chunk of 8 steps
     for bad in (float("nan"), float("inf")):
         for input_name in x:
@@ -290,8 +308,8 @@ LOG_GATES = [("chunk", "gla", "g"), ("chunk", "simple_gla", "g"),
 def test_a_log_decay_of_minus_inf_is_a_decay_of_zero(backend, name, gate):
     """A log gate of -inf (a decay of exactly 0) gave NaN: the cumulative log decays
     within a chunk took -inf - -inf. Forward and gradients as sequential's."""
-    got, want = modules(name, backend)
-    x = random_inputs(want, 2, 20, **MATRIX_TRANSFORMS.get(name, {"g": F.logsigmoid}))
+    got, want, cell = modules(name, backend)
+    x = random_inputs(cell, 2, 20, **MATRIX_TRANSFORMS.get(name, {"g": F.logsigmoid}))
     x[gate][:, 3] = float("-inf")
     x[gate][0, 12:14] = float("-inf")
     results = []
