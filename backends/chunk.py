@@ -80,13 +80,10 @@ def causal_pass(run, operands, starts=None):
     w, *rest = operands
     w = torch.clamp(w, min=LOG_ZERO[w.dtype]) if w.dtype in LOG_ZERO else w
     operands = (w, *rest)
-    bad = None  # [B, T]: the steps where some operand is not finite
-    for x in operands:
-        if x is not None and not bool(torch.isfinite(x).all()):
-            here = (~torch.isfinite(x)).flatten(2).any(-1)
-            bad = here if bad is None else bad | here
+    bad = torch.stack([(~torch.isfinite(x)).flatten(2).any(-1) for x in operands
+                       if x is not None]).any(0)  # [B, T]: a step with a non-finite operand
     out, last = run(*operands)
-    if bad is None or out is None:
+    if out is None or not bool(bad.any()):  # one synchronization, after the run is queued
         return out, last
     finite, _ = run(*(None if x is None else torch.where(torch.isfinite(x), x, 0)
                       for x in operands))
