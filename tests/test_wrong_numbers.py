@@ -340,3 +340,27 @@ def test_a_chunk_refusal_about_a_state_names_its_update():
     reasons = {v.backend: v.reason for v in cell.plan.backends}
     assert reasons["chunk"] == "c.rec:4:5: S is overwritten at every step (no recurrence)"
     assert reasons["triton"] == reasons["chunk"]
+
+
+@pytest.mark.parametrize("backend", ["chunk", "triton"])
+def test_a_nan_in_one_packed_sequence_reaches_no_other(backend):
+    """Packed sequences (cu_seqlens): a NaN at step 4 of the first sequence and at step
+    5 of the second leave the steps before them as sequential computes them (the first
+    NaN does not count in the second sequence)."""
+    cell = small("gla")
+    device = TRITON_DEVICE if backend == "triton" else "cpu"
+    torch.manual_seed(0)
+    got = cell.module(backend).double().to(device)
+    torch.manual_seed(0)
+    want = cell.module("sequential").double()
+    x = random_inputs(cell, 1, 20, **MATRIX_TRANSFORMS["gla"])
+    x["v"][:, 4] = float("nan")
+    x["k"][:, 14] = float("nan")
+    cuts = [0, 9, 20]
+    y, _ = got(cu_seqlens=cuts, **{k: v.to(device) for k, v in x.items()})
+    y = y.cpu()
+    first, _ = want(**{k: v[:, :9] for k, v in x.items()})
+    second, _ = want(**{k: v[:, 9:] for k, v in x.items()})
+    torch.testing.assert_close(y[:, :4], first[:, :4], atol=1e-10, rtol=1e-8)
+    assert torch.isfinite(second[:, :5]).all()
+    torch.testing.assert_close(y[:, 9:14], second[:, :5], atol=1e-10, rtol=1e-8)
