@@ -33,6 +33,8 @@ Cost:       O(T·C·K + T·K·V) work per head in batched matmuls, plus the pass
 Numerics:   exponents of decays are differences within a chunk (see 1); the
             triangular solve is exact for |score(b, a)| of order 1 (DeltaNet keys of
             norm ≤ 1, β ≤ 2). Gradients by autograd (and the scan's own backward).
+            NaN and ±inf stay causal and a log decay of -inf is a decay of 0
+            (`causal_pass`: a second run where an operand is not finite).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import math
 
 import torch
 
-from reclang.analysis.operands import ChunkOperands, ChunkState, LinearPart
+from reclang.analysis.operands import ChunkOperands, ChunkState
 from reclang.analysis.partition import Phase, phases
 from reclang.ir import IR, Op
 
@@ -56,6 +58,50 @@ SUB = 16            # key-wise decays: sub-chunks, for exponents that stay in ra
 
 # ---- the algorithm -------------------------------------------------------------------
 def chunk_affine(w, a, b, k, v, q, h0, chunk: int = CHUNK, a_over_k=None):
+    """The chunkwise form of one state (`_chunkwise`), causal for non-finite values too
+    (`causal_pass`)."""
+    def run(w, a, b, k, v, q, a_over_k):
+        return _chunkwise(w, a, b, k, v, q, h0, chunk, a_over_k)
+    return causal_pass(run, (w, a, b, k, v, q, a_over_k))
+
+
+def causal_pass(run, operands, starts=None):
+    """run(*operands) -> (outputs [B, T, ...] or None, final state) of a chunkwise form,
+    operands (w, ...) [B, T, ...] or None, w the log decay first; `starts`: the offsets
+    of sequences packed along T (cu_seqlens), None for a batch of whole ones.
+
+    Within a chunk the matmuls weigh every step by scores that are 0 for later steps,
+    and 0 · NaN = NaN: a NaN or ±inf in an operand would reach the outputs of earlier
+    steps. Where there is one, the outputs up to each sequence's first such step come
+    from a second run on the operands made finite (equal to them up to that step), the
+    others and the final state from the operands as they are. A log decay of -inf (a
+    decay of exactly 0) is first raised to LOG_ZERO, whose exp is 0 too: cumulative
+    sums then stay finite (-inf - -inf would be NaN)."""
+    w, *rest = operands
+    w = torch.clamp(w, min=LOG_ZERO[w.dtype]) if w.dtype in LOG_ZERO else w
+    operands = (w, *rest)
+    bad = torch.stack([(~torch.isfinite(x)).flatten(2).any(-1) for x in operands
+                       if x is not None]).any(0)  # [B, T]: a step with a non-finite operand
+    out, last = run(*operands)
+    if out is None or not bool(bad.any()):  # one synchronization, after the run is queued
+        return out, last
+    finite, _ = run(*(None if x is None else torch.where(torch.isfinite(x), x, 0)
+                      for x in operands))
+    seen = bad.cumsum(1)  # non-finite steps so far
+    if starts is not None:  # ... in each packed sequence (a batch of one)
+        first = starts[:-1].clamp(max=seen.shape[1] - 1)
+        before = (seen - bad.long())[0, first]
+        seen = seen - torch.repeat_interleave(before, starts[1:] - starts[:-1])[None]
+    after = (seen > 0).reshape(*seen.shape, *[1] * (out.dim() - 2))
+    return torch.where(after, out, finite), last
+
+
+# exp(LOG_ZERO) is 0 in the dtype (below its smallest subnormal): a decay of 0
+LOG_ZERO = {torch.float16: -18.0, torch.bfloat16: -105.0, torch.float32: -105.0,
+            torch.float64: -746.0}
+
+
+def _chunkwise(w, a, b, k, v, q, h0, chunk: int = CHUNK, a_over_k=None):
     """The chunkwise form of one state (see the module docstring).
 
     w: [B, T, H, 1 or K] log decay; a, b: [B, T, R, H, K] or None; k: [B, T, Ri, H, K];
@@ -321,24 +367,29 @@ class ChunkProgram(Program):
 
     # ---- linear parts of the outputs
     def readouts(self) -> tuple[dict, dict]:
-        """The queries of each state (terms that share a state, node axes and post factor
-        are summed into one query) and, for each such (state, axes, post), its index."""
-        groups: dict = {}
-        for part in self.ops.parts:
+        """The queries of each state and, for each part and (state, axes, post), the
+        index of its query. Terms of one part that share a state, node axes and post
+        factor are summed into one query; the parts keep their own queries (two parts
+        share one only when it is the same expression), because an output may combine
+        them nonlinearly (o * o, an RMSNorm of o) and a sum would read as each."""
+        per_state: dict = {}
+        index = {}
+        for n, part in enumerate(self.ops.parts):
+            groups: dict = {}
             for t in part.terms:
                 key = (t.state, t.axes, t.post)
                 groups[key] = groups.get(key, 0) + t.query
-        per_state: dict = {}
-        index = {}
-        for (state, axes, post), query in groups.items():
-            per_state.setdefault(state, []).append(query)
-            index[(state, axes, post)] = len(per_state[state]) - 1
+            for (state, axes, post), query in groups.items():
+                queries = per_state.setdefault(state, [])
+                if query not in queries:
+                    queries.append(query)
+                index[(n, state, axes, post)] = queries.index(query)
         return per_state, index
 
-    def part_block(self, part: LinearPart, outs: dict, index: dict) -> str:
+    def part_block(self, n: int, outs: dict, index: dict, made: dict) -> str:
+        part = self.ops.parts[n]
         node = self.ir.node(part.node)
         self.sympy.sizes.update(zip(node.axes, node.sizes))
-        var = f"_linear{len(self.given)}"
         pieces = []
         seen = set()
         for t in part.terms:
@@ -351,7 +402,7 @@ class ChunkProgram(Program):
             mapping = dict(t.axes)
             axes = tuple(mapping[a] for a in s.shared + s.value)
             sizes = ", ".join(str(size[a]) for a in s.shared + s.value)
-            read = Code(f"{outs[t.state]}[:, :, {index[key]}].reshape(B, T, {sizes})"
+            read = Code(f"{outs[t.state]}[:, :, {index[(n, *key)]}].reshape(B, T, {sizes})"
                         .replace(", )", ")"), ATOM, axes)
             if t.post != 1:
                 read = self.sympy.product([self.sympy.lower(t.post), read])
@@ -359,9 +410,12 @@ class ChunkProgram(Program):
         if part.free != 0:
             pieces.append(self.sympy.lower(part.free))
         codes = [p.text if p.const else align(p, node.axes).text for p in pieces]
-        self.lines.append(f"# linear in the states: {self.ir.spec_line(node.loc)}")
-        self.lines.append(f"{var} = operand({' + '.join(codes)}, _like, {_shape(node.sizes)})")
-        return var
+        value = f"operand({' + '.join(codes)}, _like, {_shape(node.sizes)})"
+        if value not in made:
+            made[value] = f"_linear{len(made)}"
+            self.lines.append(f"# linear in the states: {self.ir.spec_line(node.loc)}")
+            self.lines.append(f"{made[value]} = {value}")
+        return made[value]
 
     # ---- assembly
     def forward(self) -> str:
@@ -372,8 +426,9 @@ class ChunkProgram(Program):
         outs = {s.name: self.state_block(s, per_state.get(s.name, []))
                 for s in self.ops.states}
         self.given = {}
-        for part in self.ops.parts:
-            self.given[part.node] = self.part_block(part, outs, index)
+        made: dict[str, str] = {}  # value -> its var: o * o computes o once
+        for n, part in enumerate(self.ops.parts):
+            self.given[part.node] = self.part_block(n, outs, index, made)
         self.lines += self.epilogue()
         outputs = ", ".join(f'"{self.ir.node(i).arg}": {py_name(self.ir.node(i).arg)}'
                             for i in self.ir.stmts if self.ir.node(i).op == Op.OUT)

@@ -11,6 +11,8 @@ Numerics:   K_j = a^j by `pow` (relative error about eps·j·|log a|, not accumu
             step by step). The FFT's error is relative to the largest terms of the
             sum, so decays |a| > 1 (growing kernels) lose the small outputs; the
             analyzer does not prove |a| ≤ 1, so this is on the spec's author.
+            Inputs with a NaN or ±inf are scanned (linear_scan) instead: the FFT would
+            carry them to every step, earlier ones included.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from reclang.ir import IR
 
-from .scan import ScanProgram
+from .scan import ScanProgram, linear_scan
 
 
 def fft_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
@@ -27,6 +29,8 @@ def fft_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor
 
     a, b: [B, T, *S] (only a[:, 0] is read); h0: [B, *S]. Returns [B, T, *S].
     """
+    if not bool(torch.isfinite(b).all()):  # the FFT mixes all steps: NaN would reach all
+        return linear_scan(a, b, h0)  # causal
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), h0.dtype)
     B, T = b.shape[:2]
     a, b, h0 = a[:, :1].to(dtype), b.to(dtype), h0.to(dtype).unsqueeze(1)

@@ -28,7 +28,7 @@ import math
 import sympy
 from sympy.printing.str import StrPrinter
 
-from reclang.analysis.lanes import (KEY, LANE, LaneForm, LogSigmoid, Operand, Sigmoid,
+from reclang.analysis.lanes import (KEY, LANE, LaneForm, LogSigmoid, Operand, Sigmoid, Sign,
                                     Softplus, lane_form)
 from reclang.ir import IR
 
@@ -42,8 +42,8 @@ class TritonPrinter(StrPrinter):
 
     FUNCTIONS = {sympy.exp: "tl.exp", sympy.log: "tl.log", sympy.tanh: "_tanh",
                  sympy.sin: "tl.sin", sympy.cos: "tl.cos", sympy.Abs: "tl.abs",
-                 sympy.sign: "_sign", Sigmoid: "tl.sigmoid", LogSigmoid: "_logsigmoid",
-                 Softplus: "_softplus"}
+                 sympy.sign: "_sign", Sign: "_sign", Sigmoid: "tl.sigmoid",
+                 LogSigmoid: "_logsigmoid", Softplus: "_softplus"}
 
     def _print_Function(self, expr):
         if expr.func not in self.FUNCTIONS:

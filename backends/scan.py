@@ -217,6 +217,8 @@ class ScanProgram(Program):
     def loop(self, first: str, blocks, outputs, unbound) -> list[str]:
         states = [py_name(d.name) for d in self.ir.states]
         lines = [f"B, T = {first}.shape[:2]"] + blocks[Place.HOIST]
+        if not states:  # a cell without state: every statement is hoisted, nothing scans
+            return lines
         if unbound:
             lines.append("# the sequences the loop body reads, as B·T tokens")
         lines += [f"{tokens} = {var}.flatten(0, 1)" for var, tokens in unbound.items()]

@@ -48,6 +48,8 @@ class SympyLowering:
                 (sympy.Min, self.extreme), (sympy.core.relational.Relational, self.compare)):
             if isinstance(expr, cls):
                 return method(expr)
+        if expr is sympy.nan:
+            return Code('float("nan")', ATOM, (), True)
         if expr.is_Number or expr in (sympy.pi, sympy.E) or expr == sympy.I:
             return self.number(expr)
         if isinstance(expr, sympy.log):
@@ -193,15 +195,26 @@ class SympyLowering:
         return self.product(consts + [code]) if consts else code
 
     def reduction(self, expr) -> Code:
+        """max / min / logsumexp(body, index, its size, index, its size, ...)."""
+        indices, sizes = expr.args[1::2], expr.args[2::2]
+        reduced = [str(s) for s in indices]
+        self.sizes.update({str(s): int(n) for s, n in zip(indices, sizes)})
         body = self.lower(expr.args[0])
-        reduced = [str(s) for s in expr.args[1:]]
         dims = tuple(body.axes.index(a) - len(body.axes) for a in reduced)
         out = tuple(a for a in body.axes if a not in reduced)
         return Code(f"{REDUCTIONS[str(expr.func)]}({body.text}, dim={dims})", ATOM, out)
 
     def piecewise(self, expr: sympy.Piecewise) -> Code:
-        (a, cond), (b, _) = expr.args
-        parts = [self.lower(x) for x in (cond, a, b)]
+        """Nested torch.where, the first true condition's value: sympy merges nested
+        where(...)s into one Piecewise of any number of pieces (NaN where none holds)."""
+        (a, cond), *rest = expr.args
+        if not rest:
+            rest = [(sympy.nan, True)]
+        if len(rest) == 1 and rest[0][1] == sympy.true:
+            b = self.lower(rest[0][0])
+        else:
+            b = self.piecewise(sympy.Piecewise(*rest, evaluate=False))
+        parts = [self.lower(cond), self.lower(a), b]
         axes = _union(parts)
         texts = [align(p, axes).text if not p.const else p.text for p in parts]
         return Code(f"torch.where({', '.join(texts)})", ATOM, axes)

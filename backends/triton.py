@@ -134,7 +134,7 @@ class TritonChunkProgram(ChunkProgram):
             "where they apply, else step by step (mat_recurrent.py.jinja); its operands and",
             "the outputs are computed on all tokens at once, as in the chunk backend."],
             self.forward(),
-            ["", "from reclang.backends.chunk import check_log_decay, operand"],
+            ["", "from reclang.backends.chunk import causal_pass, check_log_decay, operand"],
             slots=dict(chunk=self.chunk))
 
 
@@ -166,17 +166,18 @@ def _diagonal_source(ir: IR, plan) -> str:
 
     from .gated_scan import gated_program
 
-    try:
-        program, code = gated_program(ir, plan)
-    except Unsupported as why:
-        return TritonScanProgram(ir, plan, str(why)).source()
     about = ("h' = a h + b per channel, a and b the cell's equations of operands o and "
              "constants c, computed in the kernel (from backends/templates/"
              "gated_scan.py.jinja); the operands are computed before it")
+    try:
+        program, code = gated_program(ir, plan)
+        slots = code.slots(about)  # printed here: a function without a Triton form falls back
+    except (Unsupported, NotImplementedError) as why:
+        return TritonScanProgram(ir, plan, str(why)).source()
     return assemble(program, "gated_scan.py.jinja", textwrap.wrap(
         "Triton backend, gated scan: " + about, 88), program.forward(),
         ["", "from reclang.backends.chunk import operand",
-         "from reclang.backends.fused import constant"], slots=code.slots(about))
+         "from reclang.backends.fused import constant"], slots=slots)
 
 
 def _fused_source(ir: IR, plan) -> str:

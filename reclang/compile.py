@@ -71,7 +71,7 @@ class Cell:
         m = RecModule(self.ir, backend, *self._generated(backend, chunk_size), device=device,
                       dtype=dtype)
         if on_cuda not in (None, backend):
-            m.use_on("cuda", on_cuda, *self._generated(on_cuda, chunk_size))
+            m.use_on("cuda", on_cuda, build=lambda: self._generated(on_cuda, chunk_size))
         return m
 
     def auto_backends(self) -> tuple[str, str]:
@@ -97,11 +97,14 @@ class Cell:
           not yet timed on a GPU either: it runs T steps in one launch where the loop
           launches several kernels per step. The reason triton is not used shows in
           `cell.plan.backends`;
-        - else `sequential`."""
-        cuda = "triton" if self.plan.supports("triton") else None
-        if self.plan.supports("chunk"):
+        - else `sequential`;
+        - only a backend the plan proves runs the cell on any inputs (`Plan.proves`):
+          not one that checks a condition at run time (the chunkwise form's positive
+          decays, where the analyzer cannot prove them)."""
+        cuda = "triton" if self.plan.proves("triton") else None
+        if self.plan.proves("chunk"):
             return "chunk", cuda or "chunk"
-        if self.plan.supports("scan"):
+        if self.plan.proves("scan"):
             return "scan", cuda or "scan"
         return "sequential", cuda or "sequential"
 

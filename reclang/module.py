@@ -38,6 +38,7 @@ class RecModule(nn.Module):
         self.ir, self.backend, self.source = ir, backend, source
         self._generated = generated
         self._on_device: dict[str, tuple] = {}  # device type -> (backend, source, code)
+        self._builders: dict = {}  # device type -> what makes its (source, code), once
         for decl in ir.inputs:
             if decl.name in RESERVED_ARGS:
                 raise RecError(f"input name '{decl.name}' is an argument of the module "
@@ -86,10 +87,15 @@ class RecModule(nn.Module):
         others = "".join(f", on {k}: {v[0]}" for k, v in self._on_device.items())
         return f"cell={self.ir.name}, backend={self.backend}{others}"
 
-    def use_on(self, device_type: str, backend: str, source: str, generated) -> None:
+    def use_on(self, device_type: str, backend: str, source: str | None = None,
+               generated=None, build=None) -> None:
         """Runs whole sequences on tensors of this device type ("cuda") with another
-        backend's generated code (the parameters are the same)."""
+        backend's generated code (the parameters are the same). `build`, instead of
+        `source` and `generated`: a function returning them, called on the first
+        tensors of that device (so that a backend is generated only when it runs)."""
         self._on_device[device_type] = (backend, source, generated)
+        if build is not None:
+            self._builders[device_type] = build
 
     def backend_for(self, device) -> str:
         """The backend whose code runs whole sequences on tensors of this device."""
@@ -98,7 +104,12 @@ class RecModule(nn.Module):
     def _forward_for(self, inputs: dict):
         first = next(iter(inputs.values()), None)
         device = first.device.type if torch.is_tensor(first) else "cpu"
-        return self._on_device[device][2] if device in self._on_device else self._generated
+        if device not in self._on_device:
+            return self._generated
+        if device in self._builders:
+            self._on_device[device] = (self._on_device[device][0],
+                                       *self._builders.pop(device)())
+        return self._on_device[device][2]
 
     # ---- running
     def forward(self, state: dict | None = None, lengths=None, cu_seqlens=None, **inputs):

@@ -89,6 +89,17 @@ class Softplus(_Gate):
         return Sigmoid(self.args[0])
 
 
+class Sign(_Gate):
+    """sign(x); its derivative is 0, as torch's (sympy's 2·δ(x) has no value to print)."""
+
+    @classmethod
+    def eval(cls, x):
+        return sympy.sign(x) if x.is_Number else None
+
+    def fdiff(self, argindex=1):
+        return sympy.Integer(0)
+
+
 def _where(c, a, b):
     return sympy.Piecewise((a, c), (b, True))
 
@@ -99,7 +110,7 @@ def _where(c, a, b):
 SCALAR = {**{k: v for k, v in SYMPY.items()
              if k not in ("real", "imag", "conj", "complex", "angle")},
           "sigmoid": Sigmoid, "logsigmoid": LogSigmoid, "softplus": Softplus,
-          "silu": lambda x: x * Sigmoid(x), "eq": sympy.Eq, "where": _where}
+          "silu": lambda x: x * Sigmoid(x), "eq": sympy.Eq, "where": _where, "sign": Sign}
 
 
 class Unsupported(Exception):

@@ -87,20 +87,28 @@ def chunk_operands(ir: IR, structures) -> ChunkOperands:
 
 
 # ---- states --------------------------------------------------------------------------
+def _at(ir: IR, s) -> str:
+    """file:line:col of a state's update, for the refusals about it."""
+    return f"{ir.source.filename.rsplit('/', 1)[-1]}:{s.loc}"
+
+
 def _check_state(ir: IR, s) -> None:
+    at = _at(ir, s)
     if not s.affine:
-        raise Unsupported(f"the update of {s.name} is not affine ({s.reason})")
+        raise Unsupported(f"{at}: the update of {s.name} is not affine ({s.reason})")
     if s.coupled_with:
-        raise Unsupported(f"the update of {s.name} reads {', '.join(s.coupled_with)}")
+        raise Unsupported(f"{at}: the update of {s.name} reads {', '.join(s.coupled_with)}")
     if ir.decls[s.name].dtype == "complex":
-        raise Unsupported(f"{s.name} is complex; the chunkwise form is real")
+        raise Unsupported(f"{at}: {s.name} is complex; the chunkwise form is real")
     t = s.transition
     if t.kind == "dense":
-        raise Unsupported(f"the transition of {s.name} mixes {', '.join(t.mix_axes)} densely")
+        raise Unsupported(f"{at}: the transition of {s.name} mixes {', '.join(t.mix_axes)} "
+                          "densely")
     keys = key_axes(ir, s)
     if t.kind == "dplr" and set(t.mix_axes) != keys:
-        raise Unsupported(f"the low-rank part of {s.name} mixes {', '.join(t.mix_axes)}, "
-                          f"not the axes its readouts contract ({', '.join(sorted(keys))})")
+        raise Unsupported(f"{at}: the low-rank part of {s.name} mixes "
+                          f"{', '.join(t.mix_axes)}, not the axes its readouts contract "
+                          f"({', '.join(sorted(keys))})")
 
 
 def _chunk_state(ir: IR, s, reads: list[ReadTerm]) -> ChunkState:
@@ -109,7 +117,8 @@ def _chunk_state(ir: IR, s, reads: list[ReadTerm]) -> ChunkState:
     symbols = {a: sympy.Symbol(a, integer=True) for a in s.axes}
     key_syms = {symbols[a] for a in keys}
     if t.kind == "none":
-        raise Unsupported(f"{s.name} is overwritten at every step (no recurrence)")
+        raise Unsupported(f"{_at(ir, s)}: {s.name} is overwritten at every step "
+                          "(no recurrence)")
     log_decay = sympy.expand_log(sympy.log(t.decay), force=True) if t.decay != 1 else 0
     low_rank = ()
     if t.kind == "dplr":
@@ -130,8 +139,9 @@ def _chunk_state(ir: IR, s, reads: list[ReadTerm]) -> ChunkState:
             own = f.free_symbols & set(symbols.values())
             (key_side if own <= shared | key_syms else value_side).append(f)
             if own & key_syms and own - shared - key_syms:
-                raise Unsupported(f"the input term of {s.name} is not an outer product "
-                                  f"of its key axes ({', '.join(keys)}) and the others")
+                raise Unsupported(f"{_at(ir, s)}: the input term of {s.name} is not an "
+                                  f"outer product of its key axes ({', '.join(keys)}) and "
+                                  "the others")
         inputs.append((sympy.Mul(*key_side), sympy.Mul(*value_side)))
     shared_axes = tuple(a for a in s.axes if symbols[a] in shared)
     value = tuple(a for a in s.axes if a not in keys and a not in shared_axes)

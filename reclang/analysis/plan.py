@@ -50,6 +50,7 @@ class Verdict:
     backend: str
     supported: bool
     reason: str
+    condition: str = ""   # what the backend checks at run time, unproven ("": nothing)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,12 @@ class Plan:
 
     def supports(self, backend: str) -> bool:
         return any(v.backend == backend and v.supported for v in self.backends)
+
+    def proves(self, backend: str) -> bool:
+        """Whether the backend runs the cell on any inputs: supported, with nothing left
+        to check at run time (what `auto` may choose)."""
+        return any(v.backend == backend and v.supported and not v.condition
+                   for v in self.backends)
 
     def describe(self) -> str:
         lines = [f"cell {self.cell}: {self.summary}", "", "partition:"]
@@ -346,8 +353,21 @@ def _verdicts(ir: IR, form: str, states) -> tuple[Verdict, ...]:
             verdicts.append(Verdict(name, False, f"applies to {form}: not implemented yet"))
         else:
             why = _cannot_run(ir, name, form, states)
-            verdicts.append(Verdict(name, not why, why or f"runs {form}"))
+            condition = "" if why else _run_time_condition(ir, name, form, states)
+            verdicts.append(Verdict(name, not why, why or f"runs {form}" + (
+                f" if {condition}" if condition else ""), condition))
     return tuple(verdicts)
+
+
+def _run_time_condition(ir: IR, backend: str, form: str, states) -> str:
+    """What a backend that runs the form must check on the inputs, because the plan does
+    not prove it ("" when nothing): the matrix forms take the log of every decay."""
+    if backend not in ("chunk", "triton") or form not in ("mat-decay", "dplr"):
+        return ""
+    file = ir.source.filename.rsplit("/", 1)[-1]
+    unproven = [s for s in states if s.transition.decay != 1 and not s.transition.positive]
+    return "; ".join(f"the decay of {s.name} ({s.transition.decay}, {file}:{s.loc}) is "
+                     "positive at run time (not proven: its log is taken)" for s in unproven)
 
 
 DENSE_SCAN_LIMIT = 64  # mixed values per state: the scan's work per step grows as N²
@@ -378,12 +398,17 @@ def _cannot_run(ir: IR, backend: str, form: str, states) -> str:
 
 
 def _no_lane_form(ir: IR) -> str:
-    """Why the fused kernel cannot run a nonlinear cell ("" when it can)."""
-    from .lanes import Unsupported, lane_form
+    """Why the fused kernel cannot run a nonlinear cell ("" when it can): its lowering,
+    as the triton backend builds it, with the step and its derivatives printed."""
+    from ..backends.fused import fused_program
+    from .lanes import Unsupported
     try:
-        lane_form(ir, gates=True)  # as backends/fused.py builds it
+        _, code = fused_program(ir, None)
+        code.forward(), code.backward()
     except Unsupported as err:
         return str(err)
+    except NotImplementedError as err:  # the printer's: a function it has no form for
+        return f"{ir.source.filename.rsplit('/', 1)[-1]}: {err}"
     return ""
 
 

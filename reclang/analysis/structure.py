@@ -14,6 +14,7 @@ which the "value" side, which are shared like heads), elementwise, or general.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field, replace
 
 import sympy
@@ -94,7 +95,7 @@ def _analyze(ir: IR, expander: Expander, update: int) -> StateStructure:
     own = [t for t in terms if t.state == name]
     cross = sorted({t.state for t in terms if t.state not in (None, name)})
     free = [t for t in terms if t.state is None]
-    transition = _transition(own, symbols, node.axes, expander)
+    transition = _transition(own, symbols, node.axes, expander, node.sizes)
     input_term = _input_term(free, symbols, node.axes)
     return StateStructure(name, node.axes, True, transition, input_term, tuple(cross),
                           loc=node.loc, recurrence=_pretty(name, symbols, terms),
@@ -102,7 +103,7 @@ def _analyze(ir: IR, expander: Expander, update: int) -> StateStructure:
 
 
 # ---- the transition -------------------------------------------------------------------
-def _transition(own: list[Term], symbols, axes, expander) -> Transition:
+def _transition(own: list[Term], symbols, axes, expander, sizes) -> Transition:
     diagonal, mixing, dense = sympy.Integer(0), [], set()
     pieces = [Term(c, t.state, t.index, t.sums) for t in own
               for c in sympy.Add.make_args(sympy.expand(t.coef))]
@@ -124,8 +125,9 @@ def _transition(own: list[Term], symbols, axes, expander) -> Transition:
     decay = diagonal
     decay_axes = tuple(a for a, s in zip(axes, symbols) if s in decay.free_symbols)
     varying = _time_varying(expander, [decay] + [x for _, p in mixing for x in p])
+    positive, at_most_one = _bounds(decay, dict(zip(symbols, sizes)))
     info = dict(decay=decay, decay_axes=decay_axes, time_invariant=not varying,
-                positive=_positive(decay), at_most_one=_at_most_one(decay))
+                positive=positive, at_most_one=at_most_one)
     mix_axes = {axes[p] for p, _ in mixing}
     if dense or len(mix_axes) > 1:
         return Transition("dense", mix_axes=tuple(sorted(dense | mix_axes)), **info)
@@ -198,6 +200,25 @@ def _time_varying(expander: Expander, exprs) -> bool:
         for x in e.atoms(sympy.Indexed, sympy.Symbol):
             names.add(str(x.base) if isinstance(x, sympy.Indexed) else str(x))
     return bool(names & expander.time_varying)
+
+
+INDEX_VALUES_LIMIT = 4096  # a decay of indices alone is evaluated at up to this many
+
+
+def _bounds(decay, sizes: dict) -> tuple[bool | None, bool | None]:
+    """Whether the decay is provably > 0, and <= 1: from sympy's assumptions, else, for
+    a decay of the state's indices alone (RetNet's 1 - 2^(-5-h): sympy does not bound
+    2^h), from its value at every index, which the sizes make a finite set."""
+    positive, at_most_one = _positive(decay), _at_most_one(decay)
+    free = sorted(sympy.sympify(decay).free_symbols, key=str)
+    if None not in (positive, at_most_one) or not set(free) <= set(sizes) or \
+            math.prod(sizes[x] for x in free) > INDEX_VALUES_LIMIT:
+        return positive, at_most_one
+    values = [complex(decay.subs(dict(zip(free, at))))
+              for at in itertools.product(*(range(sizes[x]) for x in free))]
+    if any(v.imag for v in values):
+        return positive, at_most_one
+    return all(v.real > 0 for v in values), all(v.real <= 1 for v in values)
 
 
 def _positive(expr) -> bool | None:

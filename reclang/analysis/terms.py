@@ -113,7 +113,9 @@ class Expander:
             body = self.symbolic(node.args[0], inner)
             if kind == "sum":
                 return sympy.Sum(body, *limits)
-            return sympy.Function(kind)(body, *[lim[0] for lim in limits])
+            # each index with its size: a printer needs it for an index used as a value
+            # (pairs, not Tuples: sympy's tanh recurses on an Add with a Tuple inside)
+            return sympy.Function(kind)(body, *[x for s, _, hi in limits for x in (s, hi + 1)])
         raise AssertionError(f"unexpected {node.op} in a state-free value")
 
     def _read_symbol(self, node: Node, env: dict):
