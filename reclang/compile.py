@@ -71,7 +71,7 @@ class Cell:
         m = RecModule(self.ir, backend, *self._generated(backend, chunk_size), device=device,
                       dtype=dtype)
         if on_cuda not in (None, backend):
-            m.use_on("cuda", on_cuda, build=lambda: self._generated(on_cuda, chunk_size))
+            m.use_on("cuda", on_cuda, build=Deferred(self, on_cuda, chunk_size))
         return m
 
     def auto_backends(self) -> tuple[str, str]:
@@ -135,6 +135,26 @@ class Cell:
         if verdict is not None and not verdict.supported:
             raise RecError(f"backend {backend!r} cannot run cell {self.name}: {verdict.reason}")
         return backend
+
+
+class Deferred:
+    """A backend's (source, module), generated when first called: `auto` builds the CUDA
+    backend only for CUDA tensors. Pickles as the spec, so a copied module keeps it."""
+
+    def __init__(self, cell: Cell, backend: str, chunk_size: int | None):
+        self.cell, self.backend, self.chunk_size = cell, backend, chunk_size
+
+    def __call__(self):
+        return self.cell._generated(self.backend, self.chunk_size)
+
+    def __reduce__(self):
+        source = self.cell.ir.source
+        return _deferred, (source.text, source.filename, self.cell.hypers, self.backend,
+                           self.chunk_size)
+
+
+def _deferred(text: str, filename: str, hypers: dict, backend: str, chunk_size):
+    return Deferred(Cell(build_ir(parse(text, filename), hypers)), backend, chunk_size)
 
 
 def loads(text: str, filename: str = "<string>", **hypers) -> Cell:

@@ -80,8 +80,8 @@ class RecModule(nn.Module):
         self.ir = build_ir(parse(source.text, source.filename), hypers)
         stem = self.ir.name + "_"  # + the backend, as compile.Cell names the files
         self._generated = load_source(self.source, stem + self.backend)
-        self._on_device = {k: (b, text, load_source(text, stem + b))
-                           for k, (b, text) in self._on_device.items()}
+        self._on_device = {k: (b, text, text and load_source(text, stem + b))
+                           for k, (b, text) in self._on_device.items()}  # None: deferred
 
     def extra_repr(self) -> str:
         others = "".join(f", on {k}: {v[0]}" for k, v in self._on_device.items())
