@@ -144,11 +144,14 @@ def _chunkwise(w, a, b, k, v, q, h0, chunk: int = CHUNK, a_over_k=None):
         S0, h = torch.cat([h0[:, None], ends[:, :-1]], 1), ends[:, -1]
     else:  # with a low-rank part it mixes the key axis: chunk after chunk
         starts, ys, h = [], [], h0
-        for n in range(w.shape[1]):
+        # split into chunks once: indexing x[:, n] in the loop would make autograd build
+        # a gradient of x's full size for every chunk (O(N²) work in the backward pass)
+        steps = zip(*(x.unbind(1) for x in (W, U, decay_end, kv_end, a_end.transpose(-1, -2))))
+        for W_n, U_n, decay_n, kv_n, a_n in steps:
             starts.append(h)
-            y = W[:, n] @ h + U[:, n]
+            y = W_n @ h + U_n
             ys.append(y)
-            h = decay_end[:, n] * h + kv_end[:, n] + a_end[:, n].transpose(-1, -2) @ y
+            h = decay_n * h + kv_n + a_n @ y
         S0 = torch.stack(starts, 1)  # [B, N, H, K, V]
     if q is None:
         return None, h

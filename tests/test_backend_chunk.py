@@ -8,6 +8,7 @@ from helpers import (MATRIX_TRANSFORMS, as_reference, assert_matches_reference, 
                      random_inputs, random_state, small)
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import reclang
 from reclang.backends.chunk import chunk_affine
@@ -167,3 +168,39 @@ cell value_decay(K = 4, V = 3):
 @pytest.mark.parametrize("name", cells_on("chunk"))
 def test_auto_picks_chunk_for_matrix_states(name):
     assert small(name).module("auto").backend == "chunk"
+
+
+class _Written(TorchDispatchMode):
+    """Counts the elements of every tensor that the operators run under it create."""
+
+    def __init__(self):
+        super().__init__()
+        self.elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for x in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(x, torch.Tensor) and not x._is_view():
+                self.elements += x.numel()
+        return out
+
+
+def _written_by_backward(module, name, T):
+    x = {k: v.requires_grad_() for k, v in
+         random_inputs(module, 1, T, **TRANSFORMS.get(name, {})).items()}
+    outs, final = module(**x)
+    outs = outs if isinstance(outs, dict) else {"out": outs}
+    loss = sum(y.abs().sum() for y in [*outs.values(), *final.values()])
+    with _Written() as written:
+        loss.backward()
+    return written.elements
+
+
+@pytest.mark.parametrize("name", cells_on("chunk"))
+def test_backward_work_grows_linearly_in_T(name):
+    """Issue 26: the pass from chunk to chunk indexed x[:, n] per chunk, so autograd
+    built a gradient of x's full size for every chunk: O(T²) in the backward pass. The
+    elements it creates must grow as T (a count, not a timing)."""
+    module, _ = pair(name, chunk=4)
+    short, long = (_written_by_backward(module, name, T) for T in (64, 256))
+    assert long <= 4.2 * short, (short, long, long / short)
