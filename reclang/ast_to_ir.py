@@ -141,12 +141,19 @@ class Builder:
         self.updated: dict[str, int] = {}   # state name -> UPDATE node
         self.stmts: list[int] = []
         self.stmt = -1
+        self.depth: dict[int, int] = {}     # node -> longest path of nodes up to it
 
     # ---- nodes
     def add(self, op, args, axes, sizes, dtype, arg, loc) -> int:
         if op not in (Op.INPUT, Op.PARAM, Op.STATE):  # declarations are checked in declare
             self._check_space(axes, sizes, loc)
+        depth = 1 + max((self.depth[a] for a in args), default=0)
+        if depth > limits.CHAIN:
+            self.fail(f"this expression is {depth} operations deep, counting the lets it "
+                      f"reads; at most {limits.CHAIN}: the analysis and the generated code "
+                      "follow a value through every let", loc)
         i = self.graph.number_of_nodes()
+        self.depth[i] = depth
         node = Node(i, op, tuple(args), tuple(axes), tuple(sizes), dtype, arg, loc, self.stmt)
         self.graph.add_node(i, node=node)
         for a in args:
