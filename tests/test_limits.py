@@ -136,3 +136,70 @@ def test_non_finite_hyperparameter_overrides():
     for value in (float("inf"), float("nan"), 10 ** 400):
         err = error(ONE.format(hyper=", a = 1.0", value="x[d] * a"), a=value)
         assert "must be finite" in err.message
+
+
+@pytest.mark.parametrize("init, message, col", [
+    ("uniform(1 / 0 ** -0.5, 1)", "pow of constants fails", 30),
+    ("arange(2 ** 40)", "arange(n) takes an integer n from 1 to 4", 18),
+    ("arange(2.5)", "arange(n) takes an integer n from 1 to 4", 18),
+])
+def test_constants_in_initializers(init, message, col):
+    cell = reclang.loads(f"cell c(N = 4):\n    input x[N]\n    param W[N] ~ {init}\n"
+                         "    out y[n] = W[n] * x[n]\n", "t.rec")
+    with pytest.raises(RecError) as info:
+        cell.module()
+    assert message in info.value.message and (info.value.loc.line, info.value.loc.col) == (3, col)
+    assert str(info.value).startswith("t.rec:3:")
+
+
+def chain(n: int, step: str) -> str:
+    lets = "".join(f"    a{k}[d] = {step.format(p=k - 1)}\n" for k in range(1, n))
+    return ("cell c(D = 4):\n    input x[D]\n    state h[D] = 0\n    a0[d] = x[d] + h[d]\n"
+            f"{lets}    h[d] <- a{n - 1}[d]\n    out y[d] = h[d]\n")
+
+
+def test_long_chains_of_lets_are_refused():
+    """The analysis follows a value through every let (200 chained lets were a
+    RecursionError in the planner)."""
+    err = error(chain(200, "a{p}[d] * 0.5 + x[d]"))
+    assert f"at most {limits.CHAIN}" in err.message and "counting the lets it reads" in err.message
+
+
+def test_chained_tanh_generates_in_linear_time():
+    """40 chained tanh took minutes in the fused kernel's cse (sympy re-derived the
+    assumptions of every nested tanh); the limit's worth of them takes seconds."""
+    cell = reclang.loads(chain(95, "tanh(a{p}[d])"))
+    start = time.perf_counter()
+    assert "def " in cell.source("triton")
+    assert time.perf_counter() - start < 30
+
+
+def big(n: int) -> str:
+    """n lets of the inputs, n // 10 states updated from them, one output."""
+    states = max(1, n // 10)
+    lines = ["cell big(D = 8):", "    input x[D], g[D]",
+             "    state " + ", ".join(f"s{k}[D] = 0" for k in range(states))]
+    lines += [f"    a{k}[d] = tanh(x[d] * {k + 1}) + sigmoid(g[d]) * {k % 7}" for k in range(n)]
+    lines += [f"    s{k}[d] <- exp(-softplus(g[d])) * s{k}[d] + a{(k * 10) % n}[d]"
+              for k in range(states)]
+    lines.append("    out y[d] = " + " + ".join(f"s{k}[d]" for k in range(min(states, 50))))
+    return "\n".join(lines) + "\n"
+
+
+def _compile_time(n: int) -> float:
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        cell = reclang.loads(big(n), "big.rec")
+        assert cell.plan.form == "diag"
+        cell.source("sequential")
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def test_compile_time_grows_about_linearly():
+    """docs/guarantees.md: checking, analyzing and generating take time about linear in
+    the number of statements (the plan walked the whole graph once per state)."""
+    _compile_time(10)  # imports
+    small, large = _compile_time(100), _compile_time(800)
+    assert large < 16 * small, (small, large)  # 8x the statements: linear 8x, quadratic 64x
