@@ -66,7 +66,7 @@ class ToAst(Transformer):
         return ast.Num(_number(str(children[0]), _loc(meta)), _loc(meta))
 
     def imag(self, meta, children):
-        return ast.Imag(_number(str(children[0])[:-1], _loc(meta)), _loc(meta))
+        return ast.Imag(float(_number(str(children[0])[:-1], _loc(meta))), _loc(meta))
 
     def name(self, meta, children):
         return ast.Name(str(children[0]), _loc(meta))
@@ -193,8 +193,8 @@ def _number(text: str, loc: Loc) -> int | float:
     """A literal's value; one beyond float64 (`1e400`, a 400-digit integer) is refused
     before Python converts it (int() refuses over 4,300 digits, float() gives inf)."""
     digits = text.lstrip("0")
-    if text.isdigit() and len(digits) <= 309 and int(text) <= limits.NUMBER:
-        return int(text)
+    if text.isdigit() and len(digits) <= 309 and int(digits or "0") <= limits.NUMBER:
+        return int(digits or "0")
     if not text.isdigit() and abs(float(text)) <= limits.NUMBER:
         return float(text)
     raise _SyntaxProblem(f"the number {_clip(text)} is too large: constants must be at most "

@@ -48,8 +48,9 @@ def test_huge_literals(value, message):
     assert message in err.message and err.loc.line == 3, str(err)
 
 
-def test_tiny_literals_are_zero():
+def test_tiny_literals_and_long_zeros_are_numbers():
     assert reclang.loads(ONE.format(hyper="", value="x[d] * 1e-400")).ir is not None
+    assert reclang.loads(ONE.format(hyper="", value="x[d] * " + "0" * 5000 + "7")).ir is not None
 
 
 @pytest.mark.parametrize("size", ["9 ** 9 ** 9", "2 ** 2 ** 40", "2 ** 40", "1e30"])
