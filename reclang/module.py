@@ -231,7 +231,10 @@ def _word(dtype) -> str:
 
 
 def _kind(value) -> str:
-    return f"a {_word(value.dtype)} tensor" if torch.is_tensor(value) else type(value).__name__
+    if not torch.is_tensor(value):
+        return type(value).__name__
+    word = _word(value.dtype)
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word} tensor"
 
 
 def _state_dtype(decl, dtype):

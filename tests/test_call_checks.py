@@ -28,9 +28,9 @@ def inputs(B=2, T=5, dtype=torch.float32):
      "state must be a dict of states (S) -> tensors [B, ...], got Tensor"),
     ({"s": torch.zeros(2, 2, 4, 4)}, TypeError, "gla has no state 's'; its states are S"),
     ({"S": torch.zeros(3, 2, 4, 4)}, ValueError, "state S: expected shape [2, 2, 4, 4], got"),
-    ({"S": [[0.0]]}, TypeError, "state S must be a floating-point tensor of shape "
-     "[2, 2, 4, 4], got list"),
-    ({"S": torch.zeros(2, 2, 4, 4, dtype=torch.long)}, TypeError, "got a int64 tensor"),
+    ({"S": [[0.0]]}, TypeError,
+     "state S must be a floating-point tensor of shape [2, 2, 4, 4], got list"),
+    ({"S": torch.zeros(2, 2, 4, 4, dtype=torch.long)}, TypeError, "got an int64 tensor"),
     ({"S": torch.zeros(2, 2, 4, 4, dtype=torch.complex64)}, TypeError,
      "state S is real, got a complex tensor"),
 ])

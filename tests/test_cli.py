@@ -58,7 +58,7 @@ def test_bench_times_every_supported_backend(capsys):
     assert main(["bench", spec, "-T", "8", "-B", "2", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     rows = re.findall(r"^\s+(sequential|scan)\s+[\d.]+ms\s+[\d.]+ms\s+(\S+)\s+(\S+)$", out,
-                      re.M)
+                      re.MULTILINE)
     assert [r[0] for r in rows] == ["sequential", "scan"] and float(rows[1][1]) < 1e-5
     assert float(rows[1][2]) < 1e-6 and "relative: max |y - sequential| / max |sequential|" in out
 
@@ -72,7 +72,7 @@ def test_bench_runs_cells_with_complex_outputs(tmp_path, capsys):
     spec.write_text(COMPLEX)
     assert main(["bench", str(spec), "-T", "8", "-B", "2", "--repeat", "1"]) == 0
     rows = re.findall(r"^\s+(\w+)\s+[\d.]+ms\s+[\d.]+ms\s+(\S+)\s+(\S+)$",
-                      capsys.readouterr().out, re.M)
+                      capsys.readouterr().out, re.MULTILINE)
     assert len(rows) >= 2 and all(float(r[2]) < 1e-5 for r in rows)
 
 
