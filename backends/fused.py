@@ -155,7 +155,8 @@ class KernelCode:
     def statements(self, named: list[tuple[str, sympy.Expr]], prefix: str) -> list[str]:
         """`name = expr` lines with common subexpressions factored out (sympy.cse)."""
         temps, reduced = sympy.cse([e for _, e in named],
-                                   symbols=sympy.numbered_symbols(prefix), order="none")
+                                   symbols=sympy.numbered_symbols(prefix, real=True),
+                                   order="none")
         lines = [f"{t} = {self.printer.doprint(e)}" for t, e in temps]
         for (name, _), e in zip(named, reduced):
             lines.append(f"{name} = {self.printer.doprint(e)}")

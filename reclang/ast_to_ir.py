@@ -8,12 +8,13 @@ the tensors it subscripts (or from `i: N` on the left); every use must agree.
 
 from __future__ import annotations
 
+import cmath
 import difflib
 import math
 
 import networkx as nx
 
-from . import ast
+from . import ast, limits
 from .errors import Collector, Loc, RecError
 from .functions import BINARY_OPS, CALLABLE, FUNCTIONS, INIT_ONLY, REDUCTIONS
 from .ir import IR, Decl, Node, Op
@@ -37,17 +38,55 @@ def _eval_scalar(expr: ast.Expr, hypers: dict, what: str) -> int | float | compl
         raise RecError(f"{what} may only use numbers and hyperparameters; "
                        f"'{expr.name}' is not a hyperparameter", loc=expr.loc)
     if isinstance(expr, ast.Unary):
-        return -_eval_scalar(expr.operand, hypers, what)
+        return fold(FUNCTIONS["neg"], [_eval_scalar(expr.operand, hypers, what)], expr.loc)
     if isinstance(expr, ast.Binary) and expr.op in BINARY_OPS:
         a, b = (_eval_scalar(e, hypers, what) for e in (expr.left, expr.right))
-        if expr.op == "/" and b == 0:
-            raise RecError("division by zero", loc=expr.loc)
-        return FUNCTIONS[BINARY_OPS[expr.op]].fold(a, b)
+        return fold(FUNCTIONS[BINARY_OPS[expr.op]], [a, b], expr.loc)
     if isinstance(expr, ast.Call) and expr.fn in CALLABLE:
         args = [_eval_scalar(e, hypers, what) for e in expr.args]
-        return FUNCTIONS[expr.fn].fold(*args)
+        if len(args) != FUNCTIONS[expr.fn].arity:
+            n = FUNCTIONS[expr.fn].arity
+            raise RecError(f"{expr.fn}() takes {n} argument{'s' * (n != 1)}, got {len(args)}",
+                           loc=expr.loc)
+        return fold(FUNCTIONS[expr.fn], args, expr.loc)
     raise RecError(f"{what} must be a number or an expression of hyperparameters",
                    loc=expr.loc)
+
+
+def fold(fn, values: list, loc: Loc):
+    """`fn` on constants, as a RecError at `loc` when it fails or leaves float64 (the
+    result becomes a literal of the generated code). A power is bounded before it is
+    computed: `9 ** 9 ** 9` would take hours and gigabytes."""
+    if fn.name == "pow" and _power_too_large(*values):
+        raise RecError(f"{_clip(values[0])} ** {_clip(values[1])} is too large: constants "
+                       f"must be at most {limits.NUMBER:.3g} in magnitude", loc=loc)
+    try:
+        value = fn.fold(*values)
+    except (ZeroDivisionError, ValueError, OverflowError, TypeError) as err:
+        raise RecError(f"{fn.name} of constants fails: {err}", loc=loc) from None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, complex):
+        finite = cmath.isfinite(value) and max(abs(value.real), abs(value.imag)) <= limits.NUMBER
+    else:
+        finite = (not isinstance(value, float) or math.isfinite(value)) and \
+            abs(value) <= limits.NUMBER
+    if not finite:
+        raise RecError(f"{fn.name} of constants is not finite in float64 (magnitude above "
+                       f"{limits.NUMBER:.3g})", loc=loc)
+    return value
+
+
+def _power_too_large(base, exponent) -> bool:
+    """Whether |base ** exponent| exceeds limits.NUMBER, judged from logarithms."""
+    if isinstance(base, complex) or isinstance(exponent, complex) or abs(base) <= 1:
+        return False
+    return exponent > 0 and exponent * math.log2(abs(base)) > math.log2(limits.NUMBER)
+
+
+def _clip(value, n: int = 20) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "..."
 
 
 def resolve_hypers(cell: ast.Cell, overrides: dict) -> dict[str, int | float]:
@@ -79,6 +118,9 @@ def _check_override(h: ast.Hyper, default, value, source):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RecError(f"hyperparameter {h.name} must be a number, got "
                        f"{type(value).__name__} {value!r}", source, h.loc)
+    if not abs(value) <= limits.NUMBER:  # also refuses nan
+        raise RecError(f"hyperparameter {h.name} must be finite and at most "
+                       f"{limits.NUMBER:.3g} in magnitude, got {_clip(value)}", source, h.loc)
     if isinstance(default, int) and not isinstance(value, int):
         if float(value).is_integer():
             return int(value)
@@ -99,15 +141,35 @@ class Builder:
         self.updated: dict[str, int] = {}   # state name -> UPDATE node
         self.stmts: list[int] = []
         self.stmt = -1
+        self.depth: dict[int, int] = {}     # node -> longest path of nodes up to it
 
     # ---- nodes
     def add(self, op, args, axes, sizes, dtype, arg, loc) -> int:
+        if op not in (Op.INPUT, Op.PARAM, Op.STATE):  # declarations are checked in declare
+            self._check_space(axes, sizes, loc)
+        depth = 1 + max((self.depth[a] for a in args), default=0)
+        if depth > limits.CHAIN:
+            self.fail(f"this expression is {depth} operations deep, counting the lets it "
+                      f"reads; at most {limits.CHAIN}: the analysis and the generated code "
+                      "follow a value through every let", loc)
         i = self.graph.number_of_nodes()
+        self.depth[i] = depth
         node = Node(i, op, tuple(args), tuple(axes), tuple(sizes), dtype, arg, loc, self.stmt)
         self.graph.add_node(i, node=node)
         for a in args:
             self.graph.add_edge(a, i)
         return i
+
+    def _check_space(self, axes, sizes, loc):
+        """An index space the generated code can hold: einsum has 52 letters and the
+        kernels index with int32."""
+        if len(axes) > limits.INDICES:
+            self.fail(f"this expression has {len(axes)} indices; a statement has at most "
+                      f"{limits.INDICES}", loc)
+        if math.prod(sizes) > limits.ELEMENTS:
+            self.fail(f"this expression spans {' x '.join(map(str, sizes))} = "
+                      f"{math.prod(sizes):,} elements per step and sequence; at most "
+                      f"{limits.ELEMENTS:,}", loc)
 
     def node(self, i) -> Node:
         return self.graph.nodes[i]["node"]
@@ -161,7 +223,7 @@ class Builder:
             init = init.value if isinstance(init, ast.Init) else init
             if not self._check_new_name(t.name, t.loc, kind):
                 continue
-            shape = tuple(self._dim_size(d) for d in t.dims)
+            shape = self._shape(t)
             if kind == "param" and init is None:
                 self.errors.error(f"param {t.name} needs an initializer: `= value` or "
                                   "`~ normal(0, 0.02)`", t.loc)
@@ -175,6 +237,15 @@ class Builder:
             op = {"input": Op.INPUT, "param": Op.PARAM, "state": Op.STATE}[kind]
             axes = tuple(f"#{k}" for k in range(len(shape)))
             self.leaves[t.name] = self.add(op, (), axes, shape, t.dtype, t.name, t.loc)
+
+    def _shape(self, t: ast.TensorDecl) -> tuple[int, ...]:
+        shape = tuple(self._dim_size(d) for d in t.dims)
+        if len(shape) > limits.INDICES or math.prod(shape) > limits.ELEMENTS:
+            self.errors.error(f"{t.name} has {_axes(len(shape))} and {math.prod(shape):,} "
+                              f"elements; a tensor has at most {limits.INDICES} axes and "
+                              f"{limits.ELEMENTS:,} elements", t.loc)
+            return (1,) * min(len(shape), limits.INDICES)
+        return shape
 
     def _dim_size(self, dim: ast.Dim) -> int:
         try:
@@ -485,11 +556,9 @@ class Builder:
 
     def _fold(self, fn, values, loc) -> int:
         try:
-            value = fn.fold(*values)
-        except (ZeroDivisionError, ValueError, OverflowError) as err:
-            self.fail(f"{fn.name} of constants fails: {err}", loc)
-        if isinstance(value, float) and not math.isfinite(value):
-            self.fail(f"{fn.name} of constants is not finite", loc)
+            value = fold(fn, values, loc)
+        except RecError as err:
+            self.fail(err.message, loc)
         return self.const(value, loc)
 
     def expr_reduce(self, e, scope):

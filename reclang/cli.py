@@ -7,30 +7,32 @@ import os
 import sys
 import time
 
-from . import load
+from . import __version__, load
 from .compile import BACKENDS
-from .errors import RecError
+from .errors import RecError, Source
 from .timing import best_of
 
 
-def _hypers(pairs: list[str]) -> dict:
+def _hypers(args) -> dict:
     result = {}
-    for pair in pairs or []:
+    for pair in args.set or []:
         name, _, value = pair.partition("=")
         if not _:
-            raise SystemExit(f"reclang: hyperparameters are given as NAME=VALUE, got {pair!r}")
+            raise RecError(f"--set: hyperparameters are given as NAME=VALUE, got {pair!r}",
+                           Source("", args.spec))
         try:
             result[name] = int(value)
         except ValueError:
             try:
                 result[name] = float(value)
             except ValueError:
-                raise SystemExit(f"reclang: {name} must be a number, got {value!r}") from None
+                raise RecError(f"--set: {name} must be a number, got {value!r}",
+                               Source("", args.spec)) from None
     return result
 
 
 def cmd_check(args) -> int:
-    cell = load(args.spec, **_hypers(args.set))
+    cell = load(args.spec, **_hypers(args))
     ir = cell.ir
     print(f"{args.spec}: ok: cell {cell.name} with {len(ir.inputs)} inputs, "
           f"{len(ir.params)} params, {len(ir.states)} states, {len(ir.outputs)} outputs")
@@ -38,7 +40,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    cell = load(args.spec, **_hypers(args.set))
+    cell = load(args.spec, **_hypers(args))
     if args.json:
         print(cell.plan.to_json())
         return 0
@@ -56,7 +58,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    cell = load(args.spec, **_hypers(args.set))
+    cell = load(args.spec, **_hypers(args))
     dot = cell.ir.to_dot()
     if args.output:
         with open(args.output, "w") as f:
@@ -70,7 +72,7 @@ def cmd_graph(args) -> int:
 def cmd_run(args) -> int:
     import torch
 
-    cell = load(args.spec, **_hypers(args.set))
+    cell = load(args.spec, **_hypers(args))
     torch.manual_seed(args.seed)
     m = cell.module(args.backend)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
@@ -90,15 +92,27 @@ def cmd_run(args) -> int:
                 steps[k].append(v)
     print(f"cell {cell.name}, backend {m.backend}, B={args.batch}, T={args.T}, {args.dtype}")
     for k, v in outs.items():
-        diff = (torch.stack(steps[k], 1) - v).abs().max().item()
-        print(f"  out   {k}: {list(v.shape)}  max |full - step| = {diff:.3g}")
+        print(f"  out   {k}: {list(v.shape)}  {_difference(torch.stack(steps[k], 1), v)}")
     for k, v in state.items():
-        diff = (s[k] - v).abs().max().item()
-        print(f"  state {k}: {list(v.shape)}  max |full - step| = {diff:.3g}")
+        print(f"  state {k}: {list(v.shape)}  {_difference(s[k], v)}")
     tokens = args.batch * args.T
     print(f"  forward: {elapsed * 1e3:.2f} ms ({tokens / elapsed:,.0f} tokens/s)")
     _warn_if_not_finite(list(outs.values()), args.scale)
     return 0
+
+
+def _relative(a, b) -> float:
+    """max |a - b| / max |b|: an absolute difference of 1.6e+07 between values of 1e+13
+    is float32 rounding, not a failure."""
+    scale = b.abs().max().item()
+    diff = (a - b).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+def _difference(a, b) -> str:
+    diff = (a - b).abs().max().item()
+    return (f"max |full - step| = {diff:.3g} (relative {_relative(a, b):.2g}, "
+            f"max |full| = {b.abs().max().item():.3g})")
 
 
 def _warn_if_not_finite(outputs, scale: float):
@@ -120,7 +134,10 @@ def cmd_bench(args) -> int:
     from the sequential backend."""
     import torch
 
-    cell = load(args.spec, **_hypers(args.set))
+    cell = load(args.spec, **_hypers(args))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise RecError(f"--device cuda: CUDA is not available to this torch "
+                       f"({torch.__version__})", Source("", args.spec))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     backends = [v.backend for v in cell.plan.backends
                 if v.supported and v.backend in BACKENDS]
@@ -135,7 +152,8 @@ def cmd_bench(args) -> int:
               for d in cell.ir.inputs}
     print(f"cell {cell.name} ({cell.plan.form}), B={args.batch}, T={args.T}, float32, "
           f"{device}")
-    print(f"  {'backend':<11}{'forward':>10}{'fwd+bwd':>10}{'max |y - sequential|':>22}")
+    print(f"  {'backend':<11}{'forward':>10}{'fwd+bwd':>10}{'max |y - sequential|':>22}"
+          f"{'relative':>10}")
     reference = None
     for name, m in modules.items():
         with torch.no_grad():
@@ -143,9 +161,12 @@ def cmd_bench(args) -> int:
             forward = best_of(lambda m=m: m(**inputs), args.repeat)
         reference = reference if reference is not None else y
         xs = {k: v.clone().requires_grad_() for k, v in inputs.items()}
-        both = best_of(lambda m=m: _outputs(m(**xs)[0]).square().mean().backward(), args.repeat)
+        both = best_of(lambda m=m, xs=xs: _loss(m(**xs)[0]).backward(), args.repeat)
         diff = (y - reference).abs().max().item()
-        print(f"  {name:<11}{forward * 1e3:>8.2f}ms{both * 1e3:>8.2f}ms{diff:>22.3g}")
+        print(f"  {name:<11}{forward * 1e3:>8.2f}ms{both * 1e3:>8.2f}ms{diff:>22.3g}"
+              f"{_relative(y, reference):>10.2g}")
+    print(f"  (relative: max |y - sequential| / max |sequential|, where max |sequential| = "
+          f"{reference.abs().max().item():.3g})")
     _warn_if_not_finite([reference], args.scale)
     return 0
 
@@ -156,9 +177,18 @@ def _outputs(y):
     return y if torch.is_tensor(y) else torch.cat([v.reshape(-1) for v in y.values()])
 
 
+def _loss(y):
+    """A real scalar of the outputs, complex ones included (|y|², not y²)."""
+    import torch
+
+    y = _outputs(y)
+    return (torch.view_as_real(y) if y.is_complex() else y).square().mean()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reclang", description="Compile recurrent cells "
                                 "written in the reclang language.")
+    p.add_argument("--version", action="version", version=f"reclang {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(name, fn, help):
@@ -201,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except RecError as err:
+        if err.source is None:  # an error about the spec as a whole: name its file
+            err = RecError(err.diagnostics, Source("", args.spec))
         print(err, file=sys.stderr)
         return 1
     except BrokenPipeError:  # the reader stopped early (`reclang inspect ... | head`)

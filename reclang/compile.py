@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import config
 from .ast_to_ir import build_ir
-from .errors import RecError
+from .errors import Loc, RecError, Source
 from .generated import load_source
 from .ir import IR
 from .module import RecModule
@@ -130,10 +130,11 @@ class Cell:
             return self.auto_backends()[0]
         if backend not in BACKENDS:
             raise RecError(f"unknown backend {backend!r}; available: "
-                           f"{', '.join(BACKENDS + ('auto',))}")
+                           f"{', '.join(BACKENDS + ('auto',))}", self.ir.source)
         verdict = next((v for v in self.plan.backends if v.backend == backend), None)
         if verdict is not None and not verdict.supported:
-            raise RecError(f"backend {backend!r} cannot run cell {self.name}: {verdict.reason}")
+            raise RecError(f"backend {backend!r} cannot run cell {self.name}: {verdict.reason}",
+                           self.ir.source)
         return backend
 
 
@@ -172,7 +173,19 @@ def load(path: str | Path, **hypers) -> Cell:
     """Parses and checks a `.rec` file; keyword arguments override hyperparameters."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as err:
-        raise RecError(f"cannot read {path}: {err.strerror}") from None
-    return loads(text, str(path), **hypers)
+        raise RecError(f"cannot read {path}: {err.strerror}", Source("", str(path))) from None
+    return loads(_decode(data, str(path)), str(path), **hypers)
+
+
+def _decode(data: bytes, filename: str) -> str:
+    """A spec's bytes as text: UTF-8, else a RecError at the first byte that is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        col = len(data[data.rfind(b"\n", 0, err.start) + 1:err.start].decode("utf-8")) + 1
+        source = Source(data.decode("utf-8", "replace"), filename)
+        raise RecError(f"the file is not UTF-8 text: byte 0x{data[err.start]:02x} cannot be "
+                       "decoded", source, Loc(line, col)) from None

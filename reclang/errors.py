@@ -36,8 +36,10 @@ class Source:
     filename: str = "<string>"
 
     def line(self, n: int) -> str:
-        lines = self.text.splitlines()
-        return lines[n - 1] if 1 <= n <= len(lines) else ""
+        """Line `n` as the lexer counts lines: only '\\n' ends one (str.splitlines would
+        also split at a form feed, a vertical tab, NEL, U+2028 and U+2029)."""
+        lines = self.text.split("\n")
+        return lines[n - 1].removesuffix("\r") if 1 <= n <= len(lines) else ""
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ class Diagnostic:
         if self.loc == NOWHERE or source is None:
             return f"{name}: error: {self.message}"
         text = source.line(self.loc.line)
-        caret = " " * (self.loc.col - 1) + "^"
+        # keep the line's tabs under the caret, so that it points at the same column
+        caret = "".join(c if c == "\t" else " " for c in text[:self.loc.col - 1]) + "^"
         return f"{name}:{self.loc}: error: {self.message}\n    {text}\n    {caret}"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import ast
+from .ast_to_ir import fold
 from .errors import RecError
 from .functions import BINARY_OPS, FUNCTIONS
 from .ir import IR, Decl
@@ -70,14 +71,25 @@ class _Env:
             raise RecError(f"'{e.name}' is not known in this initializer (params are "
                            "initialized in the order they are declared)", self.ir.source, e.loc)
         if isinstance(e, ast.Unary):
-            return -self.eval(e.operand)
+            return self.apply(FUNCTIONS["neg"], [self.eval(e.operand)], e.loc)
         if isinstance(e, ast.Binary):
             # the operators' folds are Python operators: they work on tensors too
-            return FUNCTIONS[BINARY_OPS[e.op]].fold(self.eval(e.left), self.eval(e.right))
+            return self.apply(FUNCTIONS[BINARY_OPS[e.op]], [self.eval(e.left),
+                                                            self.eval(e.right)], e.loc)
         if isinstance(e, ast.Call):
             return self.call(e)
         raise RecError("this expression is not allowed in an initializer", self.ir.source,
                        e.loc)
+
+    def apply(self, fn, args, loc):
+        """`fn` on tensors, or folded as the checks fold constants (a RecError for
+        `0 ** -0.5`, not a ZeroDivisionError)."""
+        if any(torch.is_tensor(a) for a in args):
+            return fn.fold(*args)
+        try:
+            return fold(fn, args, loc)
+        except RecError as err:
+            raise RecError(err.diagnostics, self.ir.source) from None
 
     def call(self, e: ast.Call):
         args = [self.eval(a) for a in e.args]
@@ -89,16 +101,26 @@ class _Env:
             mean, std = args
             return torch.randn(shape, **kw) * std + mean
         if e.fn == "arange":
-            return torch.arange(int(args[0]), **kw)
+            return torch.arange(self._arange_length(args[0], e.loc), **kw)
         fn = FUNCTIONS[e.fn]
         if not any(torch.is_tensor(a) for a in args):
-            return fn.fold(*args)
+            return self.apply(fn, args, e.loc)
         tensors = [a if torch.is_tensor(a) else torch.tensor(a, **_kw_for(a, kw)) for a in args]
         names = {f"{{{k}}}": f"tensors[{k}]" for k in range(len(args))}
         code = fn.torch
         for placeholder, name in names.items():
             code = code.replace(placeholder, name)
         return eval(code, {"torch": torch, "tensors": tensors})  # the table's own templates
+
+
+    def _arange_length(self, n, loc) -> int:
+        """arange(n) must fit an axis of the declaration: it is allocated before it
+        broadcasts."""
+        longest = max(self.decl.shape, default=1)
+        if torch.is_tensor(n) or isinstance(n, complex) or n != int(n) or not 1 <= n <= longest:
+            raise RecError(f"arange(n) takes an integer n from 1 to {longest} (the longest axis "
+                           f"of {self.decl.name}), got {n!r}", self.ir.source, loc)
+        return int(n)
 
 
 def _kw_for(value, kw):

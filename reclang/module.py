@@ -112,43 +112,58 @@ class RecModule(nn.Module):
         return self._on_device[device][2]
 
     # ---- running
-    def forward(self, state: dict | None = None, lengths=None, cu_seqlens=None, **inputs):
-        """Whole sequences: inputs [B, T, *dims]. `lengths` ([B], right-padded batches)
-        or `cu_seqlens` (packed sequences in a batch of one) run variable-length
+    def forward(self, *args, state: dict | None = None, lengths=None, cu_seqlens=None,
+                **inputs):
+        """Whole sequences: inputs [B, T, *dims], by name. `lengths` ([B], right-padded
+        batches) or `cu_seqlens` (packed sequences in a batch of one) run variable-length
         sequences without computing padding (see reclang/varlen.py)."""
+        self._no_positional(args)
         code = self._forward_for(inputs)
         if lengths is None and cu_seqlens is None:
             return self._run(code.forward, inputs, state, sequence=True)
         if lengths is not None and cu_seqlens is not None:
             raise TypeError("give lengths or cu_seqlens, not both")
+        # the same checks as a plain call: inputs, then the state against the number of
+        # sequences (B with lengths, N with cu_seqlens)
+        first = self._check_inputs(inputs, sequence=True)[0][0]
+        if lengths is not None:
+            lengths = varlen.checked_lengths(lengths, first)
+        else:
+            cu_seqlens = varlen.packed_offsets(first, cu_seqlens)
+        self._check_state_arg(state, len(lengths) if lengths is not None else len(cu_seqlens) - 1)
         packs = "cu_seqlens" in inspect.signature(code.forward).parameters
         if lengths is not None and packs:  # one call on the sequences packed end to end
-            self._check_inputs(inputs, sequence=True)
-            packed, cu_seqlens = varlen.pack(inputs, lengths)
-            y, final = self.forward(state=state, cu_seqlens=cu_seqlens, **packed)
-            return varlen.unpack(y, lengths, next(iter(inputs.values())).shape[1]), final
-        if cu_seqlens is not None and packs:
-            self._check_inputs(inputs, sequence=True)  # the backend packs by itself
-            first = next(iter(inputs.values()))
-            offsets = varlen.packed_offsets(first, cu_seqlens)
+            packed, offsets = varlen.pack(inputs, lengths)
+            y, final = self.forward(state=state, cu_seqlens=offsets, **packed)
+            return varlen.unpack(y, lengths, first.shape[1]), final
+        if cu_seqlens is not None and packs:  # the backend packs by itself
             packed = functools.partial(code.forward, cu_seqlens=torch.tensor(
-                offsets, dtype=torch.int64, device=first.device))
-            return self._run(packed, inputs, state, sequence=True, batch=len(offsets) - 1)
+                cu_seqlens, dtype=torch.int64, device=first.device))
+            return self._run(packed, inputs, state, sequence=True, batch=len(cu_seqlens) - 1)
 
         def run(part, part_state):
             y, s = self._run(code.forward, part, part_state, sequence=True)
             return (y if isinstance(y, dict) else {self.ir.outputs[0].arg: y}), s
 
-        self._check_inputs(inputs, sequence=True)
         if lengths is not None:
             outs, final = varlen.run_padded(run, inputs, state, lengths)
         else:
             outs, final = varlen.run_packed(run, inputs, state, cu_seqlens)
         return (next(iter(outs.values())) if len(outs) == 1 else outs), final
 
-    def step(self, state: dict | None = None, **inputs):
-        """One time step: inputs [B, *dims]; returns (outputs [B, *dims], new state)."""
+    def step(self, *args, state: dict | None = None, **inputs):
+        """One time step: inputs [B, *dims], by name; returns (outputs [B, *dims], new
+        state)."""
+        self._no_positional(args)
         return self._run(self._generated.step, inputs, state, sequence=False)
+
+    def _no_positional(self, args: tuple):
+        """Inputs are passed by name: a positional tensor must not become the state."""
+        if args:
+            names = ", ".join(f"{d.name}=..." for d in self.ir.inputs)
+            raise TypeError(f"{self.ir.name} takes its inputs and state by name: "
+                            f"m({names}, state=...); got {len(args)} positional argument"
+                            f"{'s' * (len(args) != 1)}")
 
     def initial_state(self, batch: int, dtype=torch.float32, device=None) -> dict:
         """The states a sequence starts from when no state is given, [B, *dims]."""
@@ -196,18 +211,60 @@ class RecModule(nn.Module):
                                  f"{' with the same B, T as the other inputs' if lead else ''}"
                                  f", got {list(x.shape)}")
             lead = tuple(x.shape[:n])
+        if lead[0] == 0:
+            raise ValueError("the batch is empty (B = 0)")
         if sequence and lead[1] == 0:
             raise ValueError("the sequences are empty (T = 0)")
         xs = [inputs[n] for n in names]
+        self._check_dtypes(xs)
         return xs, lead[0], xs[0].dtype
 
-    def _check_state(self, state: dict | None, batch: int, dtype, device) -> list:
-        state = dict(state or {})
+    def _check_dtypes(self, xs: list):
+        """One dtype for all inputs; parameters never narrowed to it (as nn.Linear, which
+        refuses float32 inputs with float64 weights), except that bf16/fp16 inputs are
+        computed in float32 (mixed precision)."""
+        first, dtype = self.ir.inputs[0].name, xs[0].dtype
+        for d, x in zip(self.ir.inputs, xs):
+            if x.dtype != dtype:
+                raise TypeError(f"input {d.name} is {_word(x.dtype)} but input {first} is "
+                                f"{_word(dtype)}: give every input the same dtype")
+        compute = torch.float32 if dtype in LOW_PRECISION else dtype
+        param = next(self.parameters(), None)
+        wide = None if param is None else param.dtype.to_real()
+        if wide is not None and wide.itemsize > compute.itemsize:
+            raise TypeError(f"input {first} is {_word(dtype)} but the parameters of "
+                            f"{self.ir.name} are {_word(wide)}: convert the inputs "
+                            f"(.to({wide})) or the module (m.to({compute}))")
+
+    def _check_state_arg(self, state, batch: int):
+        """The `state=` argument: None, or a dict of some states -> [batch, *dims]."""
         names = [d.name for d in self.ir.states]
+        if state is None:
+            return
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict of states ({', '.join(names) or 'none'}) "
+                            f"-> tensors [B, ...], got {type(state).__name__}; inputs are "
+                            "keyword arguments")
         unknown = [k for k in state if k not in names]
         if unknown:
             raise TypeError(f"{self.ir.name} has no state {unknown[0]!r}; its states are "
                             f"{', '.join(names)}")
+        for d in self.ir.states:
+            if d.name not in state:
+                continue
+            s, expected = state[d.name], [batch, *d.shape]
+            if not torch.is_tensor(s) or not (s.is_floating_point() or s.is_complex()):
+                raise TypeError(f"state {d.name} must be a floating-point tensor of shape "
+                                f"{expected}, got {_kind(s)}")
+            if s.is_complex() and d.dtype != "complex":
+                raise TypeError(f"state {d.name} is real, got a complex tensor")
+            if tuple(s.shape) != tuple(expected):
+                raise ValueError(f"state {d.name}: expected shape {expected}, got "
+                                 f"{list(s.shape)}")
+
+    def _check_state(self, state: dict | None, batch: int, dtype, device) -> list:
+        self._check_state_arg(state, batch)
+        state = state or {}
         result = []
         initial = None
         for d in self.ir.states:
@@ -215,12 +272,19 @@ class RecModule(nn.Module):
                 initial = initial or self.initial_state(batch, dtype, device)
                 result.append(initial[d.name])
                 continue
-            s = state[d.name]
-            if tuple(s.shape) != (batch, *d.shape):
-                raise ValueError(f"state {d.name}: expected shape "
-                                 f"{[batch, *d.shape]}, got {list(s.shape)}")
-            result.append(s.to(_state_dtype(d, dtype)))
+            result.append(state[d.name].to(_state_dtype(d, dtype)))
         return result
+
+
+def _word(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _kind(value) -> str:
+    if not torch.is_tensor(value):
+        return type(value).__name__
+    word = _word(value.dtype)
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word} tensor"
 
 
 def _state_dtype(decl, dtype):

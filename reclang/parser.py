@@ -8,8 +8,9 @@ from pathlib import Path
 import lark
 from lark import Token, Transformer, v_args
 
-from . import ast
+from . import ast, limits
 from .errors import Loc, RecError, Source
+
 
 class LineJoiner:
     """Decides which newlines end a statement.
@@ -62,12 +63,10 @@ class ToAst(Transformer):
 
     # ---- expressions
     def number(self, meta, children):
-        text = str(children[0])
-        is_int = text.isdigit()
-        return ast.Num(int(text) if is_int else float(text), _loc(meta))
+        return ast.Num(_number(str(children[0]), _loc(meta)), _loc(meta))
 
     def imag(self, meta, children):
-        return ast.Imag(float(str(children[0])[:-1]), _loc(meta))
+        return ast.Imag(float(_number(str(children[0])[:-1], _loc(meta))), _loc(meta))
 
     def name(self, meta, children):
         return ast.Name(str(children[0]), _loc(meta))
@@ -190,6 +189,22 @@ class ToAst(Transformer):
         return children[0]
 
 
+def _number(text: str, loc: Loc) -> int | float:
+    """A literal's value; one beyond float64 (`1e400`, a 400-digit integer) is refused
+    before Python converts it (int() refuses over 4,300 digits, float() gives inf)."""
+    digits = text.lstrip("0")
+    if text.isdigit() and len(digits) <= 309 and int(digits or "0") <= limits.NUMBER:
+        return int(digits or "0")
+    if not text.isdigit() and abs(float(text)) <= limits.NUMBER:
+        return float(text)
+    raise _SyntaxProblem(f"the number {_clip(text)} is too large: constants must be at most "
+                         f"{limits.NUMBER:.3g} in magnitude (float64)", loc)
+
+
+def _clip(text: str, n: int = 20) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
 class _SyntaxProblem(Exception):
     """A syntax rule the grammar cannot express, found while building the AST."""
 
@@ -256,15 +271,45 @@ def _end_loc(text: str) -> Loc:
 
 def parse(text: str, filename: str = "<string>") -> ast.Cell:
     """Parses the text of one spec. Raises RecError on a syntax error."""
+    text = text.removeprefix("\ufeff")  # a byte order mark is not part of the spec
     source = Source(text, filename)
     try:
         tree = _lark().parse(text)
+        _check_limits(tree)
         cell = ToAst().transform(tree)
     except lark.exceptions.UnexpectedInput as err:
         message, loc = _friendly(err, text)
         raise RecError(message, source, loc) from None
+    except _SyntaxProblem as err:
+        raise RecError(err.message, source, err.loc) from None
     except lark.exceptions.VisitError as err:
         if isinstance(err.orig_exc, _SyntaxProblem):
             raise RecError(err.orig_exc.message, source, err.orig_exc.loc) from None
         raise
     return ast.Cell(cell.name, cell.hypers, cell.body, cell.loc, source)
+
+
+def _check_limits(tree: lark.Tree) -> None:
+    """Refuses names longer than limits.NAME_LENGTH and expressions nested deeper than
+    limits.DEPTH, before anything recursive (the transformer, the checks, the analysis)
+    walks the tree. Iterative: the tree may be deeper than Python's recursion limit."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, Token):
+            if node.type == "NAME" and len(node) > limits.NAME_LENGTH:
+                raise _SyntaxProblem(f"the name {_clip(str(node))} is {len(node)} characters "
+                                     f"long; names have at most {limits.NAME_LENGTH}",
+                                     _loc(node))
+            continue
+        if depth > limits.DEPTH:
+            raise _SyntaxProblem(f"the expression is nested more than {limits.DEPTH} levels "
+                                 "deep (brackets, calls or a chain of operators): split it "
+                                 "into named parts (`a = ...`)", _loc(node.meta))
+        inner = depth + (node.data in _EXPRESSIONS)
+        stack.extend((child, inner) for child in node.children if child is not None)
+
+
+# The rules that nest expressions: each counts one level towards limits.DEPTH.
+_EXPRESSIONS = {"add", "sub", "mul", "div", "pow", "neg", "pos", "compare", "call",
+                "subscript"}

@@ -36,7 +36,7 @@ def pack(inputs: dict, lengths) -> tuple[dict, torch.Tensor]:
     [1, total, ...], with their offsets (cu_seqlens): for a backend that runs packed
     sequences in one call."""
     first = next(iter(inputs.values()))
-    lengths = _lengths(lengths, first)
+    lengths = checked_lengths(lengths, first)
     live = torch.arange(first.shape[1], device=first.device) < torch.tensor(
         lengths, device=first.device)[:, None]                  # [B, T]
     cu_seqlens = torch.tensor([0] + lengths, device=first.device).cumsum(0)
@@ -54,10 +54,20 @@ def unpack(y, lengths, T: int):
     return out.index_put((live,), y[0])
 
 
-def _lengths(lengths, first: torch.Tensor) -> list[int]:
+def _integers(values, what: str) -> list[int]:
+    """`values` (a tensor or a list) as Python ints; floats (2.5) are refused, not
+    truncated."""
+    values = torch.as_tensor(values)
+    if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+        raise ValueError(f"{what} must be integers, got {str(values.dtype)[6:]} values "
+                         f"{values.reshape(-1).tolist()[:8]}")
+    return [int(n) for n in values.reshape(-1).tolist()]
+
+
+def checked_lengths(lengths, first: torch.Tensor) -> list[int]:
     """The lengths as a list, checked against the batch [B, T, ...]."""
     batch, T = first.shape[:2]
-    lengths = [int(n) for n in torch.as_tensor(lengths).reshape(-1).tolist()]
+    lengths = _integers(lengths, "lengths")
     if len(lengths) != batch:
         raise ValueError(f"lengths: expected {batch} lengths (one per sequence), "
                          f"got {len(lengths)}")
@@ -69,7 +79,7 @@ def run_padded(run, inputs: dict, state: dict | None, lengths) -> tuple[dict, di
     """`run(inputs, state) -> (outputs dict, states dict)` on a right-padded batch."""
     first = next(iter(inputs.values()))
     batch, T = first.shape[:2]
-    lengths = _lengths(lengths, first)
+    lengths = checked_lengths(lengths, first)
     outs, finals = {}, {}
     for n, rows in _groups(lengths).items():
         index = torch.tensor(rows, device=first.device)
@@ -88,7 +98,7 @@ def packed_offsets(first: torch.Tensor, cu_seqlens) -> list[int]:
     if first.shape[0] != 1:
         raise ValueError(f"cu_seqlens: packed sequences come in a batch of 1, "
                          f"got a batch of {first.shape[0]}")
-    offsets = [int(c) for c in torch.as_tensor(cu_seqlens).reshape(-1).tolist()]
+    offsets = _integers(cu_seqlens, "cu_seqlens")
     total = first.shape[1]
     if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != total:
         raise ValueError(f"cu_seqlens must run from 0 to the packed length {total}, "

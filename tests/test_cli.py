@@ -57,8 +57,65 @@ def test_bench_times_every_supported_backend(capsys):
     spec = str(Path(GLA).parent / "min_gru.rec")
     assert main(["bench", spec, "-T", "8", "-B", "2", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
-    rows = re.findall(r"^\s+(sequential|scan)\s+[\d.]+ms\s+[\d.]+ms\s+(\S+)$", out, re.M)
+    rows = re.findall(r"^\s+(sequential|scan)\s+[\d.]+ms\s+[\d.]+ms\s+(\S+)\s+(\S+)$", out,
+                      re.MULTILINE)
     assert [r[0] for r in rows] == ["sequential", "scan"] and float(rows[1][1]) < 1e-5
+    assert float(rows[1][2]) < 1e-6 and "relative: max |y - sequential| / max |sequential|" in out
+
+
+COMPLEX = "cell z(N = 3):\n    input x[N]\n    state h[N]: complex = 0\n" \
+    "    h[n] <- exp(-0.5 + 1j) * h[n] + x[n]\n    out y[n] = h[n]\n"
+
+
+def test_bench_runs_cells_with_complex_outputs(tmp_path, capsys):
+    spec = tmp_path / "z.rec"
+    spec.write_text(COMPLEX)
+    assert main(["bench", str(spec), "-T", "8", "-B", "2", "--repeat", "1"]) == 0
+    rows = re.findall(r"^\s+(\w+)\s+[\d.]+ms\s+[\d.]+ms\s+(\S+)\s+(\S+)$",
+                      capsys.readouterr().out, re.MULTILINE)
+    assert len(rows) >= 2 and all(float(r[2]) < 1e-5 for r in rows)
+
+
+def test_run_prints_relative_differences(capsys):
+    assert main(["run", GLA, "-T", "4", "--set", "K=4", "--set", "V=4"]) == 0
+    out = capsys.readouterr().out
+    found = re.findall(r"max \|full - step\| = (\S+) \(relative (\S+), max \|full\| = (\S+)\)",
+                       out)
+    assert len(found) == 2
+    for diff, relative, scale in found:
+        assert abs(float(relative) - float(diff) / float(scale)) <= 0.05 * float(relative) + 1e-30
+
+
+def test_bench_on_cuda_without_cuda_is_one_line(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", GLA, "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"{GLA}: error: --device cuda: CUDA is not available to this torch " \
+                  f"({torch.__version__})\n"
+
+
+def test_version(capsys):
+    import pytest
+
+    import reclang
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out == f"reclang {reclang.__version__}\n"
+
+
+def test_every_error_names_the_file(tmp_path, capsys):
+    assert main(["inspect", GLA, "--backend", "fast"]) == 1
+    assert capsys.readouterr().err.startswith(f"{GLA}: error: unknown backend 'fast'")
+    assert main(["check", GLA, "--set", "K"]) == 1
+    assert capsys.readouterr().err.startswith(f"{GLA}: error: --set: hyperparameters are given")
+    assert main(["check", GLA, "--set", "K=x"]) == 1
+    assert capsys.readouterr().err.startswith(f"{GLA}: error: --set: K must be a number")
+    missing = tmp_path / "missing.rec"
+    assert main(["check", str(missing)]) == 1
+    assert capsys.readouterr().err.startswith(f"{missing}: error: cannot read")
 
 
 def test_run_says_when_random_inputs_make_the_cell_diverge(capsys):
