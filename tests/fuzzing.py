@@ -190,7 +190,11 @@ def _classify(err: Exception) -> str:
 
 # ---- the worker ----------------------------------------------------------------------
 def _worker(conn, workdir, memory):
+    import torch
+
     import reclang  # noqa: F401 - imported once, before the cases
+
+    torch.set_num_threads(1)  # the cases are tiny; threads only contend with the parent
 
     hard = resource.getrlimit(resource.RLIMIT_AS)[1]
     used = int(Path("/proc/self/statm").read_text().split()[0]) * resource.getpagesize()
@@ -208,7 +212,9 @@ class Runner:
         self.process = None
 
     def _start(self):
-        context = multiprocessing.get_context("fork")
+        # spawn, not fork: a child forked after torch started its thread pool can hang in
+        # its first parallel op (an einsum, here), when earlier tests in the process ran one
+        context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_worker, daemon=True,
                                        args=(child, str(self.workdir), self.memory))
