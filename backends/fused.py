@@ -34,7 +34,7 @@ from reclang.ir import IR
 
 from .sequential import INDENT, Program, py_name
 from .sympy_torch import SympyLowering
-from .torch_expr import align
+from .torch_expr import align, comment, number, spec_origin
 
 
 class TritonPrinter(StrPrinter):
@@ -90,13 +90,22 @@ class TritonPrinter(StrPrinter):
         return f"tl.exp({self._print(e)} * tl.log({self._print(base)}))"
 
     def _print_Rational(self, expr):
-        return repr(float(expr))
+        return number(float(expr))
 
     def _print_Float(self, expr):
-        return repr(float(expr))
+        return number(float(expr))
 
     def _print_Integer(self, expr):
-        return f"{int(expr)}.0"
+        return number(float(expr))
+
+    def _print_Infinity(self, expr):
+        return number(math.inf)
+
+    def _print_NegativeInfinity(self, expr):
+        return number(-math.inf)
+
+    def _print_NaN(self, expr):
+        return number(math.nan)
 
     def _print_Exp1(self, expr):
         return repr(math.e)
@@ -150,7 +159,8 @@ class KernelCode:
         self.file = ir.source.filename.rsplit("/", 1)[-1]
         self.states = [str(form.prev[s]) for s in form.states]
         self.new = [f"new_{py_name(s)}" for s in form.states]
-        self.outputs = [f"out_{py_name(y)}" for y in form.outputs]
+        # in the kernel, spec names are behind prefixes no name of the template has
+        self.outputs = [f"y_{py_name(y)}" for y in form.outputs]
 
     def statements(self, named: list[tuple[str, sympy.Expr]], prefix: str) -> list[str]:
         """`name = expr` lines with common subexpressions factored out (sympy.cse)."""
@@ -173,7 +183,7 @@ class KernelCode:
         numbers = sorted({self.form.lines[name] for name in (*self.form.states,
                                                              *self.form.outputs)}
                          | self.form.step_lines)
-        return [f"# {self.file}:{n}: {self.ir.source.line(n).strip()}" for n in numbers]
+        return [f"# {spec_origin(self.ir, n)}" for n in numbers]
 
     def backward(self) -> str:
         """∂L/∂(previous states, products, operands) of L = Σ g·f + Σ dy·g."""
@@ -210,7 +220,7 @@ class KernelCode:
         f = self.form
         index = {s: i for i, s in enumerate(f.states)}
         return dict(
-            name=self.ir.name, about=about,
+            name=self.ir.name, about=comment(about),
             consts=[str(o.symbol) for o in f.operands if not o.time_varying],
             ops=[str(o.symbol) for o in f.operands if o.time_varying],
             states=self.states, new=self.new, outputs=self.outputs,
@@ -258,7 +268,7 @@ class FusedProgram(Program):
         varying = [o for o in f.operands if o.time_varying]
         consts = [o for o in f.operands if not o.time_varying]
         self.lines.append("# operands: what a step reads that depends on no state")
-        self.lines += [f"#   {o.symbol} = {o.expr}" for o in f.operands]
+        self.lines += [f"#   {comment(f'{o.symbol} = {o.expr}')}" for o in f.operands]
         self.stacked("_ops", [o.expr for o in varying], unit, shape, "operand",
                      f"_like.new_empty((0, B, T, {H}, {N}))")
         self.lines[-1] += f".reshape(-1, B, T, {H}, {N}).permute(2, 0, 1, 3, 4)"
@@ -266,7 +276,8 @@ class FusedProgram(Program):
                      f"_like.new_empty((0, {H}, {N}))")
         self.lines[-1] += f".reshape(-1, {H}, {N})"
         self.lines.append("# weights: r_j = Σ_key W_j[unit, key] s[key]")
-        self.lines += [f"#   {w.symbol} = Σ_key {w.expr} {w.state}[key]" for w in f.weights]
+        self.lines += [f"#   {comment(f'{w.symbol} = Σ_key {w.expr} {w.state}[key]')}"
+                       for w in f.weights]
         square = "(" + ", ".join(map(str, (*f.heads, N, N))) + ",)"
         self.stacked("_w", [w.expr for w in f.weights], tuple(unit + [str(KEY)]), square,
                      "constant", f"_like.new_empty((0, {H}, {N}, {N}))")
