@@ -49,8 +49,7 @@ from reclang.ir import IR, Op
 from .scan import linear_scan
 from .sequential import INDENT, Program, _broadcast
 from .sympy_torch import SympyLowering
-from .torch_expr import (ATOM, Code, ExprLowering, Names, Place, align, comment, py_name,
-                         spec_origin)
+from .torch_expr import ATOM, Code, ExprLowering, Names, Place, align, comment, py_name, spec_origin
 
 CHUNK = 64          # steps per chunk
 SUB = 16            # key-wise decays: sub-chunks, for exponents that stay in range

@@ -52,6 +52,10 @@ class TritonPrinter(StrPrinter):
 
     _print_exp = _print_log = _print_tanh = _print_Abs = _print_sign = _print_Function
 
+    def __init__(self, like: str):
+        super().__init__()
+        self.like = like  # a tile of the equations' dtype, for constants alone
+
     def _print_Heaviside(self, expr):
         return f"_heaviside({self._print(expr.args[0])})"
 
@@ -69,6 +73,8 @@ class TritonPrinter(StrPrinter):
 
     def _print_Piecewise(self, expr):
         text = self._print(expr.args[-1][0])
+        if all(value.is_Number for value, _ in expr.args):  # else a float32 where
+            text = f"tl.full({self.like}.shape, {text}, {self.like}.dtype)"
         for value, cond in reversed(expr.args[:-1]):
             text = f"tl.where({self._print(cond)}, {self._print(value)}, {text})"
         return text
@@ -155,9 +161,9 @@ class KernelCode:
 
     def __init__(self, form: LaneForm, ir: IR):
         self.form, self.ir = form, ir
-        self.printer = TritonPrinter()
         self.file = ir.source.filename.rsplit("/", 1)[-1]
         self.states = [str(form.prev[s]) for s in form.states]
+        self.printer = TritonPrinter(self.states[0])
         self.new = [f"new_{py_name(s)}" for s in form.states]
         # in the kernel, spec names are behind prefixes no name of the template has
         self.outputs = [f"y_{py_name(y)}" for y in form.outputs]

@@ -36,7 +36,7 @@ from reclang.ir import IR, Op
 from .chunk import EpilogueLowering, _shape, epilogue
 from .fused import FusedProgram, KernelCode
 from .sequential import INDENT, py_name
-from .torch_expr import Names, comment
+from .torch_expr import Names, comment, number
 
 
 def gated_form(ir: IR) -> tuple[LaneForm, sympy.Expr, sympy.Expr]:
@@ -82,6 +82,7 @@ class ScanCode(KernelCode):
     def __init__(self, form: LaneForm, ir: IR, a: sympy.Expr, b: sympy.Expr):
         super().__init__(form, ir)
         self.a, self.b = a, b
+        self.printer.like = next(str(o.symbol) for o in form.operands if o.time_varying)
 
     def slots(self, about: str) -> dict:
         ops = [str(o.symbol) for o in self.form.operands if o.time_varying]
@@ -94,11 +95,12 @@ class ScanCode(KernelCode):
         derivatives = self.statements([(f"d_{x}", sympy.diff(loss, x)) for x in symbols], "e")
         # a constant alone would be a float32 scalar in Triton: a tile of the operands'
         # dtype instead (an operand always exists: the update reads an input)
-        numbers = [f"{n} = tl.full({ops[0]}.shape, {float(e)!r}, {ops[0]}.dtype)"
+        numbers = [f"{n} = tl.full({ops[0]}.shape, {number(float(e))}, {ops[0]}.dtype)"
                    for n, e in (("a", self.a), ("b", self.b)) if not e.free_symbols]
         coefficients = self.statements([(n, e) for n, e in (("a", self.a), ("b", self.b))
                                         if e.free_symbols], "e")
-        return dict(name=self.ir.name, about=comment(about), file=comment(self.file), ops=ops, consts=consts,
+        return dict(name=self.ir.name, about=comment(about), file=comment(self.file), ops=ops,
+                    consts=consts,
                     layouts=layouts, layout_table=str([(d, m) for _, d, m in layouts]),
                     args=", ".join(ops + consts),
                     d_args=", ".join(f"d_{x}" for x in ops + consts),

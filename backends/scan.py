@@ -226,7 +226,8 @@ class ScanProgram(Program):
         lines += [f"def _tokens(B, {', '.join(states)}):",
                   INDENT + '"""The loop body on B tokens at once (here B = B·T)."""']
         lines += [INDENT + line for line in blocks[Place.LOOP]]
-        lines.append(INDENT + f"return {{{outs}}}, ({', '.join(states)},)")
+        new = "".join(f"{s}, " for s in states).rstrip(" ")  # `h,`; none for a stateless cell
+        lines.append(INDENT + f"return {{{outs}}}, ({new})")
         filled = {fill: [f"{s}.new_full((), {fill}).expand(B * T, *{s}.shape[1:])"
                          for s in states] for fill in (0, 1)}  # expand: nothing is filled
         lines.append("# h' = a h + b: b is the step from 0")
