@@ -36,8 +36,10 @@ class Source:
     filename: str = "<string>"
 
     def line(self, n: int) -> str:
-        lines = self.text.splitlines()
-        return lines[n - 1] if 1 <= n <= len(lines) else ""
+        # the grammar's line breaks, as the parser counts them (splitlines would also
+        # break at \v, \f, U+2028, ... inside a comment and shift every later line)
+        lines = self.text.split("\n")
+        return lines[n - 1].removesuffix("\r") if 1 <= n <= len(lines) else ""
 
 
 @dataclass(frozen=True)

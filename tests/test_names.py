@@ -21,10 +21,10 @@ import torch
 from helpers import SPECS
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
-
-import reclang
 from reclang.backends.torch_expr import RESERVED, py_name
 from reclang.backends.triton import TEMPLATES
+
+import reclang
 
 F = torch.nn.functional
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -238,11 +238,11 @@ def check(form: str, names: dict, backends, T: int, device: str = "cpu"):
         m.load_state_dict(reference.state_dict())
         y_b, _ = m(**{k: v.to(device) for k, v in inputs.items()})
         torch.testing.assert_close(y_b.cpu(), y, rtol=1e-10, atol=1e-10,
-                                   msg=lambda m: f"{backend}: {m}")
+                                   msg=functools.partial("{}: {}".format, backend))
 
 
-SLOW = dict(deadline=None, suppress_health_check=[HealthCheck.filter_too_much,
-                                                 HealthCheck.too_slow])
+SLOW = {"deadline": None, "suppress_health_check": [HealthCheck.filter_too_much,
+                                                    HealthCheck.too_slow]}
 
 
 @pytest.mark.parametrize("form", FORMS)
