@@ -64,6 +64,9 @@ class ToAst(Transformer):
     def number(self, meta, children):
         text = str(children[0])
         is_int = text.isdigit()
+        if is_int and len(text.lstrip("0")) > 309:  # past float's range and int()'s limit
+            raise _SyntaxProblem(f"this constant ({len(text)} digits) is beyond the range of "
+                                 "a float (about 1.8e308)", _loc(meta))
         return ast.Num(int(text) if is_int else float(text), _loc(meta))
 
     def imag(self, meta, children):
