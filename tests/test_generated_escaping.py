@@ -101,3 +101,14 @@ def test_outside_text_never_runs_and_keeps_the_lines(cells, stem, backend):
     m(**random_inputs(m, 1, 2))
     m.step(**random_inputs(m, 1, None))
     assert not hasattr(builtins, FLAG)
+
+
+def test_echoed_spec_lines_are_the_lines_the_parser_counts():
+    """str.splitlines broke at a U+2028, \\v or \\f inside a comment: every later spec
+    line was echoed one line off (and error carets showed the wrong line)."""
+    text = "cell c(N = 2):\n    input x[N]  # a\u2028b\vc\fd\x85e\n    out y[n] = 2 * x[n]\n"
+    source = reclang.loads(text, "s.rec").source("sequential")
+    assert "    # s.rec:3: out y[n] = 2 * x[n]\n" in source
+    with pytest.raises(reclang.RecError) as err:
+        reclang.loads(text.replace("2 * x[n]", "2 * z[n]"), "s.rec")
+    assert "\n        out y[n] = 2 * z[n]\n" in str(err.value)
