@@ -165,3 +165,12 @@ def test_where_of_numbers_in_triton_kernels(body, form):
     number = r"-?[\d.]+(e[-+]?\d+)?"
     printed = m.source.replace(render("gates.py.jinja"), "")
     assert not re.search(rf"tl\.where\([^,]*, {number}, {number}\)", printed)
+
+
+def test_where_of_complex_numbers_is_complex128_in_a_float64_run():
+    cell = cell_of(["input x[N]", "out y[n] = x[n] * where(x[n] > 0, 0.1j, 0.3)"])
+    x = torch.tensor([[[1.0, -2.0, 3.0]]], dtype=torch.float64)
+    c128 = torch.complex128
+    expected = x * torch.where(x > 0, torch.tensor(0.1j, dtype=c128), torch.tensor(0.3, dtype=c128))
+    for backend, y in outputs(cell, CPU, x=x).items():
+        assert y.dtype == c128 and torch.equal(y, expected), backend
