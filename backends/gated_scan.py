@@ -99,9 +99,9 @@ class ScanCode(KernelCode):
                    for n, e in (("a", self.a), ("b", self.b)) if not e.free_symbols]
         coefficients = self.statements([(n, e) for n, e in (("a", self.a), ("b", self.b))
                                         if e.free_symbols], "e")
-        return dict(name=self.ir.name, about=comment(about), file=comment(self.file), ops=ops,
-                    consts=consts,
-                    layouts=layouts, layout_table=str([(d, m) for _, d, m in layouts]),
+        return dict(name=self.ir.name, about=comment(about), file=comment(self.file),
+                    ops=ops, consts=consts, layouts=layouts,
+                    layout_table=str([(d, m) for _, d, m in layouts]),
                     args=", ".join(ops + consts),
                     d_args=", ".join(f"d_{x}" for x in ops + consts),
                     coefficients="\n".join(self.comments() + coefficients + numbers),
