@@ -288,3 +288,11 @@ def test_an_output_named_like_a_kernel_argument():
     names = dict(zip(ROLES, ("c", "N", "x", "u", "W", "h", "a", "b", "ptr", "i", "j")))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     check("nonlinear", names, ["triton"], T=2, device=device)
+
+
+@pytest.mark.parametrize("form", ["diag", "mat-decay", "nonlinear"])
+def test_the_names_the_issue_lists(form):
+    """Spec names equal to what the generated code calls broke the backend using them."""
+    names = dict(zip(ROLES, ("T", "B", "linear_scan", "fft_scan", "operand", "final_states",
+                             "chunk_affine", "self", "cu_seqlens", "t", "lambda")))
+    check(form, names, CPU_BACKENDS, T=3)
