@@ -296,3 +296,20 @@ def test_the_names_the_issue_lists(form):
     names = dict(zip(ROLES, ("T", "B", "linear_scan", "fft_scan", "operand", "final_states",
                              "chunk_affine", "self", "cu_seqlens", "t", "lambda")))
     check(form, names, CPU_BACKENDS, T=3)
+
+
+def test_params_keep_the_spec_names_for_users():
+    """Parameters are registered under the spec's names; the generated code's keyword
+    arguments are the mapped ones (a_ → a__), given by the module."""
+    cell = reclang.loads("cell c(N = 3):\n    input x[N]\n    param a[N], a_[N], print[N] = 1\n"
+                         "    out y[n] = a[n] * x[n] + a_[n] - print[n]\n")
+    x = torch.full((1, 2, 3), 2.0, dtype=torch.float64)
+    for backend in CPU_BACKENDS:
+        if cell.plan.supports(backend):
+            m = cell.module(backend).double()
+            assert {name for name, _ in m.named_parameters()} == {"a", "a_", "print"}
+            with torch.no_grad():
+                m.a.fill_(3.0)
+                m.a_.fill_(5.0)
+            y, _ = m(x=x)
+            assert torch.equal(y, torch.full_like(x, 10.0)), backend
