@@ -40,6 +40,7 @@ Numerics:   exponents of decays are differences within a chunk (see 1); the
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
 
@@ -50,7 +51,7 @@ from reclang.ir import IR, Op
 from .scan import linear_scan
 from .sequential import INDENT, Program, _broadcast
 from .sympy_torch import SympyLowering
-from .torch_expr import ATOM, Code, ExprLowering, Place, align, py_name
+from .torch_expr import ATOM, Code, ExprLowering, Names, Place, align, comment, py_name, spec_origin
 
 CHUNK = 64          # steps per chunk
 SUB = 16            # key-wise decays: sub-chunks, for exponents that stay in range
@@ -252,8 +253,8 @@ def operand(x, like: torch.Tensor, shape) -> torch.Tensor:
 class EpilogueLowering(ExprLowering):
     """The outputs over all steps at once, with the linear parts given."""
 
-    def __init__(self, ir, place, blocks, given: dict[int, str]):
-        super().__init__(ir, place, blocks)
+    def __init__(self, ir, place, blocks, given: dict[int, str], names: Names | None = None):
+        super().__init__(ir, place, blocks, names)
         self.given = given
 
     def code(self, i: int, at: Place) -> Code:
@@ -282,7 +283,7 @@ class ChunkProgram(Program):
     def emit_operand(self, name: str, exprs, axes: tuple[str, ...], sizes, note: str):
         """`name = [B, T, len(exprs), *sizes]` from sympy expressions over `axes`, or
         `[B, T, *sizes]` for a single expression given alone."""
-        self.lines.append(f"# {note}")
+        self.lines.append(f"# {comment(note)}")
         single = not isinstance(exprs, (list, tuple))
         full = []
         for e in [exprs] if single else exprs:
@@ -304,69 +305,70 @@ class ChunkProgram(Program):
         key, value = [size[a] for a in s.key], [size[a] for a in s.value]
         Hs, Kf, Vf = math.prod(shared), math.prod(key), math.prod(value)
         name = py_name(s.name)
+        v = SimpleNamespace(**{x: self.names.fresh(f"_{name}_{x}")
+                               for x in ("w", "a", "b", "k", "ak", "v", "q", "out", "last")})
         self.sympy.sizes.update(size)
         self.lines.append(f"# ---- {self.spec_line(s.name)}")
         hk = s.shared + s.key
         if s.log_decay == 0:
-            self.lines.append(f"_{name}_w = {py_name(self.ir.inputs[0].name)}.new_zeros("
+            self.lines.append(f"{v.w} = {py_name(self.ir.inputs[0].name)}.new_zeros("
                               f"(B, T, {Hs}, 1))  # no decay")
         else:
             axes = hk if s.decay_on_key else s.shared
             sz = shared + key if s.decay_on_key else shared
-            self.emit_operand(f"_{name}_w", s.log_decay, axes, sz,
+            self.emit_operand(v.w, s.log_decay, axes, sz,
                               f"log decay: {s.log_decay}")
-            self.lines.append(f"_{name}_w = _{name}_w.reshape(B, T, {Hs}, "
+            self.lines.append(f"{v.w} = {v.w}.reshape(B, T, {Hs}, "
                               f"{Kf if s.decay_on_key else 1})")
             if not s.positive:
-                self.lines.append(f'check_log_decay(_{name}_w, "{s.name}")')
+                self.lines.append(f'check_log_decay({v.w}, "{s.name}")')
         # one shared and one key (value) axis is the layout already; else flatten them
         flat_k = f".reshape(B, T, -1, {Hs}, {Kf})" if (len(shared), len(key)) != (1, 1) else ""
         flat_v = f".reshape(B, T, -1, {Hs}, {Vf})" if (len(shared), len(value)) != (1, 1) \
             else ""
         if s.low_rank:
             for side, pos in (("a", 0), ("b", 1)):
-                self.emit_operand(f"_{name}_{side}", [p[pos] for p in s.low_rank], hk,
+                self.emit_operand(getattr(v, side), [p[pos] for p in s.low_rank], hk,
                                   shared + key, f"low-rank part: {side}_r = "
                                   + ", ".join(str(p[pos]) for p in s.low_rank))
                 self.lines[-1] += flat_k
-        self.emit_operand(f"_{name}_k", [p[0] for p in s.inputs], hk, shared + key,
+        self.emit_operand(v.k, [p[0] for p in s.inputs], hk, shared + key,
                           "input term, key side: " + ", ".join(str(p[0]) for p in s.inputs))
         self.lines[-1] += flat_k
         scale = _delta_rule_scale(s) if self.pass_function == "chunk_affine" else None
         if scale is not None:
-            self.emit_operand(f"_{name}_ak", [scale], s.shared, shared,
+            self.emit_operand(v.ak, [scale], s.shared, shared,
                               f"a = {scale} k: scores against a are those against k, scaled")
             self.lines[-1] += f".reshape(B, T, 1, {Hs}, 1)"
-        self.emit_operand(f"_{name}_v", [p[1] for p in s.inputs], s.shared + s.value,
+        self.emit_operand(v.v, [p[1] for p in s.inputs], s.shared + s.value,
                           shared + value,
                           "input term, value side: " + ", ".join(str(p[1]) for p in s.inputs))
         self.lines[-1] += flat_v
         q = "None"
         if queries:
-            self.emit_operand(f"_{name}_q", queries, hk, shared + key,
+            self.emit_operand(v.q, queries, hk, shared + key,
                               "readout queries (of the previous state): "
                               + ", ".join(str(x) for x in queries))
             self.lines[-1] += flat_k
-            q = f"_{name}_q"
+            q = v.q
         order = [s.axes.index(a) + 1 for a in s.shared + s.key + s.value]
         moved = order != sorted(order)
         h0 = (f"{name}.permute(0, {', '.join(map(str, order))})" if moved else name) + \
             f".reshape(-1, {Hs}, {Kf}, {Vf})"  # -1: packed sequences have B = 1, N states
-        lr = f"_{name}_a, _{name}_b" if s.low_rank else "None, None"
+        lr = f"{v.a}, {v.b}" if s.low_rank else "None, None"
         chunk = ", cu_seqlens=cu_seqlens" if self.packed else f", chunk={self.chunk or CHUNK}"
         if scale is not None:
-            chunk += f", a_over_k=_{name}_ak"
-        self.lines.append(f"_{name}_out, _{name}_last = {self.pass_function}(_{name}_w, {lr}, "
-                          f"_{name}_k, _{name}_v, {q}, {h0}{chunk})")
+            chunk += f", a_over_k={v.ak}"
+        self.lines.append(f"{v.out}, {v.last} = {self.pass_function}({v.w}, {lr}, "
+                          f"{v.k}, {v.v}, {q}, {h0}{chunk})")
         back = [order.index(p + 1) + 1 for p in range(len(s.axes))]
-        self.lines.append(f"{name} = _{name}_last.reshape(-1, "
+        self.lines.append(f"{name} = {v.last}.reshape(-1, "
                           f"{', '.join(map(str, shared + key + value))})" +
                           (f".permute(0, {', '.join(map(str, back))})" if moved else ""))
-        return f"_{name}_out"
+        return v.out
 
     def spec_line(self, state: str) -> str:
-        node = self.ir.update(state)
-        return f"{self.file}:{node.loc.line}: {self.ir.spec_line(node.loc)}"
+        return spec_origin(self.ir, self.ir.update(state).loc.line)
 
     # ---- linear parts of the outputs
     def readouts(self) -> tuple[dict, dict]:
@@ -415,14 +417,15 @@ class ChunkProgram(Program):
         codes = [p.text if p.const else align(p, node.axes).text for p in pieces]
         value = f"operand({' + '.join(codes)}, _like, {_shape(node.sizes)})"
         if value not in made:
-            made[value] = f"_linear{len(made)}"
-            self.lines.append(f"# linear in the states: {self.ir.spec_line(node.loc)}")
+            made[value] = self.names.fresh("_linear")
+            self.lines.append(f"# linear in the states: {comment(self.ir.spec_line(node.loc))}")
             self.lines.append(f"{made[value]} = {value}")
         return made[value]
 
     # ---- assembly
     def forward(self) -> str:
         first = py_name(self.ir.inputs[0].name)
+        self.names = Names(self.ir)
         self.lines = ["B, T = " + first + ".shape[:2]", f"_like = {first}",
                       "_dtype, _device = _like.dtype, _like.device"]
         per_state, index = self.readouts()
@@ -447,7 +450,7 @@ class ChunkProgram(Program):
 
     def epilogue(self) -> list[str]:
         """The output statements over all steps, reading the linear parts."""
-        return epilogue(self.ir, self.given)
+        return epilogue(self.ir, self.given, names=self.names)
 
     def source(self) -> str:
         header = self.header([
@@ -461,13 +464,15 @@ class ChunkProgram(Program):
             self.step_function() + "\n"
 
 
-def epilogue(ir: IR, given: dict[int, str], lowering=EpilogueLowering) -> list[str]:
+def epilogue(ir: IR, given: dict[int, str], lowering=EpilogueLowering,
+             names: Names | None = None) -> list[str]:
     """The output statements over all steps at once ([B, T, ...] values), with the
-    nodes in `given` read from the named tensors instead of computed."""
+    nodes in `given` read from the named tensors instead of computed (`names`: those
+    of the function it is part of)."""
     phase = phases(ir)
     place = {i: Place.ONCE if p == Phase.CONST else Place.HOIST for i, p in phase.items()}
     blocks = {p: [] for p in Place}
-    lower = lowering(ir, place, blocks, given)
+    lower = lowering(ir, place, blocks, given, names)
     needed = needed_statements(ir, given)
     for i in ir.stmts:
         node = ir.node(i)

@@ -34,7 +34,7 @@ from reclang.ir import IR
 
 from .sequential import INDENT, Program, py_name
 from .sympy_torch import SympyLowering
-from .torch_expr import align
+from .torch_expr import align, comment, number, spec_origin
 
 
 class TritonPrinter(StrPrinter):
@@ -51,6 +51,10 @@ class TritonPrinter(StrPrinter):
         return f"{self.FUNCTIONS[expr.func]}({self._print(expr.args[0])})"
 
     _print_exp = _print_log = _print_tanh = _print_Abs = _print_sign = _print_Function
+
+    def __init__(self, like: str):
+        super().__init__()
+        self.like = like  # a tile of the equations' dtype, for constants alone
 
     def _print_Heaviside(self, expr):
         return f"_heaviside({self._print(expr.args[0])})"
@@ -69,6 +73,8 @@ class TritonPrinter(StrPrinter):
 
     def _print_Piecewise(self, expr):
         text = self._print(expr.args[-1][0])
+        if all(value.is_Number for value, _ in expr.args):  # else a float32 where
+            text = f"tl.full({self.like}.shape, {text}, {self.like}.dtype)"
         for value, cond in reversed(expr.args[:-1]):
             text = f"tl.where({self._print(cond)}, {self._print(value)}, {text})"
         return text
@@ -90,13 +96,22 @@ class TritonPrinter(StrPrinter):
         return f"tl.exp({self._print(e)} * tl.log({self._print(base)}))"
 
     def _print_Rational(self, expr):
-        return repr(float(expr))
+        return number(float(expr))
 
     def _print_Float(self, expr):
-        return repr(float(expr))
+        return number(float(expr))
 
     def _print_Integer(self, expr):
-        return f"{int(expr)}.0"
+        return number(float(expr))
+
+    def _print_Infinity(self, expr):
+        return number(math.inf)
+
+    def _print_NegativeInfinity(self, expr):
+        return number(-math.inf)
+
+    def _print_NaN(self, expr):
+        return number(math.nan)
 
     def _print_Exp1(self, expr):
         return repr(math.e)
@@ -146,11 +161,12 @@ class KernelCode:
 
     def __init__(self, form: LaneForm, ir: IR):
         self.form, self.ir = form, ir
-        self.printer = TritonPrinter()
         self.file = ir.source.filename.rsplit("/", 1)[-1]
         self.states = [str(form.prev[s]) for s in form.states]
+        self.printer = TritonPrinter(self.states[0])
         self.new = [f"new_{py_name(s)}" for s in form.states]
-        self.outputs = [f"out_{py_name(y)}" for y in form.outputs]
+        # in the kernel, spec names are behind prefixes no name of the template has
+        self.outputs = [f"y_{py_name(y)}" for y in form.outputs]
 
     def statements(self, named: list[tuple[str, sympy.Expr]], prefix: str) -> list[str]:
         """`name = expr` lines with common subexpressions factored out (sympy.cse)."""
@@ -174,7 +190,7 @@ class KernelCode:
         numbers = sorted({self.form.lines[name] for name in (*self.form.states,
                                                              *self.form.outputs)}
                          | self.form.step_lines)
-        return [f"# {self.file}:{n}: {self.ir.source.line(n).strip()}" for n in numbers]
+        return [f"# {spec_origin(self.ir, n)}" for n in numbers]
 
     def backward(self) -> str:
         """∂L/∂(previous states, products, operands) of L = Σ g·f + Σ dy·g."""
@@ -211,7 +227,7 @@ class KernelCode:
         f = self.form
         index = {s: i for i, s in enumerate(f.states)}
         return dict(
-            name=self.ir.name, about=about,
+            name=self.ir.name, about=comment(about),
             consts=[str(o.symbol) for o in f.operands if not o.time_varying],
             ops=[str(o.symbol) for o in f.operands if o.time_varying],
             states=self.states, new=self.new, outputs=self.outputs,
@@ -259,7 +275,7 @@ class FusedProgram(Program):
         varying = [o for o in f.operands if o.time_varying]
         consts = [o for o in f.operands if not o.time_varying]
         self.lines.append("# operands: what a step reads that depends on no state")
-        self.lines += [f"#   {o.symbol} = {o.expr}" for o in f.operands]
+        self.lines += [f"#   {comment(f'{o.symbol} = {o.expr}')}" for o in f.operands]
         self.stacked("_ops", [o.expr for o in varying], unit, shape, "operand",
                      f"_like.new_empty((0, B, T, {H}, {N}))")
         self.lines[-1] += f".reshape(-1, B, T, {H}, {N}).permute(2, 0, 1, 3, 4)"
@@ -267,7 +283,8 @@ class FusedProgram(Program):
                      f"_like.new_empty((0, {H}, {N}))")
         self.lines[-1] += f".reshape(-1, {H}, {N})"
         self.lines.append("# weights: r_j = Σ_key W_j[unit, key] s[key]")
-        self.lines += [f"#   {w.symbol} = Σ_key {w.expr} {w.state}[key]" for w in f.weights]
+        self.lines += [f"#   {comment(f'{w.symbol} = Σ_key {w.expr} {w.state}[key]')}"
+                       for w in f.weights]
         square = "(" + ", ".join(map(str, (*f.heads, N, N))) + ",)"
         self.stacked("_w", [w.expr for w in f.weights], tuple(unit + [str(KEY)]), square,
                      "constant", f"_like.new_empty((0, {H}, {N}, {N}))")

@@ -36,6 +36,7 @@ from reclang.ir import IR, Op
 from .chunk import EpilogueLowering, _shape, epilogue
 from .fused import FusedProgram, KernelCode
 from .sequential import INDENT, py_name
+from .torch_expr import Names, comment, number
 
 
 def gated_form(ir: IR) -> tuple[LaneForm, sympy.Expr, sympy.Expr]:
@@ -81,6 +82,7 @@ class ScanCode(KernelCode):
     def __init__(self, form: LaneForm, ir: IR, a: sympy.Expr, b: sympy.Expr):
         super().__init__(form, ir)
         self.a, self.b = a, b
+        self.printer.like = next(str(o.symbol) for o in form.operands if o.time_varying)
 
     def slots(self, about: str) -> dict:
         ops = [str(o.symbol) for o in self.form.operands if o.time_varying]
@@ -93,12 +95,13 @@ class ScanCode(KernelCode):
         derivatives = self.statements([(f"d_{x}", sympy.diff(loss, x)) for x in symbols], "e")
         # a constant alone would be a float32 scalar in Triton: a tile of the operands'
         # dtype instead (an operand always exists: the update reads an input)
-        numbers = [f"{n} = tl.full({ops[0]}.shape, {float(e)!r}, {ops[0]}.dtype)"
+        numbers = [f"{n} = tl.full({ops[0]}.shape, {number(float(e))}, {ops[0]}.dtype)"
                    for n, e in (("a", self.a), ("b", self.b)) if not e.free_symbols]
         coefficients = self.statements([(n, e) for n, e in (("a", self.a), ("b", self.b))
                                         if e.free_symbols], "e")
-        return dict(name=self.ir.name, about=about, file=self.file, ops=ops, consts=consts,
-                    layouts=layouts, layout_table=str([(d, m) for _, d, m in layouts]),
+        return dict(name=self.ir.name, about=comment(about), file=comment(self.file),
+                    ops=ops, consts=consts, layouts=layouts,
+                    layout_table=str([(d, m) for _, d, m in layouts]),
                     args=", ".join(ops + consts),
                     d_args=", ".join(f"d_{x}" for x in ops + consts),
                     coefficients="\n".join(self.comments() + coefficients + numbers),
@@ -111,11 +114,14 @@ class StatesLowering(EpilogueLowering):
 
     def var(self, i: int) -> str:
         node = self.ir.node(i)
-        if node.op == Op.UPDATE:
-            return f"_{py_name(node.arg)}_new"
-        if node.op == Op.STATE:
-            return f"_{py_name(node.arg)}_prev"
+        if node.op in (Op.UPDATE, Op.STATE):
+            return states_var(self.names, node.arg, "new" if node.op == Op.UPDATE else "prev")
         return super().var(i)
+
+
+def states_var(names: Names, state: str, which: str) -> str:
+    """The tensor of the new ("new") or previous ("prev") values of a state at every step."""
+    return names.of((which, state), f"_{py_name(state)}_{which}")
 
 
 class GatedScanProgram(FusedProgram):
@@ -125,6 +131,8 @@ class GatedScanProgram(FusedProgram):
     def forward(self) -> str:
         f = self.form
         first, state = py_name(self.ir.inputs[0].name), py_name(f.states[0])
+        self.names = names = Names(self.ir)
+        every, new = names.fresh(f"_{state}_all"), states_var(names, f.states[0], "new")
         dims = ", ".join(map(str, (*f.heads, f.lanes)))
         lines = [f"B, T = {first}.shape[:2]", f"_like = {first}",
                  "_dtype, _device = _like.dtype, _like.device"]
@@ -134,11 +142,11 @@ class GatedScanProgram(FusedProgram):
                   "_dtype))",
                   "_starts = None if cu_seqlens is None else torch.as_tensor(cu_seqlens, "
                   "dtype=torch.int64, device=_device)",
-                  f"_{state}_all = gated_scan([{', '.join(ops)}], [{', '.join(consts)}], "
+                  f"{every} = gated_scan([{', '.join(ops)}], [{', '.join(consts)}], "
                   "_h0, _starts)",
-                  f"_{state}_new = _{state}_all.reshape(B, T, {dims})"]
-        lines += self.outputs(state, dims)
-        lines.append(f"{state} = final_states(_{state}_all, _h0, _starts).reshape(-1, {dims})")
+                  f"{new} = {every}.reshape(B, T, {dims})"]
+        lines += self.outputs(every, dims)
+        lines.append(f"{state} = final_states({every}, _h0, _starts).reshape(-1, {dims})")
         outs = ", ".join(f'"{n.arg}": {py_name(n.arg)}' for n in map(self.ir.node, self.ir.stmts)
                          if n.op == Op.OUT)
         lines.append(f'return {{{outs}}}, {{"{f.states[0]}": {state}}}')
@@ -156,8 +164,8 @@ class GatedScanProgram(FusedProgram):
                      "the gates computed from them are in the kernel")
         ops, consts = [], []
         for o in f.operands:
-            name = f"_{o.symbol}"
-            lines.append(f"# {o.symbol} = {o.expr}")
+            name = self.names.fresh(f"_{o.symbol}")
+            lines.append(f"# {comment(f'{o.symbol} = {o.expr}')}")
             if o.time_varying:  # along its own axes of the state, read broadcast
                 axes, _, size = layout(f, o.expr)
                 how, flat = "operand", f"B, T, {size}"
@@ -168,16 +176,18 @@ class GatedScanProgram(FusedProgram):
             (ops if o.time_varying else consts).append(name)
         return ops, consts
 
-    def outputs(self, state: str, dims: str) -> list[str]:
+    def outputs(self, every: str, dims: str) -> list[str]:
         """The output statements, reading the states (and the previous states if any
-        output reads them)."""
-        update = self.ir.update(self.form.states[0]).id
-        lines = epilogue(self.ir, {update: f"_{state}_new"}, StatesLowering)
-        if not any(f"_{state}_prev" in line for line in lines):
+        output reads them) from `every`, the states after every step."""
+        state = self.form.states[0]
+        update = self.ir.update(state).id
+        lines = epilogue(self.ir, {update: states_var(self.names, state, "new")},
+                         StatesLowering, self.names)
+        if ("prev", state) not in self.names.memo:
             return lines
         return ["# the states before each step, for the outputs that read them",
-                f"_{state}_prev = previous_states(_{state}_all, _h0, _starts)"
-                f".reshape(B, T, {dims})"] + lines
+                f"{states_var(self.names, state, 'prev')} = previous_states({every}, _h0, "
+                f"_starts).reshape(B, T, {dims})"] + lines
 
 
 def gated_program(ir: IR, plan) -> tuple[GatedScanProgram, ScanCode]:

@@ -190,7 +190,7 @@ class TokenLowering(ExprLowering):
 
     def at_step(self, var: str) -> str:
         if var not in self.unbound:
-            self.unbound[var] = f"{var}_tokens"
+            self.unbound[var] = self.names.fresh(f"_{var.lstrip('_')}_tokens")
         return self.unbound[var]
 
 
@@ -216,6 +216,7 @@ class ScanProgram(Program):
 
     def loop(self, first: str, blocks, outputs, unbound) -> list[str]:
         states = [py_name(d.name) for d in self.ir.states]
+        every = {s: self.names.fresh(f"_{s}_all") for s in states}  # all steps of a state
         lines = [f"B, T = {first}.shape[:2]"] + blocks[Place.HOIST]
         if not states:  # a cell without state: every statement is hoisted, nothing scans
             return lines
@@ -227,7 +228,8 @@ class ScanProgram(Program):
         lines += [f"def _tokens(B, {', '.join(states)}):",
                   INDENT + '"""The loop body on B tokens at once (here B = B·T)."""']
         lines += [INDENT + line for line in blocks[Place.LOOP]]
-        lines.append(INDENT + f"return {{{outs}}}, ({', '.join(states)},)")
+        new = "".join(f"{s}, " for s in states).rstrip(" ")  # `h,`; none for a stateless cell
+        lines.append(INDENT + f"return {{{outs}}}, ({new})")
         filled = {fill: [f"{s}.new_full((), {fill}).expand(B * T, *{s}.shape[1:])"
                          for s in states] for fill in (0, 1)}  # expand: nothing is filled
         lines.append("# h' = a h + b: b is the step from 0")
@@ -238,23 +240,23 @@ class ScanProgram(Program):
         for k, s in enumerate(states):
             name = self.ir.states[k].name
             if name in self.mixed:
-                lines += self.dense_block(k, s, filled[0])
+                lines += self.dense_block(k, s, filled[0], every[s])
                 continue
             lines += [f"# all states of {name}",
                       f"_b = _from0[{k}].reshape(B, T, *{s}.shape[1:])",
                       f"_a = _from1[{k}].reshape(B, T, *{s}.shape[1:]) - _b",
-                      f"_{s}_all = {self.scan_function}(_a, _b, {s})"]
+                      f"{every[s]} = {self.scan_function}(_a, _b, {s})"]
         if stepwise:
-            prev = [f"torch.cat([{s}[:, None], _{s}_all[:, :-1]], 1).flatten(0, 1)"
+            prev = [f"torch.cat([{s}[:, None], {every[s]}[:, :-1]], 1).flatten(0, 1)"
                     for s in states]
             lines.append("# the outputs of every step, from its previous states")
             lines.append(f"_outs, _ = _tokens(B * T, {', '.join(prev)})")
             lines += [f'{py_name(n.arg)} = _outs["{n.arg}"].unflatten(0, (B, T))'
                       for n in stepwise]
-        lines += [f"{s} = _{s}_all[:, -1]" for s in states]
+        lines += [f"{s} = {every[s]}[:, -1]" for s in states]
         return lines
 
-    def dense_block(self, k: int, s: str, zeros: list[str]) -> list[str]:
+    def dense_block(self, k: int, s: str, zeros: list[str], every: str) -> list[str]:
         """A state whose transition mixes some of its axes: the matrix column by column
         (the step from each basis vector along the mixed axes, minus b), then a dense
         scan in the layout with the mixed axes last and flattened."""
@@ -267,9 +269,9 @@ class ScanProgram(Program):
                 "vectors e",
                 f"_a, _b = dense_transition(lambda _e: _tokens(B * T, {args})[1][{k}], "
                 f"_from0[{k}], {dims})",
-                f"_{s}_all = dense_scan(_a.unflatten(0, (B, T)), _b.unflatten(0, (B, T)), "
+                f"{every} = dense_scan(_a.unflatten(0, (B, T)), _b.unflatten(0, (B, T)), "
                 f"mixed_last({s}, {dims}))",
-                f"_{s}_all = from_mixed_last(_{s}_all, {seq_dims}, (B, T, *{s}.shape[1:]))"]
+                f"{every} = from_mixed_last({every}, {seq_dims}, (B, T, *{s}.shape[1:]))"]
 
     def source(self) -> str:
         header = self.header([

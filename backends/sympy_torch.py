@@ -17,7 +17,7 @@ import sympy
 
 from reclang.ir import IR
 
-from .torch_expr import ATOM, POWER, PRODUCT, SUM, UNARY, Code, _letters, align, py_name
+from .torch_expr import ATOM, POWER, PRODUCT, SUM, UNARY, Code, _letters, align, number, py_name
 
 FUNCTIONS = {
     sympy.exp: "torch.exp", sympy.log: "torch.log", sympy.tanh: "torch.tanh",
@@ -67,11 +67,12 @@ class SympyLowering:
             return Code("1j", ATOM, (), True)
         if expr.is_Integer:
             value = int(expr)
-        elif expr.is_real:
+        elif expr.is_real or expr is sympy.nan:
             value = float(expr)
         else:
             value = complex(expr)
-        return Code(repr(value), UNARY if value.real < 0 else ATOM, (), True)
+        text = number(value)
+        return Code(text, UNARY if text.startswith("-") else ATOM, (), True)
 
     def indexed(self, expr: sympy.Indexed) -> Code:
         name = str(expr.base)
@@ -215,6 +216,10 @@ class SympyLowering:
         else:
             b = self.piecewise(sympy.Piecewise(*rest, evaluate=False))
         parts = [self.lower(cond), self.lower(a), b]
+        if parts[1].const and parts[2].const:  # two numbers: a float32 where, else
+            self.needs.add("dtype")
+            parts[1] = Code(f"torch.tensor({parts[1].text}, dtype=_dtype, device=_device)",
+                            ATOM, ())
         axes = _union(parts)
         texts = [align(p, axes).text if not p.const else p.text for p in parts]
         return Code(f"torch.where({', '.join(texts)})", ATOM, axes)

@@ -14,15 +14,30 @@ places broadcast against each other. A HOIST value read inside the loop is `x[:,
 
 from __future__ import annotations
 
+import builtins
+import cmath
 import keyword
+import math
 from enum import IntEnum
 
 from reclang.functions import FUNCTIONS, REDUCTIONS
 from reclang.ir import IR, Node, Op
 
-# Names the generated code uses for itself; spec names that collide get a trailing _.
-TAKEN = set(keyword.kwlist) | {"torch", "t", "T", "B", "sum", "max", "min", "abs", "range",
-                               "len", "float", "int", "complex", "list", "dict", "print"}
+# The names without a leading `_` that generated code (forward, step, the module around
+# them) binds or reads: Python's, the imports, the functions the backends and templates
+# define for forward to call, and the loop's own variables. tests/test_names.py checks
+# this list against every catalogue cell's generated source.
+GENERATED = {
+    "torch", "triton", "tl", "os", "B", "T", "t", "forward", "step", "cu_seqlens",
+    "linear_scan", "dense_scan", "dense_transition", "from_mixed_last", "mixed_last",
+    "fft_scan", "chunk_affine", "check_log_decay", "operand", "state_pass", "gated_scan",
+    "final_states", "previous_states", "fused_loop", "constant", "pad_packed",
+    "unpad_packed", "chunk_tables", "chunk_blocks", "check_offsets", "ctx", "self"}
+RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | \
+    frozenset(dir(builtins)) | frozenset(GENERATED)
+# The generated code's own `_` names that are not made by `Names.fresh`.
+OWN = {"_", "_dtype", "_device", "_cdtype", "_like", "_tokens", "_from0", "_from1", "_a",
+       "_b", "_e", "_outs", "_h0", "_starts", "_ops", "_consts", "_w", "_out", "_last"}
 
 # Precedence of emitted Python expressions, for minimal parentheses.
 ATOM, POWER, UNARY, PRODUCT, SUM, COMPARE, LOWEST = 100, 90, 80, 70, 60, 50, 0
@@ -41,8 +56,75 @@ class Place(IntEnum):
 
 
 def py_name(name: str) -> str:
-    """The Python variable for a spec name."""
-    return name + "_" if name in TAKEN else name
+    """The Python variable for a spec name: the name itself, or with one more `_` when it
+    is reserved or already ends in `_`. Injective (exactly the images of the second kind
+    end in `_`), never reserved (no reserved name ends in `_` unless it starts with one),
+    and never one of the generated code's own names (those start with `_`, spec names
+    with a letter)."""
+    return name + "_" if name in RESERVED or name.endswith("_") else name
+
+
+class Names:
+    """The variables of one generated function: the spec's (by py_name), the fixed
+    ones of OWN, and temporaries from `fresh`, each unique within the function."""
+
+    def __init__(self, ir: IR):
+        self.taken = set(OWN) | {py_name(d) for d in ir.decls} | {
+            py_name(ir.node(i).arg) for i in ir.stmts}
+        self.memo: dict = {}
+
+    def fresh(self, stem: str) -> str:
+        """`stem` (which starts with `_`), or stem2, stem3, ... if it is taken."""
+        name, k = stem, 1
+        while name in self.taken:
+            k += 1
+            name = f"{stem}{k}"
+        self.taken.add(name)
+        return name
+
+    def of(self, key, stem: str) -> str:
+        """The temporary for `key`, made from `stem` the first time it is asked for."""
+        if key not in self.memo:
+            self.memo[key] = self.fresh(stem)
+        return self.memo[key]
+
+
+def number(value) -> str:
+    """A Python number as source that evaluates to it: repr where that is a literal,
+    float("inf") / float("nan") where it is not, complex(re, im) for complex values,
+    and integers past float's exact range as the float they stand for (reclang's
+    numbers are real; `2 ** 1000` as an int would overflow in a tensor op)."""
+    if isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, complex):
+        if cmath.isfinite(value):
+            return repr(value)
+        return f"complex({number(value.real)}, {number(value.imag)})"
+    if isinstance(value, int):
+        return repr(value) if abs(value) <= 2 ** 53 else repr(float(value))
+    if math.isfinite(value):
+        return repr(value)
+    if math.isnan(value):
+        return 'float("nan")'
+    return 'float("inf")' if value > 0 else '-float("inf")'
+
+
+def comment(text: str) -> str:
+    """Outside text (a file name, a spec line, a hyperparameter value) as it may stand in
+    a generated comment or docstring: one line that cannot end either early. Every
+    character that is not printable (controls, NUL, U+0085, U+2028, U+2029, lone
+    surrogates: line breaks to Python or to an editor, or not writable as UTF-8) and the
+    backslash and the double quote (escapes and docstring ends) are written as \\xNN, \\uNNNN."""
+    return "".join(ch if ch.isprintable() and ch not in _UNSAFE else _escape(ord(ch))
+                   for ch in text)
+
+
+_UNSAFE = "\\\""
+
+
+def _escape(code: int) -> str:
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 \
+        else f"\\U{code:08x}"
 
 
 class Code:
@@ -65,13 +147,13 @@ class ExprLowering:
     everything else is inlined into the statement that uses it.
     """
 
-    def __init__(self, ir: IR, place: dict[int, Place], blocks: dict[Place, list[str]]):
+    def __init__(self, ir: IR, place: dict[int, Place], blocks: dict[Place, list[str]],
+                 names: Names | None = None):
         self.ir, self.place, self.blocks = ir, place, blocks
         self.temps: dict[int, str] = {}
         self.needs: set[str] = set()  # "dtype", "batch": variables the code must define
         self.unbound: dict[str, str] = {}  # sequences the loop reads step by step
-        self.used_names: set[str] = {py_name(d) for d in ir.decls} | {
-            py_name(ir.node(i).arg) for i in ir.stmts}
+        self.names = names or Names(ir)
 
     # ---- names
     def var(self, i: int) -> str:
@@ -89,13 +171,8 @@ class ExprLowering:
             stem = f"_{node.arg[0] if node.op == Op.REDUCE else node.arg}"
             first = self.first_read(node)
             if first is not None:
-                stem += "_" + str(self.ir.node(first.args[0]).arg)
-        name, k = stem, 1
-        while name in self.used_names:
-            k += 1
-            name = f"{stem}{k}"
-        self.used_names.add(name)
-        return name
+                stem += "_" + py_name(str(self.ir.node(first.args[0]).arg))
+        return self.names.fresh(stem)
 
     def first_read(self, node: Node) -> Node | None:
         """The first READ in the expression below a node (depth first, left to right)."""
@@ -137,12 +214,7 @@ class ExprLowering:
         steps once, before the loop (`x.unbind(1)`): indexing `x[:, t]` inside the loop
         would make autograd build a full-size gradient for every step."""
         if var not in self.unbound:
-            name, k = f"_{var.lstrip('_')}_t", 1
-            while name in self.used_names:
-                k += 1
-                name = f"_{var.lstrip('_')}_t{k}"
-            self.used_names.add(name)
-            self.unbound[var] = name
+            self.unbound[var] = self.names.fresh(f"_{var.lstrip('_')}_t")
         return f"{self.unbound[var]}[t]"
 
     def lower_value(self, i: int, home: Place) -> str:
@@ -153,19 +225,14 @@ class ExprLowering:
         """Appends a line to a block, after the spec line it comes from."""
         block = self.blocks[place]
         loc = self.ir.node(self.ir.stmts[node.stmt]).loc if node.stmt >= 0 else node.loc
-        comment = f"# {self.ir.source.filename.rsplit('/', 1)[-1]}:{loc.line}: " \
-                  f"{self.ir.spec_line(loc)}"
-        if not block or block[-1] != comment and comment not in block[-3:]:
-            block.append(comment)
+        origin = f"# {spec_origin(self.ir, loc.line)}"
+        if not block or block[-1] != origin and origin not in block[-3:]:
+            block.append(origin)
         block.append(line)
 
     def lower_const(self, node: Node, at: Place) -> Code:
-        value = node.arg
-        if isinstance(value, bool):
-            return Code(repr(value), ATOM, (), True)
-        text = repr(value)
-        negative = isinstance(value, (int, float)) and value < 0
-        return Code(text, UNARY if negative else ATOM, (), True)
+        text = number(node.arg)
+        return Code(text, UNARY if text.startswith("-") else ATOM, (), True)
 
     def lower_index(self, node: Node, at: Place) -> Code:
         self.needs.add("dtype")
@@ -203,8 +270,17 @@ class ExprLowering:
         if node.arg == "complex":
             a, b = (align(x, target) for x in args)
             return Code(f"{a.wrap(SUM + 1)} + 1j * {b.wrap(PRODUCT + 1)}", SUM, target)
+        if node.arg == "where" and args[1].const and args[2].const:
+            args[1] = self.typed(args[1], node.dtype)
         texts = [align(x, target).text for x in args]
         return Code(FUNCTIONS[node.arg].torch.format(*texts), ATOM, target)
+
+    def typed(self, const: Code, dtype: str) -> Code:
+        """A constant as a 0-d tensor of the computation's dtype: torch.where of two
+        numbers would be float32 (or int64) whatever the inputs are."""
+        self.needs.add("dtype")
+        kind = "_dtype.to_complex()" if dtype == "complex" else "_dtype"
+        return Code(f"torch.tensor({const.text}, dtype={kind}, device=_device)", ATOM, ())
 
     def lower_reduce(self, node: Node, at: Place) -> Code:
         kind, reduced = node.arg
@@ -245,6 +321,12 @@ class ExprLowering:
         for c in scale:
             text += f" * {c.wrap(PRODUCT + 1)}"
         return Code(text, PRODUCT if scale else ATOM, out_axes)
+
+def spec_origin(ir: IR, line: int) -> str:
+    """`file:line: the spec line`, escaped for a comment."""
+    return comment(f"{ir.source.filename.rsplit('/', 1)[-1]}:{line}: "
+                   f"{ir.source.line(line).strip()}")
+
 
 def align(code: Code, target: tuple[str, ...]) -> Code:
     """Moves and adds axes so that `code` broadcasts against a value with `target`."""

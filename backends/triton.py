@@ -95,7 +95,8 @@ def assemble(program, template: str, about: list[str], forward: str, imports=(),
     """A generated file: the header (spec, its hash, the plan, `about`), the imports,
     the kernel rendered from `template` (with `slots`), then `forward` and the cell's
     step function."""
-    digest = hashlib.sha256(program.ir.source.text.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(program.ir.source.text.encode("utf-8", "surrogatepass")).hexdigest()
+    digest = digest[:16]  # surrogatepass: a spec's comment may hold a lone surrogate
     header = program.header([f"Spec sha256 {digest}; plan: {program.plan.summary}.", *about])
     kernel = render(template, **{"name": program.ir.name, **(slots or {})})
     return "\n".join(header + IMPORTS + list(imports)) + "\n\n\n" + kernel + "\n\n" + \

@@ -431,6 +431,12 @@ class Builder:
         return method(e, scope)
 
     def const(self, value, loc) -> int:
+        if isinstance(value, int) and value.bit_length() > 1023:  # numbers are reals
+            try:
+                float(value)
+            except OverflowError:
+                self.fail(f"this constant ({value.bit_length()} bits) is beyond the range "
+                          "of a float (about 1.8e308)", loc)
         dtype = "complex" if isinstance(value, complex) else \
             "bool" if isinstance(value, bool) else "real"
         return self.add(Op.CONST, (), (), (), dtype, value, loc)

@@ -34,6 +34,15 @@ def _softplus(x):
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
+def _pow(a, b):
+    """a ** b, except that an integer power past float's range is inf (which the IR
+    builder refuses) instead of an exact integer: 10 ** 10 ** 10 would take hours."""
+    if isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1 and \
+            b * math.log2(abs(a)) > 1024:
+        return math.inf
+    return a ** b
+
+
 def _where(c, a, b):
     return a if c else b
 
@@ -44,7 +53,7 @@ FUNCTIONS: dict[str, Fn] = {f.name: f for f in [
     Fn("sub", 2, "{0} - {1}", lambda a, b: a - b),
     Fn("mul", 2, "{0} * {1}", lambda a, b: a * b),
     Fn("div", 2, "{0} / {1}", lambda a, b: a / b),
-    Fn("pow", 2, "{0} ** {1}", lambda a, b: a ** b),
+    Fn("pow", 2, "{0} ** {1}", _pow),
     Fn("neg", 1, "-{0}", lambda a: -a),
     Fn("lt", 2, "{0} < {1}", lambda a, b: a < b, "bool", True),
     Fn("le", 2, "{0} <= {1}", lambda a, b: a <= b, "bool", True),
