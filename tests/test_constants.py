@@ -41,13 +41,6 @@ def outputs(cell, backends, **inputs):
     return result
 
 
-def test_a_literal_past_float_range_is_inf():
-    x = torch.tensor([[[1.0, 2.0, 3.0]]], dtype=torch.float64)
-    cell = cell_of(["input x[N]", "out y[n] = x[n] * 1e309"])
-    for backend, y in outputs(cell, CPU, x=x).items():
-        assert torch.equal(y, torch.full_like(x, math.inf)), backend
-
-
 def test_large_integers_are_floats():
     """2 ** 1000 was printed as an int: an overflow in the tensor op."""
     cell = cell_of(["input x[N]", "out y[n] = x[n] * 2 ** 1000 * 2 ** -1000 + 2 ** 60"])
@@ -56,7 +49,7 @@ def test_large_integers_are_floats():
         assert torch.equal(y, x + 2.0 ** 60), backend
 
 
-@pytest.mark.parametrize("expr, col", [("2 ** 20000", 23), ("10 ** 10 ** 10", 23),
+@pytest.mark.parametrize("expr, col", [("1e309", 23), ("2 ** 20000", 23), ("10 ** 10 ** 10", 23),
                                        ("1" * 5000, 23), ("(2 ** 600 * 2 ** 600)", 24)])
 def test_constants_past_float_range_are_refused_where_they_are(expr, col):
     with pytest.raises(reclang.RecError) as err:
