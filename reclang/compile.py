@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import sys
+import types
 from pathlib import Path
 
 from . import config
@@ -140,8 +142,12 @@ def _load_source(source: str, stem: str):
         tmp = path.with_suffix(f".tmp{id(source)}")
         tmp.write_text(source)
         tmp.replace(path)
-    spec = importlib.util.spec_from_file_location(f"reclang_generated.{path.stem}", path)
+    name = f"reclang_generated.{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    # dynamo imports a function's module by name: register it (and its package)
+    sys.modules.setdefault("reclang_generated", types.ModuleType("reclang_generated"))
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
