@@ -174,8 +174,9 @@ class RecModule(nn.Module):
 
 
 def _state_dtype(decl, dtype):
-    return dtype.to_complex() if decl.dtype == "complex" and not dtype.is_complex else dtype
+    # promote_types, not dtype.to_complex(): torch.compile traces the one, not the other
+    return torch.promote_types(dtype, torch.complex64) if decl.dtype == "complex" else dtype
 
 
 def _cast(p: torch.Tensor, dtype):
-    return p.to(dtype.to_complex()) if p.is_complex() else p.to(dtype)
+    return p.to(torch.promote_types(dtype, torch.complex64) if p.is_complex() else dtype)
