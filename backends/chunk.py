@@ -156,11 +156,9 @@ def _keywise(x, y, Gx, G):
     blocks = x.new_zeros((*G.shape[:3], n, 1, x.shape[-2], 1, y.shape[-2]))
     b = 1
     while b < n:
-        def half(t, which):  # [.., n, ...] -> the first (0) or second (1) halves
-            return t.unflatten(3, (n // (2 * b), 2, b))[:, :, :, :, which]
-        end = half(G, 0)[..., -1:, :]                               # E_A [.., 1, K]
-        later = half(x, 1) * torch.exp(half(Gx, 1) - end)[..., None, :]
-        earlier = half(y, 0) * torch.exp(end - half(G, 0))[..., None, :]
+        end = _half(G, b, 0)[..., -1:, :]                           # E_A [.., 1, K]
+        later = _half(x, b, 1) * torch.exp(_half(Gx, b, 1) - end)[..., None, :]
+        earlier = _half(y, b, 0) * torch.exp(end - _half(G, b, 0))[..., None, :]
         cross = torch.einsum("...tai,...sbi->...tasb", later, earlier)
         pair = blocks.unflatten(3, (-1, 2))
         first, second = pair[:, :, :, :, 0], pair[:, :, :, :, 1]
@@ -168,6 +166,12 @@ def _keywise(x, y, Gx, G):
                             torch.cat([cross, second], -2)], -4)
         b *= 2
     return blocks[:, :, :, 0, :C, :, :C, :]
+
+
+def _half(t, b: int, which: int):
+    """[B, N, H, n, ...] -> the first (0) or second (1) halves of its blocks of 2b steps,
+    [B, N, H, n / 2b, b, ...]."""
+    return t.unflatten(3, (-1, 2, b))[:, :, :, :, which]
 
 
 def _flat(scores):

@@ -55,7 +55,7 @@ def _scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, C: int,
     chunks, or before them in reverse. States are collected and stacked, never written
     into views of a buffer: torch.compile traces that in one graph, and torch.func's
     transforms batch it."""
-    B, T, *S = b.shape
+    T = b.shape[1]
     n = T // C
     in_time = (lambda steps: list(steps)[::-1]) if reverse else list
     tail = in_time(range(n * C, T))
