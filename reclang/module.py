@@ -5,7 +5,10 @@
 
 `y` is the output tensor [B, T, *dims] when the cell has one `out`, else a dict of
 them; `state` is a dict name -> [B, *dims]. bf16/fp16 inputs are computed in float32
-(outputs are returned in the input dtype, states stay float32).
+(outputs are returned in the input dtype, states stay float32). Under `torch.autocast`
+float32 and bf16/fp16 inputs are computed in float32 by every backend, the outputs
+returned in the autocast dtype and the states in float32 (float64 inputs as without
+autocast).
 """
 
 from __future__ import annotations
@@ -113,11 +116,17 @@ class RecModule(nn.Module):
         """`batch`: the number of states, when it is not the inputs' (packed sequences)."""
         xs, inputs_batch, dtype = self._check_inputs(inputs, sequence)
         batch = batch or inputs_batch
+        device = xs[0].device.type
+        if torch.is_autocast_enabled(device) and dtype != torch.float64:
+            dtype = torch.get_autocast_dtype(device)  # the outputs', as autocast's matmuls
         compute = torch.float32 if dtype in LOW_PRECISION else dtype
         xs = [x.to(compute) for x in xs]
         states = self._check_state(state, batch, compute, xs[0].device)
         params = {d.name: _cast(getattr(self, d.name), compute) for d in self.ir.params}
-        outs, final = fn(*xs, *states, **{py_name(k): v for k, v in params.items()})
+        # every backend computes in `compute`: autocast would pick the dtype op by op,
+        # so that each backend returned another dtype (and its states lost precision)
+        with torch.autocast(device, enabled=False):
+            outs, final = fn(*xs, *states, **{py_name(k): v for k, v in params.items()})
         if dtype in LOW_PRECISION:
             outs = {k: v if v.is_complex() else v.to(dtype) for k, v in outs.items()}
         y = next(iter(outs.values())) if len(outs) == 1 else outs
