@@ -1,0 +1,71 @@
+"""torch.func (vmap, grad, jacrev) on every CPU backend, one spec of each form, against
+eager autograd in float64: the backends' autograd Functions are in the setup_context
+form with a vmap rule, and nothing branches on tensor values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import MATRIX_TRANSFORMS, random_inputs
+from test_torch_compile import CASES, module
+from torch.func import functional_call, grad, jacrev, vmap
+
+
+def real_outputs(y) -> torch.Tensor:
+    """Every output of a call as one real tensor [B, T, ...]."""
+    y = y if torch.is_tensor(y) else torch.cat([v.flatten(2) for v in y.values()], -1)
+    return y.real if y.is_complex() else y
+
+
+def batches(m, spec: str, n: int, T: int = 5) -> list[dict]:
+    return [random_inputs(m, 2, T, seed=s, **MATRIX_TRANSFORMS.get(spec, {}))
+            for s in range(1, n + 1)]
+
+
+@pytest.mark.parametrize("spec,backend", CASES)
+def test_vmap_equals_a_loop(spec, backend):
+    m = module(spec, backend)
+    names = [d.name for d in m.ir.inputs]
+    xs = batches(m, spec, 3)
+
+    def f(*args):
+        return real_outputs(m(**dict(zip(names, args)))[0])
+
+    got = vmap(f)(*[torch.stack([x[n] for x in xs]) for n in names])
+    want = torch.stack([f(*[x[n] for n in names]) for x in xs])
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("spec,backend", CASES)
+def test_grad_equals_autograd(spec, backend):
+    """torch.func.grad of a loss with respect to the parameters and the inputs."""
+    m = module(spec, backend)
+    (x,) = batches(m, spec, 1)
+    params = {k: v.detach() for k, v in m.named_parameters()}
+
+    def loss(p, inputs):
+        return real_outputs(functional_call(m, p, (), inputs)[0]).square().sum()
+
+    got = grad(loss, argnums=(0, 1))(params, x)
+    leaves = [v.clone().requires_grad_() for v in (*params.values(), *x.values())]
+    p, inputs = dict(zip(params, leaves)), dict(zip(x, leaves[len(params):]))
+    want = torch.autograd.grad(loss(p, inputs), leaves)
+    for g, w in zip((*got[0].values(), *got[1].values()), want):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("spec,backend", CASES)
+def test_jacrev_equals_autograd(spec, backend):
+    """The Jacobian of the outputs with respect to the first input (jacrev: vmap over
+    the backward pass)."""
+    m = module(spec, backend)
+    (x,) = batches(m, spec, 1, T=3)
+    x = {k: v[:1] for k, v in x.items()}
+    first = m.ir.inputs[0].name
+
+    def f(a):
+        return real_outputs(m(**{**x, first: a})[0])
+
+    got = jacrev(f)(x[first])
+    want = torch.autograd.functional.jacobian(f, x[first])
+    torch.testing.assert_close(got, want)
