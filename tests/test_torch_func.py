@@ -69,3 +69,20 @@ def test_jacrev_equals_autograd(spec, backend):
     got = jacrev(f)(x[first])
     want = torch.autograd.functional.jacobian(f, x[first])
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("spec", ["s4d", "gla", "delta_net"])
+def test_vmap_on_the_triton_kernels(spec):
+    """The diagonal scan and the matrix-state kernels (chunk and recurrent forms) fold
+    the vmapped axis into the batch (on CUDA, else in Triton's interpreter)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    m = module(spec, "triton").to(device)
+    names = [d.name for d in m.ir.inputs]
+    xs = [{k: v.to(device) for k, v in x.items()} for x in batches(m, spec, 2, T=3)]
+
+    def f(*args):
+        return real_outputs(m(**dict(zip(names, args)))[0])
+
+    got = vmap(f)(*[torch.stack([x[n] for x in xs]) for n in names])
+    want = torch.stack([f(*[x[n] for n in names]) for x in xs])
+    torch.testing.assert_close(got, want)
