@@ -72,9 +72,10 @@ def test_jacrev_equals_autograd(spec, backend):
 
 
 @pytest.mark.parametrize("spec", ["s4d", "gla", "delta_net"])
-def test_vmap_on_the_triton_kernels(spec):
+def test_vmap_grad_and_jacrev_on_the_triton_kernels(spec):
     """The diagonal scan and the matrix-state kernels (chunk and recurrent forms) fold
-    the vmapped axis into the batch (on CUDA, else in Triton's interpreter)."""
+    the vmapped axis into the batch, forward and backward; their backward kernels run
+    on unwrapped tensors (on CUDA, else in Triton's interpreter)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     m = module(spec, "triton").to(device)
     names = [d.name for d in m.ir.inputs]
@@ -86,3 +87,9 @@ def test_vmap_on_the_triton_kernels(spec):
     got = vmap(f)(*[torch.stack([x[n] for x in xs]) for n in names])
     want = torch.stack([f(*[x[n] for n in names]) for x in xs])
     torch.testing.assert_close(got, want)
+    first, rest = xs[0][names[0]][:1], [xs[0][n][:1] for n in names[1:]]
+    g = grad(lambda a: f(a, *rest).square().sum())(first)
+    leaf = first.clone().requires_grad_()
+    torch.testing.assert_close(g, torch.autograd.grad(f(leaf, *rest).square().sum(), leaf)[0])
+    torch.testing.assert_close(jacrev(lambda a: f(a, *rest))(first),
+                               torch.autograd.functional.jacobian(lambda a: f(a, *rest), first))
