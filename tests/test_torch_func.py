@@ -71,11 +71,11 @@ def test_jacrev_equals_autograd(spec, backend):
     torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("spec", ["s4d", "gla", "delta_net"])
+@pytest.mark.parametrize("spec", ["min_gru", "s4d", "gla", "delta_net"])
 def test_vmap_grad_and_jacrev_on_the_triton_kernels(spec):
-    """The diagonal scan and the matrix-state kernels (chunk and recurrent forms) fold
-    the vmapped axis into the batch, forward and backward; their backward kernels run
-    on unwrapped tensors (on CUDA, else in Triton's interpreter)."""
+    """The gated scan, the diagonal scan and the matrix-state kernels (chunk and
+    recurrent forms) fold the vmapped axis into the batch, forward and backward; their
+    backward kernels run on unwrapped tensors (on CUDA, else in Triton's interpreter)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     m = module(spec, "triton").to(device)
     names = [d.name for d in m.ir.inputs]
