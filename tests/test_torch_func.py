@@ -93,3 +93,22 @@ def test_vmap_grad_and_jacrev_on_the_triton_kernels(spec):
     torch.testing.assert_close(g, torch.autograd.grad(f(leaf, *rest).square().sum(), leaf)[0])
     torch.testing.assert_close(jacrev(lambda a: f(a, *rest))(first),
                                torch.autograd.functional.jacobian(lambda a: f(a, *rest), first))
+
+
+def test_grad_and_jacrev_on_the_triton_fused_loop():
+    """The fused loop's backward kernel runs on unwrapped tensors; vmap of its forward
+    is refused, as the module makes its constants like the (vmapped) inputs."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    m = module("lstm", "triton").to(device)
+    (x,) = batches(m, "lstm", 1, T=3)
+    a = x["x"][:1].to(device)
+
+    def f(a):
+        return m(x=a)[0]
+
+    leaf = a.clone().requires_grad_()
+    torch.testing.assert_close(grad(lambda a: f(a).square().sum())(a),
+                               torch.autograd.grad(f(leaf).square().sum(), leaf)[0])
+    torch.testing.assert_close(jacrev(f)(a), torch.autograd.functional.jacobian(f, a))
+    with pytest.raises(NotImplementedError, match="constants or weights"):
+        vmap(f)(torch.stack([a, 2 * a]))
