@@ -13,8 +13,8 @@ within a chunk (G_t inclusive, Gx_t = G_{t-1} exclusive):
            score(x, y)[t, s] = Σ_i x_t[i] y_s[i] exp(Gx_t[i] - G_s[i])
        The exponent is the decay between s and t, so it is ≤ 0 for decays ≤ 1: no
        exp(-cumsum) anywhere (strong decays underflow to 0 instead of overflowing).
-       A scalar decay gives a C × C matrix per head; a key-wise decay needs the
-       C × C × K differences (so its default chunk is smaller).
+       A scalar decay gives a C × C matrix per head; a key-wise decay is taken by
+       halving the chunk (`_keywise`: two factors ≤ 1 across each boundary, matmuls).
     2. Without a low-rank part (mat-decay): the state at each chunk's end,
            S_end = exp(G_C) S_0 + Σ_s (k_s ⊙ exp(G_C - G_s)) v_sᵀ,
        passed from chunk to chunk by the scan backend's `linear_scan` (an elementwise
@@ -54,7 +54,6 @@ from .sympy_torch import SympyLowering
 from .torch_expr import ATOM, Code, ExprLowering, Names, Place, align, comment, py_name, spec_origin
 
 CHUNK = 64          # steps per chunk
-SUB = 16            # key-wise decays: sub-chunks, for exponents that stay in range
 
 
 # ---- the algorithm -------------------------------------------------------------------
@@ -183,52 +182,46 @@ def _scores(x, y, Gx, G):
         gap = (Gx - G.transpose(-1, -2)).masked_fill(~later, float("-inf"))  # [.., C, C]
         raw = torch.einsum("...tai,...sbi->...tasb", x, y)
         return raw * torch.exp(gap)[..., :, None, :, None]
-    c = SUB if C % SUB == 0 else C
-    return _keywise(x, y, Gx, G, c)
+    return _keywise(x, y, Gx, G)
 
 
-def _pairwise(x, y, Gx, G):
-    """score for a key-wise decay from the C × C × K exponents (any decay, any C)."""
-    C = G.shape[-2]
-    later = torch.ones(C, C, dtype=torch.bool, device=G.device).tril(-1)
-    gap = Gx[..., :, None, :] - G[..., None, :, :]                          # [.., C, C, K]
-    decay = torch.exp(gap.masked_fill(~later[..., None], float("-inf")))
-    return torch.einsum("...tai,...tsi,...sbi->...tasb", x, decay, y)
-
-
-def _keywise(x, y, Gx, G, c):
-    """A key-wise score from sub-chunks of c steps, as matmuls. With P_α the cumulative
-    decay where sub-chunk α starts and E_β where β ends, for t in α and s in β:
-        β < α:  exp(Gx_t - G_s) = exp(Gx_t - P_α) · exp(P_α - E_β) · exp(E_β - G_s),
-                three factors ≤ 1 (for decays ≤ 1), the middle one per pair of blocks;
-        β = α:  exp(Gx_t - P_α) · exp(P_α - G_s), the second ≥ 1 but bounded by the
-                decay within one sub-chunk: used when that stays in range for exp,
-                else the exponents are taken pairwise.
+def _keywise(x, y, Gx, G):
+    """A key-wise score by halving. The chunk (padded to a power of two) is cut in two
+    halves A, B, and for t in B, s in A, with E_A the cumulative decay at A's end,
+        exp(Gx_t - G_s) = exp(Gx_t - E_A) · exp(E_A - G_s),
+    two factors ≤ 1 (for decays ≤ 1): the scores of B against A are one matmul with no
+    exponent that can overflow, whatever the decays. The scores within each half are
+    found the same way, all blocks of one size at once: log2(C) levels, about the flops
+    of one C × C matmul, no C × C × K tensor and no branch on the values (so that
+    torch.compile traces it in one graph and vmap batches it).
     """
-    C, Rx, Ry = G.shape[3], x.shape[-2], y.shape[-2]
-    S = C // c
-    xb, yb = x.unflatten(3, (S, c)), y.unflatten(3, (S, c))     # [.., S, c, R, K]
-    Gxb, Gb = Gx.unflatten(3, (S, c)), G.unflatten(3, (S, c))
-    P, E = Gxb[..., :1, :], Gb[..., -1:, :]                     # [.., S, 1, K]
-    xt = xb * torch.exp(Gxb - P)[..., None, :]
-    limit = 60.0 if G.dtype in (torch.float32, torch.float16, torch.bfloat16) else 600.0
-    if (P - Gb).amax() < limit:
-        later = torch.ones(c, c, dtype=torch.bool, device=G.device).tril(-1)
-        within = torch.einsum("...tai,...sbi->...tasb", xt,
-                              yb * torch.exp(P - Gb)[..., None, :])
-        within = within * later[:, None, :, None]
-    else:
-        within = _pairwise(xb, yb, Gxb, Gb)                     # [.., S, c, Rx, c, Ry]
-    same = torch.eye(S, dtype=G.dtype, device=G.device)[:, None, None, :, None, None]
-    scores = within[..., :, :, :, None, :, :] * same            # [.., S, c, Rx, S, c, Ry]
-    if S > 1:
-        before = torch.ones(S, S, dtype=torch.bool, device=G.device).tril(-1)  # β < α
-        bridge = (P[..., :, None, 0, :] - E[..., None, :, 0, :]).masked_fill(
-            ~before[..., None], float("-inf"))                 # [.., S, S, K]
-        yt = yb * torch.exp(E - Gb)[..., None, :]
-        scores = scores + torch.einsum("...ntai,...nmi,...msbi->...ntamsb", xt,
-                                       torch.exp(bridge), yt)
-    return scores.reshape(*G.shape[:3], C, Rx, C, Ry)
+    C = G.shape[3]
+    n = 1 << (C - 1).bit_length()
+    if n != C:  # padded steps: no key, no value, no decay (finite exponents)
+        def pad(t, fill):
+            return torch.cat([t, fill.expand(*t.shape[:3], n - C, *t.shape[4:])], 3)
+        x, y = pad(x, x.new_zeros(())), pad(y, y.new_zeros(()))
+        Gx, G = pad(Gx, G[:, :, :, -1:]), pad(G, G[:, :, :, -1:])
+    # the n / b diagonal blocks [b, Rx, b, Ry] of the scores, from b = 1 (no s < t)
+    blocks = x.new_zeros((*G.shape[:3], n, 1, x.shape[-2], 1, y.shape[-2]))
+    b = 1
+    while b < n:
+        end = _half(G, b, 0)[..., -1:, :]                           # E_A [.., 1, K]
+        later = _half(x, b, 1) * torch.exp(_half(Gx, b, 1) - end)[..., None, :]
+        earlier = _half(y, b, 0) * torch.exp(end - _half(G, b, 0))[..., None, :]
+        cross = torch.einsum("...tai,...sbi->...tasb", later, earlier)
+        pair = blocks.unflatten(3, (-1, 2))
+        first, second = pair[:, :, :, :, 0], pair[:, :, :, :, 1]
+        blocks = torch.cat([torch.cat([first, torch.zeros_like(first)], -2),
+                            torch.cat([cross, second], -2)], -4)
+        b *= 2
+    return blocks[:, :, :, 0, :C, :, :C, :]
+
+
+def _half(t, b: int, which: int):
+    """[B, N, H, n, ...] -> the first (0) or second (1) halves of its blocks of 2b steps,
+    [B, N, H, n / 2b, b, ...]."""
+    return t.unflatten(3, (-1, 2, b))[:, :, :, :, which]
 
 
 def _flat(scores):

@@ -40,12 +40,11 @@ def chunk_length(T: int) -> int:
     return max(1, math.isqrt(T - 1) + 1) if T > 1 else 1
 
 
-def _step(a: torch.Tensor, h: torch.Tensor, b: torch.Tensor, dense: bool, out=None):
+def _step(a: torch.Tensor, h: torch.Tensor, b: torch.Tensor, dense: bool):
     """a h + b: elementwise, or (dense) a matrix [..., N, N] times a vector [..., N]."""
     if not dense:
-        return torch.addcmul(b, a, h, out=out)
-    value = torch.matmul(a, h.unsqueeze(-1)).squeeze(-1) + b
-    return value if out is None else out.copy_(value)
+        return torch.addcmul(b, a, h)
+    return torch.matmul(a, h.unsqueeze(-1)).squeeze(-1) + b
 
 
 def _scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, C: int,
@@ -53,40 +52,46 @@ def _scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, C: int,
     """h_t = a_t h_{t-1} + b_t (reverse: h_t = a_t h_{t+1} + b_t) for b [B, T, *S] and
     a of b's shape (or [B, T, *S, N] when dense), one dtype, h0 [B, *S]; no autograd.
     The steps past the last whole chunk (fewer than C) run one by one: after the
-    chunks, or before them in reverse."""
-    B, T, *S = b.shape
+    chunks, or before them in reverse. States are collected and stacked, never written
+    into views of a buffer: torch.compile traces that in one graph, and torch.func's
+    transforms batch it."""
+    T = b.shape[1]
     n = T // C
-    states = torch.empty_like(b)
-    order = range(C - 1, -1, -1) if reverse else range(C)
-    tail = range(T - 1, n * C - 1, -1) if reverse else range(n * C, T)
+    in_time = (lambda steps: list(steps)[::-1]) if reverse else list
+    tail = in_time(range(n * C, T))
 
     def one_by_one(h):
+        states = []
         for t in tail:
-            h = _step(a[:, t], h, b[:, t], dense, out=states[:, t])
-        return h
+            h = _step(a[:, t], h, b[:, t], dense)
+            states.append(h)
+        return h, in_time(states)
 
-    h = one_by_one(h0) if reverse else h0
+    h, tail_states = one_by_one(h0) if reverse else (h0, None)
+    chunks = []
     if n:
-        a_c = a[:, :n * C].view(B, n, C, *a.shape[2:])
-        b_c, states_c = (x[:, :n * C].view(B, n, C, *S) for x in (b, states))
+        a_c, b_c = a[:, :n * C].unflatten(1, (n, C)), b[:, :n * C].unflatten(1, (n, C))
         # 1. every chunk from a zero state (all chunks at once), and its decay product
-        first, *rest = order
-        run, decay = b_c[:, :, first].clone(), a_c[:, :, first].clone()
+        first, *rest = in_time(range(C))
+        run, decay = b_c[:, :, first], a_c[:, :, first]
         for c in rest:
-            _step(a_c[:, :, c], run, b_c[:, :, c], dense, out=run)
-            decay = a_c[:, :, c] @ decay if dense else decay.mul_(a_c[:, :, c])
+            run = _step(a_c[:, :, c], run, b_c[:, :, c], dense)
+            decay = a_c[:, :, c] @ decay if dense else decay * a_c[:, :, c]
         # 2. the state entering every chunk, chunk after chunk
-        entering = b.new_empty((B, n, *S))
-        for j in (range(n - 1, -1, -1) if reverse else range(n)):
-            entering[:, j] = h
+        entering = []
+        for j in in_time(range(n)):
+            entering.append(h)
             h = _step(decay[:, j], h, run[:, j], dense)
-        # 3. every chunk again from the state entering it, writing all its states
-        h_c = entering
-        for c in order:
-            h_c = _step(a_c[:, :, c], h_c, b_c[:, :, c], dense, out=states_c[:, :, c])
+        # 3. every chunk again from the state entering it, all its states
+        h_c, within = torch.stack(in_time(entering), 1), []
+        for c in in_time(range(C)):
+            h_c = _step(a_c[:, :, c], h_c, b_c[:, :, c], dense)
+            within.append(h_c)
+        chunks = [torch.stack(in_time(within), 2).flatten(1, 2)]
     if not reverse:
-        one_by_one(h)
-    return states
+        _, tail_states = one_by_one(h)
+    steps = [torch.stack(tail_states, 1)] if tail_states else []
+    return torch.cat(chunks + steps, 1)
 
 
 class _LinearScan(torch.autograd.Function):
@@ -94,14 +99,21 @@ class _LinearScan(torch.autograd.Function):
     for h_t = a_t h_{t-1} + b_t, g_t = ∂L/∂h_t + a_{t+1}ᴴ g_{t+1}, ∂L/∂b_t = g_t,
     ∂L/∂a_t = g_t h_{t-1}ᴴ, ∂L/∂h0 = a_0ᴴ g_0 (ᴴ: the conjugate, and for dense a also
     the transpose; the conjugates are torch's convention for complex tensors). No graph
-    of the loop steps is kept; saved: a, h0 and the states."""
+    of the loop steps is kept; saved: a, h0 and the states. In the setup_context form,
+    with forward and backward made of PyTorch ops only, so that torch.func (vmap, grad,
+    jacrev) can run it and generate its vmap rule."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, a, b, h0, C, reverse, dense):
-        states = _scan(a, b, h0, C, reverse, dense)
-        ctx.save_for_backward(a, h0, states)
+    def forward(a, b, h0, C, reverse, dense):
+        return _scan(a, b, h0, C, reverse, dense)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, _, h0, C, reverse, dense = inputs
+        ctx.save_for_backward(a, h0, output)
         ctx.C, ctx.reverse, ctx.dense = C, reverse, dense
-        return states
 
     @staticmethod
     def backward(ctx, grad):

@@ -144,7 +144,8 @@ class Program:
         if lower.needs & {"dtype"}:
             lines.append(f"_dtype, _device = {first}.dtype, {first}.device")
         if "complex" in lower.needs:
-            lines.append(f"_cdtype = {first}.dtype.to_complex()")
+            # promote_types, not dtype.to_complex(), which torch.compile cannot trace
+            lines.append(f"_cdtype = torch.promote_types({first}.dtype, torch.complex64)")
         if "batch" in lower.needs:
             lines.append(f"B = {first}.shape[0]")
         lines += blocks[Place.ONCE]

@@ -29,7 +29,7 @@ def evaluate(ir: IR, decl: Decl, params: dict[str, torch.Tensor], dtype=torch.fl
     if not torch.is_tensor(value):  # a number: made a tensor in `dtype`, not the default one
         value = torch.tensor(value, **_kw_for(value, {"dtype": dtype, "device": device}))
     if decl.dtype == "complex":
-        value = value.to(dtype.to_complex() if not dtype.is_complex else dtype)
+        value = value.to(torch.promote_types(dtype, torch.complex64))
     elif value.is_complex():
         raise RecError(f"the initializer of {decl.name} is complex but {decl.name} is real",
                        ir.source, decl.init.loc)
@@ -125,5 +125,6 @@ class _Env:
 
 def _kw_for(value, kw):
     if isinstance(value, complex):
-        return {"dtype": kw["dtype"].to_complex(), "device": kw["device"]}
+        return {"dtype": torch.promote_types(kw["dtype"], torch.complex64),
+                "device": kw["device"]}
     return kw

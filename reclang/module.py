@@ -5,7 +5,10 @@
 
 `y` is the output tensor [B, T, *dims] when the cell has one `out`, else a dict of
 them; `state` is a dict name -> [B, *dims]. bf16/fp16 inputs are computed in float32
-(outputs are returned in the input dtype, states stay float32).
+(outputs are returned in the input dtype, states stay float32). Under `torch.autocast`
+float32 and bf16/fp16 inputs are computed in float32 by every backend, the outputs
+returned in the autocast dtype and the states in float32 (float64 inputs as without
+autocast).
 """
 
 from __future__ import annotations
@@ -178,11 +181,17 @@ class RecModule(nn.Module):
         """`batch`: the number of states, when it is not the inputs' (packed sequences)."""
         xs, inputs_batch, dtype = self._check_inputs(inputs, sequence)
         batch = batch or inputs_batch
+        device = xs[0].device.type
+        if torch.is_autocast_enabled(device) and dtype != torch.float64:
+            dtype = torch.get_autocast_dtype(device)  # the outputs', as autocast's matmuls
         compute = torch.float32 if dtype in LOW_PRECISION else dtype
         xs = [x.to(compute) for x in xs]
         states = self._check_state(state, batch, compute, xs[0].device)
         params = {d.name: _cast(getattr(self, d.name), compute) for d in self.ir.params}
-        outs, final = fn(*xs, *states, **{py_name(k): v for k, v in params.items()})
+        # every backend computes in `compute`: autocast would pick the dtype op by op,
+        # so that each backend returned another dtype (and its states lost precision)
+        with torch.autocast(device, enabled=False):
+            outs, final = fn(*xs, *states, **{py_name(k): v for k, v in params.items()})
         if dtype in LOW_PRECISION:
             outs = {k: v if v.is_complex() else v.to(dtype) for k, v in outs.items()}
         y = next(iter(outs.values())) if len(outs) == 1 else outs
@@ -288,8 +297,9 @@ def _kind(value) -> str:
 
 
 def _state_dtype(decl, dtype):
-    return dtype.to_complex() if decl.dtype == "complex" and not dtype.is_complex else dtype
+    # promote_types, not dtype.to_complex(): torch.compile traces the one, not the other
+    return torch.promote_types(dtype, torch.complex64) if decl.dtype == "complex" else dtype
 
 
 def _cast(p: torch.Tensor, dtype):
-    return p.to(dtype.to_complex()) if p.is_complex() else p.to(dtype)
+    return p.to(torch.promote_types(dtype, torch.complex64) if p.is_complex() else dtype)
