@@ -83,7 +83,9 @@ def causal_pass(run, operands, starts=None):
     bad = torch.stack([(~torch.isfinite(x)).flatten(2).any(-1) for x in operands
                        if x is not None]).any(0)  # [B, T]: a step with a non-finite operand
     out, last = run(*operands)
-    if out is None or not bool(bad.any()):  # one synchronization, after the run is queued
+    # one synchronization, after the run is queued; a compiled graph cannot branch on
+    # data, so there both runs are made and selected from (the same result)
+    if out is None or not (torch.compiler.is_compiling() or bool(bad.any())):
         return out, last
     finite, _ = run(*(None if x is None else torch.where(torch.isfinite(x), x, 0)
                       for x in operands))

@@ -29,8 +29,14 @@ def fft_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor
 
     a, b: [B, T, *S] (only a[:, 0] is read); h0: [B, *S]. Returns [B, T, *S].
     """
-    if not bool(torch.isfinite(b).all()):  # the FFT mixes all steps: NaN would reach all
-        return linear_scan(a, b, h0)  # causal
+    finite = torch.isfinite(b).all()  # the FFT mixes all steps: NaN would reach all
+    if torch.compiler.is_compiling():  # a graph cannot branch on data: both, then select
+        return torch.where(finite, _convolved(a, b, h0), linear_scan(a, b, h0))
+    return _convolved(a, b, h0) if bool(finite) else linear_scan(a, b, h0)  # scan: causal
+
+
+def _convolved(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """fft_scan's states by the FFT convolution with the kernel a^j."""
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), h0.dtype)
     B, T = b.shape[:2]
     a, b, h0 = a[:, :1].to(dtype), b.to(dtype), h0.to(dtype).unsqueeze(1)

@@ -279,7 +279,7 @@ class ExprLowering:
         """A constant as a 0-d tensor of the computation's dtype: torch.where of two
         numbers would be float32 (or int64) whatever the inputs are."""
         self.needs.add("dtype")
-        kind = "_dtype.to_complex()" if dtype == "complex" else "_dtype"
+        kind = "torch.promote_types(_dtype, torch.complex64)" if dtype == "complex" else "_dtype"
         return Code(f"torch.tensor({const.text}, dtype={kind}, device=_device)", ATOM, ())
 
     def lower_reduce(self, node: Node, at: Place) -> Code:

@@ -239,7 +239,7 @@ class RecModule(nn.Module):
                                 f"{_word(dtype)}: give every input the same dtype")
         compute = torch.float32 if dtype in LOW_PRECISION else dtype
         param = next(self.parameters(), None)
-        wide = None if param is None else param.dtype.to_real()
+        wide = None if param is None else _real(param.dtype)
         if wide is not None and wide.itemsize > compute.itemsize:
             raise TypeError(f"input {first} is {_word(dtype)} but the parameters of "
                             f"{self.ir.name} are {_word(wide)}: convert the inputs "
@@ -294,6 +294,11 @@ def _kind(value) -> str:
         return type(value).__name__
     word = _word(value.dtype)
     return f"{'an' if word[0] in 'aeiou' else 'a'} {word} tensor"
+
+
+def _real(dtype):
+    # a table, not dtype.to_real(): torch.compile traces the one, not the other
+    return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
 
 
 def _state_dtype(decl, dtype):

@@ -67,6 +67,21 @@ def test_fullgraph_compile_equals_eager(spec, backend):
         torch.testing.assert_close(got[k], want[k], msg=lambda msg, k=k: f"{k}: {msg}")
 
 
+@pytest.mark.parametrize("spec,backend", [("gla", "chunk"), ("s4d", "fft")])
+def test_a_compiled_module_keeps_non_finite_values_causal(spec, backend):
+    """The causal paths for NaN (chunk's second run, fft's fallback to the scan) branch
+    on data in eager; compiled, both are made and selected from: the same outputs."""
+    torch._dynamo.reset()
+    m = module(spec, backend)
+    inputs, state = data(m, spec)
+    name = next(iter(inputs))
+    inputs[name][:, 4] = float("nan")
+    want, _ = m(state=state, **inputs)
+    got, _ = torch.compile(m, fullgraph=True, backend="aot_eager")(state=state, **inputs)
+    assert torch.isfinite(want[:, :4]).all()
+    torch.testing.assert_close(got, want, equal_nan=True)
+
+
 def test_inductor_compiles_the_scan():
     torch._dynamo.reset()
     m = module("min_gru", "scan")
