@@ -22,26 +22,18 @@ import platform
 import time
 from pathlib import Path
 
+import sys
+
 import torch
 
 import reclang
 
-F = torch.nn.functional
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 B = 2
 SIZES = {"H": 4, "K": 64, "V": 64, "P": 64, "N": 64}
-unit = lambda x: F.normalize(x, dim=-1)  # noqa: E731
-# inputs as the papers constrain them (as tests/helpers.py's MATRIX_TRANSFORMS)
-TRANSFORMS = {
-    "gla": {"g": lambda g: F.logsigmoid(g) / 4}, "hgrn2": {"g": F.logsigmoid},
-    "simple_gla": {"g": F.logsigmoid}, "rwkv6": {"w": lambda w: -torch.exp(w / 2)},
-    "mlstm": {"i": lambda i: -F.softplus(i)},
-    "delta_net": {"k": unit, "beta": torch.sigmoid},
-    "gated_delta_net": {"k": unit, "beta": torch.sigmoid, "g": F.logsigmoid},
-    "delta_product": {"k": unit, "beta": lambda b: 2 * torch.sigmoid(b)},
-    "rwkv7": {"w": lambda d: -math.exp(-0.5) * torch.sigmoid(d), "k": unit,
-              "a": lambda a: -unit(a), "b": lambda b: unit(b) / 2},
-}
+sys.path.insert(0, str(SPECS.parent / "tests"))
+# inputs as the papers constrain them, as the tests draw them
+from helpers import MATRIX_TRANSFORMS as TRANSFORMS  # noqa: E402
 
 
 def chunk_cells() -> list[str]:
