@@ -14,7 +14,7 @@ import math
 
 import networkx as nx
 
-from . import ast, limits
+from . import ast, config
 from .errors import Collector, Loc, RecError
 from .functions import BINARY_OPS, CALLABLE, FUNCTIONS, INIT_ONLY, REDUCTIONS
 from .ir import IR, Decl, Node, Op
@@ -59,7 +59,7 @@ def fold(fn, values: list, loc: Loc):
     computed: `9 ** 9 ** 9` would take hours and gigabytes."""
     if fn.name == "pow" and _power_too_large(*values):
         raise RecError(f"{_clip(values[0])} ** {_clip(values[1])} is too large: constants "
-                       f"must be at most {limits.NUMBER:.3g} in magnitude", loc=loc)
+                       f"must be at most {config.NUMBER:.3g} in magnitude", loc=loc)
     try:
         value = fn.fold(*values)
     except (ZeroDivisionError, ValueError, OverflowError, TypeError) as err:
@@ -67,21 +67,21 @@ def fold(fn, values: list, loc: Loc):
     if isinstance(value, bool):
         return value
     if isinstance(value, complex):
-        finite = cmath.isfinite(value) and max(abs(value.real), abs(value.imag)) <= limits.NUMBER
+        finite = cmath.isfinite(value) and max(abs(value.real), abs(value.imag)) <= config.NUMBER
     else:
         finite = (not isinstance(value, float) or math.isfinite(value)) and \
-            abs(value) <= limits.NUMBER
+            abs(value) <= config.NUMBER
     if not finite:
         raise RecError(f"{fn.name} of constants is not finite in float64 (magnitude above "
-                       f"{limits.NUMBER:.3g})", loc=loc)
+                       f"{config.NUMBER:.3g})", loc=loc)
     return value
 
 
 def _power_too_large(base, exponent) -> bool:
-    """Whether |base ** exponent| exceeds limits.NUMBER, judged from logarithms."""
+    """Whether |base ** exponent| exceeds config.NUMBER, judged from logarithms."""
     if isinstance(base, complex) or isinstance(exponent, complex) or abs(base) <= 1:
         return False
-    return exponent > 0 and exponent * math.log2(abs(base)) > math.log2(limits.NUMBER)
+    return exponent > 0 and exponent * math.log2(abs(base)) > math.log2(config.NUMBER)
 
 
 def _clip(value, n: int = 20) -> str:
@@ -118,9 +118,9 @@ def _check_override(h: ast.Hyper, default, value, source):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RecError(f"hyperparameter {h.name} must be a number, got "
                        f"{type(value).__name__} {value!r}", source, h.loc)
-    if not abs(value) <= limits.NUMBER:  # also refuses nan
+    if not abs(value) <= config.NUMBER:  # also refuses nan
         raise RecError(f"hyperparameter {h.name} must be finite and at most "
-                       f"{limits.NUMBER:.3g} in magnitude, got {_clip(value)}", source, h.loc)
+                       f"{config.NUMBER:.3g} in magnitude, got {_clip(value)}", source, h.loc)
     if isinstance(default, int) and not isinstance(value, int):
         if float(value).is_integer():
             return int(value)
@@ -148,9 +148,9 @@ class Builder:
         if op not in (Op.INPUT, Op.PARAM, Op.STATE):  # declarations are checked in declare
             self._check_space(axes, sizes, loc)
         depth = 1 + max((self.depth[a] for a in args), default=0)
-        if depth > limits.CHAIN:
+        if depth > config.CHAIN:
             self.fail(f"this expression is {depth} operations deep, counting the lets it "
-                      f"reads; at most {limits.CHAIN}: the analysis and the generated code "
+                      f"reads; at most {config.CHAIN}: the analysis and the generated code "
                       "follow a value through every let", loc)
         i = self.graph.number_of_nodes()
         self.depth[i] = depth
@@ -163,13 +163,13 @@ class Builder:
     def _check_space(self, axes, sizes, loc):
         """An index space the generated code can hold: einsum has 52 letters and the
         kernels index with int32."""
-        if len(axes) > limits.INDICES:
+        if len(axes) > config.INDICES:
             self.fail(f"this expression has {len(axes)} indices; a statement has at most "
-                      f"{limits.INDICES}", loc)
-        if math.prod(sizes) > limits.ELEMENTS:
+                      f"{config.INDICES}", loc)
+        if math.prod(sizes) > config.ELEMENTS:
             self.fail(f"this expression spans {' x '.join(map(str, sizes))} = "
                       f"{math.prod(sizes):,} elements per step and sequence; at most "
-                      f"{limits.ELEMENTS:,}", loc)
+                      f"{config.ELEMENTS:,}", loc)
 
     def node(self, i) -> Node:
         return self.graph.nodes[i]["node"]
@@ -240,11 +240,11 @@ class Builder:
 
     def _shape(self, t: ast.TensorDecl) -> tuple[int, ...]:
         shape = tuple(self._dim_size(d) for d in t.dims)
-        if len(shape) > limits.INDICES or math.prod(shape) > limits.ELEMENTS:
+        if len(shape) > config.INDICES or math.prod(shape) > config.ELEMENTS:
             self.errors.error(f"{t.name} has {_axes(len(shape))} and {math.prod(shape):,} "
-                              f"elements; a tensor has at most {limits.INDICES} axes and "
-                              f"{limits.ELEMENTS:,} elements", t.loc)
-            return (1,) * min(len(shape), limits.INDICES)
+                              f"elements; a tensor has at most {config.INDICES} axes and "
+                              f"{config.ELEMENTS:,} elements", t.loc)
+            return (1,) * min(len(shape), config.INDICES)
         return shape
 
     def _dim_size(self, dim: ast.Dim) -> int:

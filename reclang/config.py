@@ -1,4 +1,4 @@
-"""Every environment setting reclang reads, in one place.
+"""Every environment setting reclang reads, and the limits of the language, in one place.
 
 RECLANG_CACHE       where generated sources are written (default ~/.cache/reclang; when the
                     home folder cannot be written, reclang-cache-<uid> in the temporary folder)
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -66,3 +67,14 @@ def _int(name: str, default: int) -> int:
         return int(os.environ.get(name, str(default)))
     except ValueError:
         return default
+
+
+# ---- the limits of the language (docs/guarantees.md explains each): a spec past one
+# gets a RecError at the place that passes it, never a crash, a hang or an exhausted
+# memory; within them, checking and compiling a spec takes time about linear in its size
+NAME_LENGTH = 100          # characters in a name: generated file names stay valid
+DEPTH = 100                # nesting of one expression (brackets, operators, calls)
+CHAIN = 300                # operations a value passes through, across the lets it reads
+NUMBER = sys.float_info.max  # largest constant magnitude: finite in float64
+INDICES = 26               # distinct indices in one statement (einsum letters)
+ELEMENTS = 2 ** 31 - 1     # elements of one tensor or one statement's index space (int32)

@@ -8,7 +8,7 @@ from pathlib import Path
 import lark
 from lark import Token, Transformer, v_args
 
-from . import ast, limits
+from . import ast, config
 from .errors import Loc, RecError, Source
 
 
@@ -193,12 +193,12 @@ def _number(text: str, loc: Loc) -> int | float:
     """A literal's value; one beyond float64 (`1e400`, a 400-digit integer) is refused
     before Python converts it (int() refuses over 4,300 digits, float() gives inf)."""
     digits = text.lstrip("0")
-    if text.isdigit() and len(digits) <= 309 and int(digits or "0") <= limits.NUMBER:
+    if text.isdigit() and len(digits) <= 309 and int(digits or "0") <= config.NUMBER:
         return int(digits or "0")
-    if not text.isdigit() and abs(float(text)) <= limits.NUMBER:
+    if not text.isdigit() and abs(float(text)) <= config.NUMBER:
         return float(text)
     raise _SyntaxProblem(f"the number {_clip(text)} is too large: constants must be at most "
-                         f"{limits.NUMBER:.3g} in magnitude (float64)", loc)
+                         f"{config.NUMBER:.3g} in magnitude (float64)", loc)
 
 
 def _clip(text: str, n: int = 20) -> str:
@@ -290,26 +290,26 @@ def parse(text: str, filename: str = "<string>") -> ast.Cell:
 
 
 def _check_limits(tree: lark.Tree) -> None:
-    """Refuses names longer than limits.NAME_LENGTH and expressions nested deeper than
-    limits.DEPTH, before anything recursive (the transformer, the checks, the analysis)
+    """Refuses names longer than config.NAME_LENGTH and expressions nested deeper than
+    config.DEPTH, before anything recursive (the transformer, the checks, the analysis)
     walks the tree. Iterative: the tree may be deeper than Python's recursion limit."""
     stack = [(tree, 0)]
     while stack:
         node, depth = stack.pop()
         if isinstance(node, Token):
-            if node.type == "NAME" and len(node) > limits.NAME_LENGTH:
+            if node.type == "NAME" and len(node) > config.NAME_LENGTH:
                 raise _SyntaxProblem(f"the name {_clip(str(node))} is {len(node)} characters "
-                                     f"long; names have at most {limits.NAME_LENGTH}",
+                                     f"long; names have at most {config.NAME_LENGTH}",
                                      _loc(node))
             continue
-        if depth > limits.DEPTH:
-            raise _SyntaxProblem(f"the expression is nested more than {limits.DEPTH} levels "
+        if depth > config.DEPTH:
+            raise _SyntaxProblem(f"the expression is nested more than {config.DEPTH} levels "
                                  "deep (brackets, calls or a chain of operators): split it "
                                  "into named parts (`a = ...`)", _loc(node.meta))
         inner = depth + (node.data in _EXPRESSIONS)
         stack.extend((child, inner) for child in node.children if child is not None)
 
 
-# The rules that nest expressions: each counts one level towards limits.DEPTH.
+# The rules that nest expressions: each counts one level towards config.DEPTH.
 _EXPRESSIONS = {"add", "sub", "mul", "div", "pow", "neg", "pos", "compare", "call",
                 "subscript"}

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import reclang
-from reclang import RecError, limits
+from reclang import RecError, config
 
 ONE = "cell c(D = 4{hyper}):\n    input x[D]\n    out y[d] = {value}\n"
 
@@ -70,7 +70,7 @@ def test_indices_of_a_statement():
     text = ("cell c():\n    input " + ", ".join(f"x{n}[2]" for n in names) + "\n"
             f"    out y[{', '.join(names)}] = " + " * ".join(f"x{n}[{n}]" for n in names) + "\n")
     err = error(text)
-    assert f"a statement has at most {limits.INDICES}" in err.message and err.loc.line == 3
+    assert f"a statement has at most {config.INDICES}" in err.message and err.loc.line == 3
 
 
 def test_long_names():
@@ -88,7 +88,7 @@ def test_long_names():
 ])
 def test_deep_expressions(value):
     err = error(ONE.format(hyper="", value=value))
-    assert f"nested more than {limits.DEPTH} levels" in err.message and err.loc.line == 3
+    assert f"nested more than {config.DEPTH} levels" in err.message and err.loc.line == 3
 
 
 def test_expressions_within_the_depth_limit_compile_and_run():
@@ -163,7 +163,7 @@ def test_long_chains_of_lets_are_refused():
     """The analysis follows a value through every let (200 chained lets were a
     RecursionError in the planner)."""
     err = error(chain(200, "a{p}[d] * 0.5 + x[d]"))
-    assert f"at most {limits.CHAIN}" in err.message and "counting the lets it reads" in err.message
+    assert f"at most {config.CHAIN}" in err.message and "counting the lets it reads" in err.message
 
 
 def test_chained_tanh_generates_in_linear_time():
