@@ -48,7 +48,7 @@ from reclang.analysis.operands import ChunkOperands, ChunkState
 from reclang.analysis.partition import Phase, phases
 from reclang.ir import IR, Op
 
-from .scan import linear_scan
+from .scan import branches_on_data, linear_scan
 from .sequential import INDENT, Program, _broadcast
 from .sympy_torch import SympyLowering
 from .torch_expr import ATOM, Code, ExprLowering, Names, Place, align, comment, py_name, spec_origin
@@ -83,9 +83,9 @@ def causal_pass(run, operands, starts=None):
     bad = torch.stack([(~torch.isfinite(x)).flatten(2).any(-1) for x in operands
                        if x is not None]).any(0)  # [B, T]: a step with a non-finite operand
     out, last = run(*operands)
-    # one synchronization, after the run is queued; a compiled graph cannot branch on
-    # data, so there both runs are made and selected from (the same result)
-    if out is None or not (torch.compiler.is_compiling() or bool(bad.any())):
+    # one synchronization, after the run is queued; where code cannot branch on data
+    # (torch.compile, vmap) both runs are made and selected from: the same result
+    if out is None or (branches_on_data(bad) and not bool(bad.any())):
         return out, last
     finite, _ = run(*(None if x is None else torch.where(torch.isfinite(x), x, 0)
                       for x in operands))

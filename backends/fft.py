@@ -21,7 +21,7 @@ import torch
 
 from reclang.ir import IR
 
-from .scan import ScanProgram, linear_scan
+from .scan import ScanProgram, branches_on_data, linear_scan
 
 
 def fft_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
@@ -30,7 +30,7 @@ def fft_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor
     a, b: [B, T, *S] (only a[:, 0] is read); h0: [B, *S]. Returns [B, T, *S].
     """
     finite = torch.isfinite(b).all()  # the FFT mixes all steps: NaN would reach all
-    if torch.compiler.is_compiling():  # a graph cannot branch on data: both, then select
+    if not branches_on_data(finite):  # torch.compile, vmap: both, then select
         return torch.where(finite, _convolved(a, b, h0), linear_scan(a, b, h0))
     return _convolved(a, b, h0) if bool(finite) else linear_scan(a, b, h0)  # scan: causal
 

@@ -139,6 +139,14 @@ class _LinearScan(torch.autograd.Function):
         return grad_a, g, grad_h0, None, None, None
 
 
+def branches_on_data(x: torch.Tensor) -> bool:
+    """Whether code may branch on the values of `x` (`if bool(...)`): not in a graph that
+    torch.compile traces, nor under a torch.func transform (vmap refuses it)."""
+    from torch._C._functorch import is_functorch_wrapped_tensor
+
+    return not (torch.compiler.is_compiling() or is_functorch_wrapped_tensor(x))
+
+
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor,
                 chunk: int | None = None, reverse: bool = False) -> torch.Tensor:
     """All states of h_t = a_t ⊙ h_{t-1} + b_t, t = 0..T-1, from h0 (reverse: of
