@@ -59,10 +59,26 @@ CHUNK = 64          # steps per chunk
 # ---- the algorithm -------------------------------------------------------------------
 def chunk_affine(w, a, b, k, v, q, h0, chunk: int = CHUNK, a_over_k=None):
     """The chunkwise form of one state (`_chunkwise`), causal for non-finite values too
-    (`causal_pass`)."""
-    def run(w, a, b, k, v, q, a_over_k):
-        return _chunkwise(w, a, b, k, v, q, h0, chunk, a_over_k)
+    (`causal_pass`), over segments of SEGMENT steps, each from the state the one before
+    it ends in (the same recurrence): its temporaries then stay below the size from
+    which malloc maps fresh, zeroed pages for every one (glibc: 32 MiB), which made time
+    grow faster than T (DeltaNet's forward+backward: 7.9x from T = 4096 to 16384; 4.9x
+    with segments, docs/benchmarks.md)."""
+    def run(*operands):
+        step = chunk * max(1, SEGMENT // chunk)
+        n = -(-operands[0].shape[1] // step)
+        # split, not x[:, t:t + step]: one backward for all segments, not a zero-filled
+        # gradient of x's full size for each
+        parts = zip(*([None] * n if x is None else x.split(step, 1) for x in operands))
+        outs, h = [], h0
+        for part in parts:
+            out, h = _chunkwise(*part[:6], h, chunk, part[6])
+            outs.append(out)
+        return (None if outs[0] is None else torch.cat(outs, 1)), h
     return causal_pass(run, (w, a, b, k, v, q, a_over_k))
+
+
+SEGMENT = 1024      # steps per segment of chunk_affine (a multiple of the chunk)
 
 
 def causal_pass(run, operands, starts=None):

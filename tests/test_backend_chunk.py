@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import reclang
+import reclang.backends.chunk
 from reclang.backends.chunk import chunk_affine
 from reclang.errors import RecError
 
@@ -41,6 +42,18 @@ def test_chunk_matches_sequential(name, T):
     x = random_inputs(chunked, 2, T, **TRANSFORMS.get(name, {}))
     s = random_state(chunked, 2)
     assert_matches_reference(chunked, as_reference(sequential), x, s)
+
+
+@pytest.mark.parametrize("segment", [1, 16, 20])  # one chunk, two, not a multiple of 8
+@pytest.mark.parametrize("name", ["gla", "delta_net", "rwkv7", "retnet"])
+def test_segments_of_a_long_sequence_give_the_same_recurrence(name, segment, monkeypatch):
+    """chunk_affine runs segments of SEGMENT steps (whole chunks) from the state the one
+    before ends in; long sequences only reach it by default, so here it is made small."""
+    monkeypatch.setattr(reclang.backends.chunk, "SEGMENT", segment)
+    chunked, sequential = pair(name)
+    for T in (1, 16, 37):
+        x = random_inputs(chunked, 2, T, seed=T, **TRANSFORMS.get(name, {}))
+        assert_matches_reference(chunked, as_reference(sequential), x, random_state(chunked, 2))
 
 
 @pytest.mark.parametrize("name", ["gla", "gated_delta_net", "mamba2"])
