@@ -276,11 +276,17 @@ class ExprLowering:
         return Code(FUNCTIONS[node.arg].torch.format(*texts), ATOM, target)
 
     def typed(self, const: Code, dtype: str) -> Code:
-        """A constant as a 0-d tensor of the computation's dtype: torch.where of two
-        numbers would be float32 (or int64) whatever the inputs are."""
+        """A constant as a 0-d tensor of the computation's dtype (torch.where of two
+        numbers would be float32, or int64, whatever the inputs are), made once per call
+        before everything else: never a new tensor at every step of the loop."""
         self.needs.add("dtype")
         kind = "torch.promote_types(_dtype, torch.complex64)" if dtype == "complex" else "_dtype"
-        return Code(f"torch.tensor({const.text}, dtype={kind}, device=_device)", ATOM, ())
+        value = f"torch.tensor({const.text}, dtype={kind}, device=_device)"
+        made = ("typed", value) in self.names.memo
+        name = self.names.of(("typed", value), "_const")
+        if not made:
+            self.blocks[Place.ONCE].append(f"{name} = {value}")
+        return Code(name, ATOM, (), True)  # 0-d: it broadcasts as a number does
 
     def lower_reduce(self, node: Node, at: Place) -> Code:
         kind, reduced = node.arg
