@@ -28,7 +28,7 @@ from .ir import IR
 from .parser import parse
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
-RESERVED_ARGS = ("state", "lengths", "cu_seqlens", "cell")
+RESERVED_ARGS = ("self", "state", "lengths", "cu_seqlens", "cell")  # self: nn.Module.__call__
 
 
 class RecModule(nn.Module):

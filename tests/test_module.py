@@ -147,3 +147,12 @@ def test_gradients_reach_inputs_params_and_initial_state():
     y, s = m(x=x, state={"h": h0})
     (y["y"].sum() + s["c"].sum()).backward()
     assert x.grad.abs().sum() > 0 and h0.grad.abs().sum() > 0 and m.W.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["self", "lengths", "cu_seqlens"])  # state, cell: keywords
+def test_an_input_named_as_a_call_argument_is_refused_at_its_line(name):
+    """`m(self=...)` cannot reach forward (nn.Module.__call__ takes `self` itself)."""
+    cell = reclang.loads(f"cell c(N = 2):\n    input {name}[N]\n    out y[n] = {name}[n]\n",
+                         "c.rec")
+    with pytest.raises(reclang.RecError, match=r"c\.rec:2:\d+: error: input name"):
+        cell.module()
