@@ -39,7 +39,7 @@ from helpers import MATRIX_TRANSFORMS as TRANSFORMS  # noqa: E402
 def chunk_cells() -> list[str]:
     """The catalogue specs whose plan the chunk backend runs."""
     return [p.stem for p in sorted(SPECS.glob("*.rec"))
-            if reclang.load(p).plan.supports("chunk")]
+            if reclang.load(p).supports("chunk")]
 
 
 def passes(name: str, T: int):

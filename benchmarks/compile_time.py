@@ -15,7 +15,7 @@ from pathlib import Path
 
 from reclang.analysis.plan import make_plan
 from reclang.ast_to_ir import build_ir
-from reclang.backends import sequential
+from reclang.codegen.loop import Program
 from reclang.parser import parse
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -30,7 +30,7 @@ def time_one(path: Path) -> dict[str, float]:
     t2 = time.perf_counter()
     plan = make_plan(ir)
     t3 = time.perf_counter()
-    sequential.generate(ir)
+    Program(ir).source()
     t4 = time.perf_counter()
     return {"parse": t1 - t0, "check": t2 - t1, "analyze": t3 - t2, "emit": t4 - t3,
             "total": t4 - t0, "form": plan.form}

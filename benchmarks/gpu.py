@@ -31,7 +31,7 @@ import torch
 import triton.testing
 
 import reclang
-from reclang.backends.scan import linear_scan as torch_scan
+from reclang.runtime.scan import linear_scan as torch_scan
 
 F = torch.nn.functional
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -125,7 +125,7 @@ CELLS = [("min_gru", dict(D=256, N=1024)), ("rg_lru", dict(D=1024)),
 def plain_scan_module(cell):
     """The cell on the triton backend's diagonal scan of a and b (the scan backend's
     program), where the backend would run its gated scan: None elsewhere."""
-    from reclang.backends.triton import TritonScanProgram
+    from reclang.codegen.triton import TritonScanProgram
     from reclang.generated import load_source
     from reclang.module import RecModule
 
@@ -204,7 +204,7 @@ def chunk_section(quick, cells=("gla", "gated_delta_net")):
     for name in cells:
         cell = reclang.load(SPECS / f"{name}.rec", H=H, K=K, V=K)
         for backend in ("chunk", "triton"):
-            if cell.plan.supports(backend):
+            if cell.supports(backend):
                 chunk_rows(f"{name} [{backend}]", cell.module(backend).to(DEV),
                            fla.get(name), lengths)
 

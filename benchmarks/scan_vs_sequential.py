@@ -37,7 +37,7 @@ def setup(name, hypers, batch, T):
     torch.manual_seed(0)
     modules = {"sequential": cell.module("sequential")}
     for backend in PARALLEL:
-        if cell.plan.supports(backend):
+        if cell.supports(backend):
             modules[backend] = cell.module(backend)
             modules[backend].load_state_dict(modules["sequential"].state_dict())
     inputs = {d.name: torch.randn(batch, T, *d.shape) for d in cell.ir.inputs}

@@ -6,8 +6,7 @@
     y, state = m(q=q, k=k, v=v, g=g)
 """
 
-__version__ = "0.1.0"
-
+from .config import VERSION as __version__  # noqa: E402
 from .compile import Cell, load, loads  # noqa: E402
 from .errors import RecError  # noqa: E402
 from .module import RecModule  # noqa: E402

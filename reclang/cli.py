@@ -42,7 +42,7 @@ def cmd_check(args) -> int:
 def cmd_inspect(args) -> int:
     cell = load(args.spec, **_hypers(args))
     if args.json:
-        print(cell.plan.to_json())
+        print(cell.to_json())
         return 0
     ir = cell.ir
     print(f"cell {cell.name}(" + ", ".join(f"{k}={v!r}" for k, v in ir.hypers.items()) + ")")
@@ -50,7 +50,7 @@ def cmd_inspect(args) -> int:
         for d in ir.of_kind(kind):
             dtype = ": complex" if d.dtype == "complex" else ""
             print(f"  {kind:<6} {d.name}{list(d.shape)}{dtype}")
-    print("\n" + cell.plan.describe())
+    print("\n" + cell.describe())
     print(f"  auto: {cell.auto_summary()}")
     print("\nIR\n" + ir.summary())
     print(f"\ngenerated source ({args.backend})\n" + cell.source(args.backend))
@@ -139,7 +139,7 @@ def cmd_bench(args) -> int:
         raise RecError(f"--device cuda: CUDA is not available to this torch "
                        f"({torch.__version__})", Source("", args.spec))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    backends = [v.backend for v in cell.plan.backends
+    backends = [v.backend for v in cell.verdicts
                 if v.supported and v.backend in BACKENDS]
     if device == "cpu" and "triton" in backends:  # its kernels run on CUDA tensors
         backends.remove("triton")

@@ -6,18 +6,19 @@
 
 from __future__ import annotations
 
-import importlib
+from dataclasses import fields, replace
 from pathlib import Path
 
 from . import config
 from .ast_to_ir import build_ir
+from .backends import base as registry
 from .errors import Loc, RecError, Source
 from .generated import load_source
 from .ir import IR
 from .module import RecModule
 from .parser import parse
 
-BACKENDS = ("sequential", "scan", "chunk", "fft", "triton")
+BACKENDS = registry.names()
 
 
 class Cell:
@@ -27,8 +28,9 @@ class Cell:
         self.ir = ir
         self.name = ir.name
         self.hypers = dict(ir.hypers)
-        self._sources: dict[str, str] = {}
+        self._sources: dict[tuple, str] = {}
         self._plan = None
+        self._verdicts = None
 
     def __repr__(self) -> str:
         hypers = ", ".join(f"{k}={v!r}" for k, v in self.hypers.items())
@@ -36,25 +38,60 @@ class Cell:
 
     @property
     def plan(self):
-        """The analyzer's plan: the recurrence's structure, form and backend verdicts."""
+        """The analyzer's plan: the recurrence's partition, structure and form."""
         if self._plan is None:
             from .analysis.plan import make_plan
             self._plan = make_plan(self.ir)
         return self._plan
 
-    def source(self, backend: str = "sequential", chunk_size: int | None = None) -> str:
-        """The generated source for a backend (`chunk_size`: the chunk length C of the
-        chunk backend and of the triton backend's chunk kernels)."""
+    @property
+    def verdicts(self) -> tuple:
+        """Each backend's verdict on the plan: `Verdict(backend, supported, reason,
+        condition)`, in the order `reclang inspect` lists them."""
+        if self._verdicts is None:
+            self._verdicts = registry.verdicts(self.plan)
+        return self._verdicts
+
+    def verdict(self, backend: str):
+        return next(v for v in self.verdicts if v.backend == backend)
+
+    def supports(self, backend: str) -> bool:
+        return any(v.backend == backend and v.supported for v in self.verdicts)
+
+    def proves(self, backend: str) -> bool:
+        """Whether the backend runs the cell on any inputs: supported, with nothing left
+        to check at run time (what `auto` may choose)."""
+        return any(v.backend == backend and v.supported and not v.condition
+                   for v in self.verdicts)
+
+    def describe(self) -> str:
+        """The plan and the verdicts, as `reclang inspect` prints them."""
+        lines = [self.plan.describe(), "", "backends:"]
+        lines += [f"  {v.backend:<11}{'yes' if v.supported else 'no '}  {v.reason}"
+                  for v in self.verdicts]
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return self.plan.to_json(backends=[v.__dict__ for v in self.verdicts])
+
+    def schedule(self, backend: str = "sequential", chunk_size: int | None = None):
+        """The schedule a backend runs the cell with: its default, with `chunk_size`
+        (the chunk length C of the chunk backend and of the triton backend's chunk
+        kernels) where the schedule has a chunk."""
         backend = self._backend(backend)
-        key = (backend, chunk_size)
+        schedule = registry.claimant(self.plan, backend).default_schedule(self.plan)
+        if chunk_size is not None and "chunk" in {f.name for f in fields(schedule)}:
+            schedule = replace(schedule, chunk=chunk_size)
+        return schedule
+
+    def source(self, backend: str = "sequential", chunk_size: int | None = None) -> str:
+        """The generated source for a backend (`chunk_size`: see `schedule`)."""
+        backend = self._backend(backend)
+        schedule = self.schedule(backend, chunk_size)
+        key = (backend, schedule)
         if key not in self._sources:
-            generator = importlib.import_module(f"reclang.backends.{backend}")
-            if backend in ("chunk", "triton"):
-                self._sources[key] = generator.generate(self.ir, self.plan, chunk_size)
-            elif backend == "sequential":
-                self._sources[key] = generator.generate(self.ir)
-            else:
-                self._sources[key] = generator.generate(self.ir, self.plan)
+            lowering = registry.claimant(self.plan, backend)
+            self._sources[key] = lowering.lower(self.plan, schedule)
         return self._sources[key]
 
     def module(self, backend: str = "sequential", chunk_size: int | None = None, *,
@@ -96,15 +133,15 @@ class Cell:
           many small kernels. For nonlinear cells (LSTM, GRU, sLSTM) the fused loop,
           not yet timed on a GPU either: it runs T steps in one launch where the loop
           launches several kernels per step. The reason triton is not used shows in
-          `cell.plan.backends`;
+          `cell.verdicts`;
         - else `sequential`;
         - only a backend the plan proves runs the cell on any inputs (`Plan.proves`):
           not one that checks a condition at run time (the chunkwise form's positive
           decays, where the analyzer cannot prove them)."""
-        cuda = "triton" if self.plan.proves("triton") else None
-        if self.plan.proves("chunk"):
+        cuda = "triton" if self.proves("triton") else None
+        if self.proves("chunk"):
             return "chunk", cuda or "chunk"
-        if self.plan.proves("scan"):
+        if self.proves("scan"):
             return "scan", cuda or "scan"
         return "sequential", cuda or "sequential"
 
@@ -113,8 +150,7 @@ class Cell:
         cpu, cuda = self.auto_backends()
         text = f"{cpu} on CPU tensors, {cuda} on CUDA tensors"
         if cuda != "triton":
-            verdict = next(v for v in self.plan.backends if v.backend == "triton")
-            text += f" (not triton: {verdict.reason})"
+            text += f" (not triton: {self.verdict('triton').reason})"
         return text
 
     def _generated(self, backend: str, chunk_size: int | None):
@@ -131,8 +167,8 @@ class Cell:
         if backend not in BACKENDS:
             raise RecError(f"unknown backend {backend!r}; available: "
                            f"{', '.join(BACKENDS + ('auto',))}", self.ir.source)
-        verdict = next((v for v in self.plan.backends if v.backend == backend), None)
-        if verdict is not None and not verdict.supported:
+        verdict = self.verdict(backend)
+        if not verdict.supported:
             raise RecError(f"backend {backend!r} cannot run cell {self.name}: {verdict.reason}",
                            self.ir.source)
         return backend
@@ -165,7 +201,7 @@ def loads(text: str, filename: str = "<string>", **hypers) -> Cell:
     if level >= 2:
         print(f"# IR of {filename}\n{cell.ir.summary()}")
     if level >= 3:
-        print(f"# plan of {filename}\n{cell.plan.describe()}")
+        print(f"# plan of {filename}\n{cell.describe()}")
     return cell
 
 

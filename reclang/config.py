@@ -17,6 +17,8 @@ from pathlib import Path
 
 from .errors import RecError
 
+VERSION = "0.1.0"  # the package's version (reclang.__version__), in generated headers
+
 
 def cache_dir() -> Path:
     """The cache folder, created private (0700). Generated code is checked against the

@@ -19,13 +19,14 @@ import inspect
 import torch
 from torch import nn
 
-from . import init, varlen
+from . import init
 from .ast_to_ir import build_ir
-from .backends.torch_expr import py_name
+from .codegen.names import py_name
 from .errors import RecError
 from .generated import load_source
 from .ir import IR
 from .parser import parse
+from .runtime import packing
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 RESERVED_ARGS = ("self", "state", "lengths", "cu_seqlens", "cell")  # self: nn.Module.__call__
@@ -119,7 +120,7 @@ class RecModule(nn.Module):
                 **inputs):
         """Whole sequences: inputs [B, T, *dims], by name. `lengths` ([B], right-padded
         batches) or `cu_seqlens` (packed sequences in a batch of one) run variable-length
-        sequences without computing padding (see reclang/varlen.py)."""
+        sequences without computing padding (see reclang/runtime/packing.py)."""
         self._no_positional(args)
         code = self._forward_for(inputs)
         if lengths is None and cu_seqlens is None:
@@ -130,15 +131,15 @@ class RecModule(nn.Module):
         # sequences (B with lengths, N with cu_seqlens)
         first = self._check_inputs(inputs, sequence=True)[0][0]
         if lengths is not None:
-            lengths = varlen.checked_lengths(lengths, first)
+            lengths = packing.checked_lengths(lengths, first)
         else:
-            cu_seqlens = varlen.packed_offsets(first, cu_seqlens)
+            cu_seqlens = packing.packed_offsets(first, cu_seqlens)
         self._check_state_arg(state, len(lengths) if lengths is not None else len(cu_seqlens) - 1)
         packs = "cu_seqlens" in inspect.signature(code.forward).parameters
         if lengths is not None and packs:  # one call on the sequences packed end to end
-            packed, offsets = varlen.pack(inputs, lengths)
+            packed, offsets = packing.pack(inputs, lengths)
             y, final = self.forward(state=state, cu_seqlens=offsets, **packed)
-            return varlen.unpack(y, lengths, first.shape[1]), final
+            return packing.unpack(y, lengths, first.shape[1]), final
         if cu_seqlens is not None and packs:  # the backend packs by itself
             packed = functools.partial(code.forward, cu_seqlens=torch.tensor(
                 cu_seqlens, dtype=torch.int64, device=first.device))
@@ -149,9 +150,9 @@ class RecModule(nn.Module):
             return (y if isinstance(y, dict) else {self.ir.outputs[0].arg: y}), s
 
         if lengths is not None:
-            outs, final = varlen.run_padded(run, inputs, state, lengths)
+            outs, final = packing.run_padded(run, inputs, state, lengths)
         else:
-            outs, final = varlen.run_packed(run, inputs, state, cu_seqlens)
+            outs, final = packing.run_packed(run, inputs, state, cu_seqlens)
         return (next(iter(outs.values())) if len(outs) == 1 else outs), final
 
     def step(self, *args, state: dict | None = None, **inputs):

@@ -159,7 +159,7 @@ def check(case: str | bytes, workdir: Path) -> str | None:
 def _run(cell):
     import torch
 
-    assert cell.plan.backends  # the analysis runs
+    assert cell.verdicts  # the analysis runs
     if sum(math.prod(d.shape) for d in cell.ir.decls.values()) > RUN_ELEMENTS:
         cell.source("sequential")
         return

@@ -162,7 +162,7 @@ SMALL = {"D": 3, "N": 4, "H": 2, "K": 4, "V": 3, "P": 3, "R": 2}
 def cells_on(backend: str) -> list[str]:
     """The catalogue specs whose plan a backend can run."""
     return [path.stem for path in sorted(SPECS.glob("*.rec"))
-            if reclang.load(path).plan.supports(backend)]
+            if reclang.load(path).supports(backend)]
 
 
 def small(name: str):

@@ -160,9 +160,10 @@ def test_nonlinear_verdict_names_the_term_and_its_location():
     h[n] <- tanh(x[n] + h[n])
     out y[n] = h[n]
 """
-    plan = reclang.loads(text, "g.rec").plan
+    cell = reclang.loads(text, "g.rec")
+    plan = cell.plan
     assert plan.form == "nonlinear"
-    scan = next(v for v in plan.backends if v.backend == "scan")
+    scan = cell.verdict("scan")
     assert not scan.supported
     assert "g.rec:4:13: h is read through tanh: the update of h is not affine in h" in scan.reason
     assert plan.states[0].jacobian == "diagonal"
@@ -235,7 +236,7 @@ def test_readout_kinds_and_partition():
 
 
 def test_json_plan():
-    data = json.loads(reclang.loads(SPELLINGS["gla"][0]).plan.to_json())
+    data = json.loads(reclang.loads(SPELLINGS["gla"][0]).to_json())
     assert data["form"] == "mat-decay"
     assert data["states"][0]["input"]["kind"] == "outer"
     assert {b["backend"] for b in data["backends"]} >= {"sequential", "chunk", "scan"}

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import reclang
-import reclang.backends.chunk
-from reclang.backends.chunk import chunk_affine
+import reclang.runtime.chunk
+from reclang.runtime.chunk import chunk_affine
 from reclang.errors import RecError
 
 F = torch.nn.functional
@@ -49,7 +49,7 @@ def test_chunk_matches_sequential(name, T):
 def test_segments_of_a_long_sequence_give_the_same_recurrence(name, segment, monkeypatch):
     """chunk_affine runs segments of SEGMENT steps (whole chunks) from the state the one
     before ends in; long sequences only reach it by default, so here it is made small."""
-    monkeypatch.setattr(reclang.backends.chunk, "SEGMENT", segment)
+    monkeypatch.setattr(reclang.runtime.chunk, "SEGMENT", segment)
     chunked, sequential = pair(name)
     for T in (1, 16, 37):
         x = random_inputs(chunked, 2, T, seed=T, **TRANSFORMS.get(name, {}))
@@ -156,7 +156,7 @@ cell peek(K = 4, V = 3):
     S[i, j] <- 0.5 * S[i, j] + k[i] * v[j]
     out o[j] = sum(i: S[i, j]) + S[0, j]
 """)
-    verdict = next(v for v in cell.plan.backends if v.backend == "chunk")
+    verdict = next(v for v in cell.verdicts if v.backend == "chunk")
     assert not verdict.supported
     assert verdict.reason == "<string>:6:9: S is read without contracting its key axis i"
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reclang
-from reclang.backends.fft import fft_scan
-from reclang.backends.scan import chunk_length, dense_scan, linear_scan
+from reclang.runtime.fft import fft_scan
+from reclang.runtime.scan import chunk_length, dense_scan, linear_scan
 
 F = torch.nn.functional
 TRANSFORMS = {"g": F.logsigmoid}
@@ -180,7 +180,7 @@ def test_dense_transitions_match_sequential(text, T):
     """A time-invariant matrix mixing the last axis (LMU's memory), and a time-varying
     one mixing the first axis beside an elementwise state."""
     cell = reclang.loads(text, "dense.rec")
-    assert cell.plan.form == "dense" and cell.plan.supports("scan")
+    assert cell.plan.form == "dense" and cell.supports("scan")
     torch.manual_seed(0)
     scan, sequential = cell.module("scan").double(), cell.module("sequential").double()
     x = random_inputs(scan, 2, T, **TRANSFORMS)

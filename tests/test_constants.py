@@ -9,8 +9,8 @@ import re
 
 import pytest
 import torch
-from reclang.backends.torch_expr import number
-from reclang.backends.triton import render
+from reclang.codegen.ir_to_torch import number
+from reclang.codegen.render import render
 
 import reclang
 
@@ -35,7 +35,7 @@ def test_number_is_python_for_the_value(value):
 def outputs(cell, backends, **inputs):
     result = {}
     for backend in backends:
-        if cell.plan.supports(backend):
+        if cell.supports(backend):
             y, _ = cell.module(backend).double()(**inputs)
             result[backend] = y
     return result
@@ -115,7 +115,7 @@ def matrix_direct(k, v, g):
 
 def test_where_of_numbers_in_the_chunk_operands():
     cell = cell_of(MATRIX)
-    assert cell.plan.supports("chunk")
+    assert cell.supports("chunk")
     gen = torch.Generator().manual_seed(0)
     k, v = (torch.randn(2, 5, 3, dtype=torch.float64, generator=gen) for _ in range(2))
     g = torch.nn.functional.logsigmoid(torch.randn(2, 5, 3, dtype=torch.float64,
@@ -140,7 +140,7 @@ def test_where_of_numbers_in_triton_kernels(body, form):
     equations' dtype (interpreted on the CPU, tests/conftest.py)."""
     pytest.importorskip("triton")
     cell = cell_of(body)
-    assert cell.plan.form == form and cell.plan.supports("triton")
+    assert cell.plan.form == form and cell.supports("triton")
     torch.manual_seed(0)
     reference = cell.module("sequential").double()
     m = cell.module("triton").double().to(DEVICE)

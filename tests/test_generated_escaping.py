@@ -12,7 +12,7 @@ import builtins
 import pytest
 import torch
 from helpers import SMALL, SPECS, random_inputs
-from reclang.backends.torch_expr import comment
+from reclang.codegen.ir_to_torch import comment
 
 import reclang
 
@@ -69,7 +69,7 @@ def lines_differ_only_in_comments(plain: str, odd: str, name: str):
 
 CASES = [(path.stem, backend) for path in sorted(SPECS.glob("*.rec"))
          for backend in ("sequential", "scan", "chunk", "fft", "triton")
-         if reclang.load(path).plan.supports(backend)]
+         if reclang.load(path).supports(backend)]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ def test_lstm_splits_into_products_operands_and_unit_equations():
 
 
 def test_the_backend_merges_operands_that_are_only_added():
-    from reclang.backends.fused import _merge_operands
+    from reclang.codegen.fused_loop import _merge_operands
 
     form = lane_form(reclang.load(SPECS / "lstm.rec", D=3, N=5).ir)
     _merge_operands(form)  # W[g] x + b[g]: one load per gate and step
@@ -61,7 +61,7 @@ def test_refusals_name_the_place_and_the_reason(body, reason):
     assert cell.plan.form == "nonlinear"
     with pytest.raises(Unsupported, match=reason):
         lane_form(cell.ir)
-    verdict = next(v for v in cell.plan.backends if v.backend == "triton")
+    verdict = next(v for v in cell.verdicts if v.backend == "triton")
     assert not verdict.supported and verdict.reason.startswith("c.rec:6:")
 
 

@@ -21,8 +21,8 @@ import torch
 from helpers import SPECS
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
-from reclang.backends.torch_expr import RESERVED, py_name
-from reclang.backends.triton import TEMPLATES
+from reclang.codegen.names import RESERVED, py_name
+from reclang.codegen.render import TEMPLATES
 
 import reclang
 
@@ -53,7 +53,7 @@ def catalogue_sources() -> dict[tuple[str, str], str]:
     for path in sorted(SPECS.glob("*.rec")):
         cell = reclang.load(path)
         for backend in BACKENDS:
-            if cell.plan.supports(backend):
+            if cell.supports(backend):
                 sources[path.stem, backend] = cell.source(backend)
     return sources
 
@@ -232,7 +232,7 @@ def check(form: str, names: dict, backends, T: int, device: str = "cpu"):
             steps.append(y_t)
         torch.testing.assert_close(torch.stack(steps, 1), expected, rtol=1e-12, atol=1e-12)
     for backend in backends:
-        if backend == "sequential" or not cell.plan.supports(backend):
+        if backend == "sequential" or not cell.supports(backend):
             continue
         m = cell.module(backend).double().to(device)
         m.load_state_dict(reference.state_dict())
@@ -268,7 +268,7 @@ def test_twins_are_different_variables():
                          "    out y[n] = t_[n] + t[n]\n")
     t = torch.ones(1, 2, 3, dtype=torch.float64)
     for backend in CPU_BACKENDS:
-        if cell.plan.supports(backend):
+        if cell.supports(backend):
             y, _ = cell.module(backend).double()(t=t)
             assert torch.equal(y, 3 * t), backend
 
@@ -305,7 +305,7 @@ def test_params_keep_the_spec_names_for_users():
                          "    out y[n] = a[n] * x[n] + a_[n] - print[n]\n")
     x = torch.full((1, 2, 3), 2.0, dtype=torch.float64)
     for backend in CPU_BACKENDS:
-        if cell.plan.supports(backend):
+        if cell.supports(backend):
             m = cell.module(backend).double()
             assert {name for name, _ in m.named_parameters()} == {"a", "a_", "print"}
             with torch.no_grad():

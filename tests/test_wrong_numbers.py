@@ -100,7 +100,7 @@ def assert_same_as_sequential(cell, backend: str, x: dict, **options):
 @given(readout_cells(), st.integers(1, 11))
 def test_nonlinear_readouts_on_chunk_match_sequential(text, T):
     cell = reclang.loads(text, "random.rec")
-    assert cell.plan.supports("chunk"), cell.plan.describe()
+    assert cell.supports("chunk"), cell.plan.describe()
     assert_same_as_sequential(cell, "chunk", readout_inputs(T), chunk_size=4)
 
 
@@ -108,7 +108,7 @@ def test_nonlinear_readouts_on_chunk_match_sequential(text, T):
 @given(readout_cells(), st.integers(1, 9))
 def test_nonlinear_readouts_on_triton_match_sequential(text, T):
     cell = reclang.loads(text, "random.rec")
-    assert cell.plan.supports("triton"), cell.plan.describe()
+    assert cell.supports("triton"), cell.plan.describe()
     assert_same_as_sequential(cell, "triton", readout_inputs(T))
 
 
@@ -138,7 +138,7 @@ DECAYS = ["tanh(a[h])", "sigmoid(a[h])", "exp(g[h, i])", "a[h]", "0.9", "1 - sig
 def auto_runs(cell, T: int = 5, cuda: bool = True):
     """Both of auto's choices build and run on random inputs, as sequential does."""
     cpu, on_cuda = cell.auto_backends()
-    assert cell.plan.proves(cpu) and cell.plan.proves(on_cuda), cell.plan.describe()
+    assert cell.proves(cpu) and cell.proves(on_cuda), cell.plan.describe()
     torch.manual_seed(0)
     want = module(cell, "sequential")
     x = random_inputs(cell, 2, T, g=F.logsigmoid)
@@ -219,7 +219,7 @@ SIGN = """cell c(N = 3):
 def test_valid_specs_lower_on_every_backend_that_accepts_them(text, backends):
     cell = reclang.loads(text, "c.rec")
     for backend in backends:
-        assert backend == "auto" or cell.plan.supports(backend), (backend, cell.plan.describe())
+        assert backend == "auto" or cell.supports(backend), (backend, cell.plan.describe())
         torch.manual_seed(0)
         got = module(cell, backend)
         torch.manual_seed(0)
@@ -245,8 +245,8 @@ def test_auto_builds_the_cuda_backend_only_when_it_runs(monkeypatch):
     cell = reclang.loads(SIGN, "c.rec")
     assert cell.auto_backends() == ("sequential", "triton")
     built = []
-    from reclang.backends import triton
-    monkeypatch.setattr(triton, "generate", lambda *a, **k: built.append(a) or "")
+    from reclang.backends.triton_loop import TritonLoop
+    monkeypatch.setattr(TritonLoop, "lower", lambda *a, **k: built.append(a) or "")
     m = cell.module("auto")
     assert m.backend_for("cuda") == "triton" and not built
     m(x=torch.randn(2, 3, 3))
@@ -255,11 +255,11 @@ def test_auto_builds_the_cuda_backend_only_when_it_runs(monkeypatch):
 
 def test_the_fused_verdict_comes_from_the_printed_kernel(monkeypatch):
     """A step the printer has no form for is refused in the verdict, with the file."""
-    from reclang.backends.fused import TritonPrinter
+    from reclang.codegen.fused_loop import TritonPrinter
     printable = {f: t for f, t in TritonPrinter.FUNCTIONS.items() if str(f) != "tanh"}
     monkeypatch.setattr(TritonPrinter, "FUNCTIONS", printable)
     cell = reclang.loads(SIGN, "c.rec")
-    verdict = next(v for v in cell.plan.backends if v.backend == "triton")
+    verdict = next(v for v in cell.verdicts if v.backend == "triton")
     assert not verdict.supported and verdict.reason.startswith("c.rec: cannot print tanh")
     assert cell.auto_backends() == ("sequential", "sequential")
 
@@ -339,7 +339,7 @@ def test_a_chunk_refusal_about_a_state_names_its_update():
                          "    state S[H, K, V] = 0\n"
                          "    S[h, i, j] <- k[h, i] * v[h, j]\n"
                          "    out o[h, j] = sum(i: q[h, i] * S[h, i, j])\n", "c.rec")
-    reasons = {v.backend: v.reason for v in cell.plan.backends}
+    reasons = {v.backend: v.reason for v in cell.verdicts}
     assert reasons["chunk"] == "c.rec:4:5: S is overwritten at every step (no recurrence)"
     assert reasons["triton"] == reasons["chunk"]
 

@@ -29,8 +29,7 @@ import sympy
 
 from ..ir import IR, Op
 from .partition import Phase, phases
-from .plan import key_axes
-from .structure import StateStructure
+from .structure import StateStructure, key_axes
 from .terms import Expander, NotAffine, Term
 
 

@@ -16,25 +16,15 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sympy
 
 from ..ir import IR, Op
+from .operands import Unsupported, chunk_operands
 from .partition import Phase, phases
-from .structure import StateStructure, analyze_state, matrix_form
+from .structure import StateStructure, analyze_state, key_axes, matrix_form
 from .terms import Expander, NotAffine
-
-# backend -> (forms it is meant to run, forms it runs in this version)
-BACKENDS = {
-    "sequential": (None, None),
-    "step": (None, None),
-    "scan": (("diag", "diag-lti", "dense"), ("diag", "diag-lti", "dense")),
-    "chunk": (("mat-decay", "dplr"), ("mat-decay", "dplr")),
-    "fft": (("diag-lti",), ("diag-lti",)),
-    "triton": (("diag", "diag-lti", "mat-decay", "dplr", "nonlinear"),
-               ("diag", "diag-lti", "mat-decay", "dplr", "nonlinear")),
-}
 
 
 @dataclass(frozen=True)
@@ -46,14 +36,6 @@ class Readout:
 
 
 @dataclass(frozen=True)
-class Verdict:
-    backend: str
-    supported: bool
-    reason: str
-    condition: str = ""   # what the backend checks at run time, unproven ("": nothing)
-
-
-@dataclass(frozen=True)
 class Plan:
     cell: str
     form: str
@@ -61,7 +43,8 @@ class Plan:
     states: tuple[StateStructure, ...]
     readouts: tuple[Readout, ...]
     partition: dict                        # statement name -> prelude | core | epilogue | const
-    backends: tuple[Verdict, ...]
+    ir: IR = field(repr=False, compare=False)
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def signature(self) -> tuple:
         """The structural facts of the plan, free of spelling: equal for two ways of
@@ -78,14 +61,47 @@ class Plan:
         readouts = tuple((r.name, r.kind, r.reads) for r in self.readouts)
         return (self.form, tuple(states), readouts)
 
-    def supports(self, backend: str) -> bool:
-        return any(v.backend == backend and v.supported for v in self.backends)
+    @property
+    def file(self) -> str:
+        """The spec's file name, as refusals cite it."""
+        return self.ir.source.filename.rsplit("/", 1)[-1]
 
-    def proves(self, backend: str) -> bool:
-        """Whether the backend runs the cell on any inputs: supported, with nothing left
-        to check at run time (what `auto` may choose)."""
-        return any(v.backend == backend and v.supported and not v.condition
-                   for v in self.backends)
+    def at(self, s: StateStructure) -> str:
+        """file:line:col of a state's update."""
+        return f"{self.file}:{s.loc}"
+
+    def why_not(self) -> str:
+        """The state and term that make the cell what it is, with its location."""
+        return _why_not(self)
+
+    def matrix_operands(self):
+        """The chunkwise operands of a matrix-state cell (analysis/operands.py), built
+        once; raises Unsupported where the cell has none."""
+        if "matrix" not in self._memo:
+            try:
+                self._memo["matrix"] = chunk_operands(self.ir, self.states)
+            except Unsupported as err:
+                self._memo["matrix"] = err
+        found = self._memo["matrix"]
+        if isinstance(found, Unsupported):
+            raise found
+        return found
+
+    def matrix_unfit(self) -> str:
+        """Why the cell has no chunkwise operands ("" when it has)."""
+        try:
+            self.matrix_operands()
+        except Unsupported as err:
+            return str(err) if str(err).startswith(self.file) else f"{self.file}: {err}"
+        return ""
+
+    def unproven_decays(self) -> str:
+        """The decays the plan does not prove positive (the matrix forms take their log),
+        as a condition to check at run time ("" when all are proven)."""
+        return "; ".join(
+            f"the decay of {s.name} ({s.transition.decay}, {self.at(s)}) is positive at run "
+            "time (not proven: its log is taken)" for s in self.states
+            if s.transition.decay != 1 and not s.transition.positive)
 
     def describe(self) -> str:
         lines = [f"cell {self.cell}: {self.summary}", "", "partition:"]
@@ -102,19 +118,15 @@ class Plan:
         lines += ["", "readouts:"]
         lines += [f"  {r.name}: {r.kind}, reads {', '.join(r.reads) or 'no state'}"
                   for r in self.readouts]
-        lines += ["", "backends:"]
-        lines += [f"  {v.backend:<11}{'yes' if v.supported else 'no '}  {v.reason}"
-                  for v in self.backends]
         return "\n".join(lines)
 
-    def to_json(self) -> str:
+    def to_json(self, **extra) -> str:
         return json.dumps({
             "cell": self.cell, "form": self.form, "summary": self.summary,
             "partition": self.partition,
             "states": [_state_json(s) for s in self.states],
             "readouts": [r.__dict__ for r in self.readouts],
-            "backends": [v.__dict__ for v in self.backends],
-        }, indent=2, default=str)
+            **extra}, indent=2, default=str)
 
 
 def make_plan(ir: IR) -> Plan:
@@ -123,8 +135,7 @@ def make_plan(ir: IR) -> Plan:
                    if ir.node(i).op == Op.UPDATE)
     readouts = tuple(_readout(ir, expander, i) for i in ir.stmts if ir.node(i).op == Op.OUT)
     form, summary = _form(ir, states, readouts)
-    return Plan(ir.name, form, summary, states, readouts, _partition(ir),
-                _verdicts(ir, form, states))
+    return Plan(ir.name, form, summary, states, readouts, _partition(ir), ir)
 
 
 # ---- the form -------------------------------------------------------------------------
@@ -192,23 +203,6 @@ def _is_mat_decay(s: StateStructure, keys: set) -> bool:
         return False
     decay = set(t.decay_axes)
     return not decay & keys or decay <= keys | set(b.shared_axes)
-
-
-def key_axes(ir: IR, s: StateStructure) -> set[str]:
-    """The axes of a state that its readouts contract (sum over): its key axes."""
-    keys = set()
-    # the reads of the state are the successors of its leaf and of its update: visiting
-    # only those keeps the plan linear in the spec (a walk of the graph per state was not)
-    sources = [i for i in (ir.leaves.get(s.name), *ir.stmts) if i is not None and
-               ir.node(i).op in (Op.STATE, Op.UPDATE) and ir.node(i).arg == s.name]
-    for i in (r for source in sources for r in ir.graph.successors(source)):
-        n = ir.node(i)
-        if n.op != Op.READ or n.stmt < 0 or ir.node(ir.stmts[n.stmt]).op == Op.UPDATE:
-            continue
-        owner = ir.node(ir.stmts[n.stmt]).axes
-        keys |= {s.axes[p] for p, sub in enumerate(n.arg) if isinstance(sub, str) and
-                 sub not in owner}
-    return keys
 
 
 def _log_sum_exp_monoid(ir: IR, states) -> bool:
@@ -341,95 +335,9 @@ def _ancestors(ir, i):
     return nx.ancestors(ir.graph, i)
 
 
-def _verdicts(ir: IR, form: str, states) -> tuple[Verdict, ...]:
-    verdicts = []
-    for name, (forms, implemented) in BACKENDS.items():
-        if forms is None:
-            verdicts.append(Verdict(name, True, "runs every cell"))
-        elif form not in forms:
-            why = _why_not(ir, form, states)
-            verdicts.append(Verdict(name, False, f"needs {' or '.join(forms)}; {why}"))
-        elif form not in implemented:
-            verdicts.append(Verdict(name, False, f"applies to {form}: not implemented yet"))
-        else:
-            why = _cannot_run(ir, name, form, states)
-            condition = "" if why else _run_time_condition(ir, name, form, states)
-            verdicts.append(Verdict(name, not why, why or f"runs {form}" + (
-                f" if {condition}" if condition else ""), condition))
-    return tuple(verdicts)
-
-
-def _run_time_condition(ir: IR, backend: str, form: str, states) -> str:
-    """What a backend that runs the form must check on the inputs, because the plan does
-    not prove it ("" when nothing): the matrix forms take the log of every decay."""
-    if backend not in ("chunk", "triton") or form not in ("mat-decay", "dplr"):
-        return ""
-    file = ir.source.filename.rsplit("/", 1)[-1]
-    unproven = [s for s in states if s.transition.decay != 1 and not s.transition.positive]
-    return "; ".join(f"the decay of {s.name} ({s.transition.decay}, {file}:{s.loc}) is "
-                     "positive at run time (not proven: its log is taken)" for s in unproven)
-
-
-DENSE_SCAN_LIMIT = 64  # mixed values per state: the scan's work per step grows as N²
-
-
-def _cannot_run(ir: IR, backend: str, form: str, states) -> str:
-    """Why a backend cannot run a cell whose form it implements ("" when it can)."""
-    if backend == "scan":
-        return _too_dense(ir, states)
-    if backend == "triton":
-        from ..backends.triton import missing_dependency
-        if missing_dependency():
-            return missing_dependency()
-        if form == "nonlinear":
-            return _no_lane_form(ir)
-        if form not in ("mat-decay", "dplr"):
-            return ""
-    elif backend != "chunk":
-        return ""
-    # the chunk backend's operands: the triton backend reads matrix states the same way
-    from .operands import Unsupported, chunk_operands
-    try:
-        chunk_operands(ir, states)
-    except Unsupported as err:
-        file = ir.source.filename.rsplit('/', 1)[-1]
-        return str(err) if str(err).startswith(file) else f"{file}: {err}"
-    return ""
-
-
-def _no_lane_form(ir: IR) -> str:
-    """Why the fused kernel cannot run a nonlinear cell ("" when it can): its lowering,
-    as the triton backend builds it, with the step and its derivatives printed."""
-    from ..backends.fused import fused_program
-    from .lanes import Unsupported
-    try:
-        _, code = fused_program(ir, None)
-        code.forward(), code.backward()
-    except Unsupported as err:
-        return str(err)
-    except NotImplementedError as err:  # the printer's: a function it has no form for
-        return f"{ir.source.filename.rsplit('/', 1)[-1]}: {err}"
-    return ""
-
-
-def _too_dense(ir: IR, states) -> str:
-    """A dense transition too large for the scan (its matrices cost N² per step)."""
-    file = ir.source.filename.rsplit("/", 1)[-1]
-    for s in states:
-        if s.affine and s.transition.kind == "dense":
-            sizes = dict(zip(s.axes, ir.decls[s.name].shape))
-            n = math.prod(sizes[a] for a in s.transition.mix_axes)
-            if n > DENSE_SCAN_LIMIT:
-                return (f"{file}:{s.loc}: the transition of {s.name} mixes {n} values "
-                        f"(along {', '.join(s.transition.mix_axes)}); the dense scan "
-                        f"multiplies {n}x{n} matrices at every step (limit "
-                        f"{DENSE_SCAN_LIMIT}): use the sequential backend")
-    return ""
-
-
-def _why_not(ir: IR, form: str, states) -> str:
+def _why_not(plan: Plan) -> str:
     """The state and term that make the cell what it is, with its location."""
-    file = ir.source.filename.rsplit("/", 1)[-1]
+    file, form, states = plan.file, plan.form, plan.states
     culprit = next((s for s in states if not s.affine), None)
     if culprit is not None:
         return f"{file}:{culprit.loc}: {culprit.reason}"

@@ -396,3 +396,21 @@ def matrix_form(s: StateStructure) -> str:
     if s.coupled_with:
         inputs += " + (terms in " + ", ".join(s.coupled_with) + ")"
     return f"{s.name}' = {transition}{inputs}".replace(" + -", " - ")
+
+
+def key_axes(ir: IR, s: StateStructure) -> set[str]:
+    """The axes of a state that its readouts contract (sum over): its key axes."""
+    keys = set()
+    # the reads of the state are the successors of its leaf and of its update: visiting
+    # only those keeps the plan linear in the spec (a walk of the graph per state was not)
+    sources = [i for i in (ir.leaves.get(s.name), *ir.stmts) if i is not None and
+               ir.node(i).op in (Op.STATE, Op.UPDATE) and ir.node(i).arg == s.name]
+    for i in (r for source in sources for r in ir.graph.successors(source)):
+        n = ir.node(i)
+        if n.op != Op.READ or n.stmt < 0 or ir.node(ir.stmts[n.stmt]).op == Op.UPDATE:
+            continue
+        owner = ir.node(ir.stmts[n.stmt]).axes
+        keys |= {s.axes[p] for p, sub in enumerate(n.arg) if isinstance(sub, str) and
+                 sub not in owner}
+    return keys
+

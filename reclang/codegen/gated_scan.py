@@ -1,28 +1,5 @@
-"""The triton backend's gated scan: diagonal cells whose gates the kernel computes.
-
-Recurrence: h_t = a_t ⊙ h_{t-1} + b_t with a = a(o_t, c), b = b(o_t, c) the cell's own
-            elementwise equations (sigmoid(W x + b), exp(-8 softplus(Λ) r), ...) of
-            operands o_t (inputs and sums such as W x: what is not elementwise) and
-            constants c (params alone); from the lane form with `gates`
-            (reclang/analysis/lanes.py), a = ∂f/∂h and b = f(h = 0) of the update f.
-Algorithm:  the operands for all steps at once in PyTorch, then the diagonal scan of
-            backends/templates/gated_scan.py.jinja with a and b printed into it: they
-            are computed in registers, tile by tile, instead of materialized. The
-            backward kernel computes a_{t+1} again from the operands and applies the
-            derivatives of a and b that sympy writes (no gate is stored).
-            The outputs follow from the states for all steps at once (the chunk
-            backend's epilogue): any readout of the new or the previous state.
-Cost:       forward, reads the operands once, each along its own axes of the state
-            (Mamba's Δ [B, T, D], B [B, T, N] for a state [D, N]), and writes the states
-            once (the scan backend also writes and reads a, b and every gate between
-            them); the backward reads the operands twice (steps t and t + 1) and the
-            states once.
-Numerics:   the carry and the equations in the states' dtype (float32 at least for
-            bf16/fp16 inputs); gates through the stable forms of gates.py.jinja.
-It applies when the cell has one real state of shape (heads..., units) whose update
-fits the lane form; other diagonal cells run the diagonal scan of a and b
-(backends/triton.py).
-"""
+"""The program of the triton backend's gated scan (reclang/backends/triton_scan.py): the
+gates printed into the kernel, the operands computed before it."""
 
 from __future__ import annotations
 
@@ -34,9 +11,9 @@ from reclang.analysis.lanes import LANE, LaneForm, Unsupported, lane_form
 from reclang.ir import IR, Op
 
 from .chunk import EpilogueLowering, _shape, epilogue
-from .fused import FusedProgram, KernelCode
-from .sequential import INDENT, py_name
-from .torch_expr import Names, comment, number
+from .fused_loop import FusedProgram, KernelCode
+from .ir_to_torch import Names, comment, number
+from .loop import INDENT, py_name
 
 
 def gated_form(ir: IR) -> tuple[LaneForm, sympy.Expr, sympy.Expr]:

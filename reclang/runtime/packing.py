@@ -128,3 +128,31 @@ def run_packed(run, inputs: dict, state: dict | None, cu_seqlens) -> tuple[dict,
         for k, v in s.items():
             finals.setdefault(k, v.new_zeros((len(spans), *v.shape[1:])))[index] = v
     return outs, finals
+
+
+def pad_packed(ops, cu_seqlens):
+    """Operands of sequences packed along time, [total, O, 1, H, N], as a batch
+    [T_max, O, N_seq, H, N] in which they all end at the last step (zeros before each
+    one's start), and those starts [N_seq]."""
+    import torch
+
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    T = int(lengths.max())
+    starts = T - lengths
+    steps = torch.arange(T, device=ops.device)[:, None]
+    live = steps >= starts                                   # [T_max, N_seq]
+    tokens = torch.where(live, cu_seqlens[:-1] + steps - starts, 0)
+    padded = torch.where(live[..., None, None, None], ops[:, :, 0][tokens], 0)
+    return padded.transpose(1, 2), starts
+
+
+def unpad_packed(out, cu_seqlens, starts):
+    """The outputs of pad_packed's batch, [T_max, Y, N_seq, H, N], back at their
+    tokens: [total, Y, 1, H, N] (`starts` as pad_packed gave them)."""
+    import torch
+
+    tokens = torch.arange(int(cu_seqlens[-1]), device=out.device)
+    sequence = torch.searchsorted(cu_seqlens[1:], tokens, right=True)
+    step = tokens - cu_seqlens[sequence] + starts[sequence]
+    return out[step, :, sequence].unsqueeze(2)
+

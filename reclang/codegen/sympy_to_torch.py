@@ -17,7 +17,7 @@ import sympy
 
 from reclang.ir import IR
 
-from .torch_expr import ATOM, POWER, PRODUCT, SUM, UNARY, Code, _letters, align, number, py_name
+from .ir_to_torch import ATOM, POWER, PRODUCT, SUM, UNARY, Code, _letters, align, number, py_name
 
 FUNCTIONS = {
     sympy.exp: "torch.exp", sympy.log: "torch.log", sympy.tanh: "torch.tanh",

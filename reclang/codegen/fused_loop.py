@@ -1,25 +1,6 @@
-"""The triton backend for nonlinear cells (LSTM, GRU, sLSTM, Elman...): one fused
-kernel runs the whole time loop.
-
-Recurrence: the lane form (reclang/analysis/lanes.py): per unit n of a head,
-            r_j = W_j s_{t-1};  s_t[n] = f(s_{t-1}[n], r[n], o_t[n]);  y_t[n] = g(...).
-Algorithm:  the operands o (everything that depends on no state: input projections,
-            biases) for all steps at once in PyTorch, as the sequential backend's
-            prelude; then one kernel, rendered from the hand-written template
-            backends/templates/fused_loop.py.jinja with f and g printed into it, runs
-            the T steps: one program per (16 sequences, head) keeps the states on chip
-            and reads the weights, 16 keys at a time, from L1/L2 at every step. The
-            backward kernel walks time down with the derivatives of f and g that sympy
-            writes from the same equations, recomputing each step from the stored
-            states; ∂L/∂W is one einsum after it.
-Cost:       per step, one [16, N] x [N, N] product per weight (IEEE float32 FMAs, not
-            tensor cores) and the cell's elementwise equations; the states are written
-            once per step (the backward and the next step's product read them), the
-            operands read once.
-Numerics:   float32 at least, products in IEEE float32 (not tf32); gates through
-            stable forms (sigmoid, log-sigmoid and softplus never exponentiate a large
-            argument, forward or backward).
-"""
+"""The program of the triton backend for nonlinear cells (reclang/backends/triton_loop.py):
+the lane form's operands, and the step and its derivatives printed for the fused loop's
+kernel."""
 
 from __future__ import annotations
 
@@ -28,13 +9,22 @@ import math
 import sympy
 from sympy.printing.str import StrPrinter
 
-from reclang.analysis.lanes import (KEY, LANE, LaneForm, LogSigmoid, Operand, Sigmoid, Sign,
-                                    Softplus, lane_form)
+from reclang.analysis.lanes import (
+    KEY,
+    LANE,
+    LaneForm,
+    LogSigmoid,
+    Operand,
+    Sigmoid,
+    Sign,
+    Softplus,
+    lane_form,
+)
 from reclang.ir import IR
 
-from .sequential import INDENT, Program, py_name
-from .sympy_torch import SympyLowering
-from .torch_expr import align, comment, number, spec_origin
+from .ir_to_torch import align, comment, number, spec_origin
+from .loop import INDENT, Program, py_name
+from .sympy_to_torch import SympyLowering
 
 
 class TritonPrinter(StrPrinter):
@@ -311,42 +301,6 @@ class FusedProgram(Program):
                '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
         signature, doc = self.packed_signature(doc)
         return "\n".join([signature, INDENT + doc] + [INDENT + line for line in self.lines])
-
-
-def constant(x, like, shape):
-    """A value of params alone broadcast to `shape`, in the dtype of `like`."""
-    import torch
-
-    if not torch.is_tensor(x):
-        return like.new_full(shape, x)
-    return x.to(like.dtype).expand(shape)
-
-
-def pad_packed(ops, cu_seqlens):
-    """Operands of sequences packed along time, [total, O, 1, H, N], as a batch
-    [T_max, O, N_seq, H, N] in which they all end at the last step (zeros before each
-    one's start), and those starts [N_seq]."""
-    import torch
-
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    T = int(lengths.max())
-    starts = T - lengths
-    steps = torch.arange(T, device=ops.device)[:, None]
-    live = steps >= starts                                   # [T_max, N_seq]
-    tokens = torch.where(live, cu_seqlens[:-1] + steps - starts, 0)
-    padded = torch.where(live[..., None, None, None], ops[:, :, 0][tokens], 0)
-    return padded.transpose(1, 2), starts
-
-
-def unpad_packed(out, cu_seqlens, starts):
-    """The outputs of pad_packed's batch, [T_max, Y, N_seq, H, N], back at their
-    tokens: [total, Y, 1, H, N] (`starts` as pad_packed gave them)."""
-    import torch
-
-    tokens = torch.arange(int(cu_seqlens[-1]), device=out.device)
-    sequence = torch.searchsorted(cu_seqlens[1:], tokens, right=True)
-    step = tokens - cu_seqlens[sequence] + starts[sequence]
-    return out[step, :, sequence].unsqueeze(2)
 
 
 def fused_program(ir: IR, plan):

@@ -1,0 +1,311 @@
+"""The program of the chunk backend (reclang/backends/chunk.py): each state's operands
+w, a, b, k, v, q printed from the analyzer's expressions, the pass over the sequence,
+and the epilogue from the linear readouts."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+from reclang.analysis.operands import ChunkOperands, ChunkState
+from reclang.analysis.partition import Phase, phases
+from reclang.ir import IR, Op
+from reclang.runtime.chunk import CHUNK
+
+from .ir_to_torch import (
+    ATOM,
+    Code,
+    ExprLowering,
+    Names,
+    Place,
+    align,
+    comment,
+    py_name,
+    spec_origin,
+)
+from .loop import INDENT, Program, _broadcast
+from .sympy_to_torch import SympyLowering
+
+# ---- the algorithm -------------------------------------------------------------------
+
+
+# ---- the generated program -----------------------------------------------------------
+class EpilogueLowering(ExprLowering):
+    """The outputs over all steps at once, with the linear parts given."""
+
+    def __init__(self, ir, place, blocks, given: dict[int, str], names: Names | None = None):
+        super().__init__(ir, place, blocks, names)
+        self.given = given
+
+    def code(self, i: int, at: Place) -> Code:
+        if i in self.given:
+            return Code(self.given[i], ATOM, self.ir.node(i).axes, dtype=self.ir.node(i).dtype)
+        return super().code(i, at)
+
+
+class ChunkProgram(Program):
+    pass_function = "chunk_affine"  # what runs one state over the sequence
+    how = "in chunks"
+    packed = False  # whether forward takes cu_seqlens itself (else RecModule groups them)
+
+    def __init__(self, ir: IR, operands: ChunkOperands, chunk: int | None = None):
+        super().__init__(ir)
+        self.ops = operands
+        self.chunk = chunk
+        self.sizes = {}
+        for i in ir.stmts:
+            node = ir.node(i)
+            self.sizes.update(zip(node.axes, node.sizes))
+        self.sympy = SympyLowering(ir, {})
+        self.lines: list[str] = []
+
+    # ---- operands
+    def emit_operand(self, name: str, exprs, axes: tuple[str, ...], sizes, note: str):
+        """`name = [B, T, len(exprs), *sizes]` from sympy expressions over `axes`, or
+        `[B, T, *sizes]` for a single expression given alone."""
+        self.lines.append(f"# {comment(note)}")
+        single = not isinstance(exprs, (list, tuple))
+        full = []
+        for e in [exprs] if single else exprs:
+            code = self.sympy.lower(e)
+            text = code.text if code.const else align(code, axes).text
+            full.append(f"operand({text}, _like, {_shape(sizes)})")
+        if single:
+            self.lines.append(f"{name} = {full[0]}")
+        elif len(full) == 1:
+            self.lines.append(f"{name} = {full[0]}[:, :, None]")
+        else:
+            self.lines.append(f"{name} = torch.stack([{', '.join(full)}], 2)")
+
+    def state_block(self, s: ChunkState, queries: list) -> str:
+        """Emits the operands and the chunk call of one state; returns the output var."""
+        d = self.ir.decls[s.name]
+        size = dict(zip(s.axes, d.shape))
+        shared = [size[a] for a in s.shared]
+        key, value = [size[a] for a in s.key], [size[a] for a in s.value]
+        Hs, Kf, Vf = math.prod(shared), math.prod(key), math.prod(value)
+        name = py_name(s.name)
+        v = SimpleNamespace(**{x: self.names.fresh(f"_{name}_{x}")
+                               for x in ("w", "a", "b", "k", "ak", "v", "q", "out", "last")})
+        self.sympy.sizes.update(size)
+        self.lines.append(f"# ---- {self.spec_line(s.name)}")
+        hk = s.shared + s.key
+        if s.log_decay == 0:
+            self.lines.append(f"{v.w} = {py_name(self.ir.inputs[0].name)}.new_zeros("
+                              f"(B, T, {Hs}, 1))  # no decay")
+        else:
+            axes = hk if s.decay_on_key else s.shared
+            sz = shared + key if s.decay_on_key else shared
+            self.emit_operand(v.w, s.log_decay, axes, sz,
+                              f"log decay: {s.log_decay}")
+            self.lines.append(f"{v.w} = {v.w}.reshape(B, T, {Hs}, "
+                              f"{Kf if s.decay_on_key else 1})")
+            if not s.positive:
+                self.lines.append(f'check_log_decay({v.w}, "{s.name}")')
+        # one shared and one key (value) axis is the layout already; else flatten them
+        flat_k = f".reshape(B, T, -1, {Hs}, {Kf})" if (len(shared), len(key)) != (1, 1) else ""
+        flat_v = f".reshape(B, T, -1, {Hs}, {Vf})" if (len(shared), len(value)) != (1, 1) \
+            else ""
+        if s.low_rank:
+            for side, pos in (("a", 0), ("b", 1)):
+                self.emit_operand(getattr(v, side), [p[pos] for p in s.low_rank], hk,
+                                  shared + key, f"low-rank part: {side}_r = "
+                                  + ", ".join(str(p[pos]) for p in s.low_rank))
+                self.lines[-1] += flat_k
+        self.emit_operand(v.k, [p[0] for p in s.inputs], hk, shared + key,
+                          "input term, key side: " + ", ".join(str(p[0]) for p in s.inputs))
+        self.lines[-1] += flat_k
+        scale = _delta_rule_scale(s) if self.pass_function == "chunk_affine" else None
+        if scale is not None:
+            self.emit_operand(v.ak, [scale], s.shared, shared,
+                              f"a = {scale} k: scores against a are those against k, scaled")
+            self.lines[-1] += f".reshape(B, T, 1, {Hs}, 1)"
+        self.emit_operand(v.v, [p[1] for p in s.inputs], s.shared + s.value,
+                          shared + value,
+                          "input term, value side: " + ", ".join(str(p[1]) for p in s.inputs))
+        self.lines[-1] += flat_v
+        q = "None"
+        if queries:
+            self.emit_operand(v.q, queries, hk, shared + key,
+                              "readout queries (of the previous state): "
+                              + ", ".join(str(x) for x in queries))
+            self.lines[-1] += flat_k
+            q = v.q
+        order = [s.axes.index(a) + 1 for a in s.shared + s.key + s.value]
+        moved = order != sorted(order)
+        h0 = (f"{name}.permute(0, {', '.join(map(str, order))})" if moved else name) + \
+            f".reshape(-1, {Hs}, {Kf}, {Vf})"  # -1: packed sequences have B = 1, N states
+        lr = f"{v.a}, {v.b}" if s.low_rank else "None, None"
+        chunk = ", cu_seqlens=cu_seqlens" if self.packed else f", chunk={self.chunk or CHUNK}"
+        if scale is not None:
+            chunk += f", a_over_k={v.ak}"
+        self.lines.append(f"{v.out}, {v.last} = {self.pass_function}({v.w}, {lr}, "
+                          f"{v.k}, {v.v}, {q}, {h0}{chunk})")
+        back = [order.index(p + 1) + 1 for p in range(len(s.axes))]
+        self.lines.append(f"{name} = {v.last}.reshape(-1, "
+                          f"{', '.join(map(str, shared + key + value))})" +
+                          (f".permute(0, {', '.join(map(str, back))})" if moved else ""))
+        return v.out
+
+    def spec_line(self, state: str) -> str:
+        return spec_origin(self.ir, self.ir.update(state).loc.line)
+
+    # ---- linear parts of the outputs
+    def readouts(self) -> tuple[dict, dict]:
+        """The queries of each state and, for each part and (state, axes, post), the
+        index of its query. Terms of one part that share a state, node axes and post
+        factor are summed into one query; the parts keep their own queries (two parts
+        share one only when it is the same expression), because an output may combine
+        them nonlinearly (o * o, an RMSNorm of o) and a sum would read as each."""
+        per_state: dict = {}
+        index = {}
+        for n, part in enumerate(self.ops.parts):
+            groups: dict = {}
+            for t in part.terms:
+                key = (t.state, t.axes, t.post)
+                groups[key] = groups.get(key, 0) + t.query
+            for (state, axes, post), query in groups.items():
+                queries = per_state.setdefault(state, [])
+                if query not in queries:
+                    queries.append(query)
+                index[(n, state, axes, post)] = queries.index(query)
+        return per_state, index
+
+    def part_block(self, n: int, outs: dict, index: dict, made: dict) -> str:
+        part = self.ops.parts[n]
+        node = self.ir.node(part.node)
+        self.sympy.sizes.update(zip(node.axes, node.sizes))
+        pieces = []
+        seen = set()
+        for t in part.terms:
+            key = (t.state, t.axes, t.post)
+            if key in seen:
+                continue
+            seen.add(key)
+            s = next(x for x in self.ops.states if x.name == t.state)
+            size = dict(zip(s.axes, self.ir.decls[s.name].shape))
+            mapping = dict(t.axes)
+            axes = tuple(mapping[a] for a in s.shared + s.value)
+            sizes = ", ".join(str(size[a]) for a in s.shared + s.value)
+            read = Code(f"{outs[t.state]}[:, :, {index[(n, *key)]}].reshape(B, T, {sizes})"
+                        .replace(", )", ")"), ATOM, axes)
+            if t.post != 1:
+                read = self.sympy.product([self.sympy.lower(t.post), read])
+            pieces.append(read)
+        if part.free != 0:
+            pieces.append(self.sympy.lower(part.free))
+        codes = [p.text if p.const else align(p, node.axes).text for p in pieces]
+        value = f"operand({' + '.join(codes)}, _like, {_shape(node.sizes)})"
+        if value not in made:
+            made[value] = self.names.fresh("_linear")
+            self.lines.append(f"# linear in the states: {comment(self.ir.spec_line(node.loc))}")
+            self.lines.append(f"{made[value]} = {value}")
+        return made[value]
+
+    # ---- assembly
+    def forward(self) -> str:
+        first = py_name(self.ir.inputs[0].name)
+        self.names = Names(self.ir)
+        self.lines = ["B, T = " + first + ".shape[:2]", f"_like = {first}",
+                      "_dtype, _device = _like.dtype, _like.device"]
+        per_state, index = self.readouts()
+        outs = {s.name: self.state_block(s, per_state.get(s.name, []))
+                for s in self.ops.states}
+        self.given = {}
+        made: dict[str, str] = {}  # value -> its var: o * o computes o once
+        for n, part in enumerate(self.ops.parts):
+            self.given[part.node] = self.part_block(n, outs, index, made)
+        self.lines += self.epilogue()
+        outputs = ", ".join(f'"{self.ir.node(i).arg}": {py_name(self.ir.node(i).arg)}'
+                            for i in self.ir.stmts if self.ir.node(i).op == Op.OUT)
+        states = ", ".join(f'"{d.name}": {py_name(d.name)}' for d in self.ir.states)
+        self.lines.append(f"return {{{outputs}}}, {{{states}}}")
+        doc = (f'"""Runs {self.ir.name} over whole sequences {self.how}: inputs [B, T, ...]; '
+               'returns (outputs, final states)."""')
+        signature = self.signature("forward")
+        if self.packed:
+            signature, doc = self.packed_signature(doc)
+        return "\n".join([signature, INDENT + doc] +
+                         [INDENT + line for line in self.lines])
+
+    def epilogue(self) -> list[str]:
+        """The output statements over all steps, reading the linear parts."""
+        return epilogue(self.ir, self.given, names=self.names)
+
+    def source(self) -> str:
+        header = self.header([
+            "Chunk backend: the chunkwise-parallel form (reclang.runtime.chunk.chunk_affine);",
+            "operands derived from the plan, in the layout [B, T, (rank,) shared, key/value].",
+            "`step` is the cell's own step function."])
+        imports = ["import torch", "",
+                   "from reclang.runtime.chunk import check_log_decay, chunk_affine",
+                   "from reclang.runtime.operands import operand"]
+        forward = self.forward()
+        return "\n".join(header + imports) + "\n\n\n" + forward + "\n\n\n" + \
+            self.step_function() + "\n"
+
+
+def epilogue(ir: IR, given: dict[int, str], lowering=EpilogueLowering,
+             names: Names | None = None) -> list[str]:
+    """The output statements over all steps at once ([B, T, ...] values), with the
+    nodes in `given` read from the named tensors instead of computed (`names`: those
+    of the function it is part of)."""
+    phase = phases(ir)
+    place = {i: Place.ONCE if p == Phase.CONST else Place.HOIST for i, p in phase.items()}
+    blocks = {p: [] for p in Place}
+    lower = lowering(ir, place, blocks, given, names)
+    needed = needed_statements(ir, given)
+    for i in ir.stmts:
+        node = ir.node(i)
+        if i not in needed:
+            continue
+        place[i] = Place.HOIST
+        value = lower.code(node.args[0], Place.HOIST)
+        text = _broadcast(lower, value, node, Place.HOIST, place[node.args[0]])
+        lower.emit(Place.HOIST, node, f"{py_name(node.arg)} = {text}")
+    return blocks[Place.ONCE] + blocks[Place.HOIST]
+
+
+def needed_statements(ir: IR, given: dict[int, str]) -> set[int]:
+    """Statements the outputs need, not counting the nodes `given` replaces."""
+    needed, stack = set(), [i for i in ir.stmts if ir.node(i).op == Op.OUT]
+    while stack:
+        i = stack.pop()
+        node = ir.node(i)
+        if i in given:
+            continue
+        if i in ir.stmts:
+            if i in needed:
+                continue
+            needed.add(i)
+        if node.op == Op.READ:
+            stack.append(node.args[0])
+        else:
+            stack.extend(node.args)
+    return needed
+
+
+def _delta_rule_scale(s: ChunkState):
+    """a / k when the state has one low-rank term a bᵀ and one input term k vᵀ with a a
+    multiple of k along the key axes (the delta rule: a = -β k, or -exp(g) β k), else
+    None."""
+    if len(s.low_rank) != 1 or len(s.inputs) != 1:
+        return None
+    ratio = s.low_rank[0][0] / s.inputs[0][0]  # sympy cancels the common factors
+    if ratio == 0 or any(str(x) in s.key for x in ratio.free_symbols):
+        return None
+    return ratio
+
+
+def _shape(sizes) -> str:
+    """A shape as Python source: (), (4,), (4, 32)."""
+    return f"({', '.join(map(str, sizes))}{',' if len(sizes) == 1 else ''})"
+
+
+def generate(ir: IR, plan=None, chunk: int | None = None) -> str:
+    """The generated source of the chunk backend (forward and step)."""
+    from reclang.analysis.operands import chunk_operands
+    from reclang.analysis.plan import make_plan
+
+    plan = plan or make_plan(ir)
+    return ChunkProgram(ir, chunk_operands(ir, plan.states), chunk).source()
