@@ -3,7 +3,7 @@ in the kernel) where it applies, else the diagonal scan below. The same backend 
 runs matrix states (backends/triton_matrix.py) and nonlinear cells
 (backends/triton_loop.py).
 
-Recurrence: h_t = a_t ⊙ h_{t-1} + b_t, as in the scan backend (reclang/backends/scan.py).
+Recurrence: h_t = a_t ⊙ h_{t-1} + b_t, as in the scan backend (backends/scan.py).
 Algorithm:  the scan backend's program (the loop body on all tokens gives a and b, and
             the outputs from the previous states) with its scan done by a Triton
             kernel rendered from the hand-written template
@@ -43,7 +43,7 @@ derivatives only (the backward is `once_differentiable`).
 #             bf16/fp16 inputs); gates through the stable forms of gates.py.jinja.
 # It applies when the cell has one real state of shape (heads..., units) whose update
 # fits the lane form; other diagonal cells run the diagonal scan of a and b
-# (backends/triton.py).
+# (below).
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The triton backend's gated scan (backends/gated_scan.py): random diagonal cells whose
+"""The triton backend's gated scan (backends/triton_scan.py, reclang/codegen/gated_scan.py): random diagonal cells whose
 gates the kernel computes, against the sequential backend in float64 under the
 interpreter (outputs, final states, gradients of inputs, params and initial states,
 across tiles of 64 steps), and what the generated file computes where."""

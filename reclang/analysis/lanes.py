@@ -17,7 +17,7 @@ the symbols `HEADS` and `LANE` (and `KEY` for the weights' columns) as their ind
 Because f and g are scalar sympy expressions, the backward is their symbolic
 derivative (sympy.diff), printed into the same kernel.
 
-With `gates` (the gated scan of diagonal cells, backends/gated_scan.py, and the fused
+With `gates` (the gated scan of diagonal cells, reclang/codegen/gated_scan.py, and the fused
 loop), a state-free value that is an elementwise function of time-varying ones (a
 gate sigmoid(W x + b), a log decay -8 softplus(Λ) r) stays in f and g rather than
 becoming an operand, so that the kernel computes it: the operands are then the inputs,

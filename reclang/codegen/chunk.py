@@ -1,4 +1,4 @@
-"""The program of the chunk backend (reclang/backends/chunk.py): each state's operands
+"""The program of the chunk backend (backends/chunk.py): each state's operands
 w, a, b, k, v, q printed from the analyzer's expressions, the pass over the sequence,
 and the epilogue from the linear readouts."""
 

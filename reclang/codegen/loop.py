@@ -1,4 +1,4 @@
-"""The program of the sequential backend (reclang/backends/sequential.py): the loop over
+"""The program of the sequential backend (backends/sequential.py): the loop over
 time, with every state-free value hoisted before it; the base of every other program,
 which reuse its step function and its function headers."""
 

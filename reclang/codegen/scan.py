@@ -1,4 +1,4 @@
-"""The program of the scan backend (reclang/backends/scan.py): the loop body on all tokens
+"""The program of the scan backend (backends/scan.py): the loop body on all tokens
 at once, a and b from it, the states by a scan function of reclang/runtime."""
 
 from __future__ import annotations

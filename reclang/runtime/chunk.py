@@ -1,4 +1,4 @@
-"""The chunkwise form of matrix-state recurrences (see reclang/backends/chunk.py for the
+"""The chunkwise form of matrix-state recurrences (see backends/chunk.py for the
 recurrence, the algorithm, its cost and its numerics), and the causal guard against
 non-finite operands that the Triton matrix kernels share."""
 
@@ -82,14 +82,9 @@ def _chunkwise(w, a, b, k, v, q, h0, chunk: int = CHUNK, a_over_k=None):
     a_over_k [B, T, R, H, 1]: given when a_r = a_over_k_r k_r (the delta rule, R = Ri),
     so that the scores against a are those against k with scaled columns.
     """
-    B, T = w.shape[:2]
+    T = w.shape[1]
     C = min(chunk, T)
-    pad = (-T) % C
-    if pad:  # steps with decay 1 and no input leave the state as it is
-        w, a, b, k, v, q, a_over_k = (None if x is None else torch.cat(
-            [x, x.new_zeros((B, pad, *x.shape[2:]))], 1) for x in (w, a, b, k, v, q, a_over_k))
-    w, a, b, k, v, q, a_over_k = (None if x is None else _chunked(x, C)
-                                  for x in (w, a, b, k, v, q, a_over_k))
+    w, a, b, k, v, q, a_over_k = _in_chunks((w, a, b, k, v, q, a_over_k), C)
     if a_over_k is not None:  # [B, N, H, C, R, 1] -> a factor on the columns of scores
         columns = a_over_k[..., 0][..., None, None, :, :]
         against_a = lambda x, x_k: x_k * columns  # noqa: E731
@@ -115,16 +110,7 @@ def _chunkwise(w, a, b, k, v, q, h0, chunk: int = CHUNK, a_over_k=None):
         ends = linear_scan(decay_end, kv_end, h0)          # [B, N, H, K, V]
         S0, h = torch.cat([h0[:, None], ends[:, :-1]], 1), ends[:, -1]
     else:  # with a low-rank part it mixes the key axis: chunk after chunk
-        starts, ys, h = [], [], h0
-        # split into chunks once: indexing x[:, n] in the loop would make autograd build
-        # a gradient of x's full size for every chunk (O(N²) work in the backward pass)
-        steps = zip(*(x.unbind(1) for x in (W, U, decay_end, kv_end, a_end.transpose(-1, -2))))
-        for W_n, U_n, decay_n, kv_n, a_n in steps:
-            starts.append(h)
-            y = W_n @ h + U_n
-            ys.append(y)
-            h = decay_n * h + kv_n + a_n @ y
-        S0 = torch.stack(starts, 1)  # [B, N, H, K, V]
+        S0, ys, h = _low_rank_pass(W, U, decay_end, kv_end, a_end, h0)
     if q is None:
         return None, h
     q_k = _scores(q, k, Gx, G)
@@ -134,6 +120,31 @@ def _chunkwise(w, a, b, k, v, q, h0, chunk: int = CHUNK, a_over_k=None):
     Rq = q.shape[4]
     out = out.unflatten(3, (C, Rq)).permute(0, 1, 3, 4, 2, 5)  # [B, N, C, Rq, H, V]
     return out.flatten(1, 2)[:, :T], h
+
+
+def _in_chunks(operands, C: int):
+    """The operands (None stays None) padded to whole chunks of C steps, with decay 1
+    and no input (the state stays as it is), as [B, N, H, C, ..., X]."""
+    B, T = next(x for x in operands if x is not None).shape[:2]
+    pad = (-T) % C
+    return tuple(None if x is None else _chunked(torch.cat(
+        [x, x.new_zeros((B, pad, *x.shape[2:]))], 1) if pad else x, C) for x in operands)
+
+
+def _low_rank_pass(W, U, decay_end, kv_end, a_end, h0):
+    """The state from chunk to chunk with a low-rank part (it mixes the key axis, so
+    chunk after chunk): (the state where each chunk starts [B, N, H, K, V], the
+    fed-back values y of every chunk, the final state)."""
+    starts, ys, h = [], [], h0
+    # split into chunks once: indexing x[:, n] in the loop would make autograd build
+    # a gradient of x's full size for every chunk (O(N²) work in the backward pass)
+    steps = zip(*(x.unbind(1) for x in (W, U, decay_end, kv_end, a_end.transpose(-1, -2))))
+    for W_n, U_n, decay_n, kv_n, a_n in steps:
+        starts.append(h)
+        y = W_n @ h + U_n
+        ys.append(y)
+        h = decay_n * h + kv_n + a_n @ y
+    return torch.stack(starts, 1), ys, h
 
 
 def _chunked(x, C):

@@ -1,5 +1,5 @@
 """The FFT convolution of a time-invariant diagonal recurrence (see
-reclang/backends/fft.py)."""
+backends/fft.py)."""
 
 from __future__ import annotations
 
