@@ -8,7 +8,6 @@ import sys
 import time
 
 from . import __version__, load
-from .compile import BACKENDS
 from .errors import RecError, Source
 from .timing import best_of
 
@@ -140,7 +139,7 @@ def cmd_bench(args) -> int:
                        f"({torch.__version__})", Source("", args.spec))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     backends = [v.backend for v in cell.verdicts
-                if v.supported and v.backend in BACKENDS]
+                if v.supported]
     if device == "cpu" and "triton" in backends:  # its kernels run on CUDA tensors
         backends.remove("triton")
         print("(triton skipped: its kernels run on CUDA tensors)")

@@ -18,9 +18,6 @@ from .ir import IR
 from .module import RecModule
 from .parser import parse
 
-BACKENDS = registry.names()
-
-
 class Cell:
     """A checked cell with its hyperparameters fixed: what `load` returns."""
 
@@ -66,8 +63,9 @@ class Cell:
 
     def describe(self) -> str:
         """The plan and the verdicts, as `reclang inspect` prints them."""
+        width = max(11, *(len(v.backend) + 1 for v in self.verdicts))
         lines = [self.plan.describe(), "", "backends:"]
-        lines += [f"  {v.backend:<11}{'yes' if v.supported else 'no '}  {v.reason}"
+        lines += [f"  {v.backend:<{width}}{'yes' if v.supported else 'no '}  {v.reason}"
                   for v in self.verdicts]
         return "\n".join(lines)
 
@@ -164,9 +162,9 @@ class Cell:
         """The backend to use; an explicit one must be able to run the plan."""
         if backend == "auto":
             return self.auto_backends()[0]
-        if backend not in BACKENDS:
+        if backend not in registry.names():
             raise RecError(f"unknown backend {backend!r}; available: "
-                           f"{', '.join(BACKENDS + ('auto',))}", self.ir.source)
+                           f"{', '.join(registry.names() + ('auto',))}", self.ir.source)
         verdict = self.verdict(backend)
         if not verdict.supported:
             raise RecError(f"backend {backend!r} cannot run cell {self.name}: {verdict.reason}",

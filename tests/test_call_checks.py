@@ -55,7 +55,7 @@ def test_a_positional_input_does_not_become_the_state():
 
 def _runnable_backends(cell):
     return [v.backend for v in cell.verdicts
-            if v.supported and v.backend in reclang.compile.BACKENDS and v.backend != "triton"]
+            if v.supported and v.backend != "triton"]
 
 
 @pytest.mark.parametrize("spec", ["gla.rec", "lru.rec", "lstm.rec"])
