@@ -51,7 +51,7 @@ def test_a_new_backend_is_listed_checked_and_run(registered):
     cell = reclang.loads(DIAG, "leaky.rec")
     assert "narrow_scan" in base.names()
     assert cell.verdict("narrow_scan").supported
-    assert "narrow_scan  yes  runs diag" in cell.describe()
+    assert "narrow_scan yes  runs diag" in cell.describe()
     m, ref = cell.module("narrow_scan"), cell.module("sequential")
     m.load_state_dict(ref.state_dict())
     assert "Test-only backend" in m.source
