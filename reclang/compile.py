@@ -157,7 +157,7 @@ class Cell:
 
     def _generated(self, backend: str, chunk_size: int | None):
         source = self.source(backend, chunk_size)
-        generated = load_source(source, f"{self.name}_{backend}")
+        generated = load_source(source, f"{self.name}_{backend}", self.ir.source)
         if config.debug_level() >= 4:
             print(source)
         return source, generated
