@@ -112,7 +112,8 @@ def origin_of(tb: types.TracebackType | None) -> Loc | None:
 
 def note_origin(err: BaseException) -> None:
     """Adds `in spec.rec:12:5: <the spec line>` to an exception raised in generated code:
-    as a note (Python 3.11), else as the cause it was raised from (3.10)."""
+    as a note (Python 3.11), else as a RecError at that line, the cause it was raised
+    from (3.10)."""
     loc = origin_of(err.__traceback__)
     if loc is None:
         return
@@ -121,8 +122,8 @@ def note_origin(err: BaseException) -> None:
         return  # noted by an inner call already (a varlen forward runs forward again)
     if hasattr(err, "add_note"):
         err.add_note(note)
-    elif err.__cause__ is None:
-        err.__cause__ = RecError(note)
+    elif err.__cause__ is None:  # printed above the exception, with the line and a caret
+        err.__cause__ = RecError("the generated code failed in this statement", loc=loc)
 
 
 def with_origins(text: str, spec: Source) -> str:

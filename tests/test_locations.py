@@ -169,6 +169,28 @@ def test_an_exception_in_generated_code_names_the_spec_line(monkeypatch, call):
     assert f"in spec.rec:5:5: {OUT.strip()}" in "".join(traceback.format_exception(err.value))
 
 
+class WithoutNotes(RuntimeError):
+    """An exception as Python 3.10 makes them: no add_note."""
+
+    @property
+    def add_note(self):
+        raise AttributeError("add_note")
+
+
+def test_without_notes_the_origin_is_the_cause(monkeypatch):
+    m = reclang.loads(SPEC, "spec.rec").module("sequential")
+
+    def fails(*args, **kwargs):
+        raise WithoutNotes("einsum failed")
+
+    monkeypatch.setattr(torch, "einsum", fails)
+    with pytest.raises(WithoutNotes) as err:
+        m(x=torch.randn(1, 2, 3), g=torch.randn(1, 2, 3))
+    assert isinstance(err.value.__cause__, RecError)
+    assert str(err.value.__cause__) == ("spec.rec:5:5: error: the generated code failed in "
+                                        f"this statement\n    {OUT}\n        ^")
+
+
 def test_a_copied_module_keeps_its_origins(monkeypatch):
     m = pickle.loads(pickle.dumps(reclang.loads(SPEC, "spec.rec").module("sequential")))
     monkeypatch.setattr(torch, "einsum", failing_einsum)
