@@ -17,6 +17,9 @@ from .indices import Indices
 
 
 class Builder(Declarations, Indices, Expressions):
+    """One cell's IR under construction; the parts it is made of (declarations.py,
+    indices.py, expressions.py) read and write the state set up here."""
+
     def __init__(self, cell: ast.Cell, hypers: dict):
         self.cell, self.hypers = cell, hypers
         self.errors = Collector(cell.source)
@@ -112,6 +115,7 @@ class Builder(Declarations, Indices, Expressions):
             self.updated[s.name] = node
         else:
             self.defined[s.name] = node
+
     # ---- whole-cell checks
     def check_complete(self):
         assigned = {s.name for s in self.cell.body if isinstance(s, ast.Assign)}

@@ -11,13 +11,12 @@ from ..ir import Node
 
 KEYWORDS = {"cell", "input", "param", "state", "out", "real", "complex"}
 RESERVED = KEYWORDS | set(REDUCTIONS) | set(FUNCTIONS) | set(INIT_ONLY)
-
-
 STAGE = "ast_to_ir"  # how an internal error names this pass
 
 
 class _Bad(Exception):
     """Aborts one expression after its problem was recorded."""
+
 
 def _union(nodes: list[Node]) -> tuple[list[str], list[int]]:
     axes, sizes = [], []
