@@ -9,6 +9,7 @@ import time
 
 from . import __version__, load
 from .errors import RecError, Source
+from .generated import with_origins
 from .timing import best_of
 
 
@@ -52,7 +53,10 @@ def cmd_inspect(args) -> int:
     print("\n" + cell.describe())
     print(f"  auto: {cell.auto_summary()}")
     print("\nIR\n" + ir.summary())
-    print(f"\ngenerated source ({args.backend})\n" + cell.source(args.backend))
+    source = cell.source(args.backend)
+    if args.origins:
+        source = with_origins(source, ir.source)
+    print(f"\ngenerated source ({args.backend})\n" + source)
     return 0
 
 
@@ -203,6 +207,8 @@ def parser() -> argparse.ArgumentParser:
                 "the IR and the generated source")
     c.add_argument("--backend", default="sequential")
     c.add_argument("--json", action="store_true", help="print only the plan, as JSON")
+    c.add_argument("--origins", action="store_true",
+                   help="show the spec line each generated line comes from")
     c = command("graph", cmd_graph, "write the IR as Graphviz dot")
     c.add_argument("-o", "--output", help="file to write (default: standard output)")
     c = command("run", cmd_run, "run on random inputs; compare full-sequence and step forms")

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import config
 from .ast_to_ir import build_ir
 from .backends import base as registry
-from .errors import Loc, RecError, Source
+from .errors import Loc, RecError, Source, at
 from .generated import load_source
 from .ir import IR
 from .module import RecModule
@@ -46,7 +46,8 @@ class Cell:
         """Each backend's verdict on the plan: `Verdict(backend, supported, reason,
         condition)`, in the order `reclang inspect` lists them."""
         if self._verdicts is None:
-            self._verdicts = registry.verdicts(self.plan)
+            with at(Loc(0, 0, self.ir.source), "analysis"):  # each backend's own checks
+                self._verdicts = registry.verdicts(self.plan)
         return self._verdicts
 
     def verdict(self, backend: str):
@@ -89,7 +90,8 @@ class Cell:
         key = (backend, schedule)
         if key not in self._sources:
             lowering = registry.claimant(self.plan, backend)
-            self._sources[key] = lowering.lower(self.plan, schedule)
+            with at(Loc(0, 0, self.ir.source), f"lowering ({backend})"):  # per node: codegen
+                self._sources[key] = lowering.lower(self.plan, schedule)
         return self._sources[key]
 
     def module(self, backend: str = "sequential", chunk_size: int | None = None, *,
@@ -153,7 +155,7 @@ class Cell:
 
     def _generated(self, backend: str, chunk_size: int | None):
         source = self.source(backend, chunk_size)
-        generated = load_source(source, f"{self.name}_{backend}")
+        generated = load_source(source, f"{self.name}_{backend}", self.ir.source)
         if config.debug_level() >= 4:
             print(source)
         return source, generated

@@ -7,22 +7,37 @@ A `RecError` carries one or more `Diagnostic`s. Each prints as
                                                   ^
 
 so that a user sees the file, the line and the column of every problem at once.
+A `Loc` knows the `Source` it points into, so a diagnostic made far from the parser (in
+the analysis, in a backend) still names its file and shows its line. `at(node, stage)`
+turns an unexpected exception inside a pass into such a diagnostic, at the node the
+pass was working on:
+
+    spec.rec:12:5: error: internal error in analysis: KeyError: 'S'
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class Loc:
-    """A position in a spec: 1-based line and column."""
+    """A position in a spec: 1-based line and column, and the spec's text and file name.
+    Two locations are equal when their positions are: the source is where the position
+    is shown, not part of it (one spec's nodes compare equal across parses)."""
 
     line: int
     col: int
+    source: Source | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{self.line}:{self.col}"
+
+    @property
+    def file(self) -> str:
+        return self.source.filename if self.source else "<spec>"
 
 
 NOWHERE = Loc(0, 0)
@@ -48,6 +63,8 @@ class Diagnostic:
     loc: Loc = NOWHERE
 
     def render(self, source: Source | None) -> str:
+        """`source`: the spec's, for a location that does not carry it (or no location)."""
+        source = self.loc.source or source
         name = source.filename if source else "<spec>"
         if self.loc == NOWHERE or source is None:
             return f"{name}: error: {self.message}"
@@ -96,3 +113,19 @@ class Collector:
         if self.diagnostics:
             ordered = sorted(self.diagnostics, key=lambda d: (d.loc.line, d.loc.col))
             raise RecError(ordered, self.source)
+
+
+@contextmanager
+def at(node, stage: str, expected: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Reports an unexpected exception raised inside the block as an internal error of
+    `stage` at `node` (anything with a `.loc`, or a Loc): the user sees which spec line
+    the compiler failed on. RecErrors pass through (an inner `at` already placed them),
+    and so do the `expected` exceptions a pass uses to steer itself."""
+    try:
+        yield
+    except (RecError, *expected):
+        raise
+    except Exception as err:
+        loc = node if isinstance(node, Loc) else getattr(node, "loc", NOWHERE)
+        raise RecError(f"internal error in {stage}: {type(err).__name__}: {err}",
+                       loc=loc) from err

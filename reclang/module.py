@@ -23,7 +23,7 @@ from . import init
 from .ast_to_ir import build_ir
 from .codegen.names import py_name
 from .errors import RecError
-from .generated import load_source
+from .generated import load_source, note_origin
 from .ir import IR
 from .parser import parse
 from .runtime import packing
@@ -83,8 +83,8 @@ class RecModule(nn.Module):
         source, hypers = self.ir
         self.ir = build_ir(parse(source.text, source.filename), hypers)
         stem = self.ir.name + "_"  # + the backend, as compile.Cell names the files
-        self._generated = load_source(self.source, stem + self.backend)
-        self._on_device = {k: (b, text, text and load_source(text, stem + b))
+        self._generated = load_source(self.source, stem + self.backend, source)
+        self._on_device = {k: (b, text, text and load_source(text, stem + b, source))
                            for k, (b, text) in self._on_device.items()}  # None: deferred
 
     def extra_repr(self) -> str:
@@ -192,7 +192,11 @@ class RecModule(nn.Module):
         # every backend computes in `compute`: autocast would pick the dtype op by op,
         # so that each backend returned another dtype (and its states lost precision)
         with torch.autocast(device, enabled=False):
-            outs, final = fn(*xs, *states, **{py_name(k): v for k, v in params.items()})
+            try:
+                outs, final = fn(*xs, *states, **{py_name(k): v for k, v in params.items()})
+            except Exception as err:  # raised in generated code: name the spec line
+                note_origin(err)
+                raise
         if dtype in LOW_PRECISION:
             outs = {k: v if v.is_complex() else v.to(dtype) for k, v in outs.items()}
         y = next(iter(outs.values())) if len(outs) == 1 else outs

@@ -9,7 +9,7 @@ import lark
 from lark import Token, Transformer, v_args
 
 from . import ast, config
-from .errors import Loc, RecError, Source
+from .errors import Loc, RecError, Source, at
 
 
 class LineJoiner:
@@ -53,46 +53,53 @@ def _lark() -> lark.Lark:
                      propagate_positions=True, maybe_placeholders=True)
 
 
-def _loc(x) -> Loc:
-    return Loc(getattr(x, "line", 0) or 0, getattr(x, "column", 0) or 0)
+def _loc(x, source: Source) -> Loc:
+    return Loc(getattr(x, "line", 0) or 0, getattr(x, "column", 0) or 0, source)
 
 
 @v_args(meta=True)
 class ToAst(Transformer):
-    """Maps each grammar rule onto its dataclass."""
+    """Maps each grammar rule onto its dataclass, each located in `source`."""
+
+    def __init__(self, source: Source):
+        super().__init__()
+        self.source = source
+
+    def _loc(self, meta) -> Loc:
+        return _loc(meta, self.source)
 
     # ---- expressions
     def number(self, meta, children):
-        return ast.Num(_number(str(children[0]), _loc(meta)), _loc(meta))
+        return ast.Num(_number(str(children[0]), self._loc(meta)), self._loc(meta))
 
     def imag(self, meta, children):
-        return ast.Imag(float(_number(str(children[0])[:-1], _loc(meta))), _loc(meta))
+        return ast.Imag(float(_number(str(children[0])[:-1], self._loc(meta))), self._loc(meta))
 
     def name(self, meta, children):
-        return ast.Name(str(children[0]), _loc(meta))
+        return ast.Name(str(children[0]), self._loc(meta))
 
     def subscript(self, meta, children):
-        return ast.Subscript(str(children[0]), tuple(children[1:]), _loc(meta))
+        return ast.Subscript(str(children[0]), tuple(children[1:]), self._loc(meta))
 
     def call(self, meta, children):
         fn, args = str(children[0]), [a for a in children[1:] if a is not None]
         bound = [a for a in args if a[0] == "bound"]
         if not bound:
-            return ast.Call(fn, tuple(a[1] for a in args), _loc(meta))
+            return ast.Call(fn, tuple(a[1] for a in args), self._loc(meta))
         return self._reduce(fn, args, meta)
 
     def _reduce(self, fn, args, meta):
         *binders, last = args
         if last[0] != "bound" or any(a[0] == "bound" for a in binders):
             raise _SyntaxProblem(f"write a reduction as `{fn}(i, j: body)`: the indices, one ':', "
-                          "then the body", _loc(meta))
+                          "then the body", self._loc(meta))
         _, last_binder, body = last
         names = [a[1] for a in binders] + [last_binder]
         for n in names:
             if not isinstance(n, ast.Name):
                 raise _SyntaxProblem(f"the indices before ':' in {fn}(...) must be plain names",
-                              getattr(n, "loc", _loc(meta)))
-        return ast.Reduce(fn, tuple(names), body, _loc(meta))
+                              getattr(n, "loc", self._loc(meta)))
+        return ast.Reduce(fn, tuple(names), body, self._loc(meta))
 
     def arg_plain(self, meta, children):
         return ("plain", children[0])
@@ -102,37 +109,37 @@ class ToAst(Transformer):
 
     def _binary(op):
         def rule(self, meta, children):
-            return ast.Binary(op, children[0], children[1], _loc(meta))
+            return ast.Binary(op, children[0], children[1], self._loc(meta))
         return rule
 
     add, sub, mul, div, pow = _binary("+"), _binary("-"), _binary("*"), _binary("/"), _binary("**")
 
     def compare(self, meta, children):
         left, op, right = children
-        return ast.Binary(str(op), left, right, _loc(meta))
+        return ast.Binary(str(op), left, right, self._loc(meta))
 
     def neg(self, meta, children):
-        return ast.Unary("-", children[0], _loc(meta))
+        return ast.Unary("-", children[0], self._loc(meta))
 
     def pos(self, meta, children):
         return children[0]
 
     # ---- declarations
     def dim_size(self, meta, children):
-        return ast.Dim(children[0], None, _loc(meta))
+        return ast.Dim(children[0], None, self._loc(meta))
 
     def dim_named(self, meta, children):
-        return ast.Dim(children[1], str(children[0]), _loc(meta))
+        return ast.Dim(children[1], str(children[0]), self._loc(meta))
 
     def dims(self, meta, children):
         return tuple(children)
 
     def tensor(self, meta, children):
         name, dims, dtype = children
-        return ast.TensorDecl(str(name), dims or (), str(dtype or "real"), _loc(meta))
+        return ast.TensorDecl(str(name), dims or (), str(dtype or "real"), self._loc(meta))
 
     def input_decl(self, meta, children):
-        return ast.InputDecl(tuple(children), _loc(meta))
+        return ast.InputDecl(tuple(children), self._loc(meta))
 
     def init_value(self, meta, children):
         return ast.Init(children[0], False)
@@ -152,21 +159,21 @@ class ToAst(Transformer):
             following = init if init is not None else following
             tensors.append(tensor)
             inits.append(following)
-        return ast.ParamDecl(tuple(reversed(tensors)), tuple(reversed(inits)), _loc(meta))
+        return ast.ParamDecl(tuple(reversed(tensors)), tuple(reversed(inits)), self._loc(meta))
 
     def state_item(self, meta, children):
         return tuple(children)
 
     def state_decl(self, meta, children):
         return ast.StateDecl(tuple(c[0] for c in children), tuple(c[1] for c in children),
-                             _loc(meta))
+                             self._loc(meta))
 
     def target_index(self, meta, children):
-        return ast.TargetIndex(str(children[0]), children[1], _loc(meta))
+        return ast.TargetIndex(str(children[0]), children[1], self._loc(meta))
 
     def target(self, meta, children):
         name, *indices = children
-        return (str(name), tuple(i for i in indices if i is not None), _loc(meta))
+        return (str(name), tuple(i for i in indices if i is not None), self._loc(meta))
 
     def _assign(kind):
         def rule(self, meta, children):
@@ -177,13 +184,13 @@ class ToAst(Transformer):
     let, update, output = _assign("let"), _assign("update"), _assign("out")
 
     def hyper(self, meta, children):
-        return ast.Hyper(str(children[0]), children[1], _loc(meta))
+        return ast.Hyper(str(children[0]), children[1], self._loc(meta))
 
     def cell(self, meta, children):
         name, *rest = children
         hypers = tuple(c for c in rest if isinstance(c, ast.Hyper))
         body = tuple(c for c in rest if c is not None and not isinstance(c, ast.Hyper))
-        return ast.Cell(str(name), hypers, body, _loc(meta))
+        return ast.Cell(str(name), hypers, body, self._loc(meta))
 
     def start(self, meta, children):
         return children[0]
@@ -228,8 +235,9 @@ def _describe(token) -> str:
     return repr(str(token.value))
 
 
-def _friendly(err: lark.exceptions.UnexpectedInput, text: str) -> tuple[str, Loc]:
-    loc = Loc(err.line if err.line > 0 else 1, err.column if err.column > 0 else 1)
+def _friendly(err: lark.exceptions.UnexpectedInput, source: Source) -> tuple[str, Loc]:
+    text = source.text
+    loc = Loc(err.line if err.line > 0 else 1, err.column if err.column > 0 else 1, source)
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
         char = text[err.pos_in_stream] if err.pos_in_stream < len(text) else "?"
         if char == "_":
@@ -241,9 +249,9 @@ def _friendly(err: lark.exceptions.UnexpectedInput, text: str) -> tuple[str, Loc
     opened = _lark().options.postlex.open
     if opened and (token.type == "$END" or token.line > opened[-1].line):
         bracket = opened[-1]
-        return f"this '{bracket.value}' is never closed", _loc(bracket)
+        return f"this '{bracket.value}' is never closed", _loc(bracket, source)
     if token.type == "$END":
-        loc = _end_loc(text)
+        loc = _end_loc(source)
     if token.type == "EQUAL" and opened:
         return "'=' inside an expression: write '==' to compare", loc
     for close, word in (("RSQB", "']'"), ("RPAR", "')'")):
@@ -264,32 +272,38 @@ def _literal(terminal: str) -> str:
     return terminal
 
 
-def _end_loc(text: str) -> Loc:
-    lines = text.rstrip().splitlines() or [""]
-    return Loc(len(lines), len(lines[-1]) + 1)
+def _end_loc(source: Source) -> Loc:
+    lines = source.text.rstrip().splitlines() or [""]
+    return Loc(len(lines), len(lines[-1]) + 1, source)
 
 
 def parse(text: str, filename: str = "<string>") -> ast.Cell:
     """Parses the text of one spec. Raises RecError on a syntax error."""
     text = text.removeprefix("\ufeff")  # a byte order mark is not part of the spec
     source = Source(text, filename)
+    with at(Loc(0, 0, source), "parse"):  # a failure outside the transformer: no node
+        cell = _transform(text, source)
+    return ast.Cell(cell.name, cell.hypers, cell.body, cell.loc, source)
+
+
+def _transform(text: str, source: Source) -> ast.Cell:
     try:
         tree = _lark().parse(text)
-        _check_limits(tree)
-        cell = ToAst().transform(tree)
+        _check_limits(tree, source)
+        return ToAst(source).transform(tree)
     except lark.exceptions.UnexpectedInput as err:
-        message, loc = _friendly(err, text)
+        message, loc = _friendly(err, source)
         raise RecError(message, source, loc) from None
     except _SyntaxProblem as err:
         raise RecError(err.message, source, err.loc) from None
     except lark.exceptions.VisitError as err:
         if isinstance(err.orig_exc, _SyntaxProblem):
             raise RecError(err.orig_exc.message, source, err.orig_exc.loc) from None
-        raise
-    return ast.Cell(cell.name, cell.hypers, cell.body, cell.loc, source)
+        with at(_loc(getattr(err.obj, "meta", err.obj), source), "parse"):  # the rule's node
+            raise err.orig_exc from None
 
 
-def _check_limits(tree: lark.Tree) -> None:
+def _check_limits(tree: lark.Tree, source: Source) -> None:
     """Refuses names longer than config.NAME_LENGTH and expressions nested deeper than
     config.DEPTH, before anything recursive (the transformer, the checks, the analysis)
     walks the tree. Iterative: the tree may be deeper than Python's recursion limit."""
@@ -300,12 +314,12 @@ def _check_limits(tree: lark.Tree) -> None:
             if node.type == "NAME" and len(node) > config.NAME_LENGTH:
                 raise _SyntaxProblem(f"the name {_clip(str(node))} is {len(node)} characters "
                                      f"long; names have at most {config.NAME_LENGTH}",
-                                     _loc(node))
+                                     _loc(node, source))
             continue
         if depth > config.DEPTH:
             raise _SyntaxProblem(f"the expression is nested more than {config.DEPTH} levels "
                                  "deep (brackets, calls or a chain of operators): split it "
-                                 "into named parts (`a = ...`)", _loc(node.meta))
+                                 "into named parts (`a = ...`)", _loc(node.meta, source))
         inner = depth + (node.data in _EXPRESSIONS)
         stack.extend((child, inner) for child in node.children if child is not None)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import sympy
 
+from ..errors import at
 from ..ir import IR, Op
 from .operands import Unsupported, chunk_operands
 from .partition import Phase, phases
@@ -131,11 +132,18 @@ class Plan:
 
 def make_plan(ir: IR) -> Plan:
     expander, display = Expander(ir), Expander(ir, inline=False)
-    states = tuple(analyze_state(ir, expander, i, display) for i in ir.stmts
+    states = tuple(_located(ir, i, analyze_state, ir, expander, i, display) for i in ir.stmts
                    if ir.node(i).op == Op.UPDATE)
-    readouts = tuple(_readout(ir, expander, i) for i in ir.stmts if ir.node(i).op == Op.OUT)
+    readouts = tuple(_located(ir, i, _readout, ir, expander, i) for i in ir.stmts
+                     if ir.node(i).op == Op.OUT)
     form, summary = _form(ir, states, readouts)
     return Plan(ir.name, form, summary, states, readouts, _partition(ir), ir)
+
+
+def _located(ir: IR, i: int, analyze, *args):
+    """`analyze(*args)`, an unexpected failure reported at statement i's spec line."""
+    with at(ir.node(i), "analysis"):
+        return analyze(*args)
 
 
 # ---- the form -------------------------------------------------------------------------

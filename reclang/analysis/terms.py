@@ -101,6 +101,8 @@ class Expander:
             return self._read_symbol(node, env)
         if node.op in (Op.LET, Op.OUT, Op.UPDATE):
             return self.symbolic(node.args[0], env)
+        if node.op == Op.FN and node.arg not in SYMPY:
+            raise NotAffine(f"{node.arg} has no symbolic form", node)
         if node.op == Op.FN:
             return SYMPY[node.arg](*(self.symbolic(a, env) for a in node.args))
         if node.op == Op.REDUCE:
@@ -150,7 +152,9 @@ class Expander:
         node = self.ir.node(i)
         if self.phase[i] != Phase.CORE:
             return [Term(self.symbolic(i, env))]
-        method = getattr(self, "terms_" + node.op.name.lower())
+        method = getattr(self, "terms_" + node.op.name.lower(), None)
+        if method is None:  # an op this pass has no rule for: refuse the form at the node
+            raise NotAffine(f"no affine rule for a {node.op.name.lower()} node", node)
         return method(node, env)
 
     def terms_read(self, node: Node, env: dict) -> list[Term]:

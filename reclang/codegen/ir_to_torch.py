@@ -18,6 +18,7 @@ import cmath
 import math
 from enum import IntEnum
 
+from reclang import errors
 from reclang.functions import FUNCTIONS, REDUCTIONS
 from reclang.ir import IR, Node, Op
 
@@ -135,17 +136,23 @@ class ExprLowering:
 
     # ---- values
     def code(self, i: int, at: Place) -> Code:
-        """The expression for node i, read from a statement computed at `at`."""
+        """The expression for node i, read from a statement computed at `at`; an
+        unexpected failure is reported at the node's spec location."""
         node = self.ir.node(i)
         home = self.place[i]
         trivial = node.op in (Op.CONST, Op.READ) or (
             node.op == Op.FN and node.arg == "neg" and self.ir.node(node.args[0]).op == Op.CONST)
-        if home < at and not trivial:
-            code = self.materialize(i, at)
-        else:
-            code = getattr(self, "lower_" + node.op.name.lower())(node, at)
+        with errors.at(node, "lowering"):
+            code = self.materialize(i, at) if home < at and not trivial else self.lower(node, at)
         code.dtype = node.dtype
         return code
+
+    def lower(self, node: Node, at: Place) -> Code:
+        """The node's own expression, by the `lower_<op>` method for its op."""
+        method = getattr(self, "lower_" + node.op.name.lower(), None)
+        if method is None:  # read through READ nodes, never printed on their own
+            raise NotImplementedError(f"no rule prints a {node.op.name.lower()} node as PyTorch")
+        return method(node, at)
 
     def materialize(self, i: int, at: Place) -> Code:
         node = self.ir.node(i)
@@ -168,8 +175,7 @@ class ExprLowering:
         return f"{self.unbound[var]}[t]"
 
     def lower_value(self, i: int, home: Place) -> str:
-        node = self.ir.node(i)
-        return getattr(self, "lower_" + node.op.name.lower())(node, home).text
+        return self.lower(self.ir.node(i), home).text
 
     def emit(self, place: Place, node: Node, line: str):
         """Appends a line to a block, after the spec line it comes from."""

@@ -1,0 +1,33 @@
+"""AST to IR: resolves names, indices, sizes and types, checks every rule of the
+language, and builds the SSA graph. All problems are collected and raised together.
+
+Scoping. The indices of a statement are the names on its left-hand side plus those
+bound by an enclosing `sum(i: ...)`. An index's size comes from the declared shape of
+the tensors it subscripts (or from `i: N` on the left); every use must agree.
+
+The stages, one module each:
+    hypers.py        hyperparameters (defaults, load-time overrides) and constant folding
+    declarations.py  inputs, params, states: names, shapes, initializers
+    indices.py       a statement's left-hand side and the sizes of its indices
+    expressions.py   the right-hand side, node by node
+    builder.py       the graph, the statements in order, the whole-cell checks
+    common.py        what they share: reserved names, walks of an expression, wording
+"""
+
+from __future__ import annotations
+
+from .. import ast
+from ..errors import at
+from ..ir import IR
+from .builder import Builder
+from .common import STAGE
+from .hypers import fold, resolve_hypers
+
+__all__ = ["Builder", "build_ir", "fold", "resolve_hypers"]
+
+
+def build_ir(cell: ast.Cell, overrides: dict | None = None) -> IR:
+    """Checks a parsed cell and builds its IR. Raises RecError listing every problem."""
+    with at(cell, STAGE):  # what no statement's own wrapping covers: hypers, whole-cell checks
+        hypers = resolve_hypers(cell, overrides or {})
+        return Builder(cell, hypers).build()

@@ -1,0 +1,179 @@
+"""Expressions: the right-hand side of a statement, one IR node per AST node, with
+its axes, sizes and dtype."""
+
+from __future__ import annotations
+
+from .. import ast
+from ..errors import RecError
+from ..functions import BINARY_OPS, CALLABLE, FUNCTIONS, INIT_ONLY, REDUCTIONS
+from ..ir import Op
+from .common import STAGE, _Bad, _suggest, _union
+from .hypers import _eval_scalar, fold
+
+
+class Expressions:
+    """The part of the Builder that lowers expressions (see builder.py for its state)."""
+
+    def expr(self, e: ast.Expr, scope: dict[str, int]) -> int:
+        method = getattr(self, "expr_" + type(e).__name__.lower(), None)
+        if method is None:  # an AST node this pass was not taught: say so at the node
+            raise RecError(f"internal error in {STAGE}: no rule lowers a "
+                           f"{type(e).__name__} expression", loc=e.loc)
+        return method(e, scope)
+
+    def const(self, value, loc) -> int:
+        if isinstance(value, int) and value.bit_length() > 1023:  # numbers are reals
+            try:
+                float(value)
+            except OverflowError:
+                self.fail(f"this constant ({value.bit_length()} bits) is beyond the range "
+                          "of a float (about 1.8e308)", loc)
+        dtype = "complex" if isinstance(value, complex) else \
+            "bool" if isinstance(value, bool) else "real"
+        return self.add(Op.CONST, (), (), (), dtype, value, loc)
+
+    def expr_num(self, e, scope):
+        return self.const(e.value, e.loc)
+
+    def expr_imag(self, e, scope):
+        return self.const(complex(0, e.value), e.loc)
+
+    def expr_name(self, e, scope):
+        if e.name in scope:
+            return self.add(Op.INDEX, (), (e.name,), (scope[e.name],), "real", e.name, e.loc)
+        if e.name in self.hypers:
+            return self.const(self.hypers[e.name], e.loc)
+        return self.read(ast.Subscript(e.name, (), e.loc), scope)
+
+    def expr_subscript(self, e, scope):
+        return self.read(e, scope)
+
+    def read(self, e: ast.Subscript, scope) -> int:
+        source = self._resolve(e.name, e.loc, scope)
+        src = self.node(source)
+        if src.op == Op.LET and not src.axes and self.node(src.args[0]).op == Op.CONST \
+                and not e.indices:
+            return self.const(self.node(src.args[0]).arg, e.loc)  # a named constant
+        if len(e.indices) != len(src.sizes):
+            n = len(src.sizes)
+            usage = f"write {e.name}[{', '.join('ijklmn'[:n])}]" if n else f"write {e.name}"
+            self.fail(f"{e.name} has {n} ax{'is' if n == 1 else 'es'} but "
+                      f"{len(e.indices)} {'index is' if len(e.indices) == 1 else 'indices are'} "
+                      f"given: {usage}", e.loc)
+        subs, axes, sizes = [], [], []
+        for k, sub in enumerate(e.indices):
+            if isinstance(sub, ast.Name) and sub.name in scope:
+                if sub.name in axes:
+                    self.fail(f"index {sub.name} appears twice in {e.name}[...]; "
+                              "diagonals are not supported", sub.loc)
+                if scope[sub.name] != src.sizes[k]:
+                    self.fail(f"index {sub.name} ranges over {scope[sub.name]} but axis {k} of "
+                              f"{e.name} has size {src.sizes[k]}", sub.loc)
+                subs.append(sub.name)
+                axes.append(sub.name)
+                sizes.append(scope[sub.name])
+            else:
+                subs.append(self._constant_subscript(sub, e.name, k, src.sizes[k]))
+        return self.add(Op.READ, (source,), axes, sizes, src.dtype, tuple(subs), e.loc)
+
+    def _resolve(self, name, loc, scope) -> int:
+        """The node a name refers to at this point of the step (SSA)."""
+        if name in self.updated:
+            return self.updated[name]
+        if name in self.defined:
+            return self.defined[name]
+        if name in self.leaves:
+            return self.leaves[name]
+        later = [s for s in self.cell.body if isinstance(s, ast.Assign) and s.name == name]
+        if later and later[0].kind != "update":
+            self.fail(f"{name} is used before it is defined (line {later[0].loc.line})", loc)
+        if name in FUNCTIONS or name in REDUCTIONS:
+            self.fail(f"{name} is a function: call it as {name}(...)", loc)
+        if name in self.decls:  # declared, but its declaration had an error
+            raise _Bad
+        candidates = set(self.decls) | set(self.defined) | set(self.hypers) | set(scope)
+        if len(name) == 1 and name.islower() and name not in candidates:
+            self.fail(f"index {name} is neither on the left of '=' nor bound by "
+                      f"sum({name}: ...)", loc)
+        self.fail(f"unknown name '{name}'{_suggest(name, candidates)}", loc)
+
+    def _constant_subscript(self, sub, name, k, size) -> int:
+        try:
+            value = _eval_scalar(sub, self.hypers, "a subscript")
+        except RecError:
+            if isinstance(sub, ast.Name):
+                self.fail(f"index {sub.name} is neither on the left of '=' nor bound by "
+                          f"sum({sub.name}: ...)", sub.loc)
+            self.fail("a subscript must be an index name or a constant integer", sub.loc)
+        if not isinstance(value, int) or not 0 <= value < size:
+            self.fail(f"subscript {value!r} is out of range for axis {k} of {name} "
+                      f"(size {size})", sub.loc)
+        return value
+
+    def expr_unary(self, e, scope):
+        return self.function("neg", [e.operand], e.loc, scope)
+
+    def expr_binary(self, e, scope):
+        return self.function(BINARY_OPS[e.op], [e.left, e.right], e.loc, scope)
+
+    def expr_call(self, e, scope):
+        if e.fn in INIT_ONLY:
+            self.fail(f"{e.fn}(...) can only appear in the initializer of a param or state",
+                      e.loc)
+        if e.fn in REDUCTIONS and e.fn not in FUNCTIONS:
+            self.fail(f"{e.fn} needs the index it reduces: {e.fn}(i: ...)", e.loc)
+        if e.fn not in CALLABLE:
+            self._unknown_function(e)
+            raise _Bad
+        fn = FUNCTIONS[e.fn]
+        if len(e.args) != fn.arity:
+            self.fail(f"{e.fn}() takes {fn.arity} argument{'s' * (fn.arity != 1)}, "
+                      f"got {len(e.args)}", e.loc)
+        return self.function(e.fn, list(e.args), e.loc, scope)
+
+    def function(self, name, operands, loc, scope) -> int:
+        args = [self.expr(a, scope) for a in operands]
+        nodes = [self.node(a) for a in args]
+        fn = FUNCTIONS[name]
+        dtypes = {n.dtype for n in nodes}
+        if fn.real_only and "complex" in dtypes:
+            self.fail(f"{name} is not defined for complex values", loc)
+        if name == "where" and nodes[0].dtype != "bool":
+            self.fail("the first argument of where(...) must be a comparison", operands[0].loc)
+        if name != "where" and "bool" in dtypes:
+            self.fail("true/false values can only be the condition of where(...)", loc)
+        result = fn.result
+        if result == "same":
+            values = nodes[1:] if name == "where" else nodes
+            result = "complex" if any(n.dtype == "complex" for n in values) else "real"
+        if all(n.op == Op.CONST for n in nodes):
+            return self._fold(fn, [n.arg for n in nodes], loc)
+        axes, sizes = _union(nodes)
+        return self.add(Op.FN, args, axes, sizes, result, name, loc)
+
+    def _fold(self, fn, values, loc) -> int:
+        try:
+            value = fold(fn, values, loc)
+        except RecError as err:
+            self.fail(err.message, loc)
+        return self.const(value, loc)
+
+    def expr_reduce(self, e, scope):
+        if e.fn not in REDUCTIONS:
+            self.fail(f"{e.fn}(i: ...) is not a reduction; use one of "
+                      f"{', '.join(REDUCTIONS)}", e.loc)
+        inner = dict(scope)
+        for b in e.binders:
+            if b.name in scope:
+                self.fail(f"index {b.name} is reduced here but is already an index of the "
+                          "result (on the left, or in an outer reduction)", b.loc)
+            self._check_index_name(b.name, b.loc)
+            inner[b.name] = self._infer_size(b.name, e.body, b.loc, reduced=True)
+        body = self.expr(e.body, inner)
+        node = self.node(body)
+        reduced = tuple(b.name for b in e.binders)
+        if node.dtype == "complex" and e.fn != "sum":
+            self.fail(f"{e.fn} is not defined for complex values", e.loc)
+        keep = [(a, s) for a, s in zip(node.axes, node.sizes) if a not in reduced]
+        return self.add(Op.REDUCE, (body,), [a for a, _ in keep], [s for _, s in keep],
+                        node.dtype, (e.fn, reduced), e.loc)
