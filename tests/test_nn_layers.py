@@ -2,12 +2,14 @@
 backend each cell's plan allows (triton under Triton's interpreter on the CPU): float64
 outputs, final states and gradients of the inputs, initial states and parameters."""
 
+import itertools
+
 import pytest
 import torch
+from helpers import SPECS
 
 import reclang
 from reclang.nn import Bidirectional, Stack
-from helpers import SPECS
 
 F = torch.nn.functional
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -18,7 +20,7 @@ CELLS = {  # one cell per form; widths equal, so that each layer reads the previ
 }
 BI_CELLS = {**CELLS, "delta_net": reclang.load(SPECS / "delta_net.rec", H=2, K=3, V=3)}  # dplr
 # every input of the next layer reads the previous layer's one output
-CONNECT = {"gla": dict(q="o", k="o", v="o", g="o")}
+CONNECT = {"gla": {"q": "o", "k": "o", "v": "o", "g": "o"}}
 GATES = {"g": lambda x: F.logsigmoid(x), "beta": torch.sigmoid}
 
 
@@ -133,7 +135,7 @@ def test_stack_refuses_an_unconnected_input():
     with pytest.raises(ValueError, match="give connect="):
         Stack(CELLS["gla"], 2)
     with pytest.raises(ValueError, match="every input of the next layer"):
-        Stack(CELLS["gla"], 2, connect=dict(q="o", k="o", v="o"))
+        Stack(CELLS["gla"], 2, connect={"q": "o", "k": "o", "v": "o"})
     with pytest.raises(TypeError, match="a list of 2 layer states"):
         Stack(CELLS["gru"], 2)(x=torch.randn(1, 2, 3), state={"h": torch.zeros(1, 3)})
 
@@ -165,7 +167,7 @@ def test_bidirectional_is_two_passes_by_hand(name, backend, merge):
                   for k, v in x.items()}
             cu = torch.tensor([0, 5, 7, 11])
             y, final = bi(state=s0, cu_seqlens=cu, **xs)
-            ys = [y[:, a:b] for a, b in zip(cu[:-1], cu[1:])]
+            ys = [y[:, a:b] for a, b in itertools.pairwise(cu)]
         elif varlen == "lengths":
             y, final = bi(state=s0, lengths=torch.tensor(lengths), **x)
             assert y[1, 2:].abs().max() == 0

@@ -9,5 +9,6 @@ docs/nn.md describes their calling and state conventions.
 """
 
 from .layers import Bidirectional, Stack
+from .torch_rnn import TorchRNN, from_torch, to_torch
 
-__all__ = ["Bidirectional", "Stack"]
+__all__ = ["Bidirectional", "Stack", "TorchRNN", "from_torch", "to_torch"]

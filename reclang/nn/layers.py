@@ -173,7 +173,7 @@ class Bidirectional(nn.Module):
 
     def forward(self, *, state: dict | None = None, lengths=None, cu_seqlens=None, **inputs):
         state = self._state(state)
-        run = dict(lengths=lengths, cu_seqlens=cu_seqlens)
+        run = {"lengths": lengths, "cu_seqlens": cu_seqlens}
         y, sf = self.forward_layer(state=state["forward"], **run, **inputs)
         order = reversal(next(iter(inputs.values())), lengths, cu_seqlens)
         flipped = {k: v.index_select(1, order) if order.dim() == 1 else _gather(v, order)
