@@ -5,6 +5,7 @@ files (the sources are ASCII but for a few comments: one byte is one character).
 
     python examples/char_lm.py --cell specs/gru.rec [--layers 2] [--width 64]
                                [--steps 600] [--quick] [--plot loss.png]
+    python examples/char_lm.py --compare specs/lstm.rec specs/gru.rec --params 100000
 
 The corpus is a fixed list of files of `sysconfig.get_paths()["stdlib"]` (TRAIN and
 HELD_OUT below; their text varies a little between Python versions). Training draws
@@ -60,14 +61,15 @@ class Projected(nn.Module):
 
     input_names, output_names = ["x"], ["y"]
 
-    def __init__(self, cell, width: int, backend: str):
+    def __init__(self, cell, width: int, backend: str, device=None):
         super().__init__()
-        self.cell = cell.module(backend)
+        self.cell = cell.module(backend, device=device)
         self.shapes = {d.name: d.shape for d in cell.ir.inputs}
-        self.ins = nn.ModuleDict({k: nn.Linear(width, math.prod(s), bias=k in ACTIVATIONS)
+        self.ins = nn.ModuleDict({k: nn.Linear(width, math.prod(s), bias=k in ACTIVATIONS,
+                                               device=device)
                                   for k, s in self.shapes.items()})
         out = cell.ir.outputs[0]
-        self.out = nn.Linear(math.prod(out.sizes), width)
+        self.out = nn.Linear(math.prod(out.sizes), width, device=device)
 
     def _inputs(self, x):
         return {k: ACTIVATIONS.get(k, lambda v: v)(p(x).unflatten(-1, self.shapes[k]))
@@ -83,22 +85,43 @@ class Projected(nn.Module):
 
 
 def sized(path: str, width: int):
-    """The cell, with its widths set to `width`: D and N for one-input cells."""
+    """The cell at `width`, and whether it is stacked as it is: a one-input cell gets
+    D = width, and N = width when its output is [N] (LSTM, GRU; Mamba's y[D] keeps its
+    state size N); others get K = V = width / H (heads of the projected layer)."""
     cell = reclang.load(path)
-    single = len(cell.ir.inputs) == 1 and len(cell.ir.outputs) == 1
-    if single:
-        return reclang.load(path, **{k: width for k in ("D", "N") if k in cell.hypers}), True
-    return cell, False
+    if len(cell.ir.inputs) == 1 and len(cell.ir.outputs) == 1:
+        cell = reclang.load(path, D=width)
+        if cell.ir.outputs[0].sizes != (width,):
+            cell = reclang.load(path, D=width, N=width)
+        return cell, True
+    heads = cell.hypers.get("H", 1)
+    return reclang.load(path, **{k: max(1, width // heads) for k in ("K", "V")
+                                 if k in cell.hypers}), False
+
+
+def width_for(path: str, layers: int, params: int) -> int:
+    """The width (a multiple of 8) whose model has the parameter count closest to
+    `params`, by bisection (the count grows with the width): models of different cells
+    compared at the same size."""
+    def count(width):
+        model = CharLM(path, layers, width, "sequential", device="meta")
+        return sum(p.numel() for p in model.parameters())
+    low, high = 1, 64  # in units of 8
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if count(8 * mid) < params else (low, mid)
+    return min((8 * max(1, low - 1), 8 * low), key=lambda w: abs(count(w) - params))
 
 
 class CharLM(nn.Module):
-    def __init__(self, path: str, layers: int, width: int, backend: str = "auto"):
+    def __init__(self, path: str, layers: int, width: int, backend: str = "auto",
+                 device=None):
         super().__init__()
         cell, single = sized(path, width)
-        self.embed = nn.Embedding(VOCAB, width)
-        factory = cell if single else (lambda i: Projected(cell, width, backend))
-        self.stack = Stack(factory, layers, backend=backend)
-        self.head = nn.Linear(width, VOCAB)
+        self.embed = nn.Embedding(VOCAB, width, device=device)
+        factory = cell if single else (lambda i: Projected(cell, width, backend, device))
+        self.stack = Stack(factory, layers, backend=backend, device=device)
+        self.head = nn.Linear(width, VOCAB, device=device)
 
     def forward(self, tokens):
         y, _ = self.stack(x=self.embed(tokens))
@@ -198,6 +221,10 @@ def plot(curves: dict, path: str, title: str) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cell", default=str(ROOT / "specs" / "gru.rec"))
+    p.add_argument("--compare", nargs="+", metavar="CELL",
+                   help="train each of these cells in turn; a table, and --plot of all")
+    p.add_argument("--params", type=int,
+                   help="choose the width whose model has about this many parameters")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--steps", type=int, default=600)
@@ -221,12 +248,53 @@ def parser() -> argparse.ArgumentParser:
 QUICK = {"steps": 200, "batch": 16, "seq": 64, "eval_bytes": 8000, "eval_every": 50}
 
 
-def main(argv=None) -> dict:
+def compare(args) -> dict:
+    """Trains each of --compare's cells with the same steps, batch and data (and, with
+    --params, the same parameter count); prints a Markdown table."""
+    results = {}
+    for path in args.compare:
+        run = argparse.Namespace(**{**vars(args), "cell": path})
+        if args.params:
+            run.width = width_for(path, args.layers, args.params)
+        results[Path(path).stem] = (run.width, train(run))
+    print("\n| cell | width | parameters | held-out bits/char | seconds |\n|---|---|---|---|---|")
+    for name, (width, c) in results.items():
+        print(f"| {name} | {width} | {c['params']:,} | {c['held_out'][-1][1]:.3f} | "
+              f"{c['seconds']:.0f} |")
+    return results
+
+
+def plot_comparison(results: dict, path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, (_, curves) in results.items():
+        ax.plot(*zip(*curves["held_out"][1:]), "o-", label=name)
+    ax.set(xlabel="step", ylabel="held-out bits per character", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None):
     p = parser()
     args = p.parse_args(argv)
     if args.quick:  # new defaults: what the command line gives still wins
         p.set_defaults(**QUICK)
         args = p.parse_args(argv)
+    if args.compare:
+        results = compare(args)
+        if args.plot:
+            plot_comparison(results, args.plot, f"{args.layers} layers, {args.steps} steps of "
+                            f"{args.batch} x {args.seq} bytes, ~{args.params or 0:,} params")
+            print(f"wrote {args.plot}")
+        return results
+    if args.params:
+        args.width = width_for(args.cell, args.layers, args.params)
     curves = train(args)
     if args.plot:
         plot(curves, args.plot, f"{Path(args.cell).stem}, {args.layers} x {args.width}")
