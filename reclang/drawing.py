@@ -123,7 +123,7 @@ def _edges(ir, reads: dict, origin) -> list[str]:
             continue
         for a in ir.node(v).args:
             u = origin(a)
-            label = f" [label={_quote('[' + ', '.join(ir.node(a).arg) + ']')}]" \
+            label = f" [label={_quote('[' + ', '.join(map(str, ir.node(a).arg)) + ']')}]" \
                 if a in reads and ir.node(a).arg else ""
             lines.append(f"  n{u} -> n{v}{label};")
     for decl in ir.states:

@@ -67,3 +67,13 @@ def test_bench_plots_time_against_T(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("cell min_gru (diag), B=1, T=") == 2 and f"wrote {target}" in out
     assert target.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("spec", sorted(p.name for p in SPECS.glob("*.rec")))
+def test_graph_draws_every_catalogue_spec(spec, capsys):
+    """Every spec draws (constant subscripts such as z[1, n] label their edges)."""
+    assert main(["graph", str(SPECS / spec)]) == 0
+    dot = capsys.readouterr().out
+    assert dot.startswith("digraph") and dot.rstrip().endswith("}")
+    if spec == "lstm.rec":
+        assert 'label="[1, n]"' in dot
