@@ -11,5 +11,6 @@ __version__ = "0.1.0"
 from .compile import Cell, load, loads  # noqa: E402
 from .errors import RecError  # noqa: E402
 from .module import RecModule  # noqa: E402
+from . import nn  # noqa: E402  (reclang.nn.Stack, ... after `import reclang`)
 
-__all__ = ["Cell", "RecError", "RecModule", "load", "loads", "__version__"]
+__all__ = ["Cell", "RecError", "RecModule", "load", "loads", "nn", "__version__"]
