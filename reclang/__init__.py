@@ -10,5 +10,6 @@ from .config import VERSION as __version__  # noqa: E402
 from .compile import Cell, load, loads  # noqa: E402
 from .errors import RecError  # noqa: E402
 from .module import RecModule  # noqa: E402
+from . import nn  # noqa: E402  (reclang.nn.Stack, ... after `import reclang`)
 
-__all__ = ["Cell", "RecError", "RecModule", "load", "loads", "__version__"]
+__all__ = ["Cell", "RecError", "RecModule", "load", "loads", "nn", "__version__"]

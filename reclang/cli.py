@@ -61,11 +61,10 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    cell = load(args.spec, **_hypers(args))
-    dot = cell.ir.to_dot()
+    from .drawing import render, to_dot
+
+    dot = render(to_dot(load(args.spec, **_hypers(args))), args.output, args.spec)
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(dot + "\n")
         print(f"wrote {args.output}")
     else:
         print(dot)
@@ -147,17 +146,29 @@ def cmd_bench(args) -> int:
     if device == "cpu" and "triton" in backends:  # its kernels run on CUDA tensors
         backends.remove("triton")
         print("(triton skipped: its kernels run on CUDA tensors)")
+    plt = _pyplot(args.spec) if args.plot else None  # before the timings: fail early
     torch.manual_seed(args.seed)
     modules = {b: cell.module(b).to(device) for b in backends}
     for m in modules.values():
         m.load_state_dict(modules["sequential"].state_dict())
-    inputs = {d.name: args.scale * torch.randn(args.batch, args.T, *d.shape, device=device)
+    times = {T: _bench_at(cell, modules, args, T, device) for T in args.T}
+    if args.plot:
+        _plot(plt, cell, times, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _bench_at(cell, modules: dict, args, T: int, device: str) -> dict:
+    """One table: every backend at length T; returns backend -> (forward, fwd+bwd) s."""
+    import torch
+
+    inputs = {d.name: args.scale * torch.randn(args.batch, T, *d.shape, device=device)
               for d in cell.ir.inputs}
-    print(f"cell {cell.name} ({cell.plan.form}), B={args.batch}, T={args.T}, float32, "
+    print(f"cell {cell.name} ({cell.plan.form}), B={args.batch}, T={T}, float32, "
           f"{device}")
     print(f"  {'backend':<11}{'forward':>10}{'fwd+bwd':>10}{'max |y - sequential|':>22}"
           f"{'relative':>10}")
-    reference = None
+    reference, times = None, {}
     for name, m in modules.items():
         with torch.no_grad():
             y = _outputs(m(**inputs)[0])
@@ -168,10 +179,39 @@ def cmd_bench(args) -> int:
         diff = (y - reference).abs().max().item()
         print(f"  {name:<11}{forward * 1e3:>8.2f}ms{both * 1e3:>8.2f}ms{diff:>22.3g}"
               f"{_relative(y, reference):>10.2g}")
+        times[name] = (forward, both)
     print(f"  (relative: max |y - sequential| / max |sequential|, where max |sequential| = "
           f"{reference.abs().max().item():.3g})")
     _warn_if_not_finite([reference], args.scale)
-    return 0
+    return times
+
+
+def _pyplot(spec: str):
+    try:
+        import matplotlib
+    except ImportError:
+        raise RecError("--plot needs matplotlib (pip install matplotlib)",
+                       Source("", spec)) from None
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib import pyplot
+    return pyplot
+
+
+def _plot(plt, cell, times: dict, path: str) -> None:
+    """Time against T per backend, log-log: forward, and forward + backward."""
+    Ts = sorted(times)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, index, title in zip(axes, (0, 1), ("forward", "forward + backward")):
+        for backend in times[Ts[0]]:
+            ax.loglog(Ts, [times[T][backend][index] * 1e3 for T in Ts], "o-", label=backend)
+        ax.set(title=title, xlabel="T (steps)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("time (ms, best of the repeats)")
+    axes[0].legend()
+    fig.suptitle(f"{cell.name} ({cell.plan.form})")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _outputs(y):
@@ -209,8 +249,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print only the plan, as JSON")
     c.add_argument("--origins", action="store_true",
                    help="show the spec line each generated line comes from")
-    c = command("graph", cmd_graph, "write the IR as Graphviz dot")
-    c.add_argument("-o", "--output", help="file to write (default: standard output)")
+    c = command("graph", cmd_graph, "draw the IR: Graphviz dot, or a picture through `dot`")
+    c.add_argument("-o", "--output", help="file to write: .svg, .png or .pdf (rendered by "
+                   "Graphviz's dot), .dot or .gv (dot text; default: standard output)")
     c = command("run", cmd_run, "run on random inputs; compare full-sequence and step forms")
     c.add_argument("--backend", default="sequential")
     c.add_argument("-B", "--batch", type=int, default=2)
@@ -221,8 +262,11 @@ def parser() -> argparse.ArgumentParser:
                    help="standard deviation of the random inputs (default 1)")
     c = command("bench", cmd_bench, "time every backend that can run the cell, side by side")
     c.add_argument("-B", "--batch", type=int, default=4)
-    c.add_argument("-T", type=int, default=1024)
+    c.add_argument("-T", type=int, nargs="+", default=[1024],
+                   help="sequence lengths, one table each (default 1024)")
     c.add_argument("--repeat", type=int, default=3)
+    c.add_argument("--plot", metavar="FILE.png",
+                   help="draw time against T per backend, log-log (matplotlib)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--scale", type=float, default=1.0,
                    help="standard deviation of the random inputs (default 1)")

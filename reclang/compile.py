@@ -111,6 +111,13 @@ class Cell:
             m.use_on("cuda", on_cuda, build=Deferred(self, on_cuda, chunk_size))
         return m
 
+    def function(self, backend: str = "auto"):
+        """The cell as `f(q, k, v, ..., scale=None, initial_state=None,
+        output_final_state=False, cu_seqlens=None) -> (o, final_state or None)`,
+        flash-linear-attention's calling convention (reclang/function.py)."""
+        from .function import CellFunction
+        return CellFunction(self, backend)
+
     def auto_backends(self) -> tuple[str, str]:
         """The backends `auto` runs on the CPU and on CUDA, from the plan:
 

@@ -18,6 +18,7 @@ import io
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,7 @@ def _id(code: str) -> str:
 
 LANGUAGE = fences("language.md")
 MODULE = fences("module.md")
+NN = fences("nn.md")
 CELLS = [body for info, body, _ in LANGUAGE + MODULE if info.split()[:1] == ["rec"]]
 ERRORS = [(body, after, _file(info) or "c.rec") for info, body, after in LANGUAGE + MODULE
           if info.split()[:1] == ["rec-error"]]
@@ -120,6 +122,25 @@ def test_module_md_runs(tmp_path, monkeypatch):
             for command, expected in _commands(body):
                 assert _mask_timings(_run_cli(command)) == _mask_timings(expected), command
     assert consoles >= 1
+
+
+def test_nn_md_runs(tmp_path, monkeypatch):
+    """The python blocks of nn.md run in order (in a folder where specs/ is the
+    catalogue); its console block, which draws an SVG, where Graphviz's dot exists."""
+    (tmp_path / "specs").symlink_to(ROOT / "specs")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RECLANG_CACHE", str(tmp_path / "cache"))
+    namespace = {"__name__": "nn_md"}
+    blocks = [info for info, _, _ in NN]
+    assert blocks.count("python") >= 5 and blocks.count("console") == 1
+    for info, body, _ in NN:
+        if info == "python":
+            torch.manual_seed(0)
+            exec(compile(body, "nn.md", "exec"), namespace)  # noqa: S102
+        elif info == "console" and shutil.which("dot"):
+            for command, expected in _commands(body):
+                assert _run_cli(command) == expected, command
+            assert (tmp_path / "mamba_s6.svg").read_text().rstrip().endswith("</svg>")
 
 
 def _commands(block: str):
