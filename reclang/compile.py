@@ -116,7 +116,7 @@ class Cell:
         output_final_state=False, cu_seqlens=None) -> (o, final_state or None)`,
         flash-linear-attention's calling convention (reclang/function.py)."""
         from .function import CellFunction
-        return CellFunction(self, backend)
+        return CellFunction(self, backend, loads)
 
     def auto_backends(self) -> tuple[str, str]:
         """The backends `auto` runs on the CPU and on CUDA, from the plan:

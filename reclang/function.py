@@ -26,12 +26,14 @@ from .errors import RecError
 class CellFunction:
     """What `Cell.function` returns; `self.backend` is the one asked for."""
 
-    def __init__(self, cell, backend: str = "auto"):
+    def __init__(self, cell, backend: str, loads):
+        """`loads`: compile.loads, to build the cell at another scale (passed in, so that
+        this module does not import the driver that imports it)."""
         if cell.ir.params:
             names = ", ".join(d.name for d in cell.ir.params)
             raise RecError(f"cell {cell.name} has params ({names}): a function has no "
                            "weights; use cell.module()", cell.ir.source, cell.ir.params[0].loc)
-        self.cell, self.backend = cell, backend
+        self.cell, self.backend, self._loads = cell, backend, loads
         self.inputs = [d.name for d in cell.ir.inputs]
         self.states = [d.name for d in cell.ir.states]
         self._modules: dict = {}
@@ -71,8 +73,8 @@ class CellFunction:
         if scale not in self._modules:
             cell = self.cell
             if scale is not None:
-                from .compile import loads
                 source = cell.ir.source
-                cell = loads(source.text, source.filename, **{**cell.hypers, "scale": scale})
+                cell = self._loads(source.text, source.filename,
+                                   **{**cell.hypers, "scale": scale})
             self._modules[scale] = cell.module(self.backend)
         return self._modules[scale]

@@ -4,13 +4,13 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 6764  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+LINE_BUDGET = 6766  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
 # (5000 -> 5300: the lane form and the fused loop for nonlinear cells, ~520 lines;
 # 5300 -> 5500: the gated scan of diagonal cells, ~170 lines;
 # 5500 -> 6100: hardening (issue 16), ~520 lines: the checking loader and private cache
 # (generated.py), limits and constant folds, call checks, the name allocator and
 # escaping, causal non-finite values, setup_context Functions with vmap rules, pickling;
-# 6100 -> 6764: from a cell to a model (issue 21), 664 lines: reclang.nn (Stack,
+# 6100 -> 6766: from a cell to a model (issue 21), 666 lines: reclang.nn (Stack,
 # Bidirectional, from_torch / to_torch), cell.function, graph pictures, bench --plot)
 
 
