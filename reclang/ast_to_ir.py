@@ -8,7 +8,6 @@ the tensors it subscripts (or from `i: N` on the left); every use must agree.
 
 from __future__ import annotations
 
-import cmath
 import difflib
 import math
 
@@ -18,6 +17,7 @@ from . import ast, config
 from .errors import Collector, Loc, RecError
 from .functions import BINARY_OPS, CALLABLE, FUNCTIONS, INIT_ONLY, REDUCTIONS
 from .ir import IR, Decl, Node, Op
+from .rewrite import clip, fold, rewrite
 
 KEYWORDS = {"cell", "input", "param", "state", "out", "real", "complex"}
 RESERVED = KEYWORDS | set(REDUCTIONS) | set(FUNCTIONS) | set(INIT_ONLY)
@@ -53,42 +53,6 @@ def _eval_scalar(expr: ast.Expr, hypers: dict, what: str) -> int | float | compl
                    loc=expr.loc)
 
 
-def fold(fn, values: list, loc: Loc):
-    """`fn` on constants, as a RecError at `loc` when it fails or leaves float64 (the
-    result becomes a literal of the generated code). A power is bounded before it is
-    computed: `9 ** 9 ** 9` would take hours and gigabytes."""
-    if fn.name == "pow" and _power_too_large(*values):
-        raise RecError(f"{_clip(values[0])} ** {_clip(values[1])} is too large: constants "
-                       f"must be at most {config.NUMBER:.3g} in magnitude", loc=loc)
-    try:
-        value = fn.fold(*values)
-    except (ZeroDivisionError, ValueError, OverflowError, TypeError) as err:
-        raise RecError(f"{fn.name} of constants fails: {err}", loc=loc) from None
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, complex):
-        finite = cmath.isfinite(value) and max(abs(value.real), abs(value.imag)) <= config.NUMBER
-    else:
-        finite = (not isinstance(value, float) or math.isfinite(value)) and \
-            abs(value) <= config.NUMBER
-    if not finite:
-        raise RecError(f"{fn.name} of constants is not finite in float64 (magnitude above "
-                       f"{config.NUMBER:.3g})", loc=loc)
-    return value
-
-
-def _power_too_large(base, exponent) -> bool:
-    """Whether |base ** exponent| exceeds config.NUMBER, judged from logarithms."""
-    if isinstance(base, complex) or isinstance(exponent, complex) or abs(base) <= 1:
-        return False
-    return exponent > 0 and exponent * math.log2(abs(base)) > math.log2(config.NUMBER)
-
-
-def _clip(value, n: int = 20) -> str:
-    text = repr(value)
-    return text if len(text) <= n else text[:n] + "..."
-
-
 def resolve_hypers(cell: ast.Cell, overrides: dict) -> dict[str, int | float]:
     """Evaluates the hyperparameters in order, applying load-time overrides."""
     source = cell.source
@@ -120,7 +84,7 @@ def _check_override(h: ast.Hyper, default, value, source):
                        f"{type(value).__name__} {value!r}", source, h.loc)
     if not abs(value) <= config.NUMBER:  # also refuses nan
         raise RecError(f"hyperparameter {h.name} must be finite and at most "
-                       f"{config.NUMBER:.3g} in magnitude, got {_clip(value)}", source, h.loc)
+                       f"{config.NUMBER:.3g} in magnitude, got {clip(value)}", source, h.loc)
     if isinstance(default, int) and not isinstance(value, int):
         if float(value).is_integer():
             return int(value)
@@ -646,6 +610,7 @@ def _suggest(name: str, candidates) -> str:
 
 
 def build_ir(cell: ast.Cell, overrides: dict | None = None) -> IR:
-    """Checks a parsed cell and builds its IR. Raises RecError listing every problem."""
+    """Checks a parsed cell and builds its IR, rewritten by reclang/rewrite.py's rules.
+    Raises RecError listing every problem."""
     hypers = resolve_hypers(cell, overrides or {})
-    return Builder(cell, hypers).build()
+    return rewrite(Builder(cell, hypers).build())
