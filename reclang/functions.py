@@ -111,13 +111,16 @@ _ELEMENTARY = {  # sympy forms used by several rows
     "sigmoid": sympy.Lambda(sympy.Symbol("x"), 1 / (1 + sympy.exp(-sympy.Symbol("x")))),
     "softplus": sympy.Lambda(sympy.Symbol("x"), sympy.log(1 + sympy.exp(sympy.Symbol("x")))),
 }
-def _ZERO2(a, b):
+
+
+def _flat(a, b):
+    """The derivatives of a comparison: a true/false value does not vary."""
     return (0, 0)
 
 
 def _operators() -> list[Fn]:
     def compare(name, sym, fold, sp):
-        return Fn(name, 2, "{0} %s {1}" % sym, fold, "bool", True, sympy=sp, derivative=_ZERO2)
+        return Fn(name, 2, f"{{0}} {sym} {{1}}", fold, "bool", True, sympy=sp, derivative=_flat)
     return [
         Fn("add", 2, "{0} + {1}", lambda a, b: a + b, sympy=lambda a, b: a + b,
            derivative=lambda a, b: (1, 1)),
@@ -135,9 +138,9 @@ def _operators() -> list[Fn]:
         compare("gt", ">", lambda a, b: a > b, sympy.Gt),
         compare("ge", ">=", lambda a, b: a >= b, sympy.Ge),
         Fn("eq", 2, "{0} == {1}", lambda a, b: a == b, "bool", sympy=_sympy_eq,
-           kernel=sympy.Eq, derivative=_ZERO2),
+           kernel=sympy.Eq, derivative=_flat),
         Fn("ne", 2, "{0} != {1}", lambda a, b: a != b, "bool", sympy=sympy.Ne,
-           derivative=_ZERO2),
+           derivative=_flat),
     ]
 
 
@@ -154,7 +157,8 @@ def _elementary() -> list[Fn]:
         Fn("sqrt", 1, "torch.sqrt({0})", _m("sqrt"), sympy=sympy.sqrt,
            derivative=lambda x: (1 / (2 * sympy.sqrt(x)),)),
         Fn("rsqrt", 1, "torch.rsqrt({0})", lambda x: 1.0 / math.sqrt(x), real_only=True,
-           sympy=lambda x: 1 / sympy.sqrt(x), derivative=lambda x: (-x ** sympy.Rational(-3, 2) / 2,)),
+           sympy=lambda x: 1 / sympy.sqrt(x),
+           derivative=lambda x: (-x ** sympy.Rational(-3, 2) / 2,)),
         # |x| by name in kernels: sympy would differentiate it into sign(x), a distribution
         Fn("abs", 1, "torch.abs({0})", abs, "real", sympy=sympy.Abs, named=True,
            triton="tl.abs({0})", derivative=lambda x: (k("sign")(x),)),

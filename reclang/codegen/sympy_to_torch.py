@@ -21,7 +21,7 @@ from typing import Callable
 import sympy
 
 from reclang import config
-from reclang.functions import NAMED, SYMPY_TORCH
+from reclang.functions import NAMED, REDUCTIONS, SYMPY_TORCH
 from reclang.ir import IR
 
 from .ir_to_torch import ATOM, POWER, PRODUCT, SUM, UNARY, Code, _letters, align, number, py_name
@@ -29,7 +29,6 @@ from .ir_to_torch import ATOM, POWER, PRODUCT, SUM, UNARY, Code, _letters, align
 FUNCTIONS = SYMPY_TORCH  # sympy function -> torch spelling: a view of the function table
 COMPARISONS = {sympy.StrictLessThan: "<", sympy.LessThan: "<=", sympy.StrictGreaterThan: ">",
                sympy.GreaterThan: ">=", sympy.Unequality: "!=", sympy.Equality: "=="}
-REDUCTIONS = {"max": "torch.amax", "min": "torch.amin", "logsumexp": "torch.logsumexp"}
 
 
 class SympyLowering:
