@@ -139,6 +139,16 @@ def test_the_docs_list_every_builtin():
     assert listed == F.CALLABLE
 
 
+def test_a_constant_that_sympy_keeps_exact_is_printed_as_a_number():
+    """gelu's sqrt(2) in an operand of the chunk backend was torch.sqrt(2): a TypeError."""
+    from reclang.codegen.sympy_to_torch import SympyLowering
+
+    lowering = SympyLowering(reclang.loads(DIAG, "c.rec").ir, {})
+    x = sympy.IndexedBase("x", real=True)[sympy.Symbol("n", integer=True)]
+    code = lowering.lower(sympy.sqrt(2) * x + sympy.pi)
+    assert code.text == "3.141592653589793 + 1.4142135623730951 * x"
+
+
 LOOP = """cell c(N = 4):
     input x[N]
     param W[N, N] ~ normal(0, 0.5)
@@ -154,11 +164,20 @@ DIAG = """cell d(N = 4):
 """
 
 
-@pytest.mark.parametrize("spec, backends", [(LOOP, ["triton"]), (DIAG, ["scan", "triton"])])
+MAT = """cell g(K = 3, V = 2):
+    input q[K], k[K], v[V], x[K]
+    state S[K, V] = 0
+    S[i, j] <- exp(-softplus(x[i]) * (1 + erf(x[i]))) * S[i, j] + gelu(k[i]) * elu(v[j])
+    out o[j] = sum(i: q[i] * S[i, j])
+"""
+
+
+@pytest.mark.parametrize("spec, backends", [(LOOP, ["triton"]), (DIAG, ["scan", "triton"]),
+                                            (MAT, ["chunk", "triton"])])
 def test_erf_gelu_elu_run_on_every_backend_the_plan_allows(spec, backends):
-    """New rows need nothing else: sequential, scan and the triton kernels (the fused
-    loop and the gated scan, under the interpreter on the CPU) run them, with
-    gradients, against the sequential backend in float64."""
+    """New rows need nothing else: sequential, scan, chunk and the triton kernels (the
+    fused loop, the gated scan and the matrix kernels, under the interpreter on the
+    CPU) run them, with gradients, against the sequential backend in float64."""
     cell = reclang.loads(spec, "c.rec")
     assert [v.backend for v in cell.verdicts if v.supported] == ["sequential", *backends]
     torch.manual_seed(0)

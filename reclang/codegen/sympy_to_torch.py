@@ -44,6 +44,8 @@ class SympyLowering:
         return self._lower(rewrite(sympy.sympify(expr)))
 
     def _lower(self, expr) -> Code:
+        if expr.is_number and not expr.is_Boolean:  # sqrt(2) is a number, not a tensor
+            return self.number(expr)
         for cls, method in (
                 (sympy.Indexed, self.indexed), (sympy.Symbol, self.symbol),
                 (sympy.Add, self.add), (sympy.Mul, self.mul), (sympy.Pow, self.pow),
