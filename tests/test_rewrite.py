@@ -78,6 +78,7 @@ SYMPY_CASES = [  # (rule, expression, what it becomes)
     ("sigmoid", 3 / (1 + sympy.exp(-x)), 3 * NAMED["sigmoid"](x)),
     ("softplus", sympy.log(1 + sympy.exp(2 * x)), NAMED["softplus"](2 * x)),
     ("expm1", 1 - sympy.exp(x) * sympy.exp(x), -NAMED["expm1"](2 * x)),
+    ("log-exp", sympy.log(sympy.exp(3 * x) * (x ** 2 + 1)), 3 * x + sympy.log(x ** 2 + 1)),
 ]
 
 
@@ -87,8 +88,16 @@ def test_every_sympy_rule_fires_says_so_and_keeps_the_value(monkeypatch, capsys)
     for name, expr, want in SYMPY_CASES:
         got = sympy_to_torch.rewrite(expr)
         assert got == want and fired(capsys) == [name]
-        for v in (-30.0, -0.5, 1e-9, 2.0, 30.0):
-            assert float(got.subs(x, v)) == float(sympy.N(expr.subs(x, v), 30))
+        for v in map(sympy.Rational, (-30.0, -0.5, 1e-9, 2.0, 30.0)):  # exact points
+            assert float(sympy.N(got.subs(x, v), 30)) == float(sympy.N(expr.subs(x, v), 30))
+
+
+def test_a_log_decay_of_a_softplus_gate_is_printed_without_an_exp_that_overflows():
+    """-log(e^a e^x + e^a) (how sympy wrote exp(-softplus(x) (1 + erf(x)))'s log) was
+    printed as such: -inf past x = 88 in float32, where the decay is -2 softplus(x)."""
+    a = sympy.log(1 + sympy.exp(x)) * sympy.erf(x)
+    got = sympy_to_torch.rewrite(-sympy.log(sympy.exp(a) * sympy.exp(x) + sympy.exp(a)))
+    assert got == -NAMED["softplus"](x) * sympy.erf(x) - NAMED["softplus"](x)
 
 
 def test_a_rule_applies_inside_a_larger_expression_to_a_fixed_point(capsys, monkeypatch):

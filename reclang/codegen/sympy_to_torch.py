@@ -290,7 +290,22 @@ def _log_one_plus_exp(expr):
     return _one_plus_exp(expr.args[0]) if isinstance(expr, sympy.log) else None
 
 
+def _log_of_exp_product(expr):
+    """(a, u) for log(e^a u) with a real (also e^a u + e^a v, factored), else None."""
+    if not isinstance(expr, sympy.log):
+        return None
+    inner = expr.args[0]
+    inner = sympy.factor_terms(inner) if isinstance(inner, sympy.Add) else inner
+    exps = [f for f in sympy.Mul.make_args(inner) if isinstance(f, sympy.exp)
+            and f.args[0].is_real]
+    if not inner.is_Mul or not exps:
+        return None
+    return sympy.Add(*[f.args[0] for f in exps]), inner / sympy.Mul(*exps)
+
+
 RULES = [
+    Rule("log-exp", _log_of_exp_product, lambda e, found: found[0] + sympy.log(found[1]),
+         "log(e^a u) -> a + log(u): e^a overflows where a does not"),
     Rule("sigmoid", _reciprocal_one_plus_exp, lambda e, x: NAMED["sigmoid"](-x),
          "1/(1 + e^x) -> sigmoid(-x): no overflow of e^x for a large x"),
     Rule("softplus", _log_one_plus_exp, lambda e, x: NAMED["softplus"](x),
