@@ -19,12 +19,9 @@ from dataclasses import dataclass
 
 import sympy
 
-from ..functions import SYMPY as FUNCTIONS_SYMPY
+from ..functions import SYMPY  # IR functions as sympy ones, for state-free coefficients
 from ..ir import IR, Node, Op
 from .partition import Phase, phases
-
-# IR functions as sympy functions, for state-free coefficients: a view of the table.
-SYMPY = FUNCTIONS_SYMPY
 
 
 class NotAffine(Exception):
