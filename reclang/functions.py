@@ -60,7 +60,7 @@ class Named(sympy.Function):
         return self.row.derivative(*self.args)[argindex - 1]
 
 
-def k(name: str) -> Callable:
+def _kernel_of(name: str) -> Callable:
     """The kernel form of a built-in, looked up when called (rows name each other)."""
     return lambda *args: KERNEL[name](*args)
 
@@ -161,7 +161,7 @@ def _elementary() -> list[Fn]:
            derivative=lambda x: (-x ** sympy.Rational(-3, 2) / 2,)),
         # |x| by name in kernels: sympy would differentiate it into sign(x), a distribution
         Fn("abs", 1, "torch.abs({0})", abs, "real", sympy=sympy.Abs, named=True,
-           triton="tl.abs({0})", derivative=lambda x: (k("sign")(x),)),
+           triton="tl.abs({0})", derivative=lambda x: (_kernel_of("sign")(x),)),
         # sign' = 0, as torch's (sympy's 2·δ(x) has no value to print)
         Fn("sign", 1, "torch.sign({0})", lambda x: float((x > 0) - (x < 0)), real_only=True,
            sympy=sympy.sign, named=True, triton="_sign({0})", derivative=lambda x: (0,)),
@@ -169,7 +169,7 @@ def _elementary() -> list[Fn]:
 
 
 def _gates() -> list[Fn]:
-    sig = k("sigmoid")
+    sig = _kernel_of("sigmoid")
     return [
         # σ' = σ (1 − σ), in terms of σ: no exp(-x) of a large negative x, forward or back
         Fn("sigmoid", 1, "torch.sigmoid({0})", _sigmoid, real_only=True,
