@@ -4,7 +4,7 @@ RECLANG_CACHE       where generated sources are written (default ~/.cache/reclan
                     home folder cannot be written, reclang-cache-<uid> in the temporary folder)
 RECLANG_CACHE_MAX   how many generated files the cache keeps, the most recently used (1000)
 RECLANG_DEBUG       at load time, print: 2 the IR, 3 also the plan, 4 also the generated
-                    source (when a module is built)
+                    source (when a module is built), 5 also every rewrite rule that fires
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 
 from . import ast
-from .ast_to_ir import fold
 from .errors import RecError
 from .functions import BINARY_OPS, FUNCTIONS
 from .ir import IR, Decl
+from .rewrite import fold
 
 
 def evaluate(ir: IR, decl: Decl, params: dict[str, torch.Tensor], dtype=torch.float32,

@@ -23,9 +23,13 @@ gate sigmoid(W x + b), a log decay -8 softplus(Λ) r) stays in f and g rather th
 becoming an operand, so that the kernel computes it: the operands are then the inputs,
 the sums (W x) and the values of params alone that it is computed from.
 
-Gate functions are kept as named functions (`Sigmoid`, `LogSigmoid`, `Softplus`) whose
-derivatives are written in terms of themselves, so that neither the forward nor the
-backward evaluates the exp(-x) of a large negative x that 1/(1 + exp(-x)) would.
+Gate functions are kept as named functions (sigmoid, logsigmoid, softplus: the rows of
+reclang/functions.py marked `named`) whose derivatives are written in terms of
+themselves, so that neither the forward nor the backward evaluates the exp(-x) of a
+large negative x that 1/(1 + exp(-x)) would. A function without a Triton spelling or a
+derivative in the table is refused inside the recurrence (the kernels print the step and
+differentiate it); as a gate of state-free values it becomes an operand, computed
+before the kernel.
 
 What does not fit raises `Unsupported` with the place in the spec: states of different
 sizes, a unit reading another unit of a state except through a weighted sum over all
@@ -38,9 +42,10 @@ from dataclasses import dataclass, field
 
 import sympy
 
+from ..functions import KERNEL, derivative, has_triton
 from ..ir import IR, Node, Op
 from .partition import Phase
-from .terms import SYMPY, Expander, NotAffine
+from .terms import Expander, NotAffine
 
 LANE = sympy.Symbol("lane", integer=True)   # the unit a scalar expression is about
 KEY = sympy.Symbol("key", integer=True)     # the column of a recurrent weight
@@ -48,69 +53,10 @@ LANE_LIMIT = 256  # units per head: a program holds [16, N] tiles of every state
 #                   in registers; from N = 128 on ptxas spills some (docs/backends.md)
 
 
-class _Gate(sympy.Function):
-    """A gate function: real of a real x (else sympy differentiates |σ(x)| through
-    its real and imaginary parts), and of a number its value (a constant folds)."""
-
-    def _eval_is_real(self):
-        return self.args[0].is_real
-
-
-class Sigmoid(_Gate):
-    """σ(x); σ' = σ (1 − σ)."""
-
-    @classmethod
-    def eval(cls, x):
-        return 1 / (1 + sympy.exp(-x)) if x.is_Number else None
-
-    def fdiff(self, argindex=1):
-        return self * (1 - self)
-
-
-class LogSigmoid(_Gate):
-    """log σ(x); its derivative is σ(−x)."""
-
-    @classmethod
-    def eval(cls, x):
-        return -sympy.log(1 + sympy.exp(-x)) if x.is_Number else None
-
-    def fdiff(self, argindex=1):
-        return Sigmoid(-self.args[0])
-
-
-class Softplus(_Gate):
-    """log(1 + eˣ); its derivative is σ(x)."""
-
-    @classmethod
-    def eval(cls, x):
-        return sympy.log(1 + sympy.exp(x)) if x.is_Number else None
-
-    def fdiff(self, argindex=1):
-        return Sigmoid(self.args[0])
-
-
-class Sign(_Gate):
-    """sign(x); its derivative is 0, as torch's (sympy's 2·δ(x) has no value to print)."""
-
-    @classmethod
-    def eval(cls, x):
-        return sympy.sign(x) if x.is_Number else None
-
-    def fdiff(self, argindex=1):
-        return sympy.Integer(0)
-
-
-def _where(c, a, b):
-    return sympy.Piecewise((a, c), (b, True))
-
-
-# IR functions on the scalar expressions of one unit: those of the affine analysis, with
-# the gates as named functions (stable to print and to differentiate) and real values
-# only (a complex state is refused before any of these is called).
-SCALAR = {**{k: v for k, v in SYMPY.items()
-             if k not in ("real", "imag", "conj", "complex", "angle")},
-          "sigmoid": Sigmoid, "logsigmoid": LogSigmoid, "softplus": Softplus,
-          "silu": lambda x: x * Sigmoid(x), "eq": sympy.Eq, "where": _where, "sign": Sign}
+# IR functions on the scalar expressions of one unit (a view of the function table): the
+# gates are named functions there (stable to print and to differentiate) and values real
+# (a complex state is refused before any of these is called).
+SCALAR = KERNEL
 
 
 class Unsupported(Exception):
@@ -219,8 +165,9 @@ class _Lowering:
         if node.op == Op.READ:
             return self.read(node, env)
         if node.op == Op.FN:
-            if node.arg not in SCALAR:
-                self.fail(node, f"{node.arg} is not supported by {self.kernel}")
+            why = _unfit(node.arg)
+            if why:
+                self.fail(node, f"{node.arg} {why}: {self.kernel} cannot run it in its step")
             return SCALAR[node.arg](*(self.value(a, env) for a in node.args))
         if node.op == Op.REDUCE:
             return self.product(node, env)
@@ -234,7 +181,7 @@ class _Lowering:
         if not self.gates:
             return False
         if node.op == Op.FN:
-            return node.arg in SCALAR
+            return not _unfit(node.arg)
         if node.op == Op.READ:
             return self.ir.node(node.args[0]).op == Op.LET
         return node.op == Op.LET
@@ -304,6 +251,17 @@ class _Lowering:
         symbol = sympy.Symbol(f"r{len(self.form.weights)}", real=True)
         self.form.weights.append(Weight(symbol, expr, state))
         return symbol
+
+
+def _unfit(name: str) -> str:
+    """Why a kernel cannot compute a function in its step and differentiate it ("")."""
+    if name not in SCALAR:
+        return "has no real scalar form"
+    if derivative(name) is None:
+        return "has no derivative in the function table"
+    if not has_triton(name):
+        return "has no Triton spelling"
+    return ""
 
 
 def _bases(expr) -> set:

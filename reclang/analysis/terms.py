@@ -19,31 +19,9 @@ from dataclasses import dataclass
 
 import sympy
 
+from ..functions import SYMPY  # IR functions as sympy ones, for state-free coefficients
 from ..ir import IR, Node, Op
 from .partition import Phase, phases
-
-_sigmoid = sympy.Lambda(sympy.Symbol("x"), 1 / (1 + sympy.exp(-sympy.Symbol("x"))))
-_softplus = sympy.Lambda(sympy.Symbol("x"), sympy.log(1 + sympy.exp(sympy.Symbol("x"))))
-
-# IR functions as sympy functions, for state-free coefficients.
-SYMPY = {
-    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
-    "div": lambda a, b: a / b, "pow": lambda a, b: a ** b, "neg": lambda a: -a,
-    "exp": sympy.exp, "log": sympy.log, "sqrt": sympy.sqrt, "abs": sympy.Abs,
-    "expm1": lambda x: sympy.exp(x) - 1, "log1p": lambda x: sympy.log(1 + x),
-    "rsqrt": lambda x: 1 / sympy.sqrt(x), "tanh": sympy.tanh, "sin": sympy.sin,
-    "cos": sympy.cos, "sigmoid": _sigmoid, "softplus": _softplus,
-    "logsigmoid": lambda x: -_softplus(-x), "relu": lambda x: sympy.Max(x, 0),
-    "silu": lambda x: x * _sigmoid(x), "max": sympy.Max, "min": sympy.Min,
-    "clamp": lambda x, lo, hi: sympy.Min(sympy.Max(x, lo), hi),
-    "real": sympy.re, "imag": sympy.im, "conj": sympy.conjugate, "sign": sympy.sign,
-    "complex": lambda a, b: a + sympy.I * b, "angle": sympy.arg,
-    "lt": sympy.Lt, "le": sympy.Le, "gt": sympy.Gt, "ge": sympy.Ge, "ne": sympy.Ne,
-    "eq": lambda a, b: sympy.KroneckerDelta(a, b) if a.is_integer and b.is_integer
-    else sympy.Eq(a, b),
-    "where": lambda c, a, b: (c * a + (1 - c) * b if isinstance(c, sympy.KroneckerDelta)
-                              else sympy.Piecewise((a, c), (b, True))),
-}
 
 
 class NotAffine(Exception):

@@ -6,7 +6,7 @@ bound by an enclosing `sum(i: ...)`. An index's size comes from the declared sha
 the tensors it subscripts (or from `i: N` on the left); every use must agree.
 
 The stages, one module each:
-    hypers.py        hyperparameters (defaults, load-time overrides) and constant folding
+    hypers.py        hyperparameters (defaults, load-time overrides), constant expressions
     declarations.py  inputs, params, states: names, shapes, initializers
     indices.py       a statement's left-hand side and the sizes of its indices
     expressions.py   the right-hand side, node by node
@@ -19,15 +19,17 @@ from __future__ import annotations
 from .. import ast
 from ..errors import at
 from ..ir import IR
+from ..rewrite import fold, rewrite
 from .builder import Builder
 from .common import STAGE
-from .hypers import fold, resolve_hypers
+from .hypers import resolve_hypers
 
 __all__ = ["Builder", "build_ir", "fold", "resolve_hypers"]
 
 
 def build_ir(cell: ast.Cell, overrides: dict | None = None) -> IR:
-    """Checks a parsed cell and builds its IR. Raises RecError listing every problem."""
+    """Checks a parsed cell and builds its IR, rewritten by reclang/rewrite.py's rules.
+    Raises RecError listing every problem."""
     with at(cell, STAGE):  # what no statement's own wrapping covers: hypers, whole-cell checks
         hypers = resolve_hypers(cell, overrides or {})
-        return Builder(cell, hypers).build()
+        return rewrite(Builder(cell, hypers).build())

@@ -7,8 +7,9 @@ from .. import ast
 from ..errors import RecError
 from ..functions import BINARY_OPS, CALLABLE, FUNCTIONS, INIT_ONLY, REDUCTIONS
 from ..ir import Op
+from ..rewrite import fold
 from .common import STAGE, _Bad, _suggest, _union
-from .hypers import _eval_scalar, fold
+from .hypers import _eval_scalar
 
 
 class Expressions:

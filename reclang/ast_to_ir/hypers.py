@@ -1,14 +1,13 @@
 """Hyperparameters and constants: the defaults and load-time overrides of the
-hyperparameters, and folding a built-in function over constant arguments."""
+hyperparameters, and constant expressions evaluated (folded by reclang/rewrite.py's
+`fold`)."""
 
 from __future__ import annotations
 
-import cmath
-import math
-
 from .. import ast, config
-from ..errors import Loc, RecError
+from ..errors import RecError
 from ..functions import BINARY_OPS, CALLABLE, FUNCTIONS
+from ..rewrite import clip, fold
 
 
 def _eval_scalar(expr: ast.Expr, hypers: dict, what: str) -> int | float | complex:
@@ -34,42 +33,6 @@ def _eval_scalar(expr: ast.Expr, hypers: dict, what: str) -> int | float | compl
         return fold(FUNCTIONS[expr.fn], args, expr.loc)
     raise RecError(f"{what} must be a number or an expression of hyperparameters",
                    loc=expr.loc)
-
-
-def fold(fn, values: list, loc: Loc):
-    """`fn` on constants, as a RecError at `loc` when it fails or leaves float64 (the
-    result becomes a literal of the generated code). A power is bounded before it is
-    computed: `9 ** 9 ** 9` would take hours and gigabytes."""
-    if fn.name == "pow" and _power_too_large(*values):
-        raise RecError(f"{_clip(values[0])} ** {_clip(values[1])} is too large: constants "
-                       f"must be at most {config.NUMBER:.3g} in magnitude", loc=loc)
-    try:
-        value = fn.fold(*values)
-    except (ZeroDivisionError, ValueError, OverflowError, TypeError) as err:
-        raise RecError(f"{fn.name} of constants fails: {err}", loc=loc) from None
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, complex):
-        finite = cmath.isfinite(value) and max(abs(value.real), abs(value.imag)) <= config.NUMBER
-    else:
-        finite = (not isinstance(value, float) or math.isfinite(value)) and \
-            abs(value) <= config.NUMBER
-    if not finite:
-        raise RecError(f"{fn.name} of constants is not finite in float64 (magnitude above "
-                       f"{config.NUMBER:.3g})", loc=loc)
-    return value
-
-
-def _power_too_large(base, exponent) -> bool:
-    """Whether |base ** exponent| exceeds config.NUMBER, judged from logarithms."""
-    if isinstance(base, complex) or isinstance(exponent, complex) or abs(base) <= 1:
-        return False
-    return exponent > 0 and exponent * math.log2(abs(base)) > math.log2(config.NUMBER)
-
-
-def _clip(value, n: int = 20) -> str:
-    text = repr(value)
-    return text if len(text) <= n else text[:n] + "..."
 
 
 def resolve_hypers(cell: ast.Cell, overrides: dict) -> dict[str, int | float]:
@@ -103,7 +66,7 @@ def _check_override(h: ast.Hyper, default, value, source):
                        f"{type(value).__name__} {value!r}", source, h.loc)
     if not abs(value) <= config.NUMBER:  # also refuses nan
         raise RecError(f"hyperparameter {h.name} must be finite and at most "
-                       f"{config.NUMBER:.3g} in magnitude, got {_clip(value)}", source, h.loc)
+                       f"{config.NUMBER:.3g} in magnitude, got {clip(value)}", source, h.loc)
     if isinstance(default, int) and not isinstance(value, int):
         if float(value).is_integer():
             return int(value)

@@ -9,17 +9,8 @@ import math
 import sympy
 from sympy.printing.str import StrPrinter
 
-from reclang.analysis.lanes import (
-    KEY,
-    LANE,
-    LaneForm,
-    LogSigmoid,
-    Operand,
-    Sigmoid,
-    Sign,
-    Softplus,
-    lane_form,
-)
+from reclang.analysis.lanes import KEY, LANE, LaneForm, Operand, lane_form
+from reclang.functions import PRINTED, TRITON
 from reclang.ir import IR
 
 from .ir_to_torch import align, comment, number, spec_origin
@@ -30,17 +21,19 @@ from .sympy_to_torch import SympyLowering
 class TritonPrinter(StrPrinter):
     """sympy scalar expressions as Triton code (tensors of one program's tile)."""
 
-    FUNCTIONS = {sympy.exp: "tl.exp", sympy.log: "tl.log", sympy.tanh: "_tanh",
-                 sympy.sin: "tl.sin", sympy.cos: "tl.cos", sympy.Abs: "tl.abs",
-                 sympy.sign: "_sign", Sign: "_sign", Sigmoid: "tl.sigmoid",
-                 LogSigmoid: "_logsigmoid", Softplus: "_softplus"}
+    FUNCTIONS = TRITON  # sympy function -> its spelling: a view of the function table
 
     def _print_Function(self, expr):
         if expr.func not in self.FUNCTIONS:
             raise NotImplementedError(f"cannot print {expr.func} in a Triton kernel")
-        return f"{self.FUNCTIONS[expr.func]}({self._print(expr.args[0])})"
+        return self.FUNCTIONS[expr.func].format(*(self._print(a) for a in expr.args))
 
-    _print_exp = _print_log = _print_tanh = _print_Abs = _print_sign = _print_Function
+    def _print(self, expr, **kwargs):
+        """Every applied function by the table (sympy's printer has methods of its own
+        for exp, Abs, ...), but those the printer writes itself."""
+        if isinstance(expr, sympy.Function) and not isinstance(expr, PRINTED):
+            return self._print_Function(expr)
+        return super()._print(expr, **kwargs)
 
     def __init__(self, like: str):
         super().__init__()

@@ -7,27 +7,28 @@ value with axes (a, b) has trailing dimensions a, b behind a prefix, [B, T] for
 inputs and nothing for params, so that values broadcast from the right.
 
 The analyzer rewrote functions in elementary terms (sigmoid(x) = 1/(1 + exp(-x)),
-softplus(x) = log(1 + exp(x))); those patterns are printed back as the stable
-PyTorch functions, so that a large gate does not overflow an exp.
+softplus(x) = log(1 + exp(x))); the rewrite rules (RULES, one row each, applied to a
+fixed point before printing; RECLANG_DEBUG=5 prints each one that fires) turn those
+patterns back into the stable PyTorch functions, so that a large gate does not
+overflow an exp.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import sympy
 
+from reclang import config
+from reclang.functions import NAMED, REDUCTIONS, SYMPY_TORCH
 from reclang.ir import IR
 
 from .ir_to_torch import ATOM, POWER, PRODUCT, SUM, UNARY, Code, _letters, align, number, py_name
 
-FUNCTIONS = {
-    sympy.exp: "torch.exp", sympy.log: "torch.log", sympy.tanh: "torch.tanh",
-    sympy.sin: "torch.sin", sympy.cos: "torch.cos", sympy.Abs: "torch.abs",
-    sympy.sign: "torch.sign", sympy.re: "torch.real", sympy.im: "torch.imag",
-    sympy.conjugate: "torch.conj", sympy.arg: "torch.angle",
-}
+FUNCTIONS = SYMPY_TORCH  # sympy function -> torch spelling: a view of the function table
 COMPARISONS = {sympy.StrictLessThan: "<", sympy.LessThan: "<=", sympy.StrictGreaterThan: ">",
                sympy.GreaterThan: ">=", sympy.Unequality: "!=", sympy.Equality: "=="}
-REDUCTIONS = {"max": "torch.amax", "min": "torch.amin", "logsumexp": "torch.logsumexp"}
 
 
 class SympyLowering:
@@ -39,7 +40,12 @@ class SympyLowering:
         self.needs: set[str] = set()
 
     def lower(self, expr) -> Code:
-        expr = sympy.sympify(expr)
+        """The expression, rewritten by RULES, as PyTorch code."""
+        return self._lower(rewrite(sympy.sympify(expr)))
+
+    def _lower(self, expr) -> Code:
+        if expr.is_number and not expr.is_Boolean:  # sqrt(2) is a number, not a tensor
+            return self.number(expr)
         for cls, method in (
                 (sympy.Indexed, self.indexed), (sympy.Symbol, self.symbol),
                 (sympy.Add, self.add), (sympy.Mul, self.mul), (sympy.Pow, self.pow),
@@ -52,11 +58,11 @@ class SympyLowering:
             return Code('float("nan")', ATOM, (), True)
         if expr.is_Number or expr in (sympy.pi, sympy.E) or expr == sympy.I:
             return self.number(expr)
-        if isinstance(expr, sympy.log):
-            return self.log(expr)
         if expr.func in FUNCTIONS:
-            arg = self.lower(expr.args[0])
-            return Code(f"{FUNCTIONS[expr.func]}({arg.text})", ATOM, arg.axes)
+            args = [self._lower(a) for a in expr.args]
+            axes = _union(args)
+            text = FUNCTIONS[expr.func].format(*(align(a, axes).text for a in args))
+            return Code(text, ATOM, axes)
         if isinstance(expr, sympy.core.function.AppliedUndef) and str(expr.func) in REDUCTIONS:
             return self.reduction(expr)
         raise NotImplementedError(f"cannot print {expr} ({type(expr).__name__}) as PyTorch")
@@ -100,11 +106,7 @@ class SympyLowering:
 
     # ---- arithmetic
     def add(self, expr: sympy.Add) -> Code:
-        special = _expm1(expr)
-        if special is not None:
-            arg = self.lower(special)
-            return Code(f"-torch.expm1({arg.text})", UNARY, arg.axes)
-        terms = [self.lower(a) for a in _ordered(expr.args)]
+        terms = [self._lower(a) for a in _ordered(expr.args)]
         axes = _union(terms)
         text = align(terms[0], axes).wrap(SUM)  # aligned too: a term may lack an axis
         for t in terms[1:]:
@@ -114,9 +116,6 @@ class SympyLowering:
         return Code(text, SUM, axes)
 
     def mul(self, expr: sympy.Mul) -> Code:
-        sigmoid = _sigmoid(expr)
-        if sigmoid is not None:
-            return sigmoid(self)
         top, bottom = [], []
         for f in _ordered(expr.args):
             if f.is_Pow and f.exp.is_Number and f.exp < 0:
@@ -126,10 +125,10 @@ class SympyLowering:
                 bottom.append(sympy.Integer(f.q))
             else:
                 top.append(f)
-        num = self.product([self.lower(f) for f in top if f != 1])
+        num = self.product([self._lower(f) for f in top if f != 1])
         if not bottom:
             return num
-        den = self.product([self.lower(f) for f in bottom])
+        den = self.product([self._lower(f) for f in bottom])
         axes = _union([num, den])
         return Code(f"{align(num, axes).wrap(PRODUCT)} / {align(den, axes).wrap(PRODUCT + 1)}",
                     PRODUCT, axes)
@@ -147,27 +146,15 @@ class SympyLowering:
 
     def pow(self, expr: sympy.Pow) -> Code:
         base, exponent = expr.args
-        sigmoid = _sigmoid(expr)
-        if sigmoid is not None:
-            return sigmoid(self)
         if exponent == sympy.Rational(1, 2):
-            b = self.lower(base)
+            b = self._lower(base)
             return Code(f"torch.sqrt({b.text})", ATOM, b.axes)
         if exponent.is_Number and exponent < 0:
             return self.mul(sympy.Mul(1, expr, evaluate=False))
-        b, e = self.lower(base), self.lower(exponent)
+        b, e = self._lower(base), self._lower(exponent)
         axes = _union([b, e])
         return Code(f"{align(b, axes).wrap(POWER + 1)} ** {align(e, axes).wrap(UNARY)}",
                     POWER, axes, b.const and e.const)
-
-    def log(self, expr) -> Code:
-        inner = expr.args[0]
-        softplus = _softplus_argument(inner)
-        if softplus is not None:
-            arg = self.lower(softplus)
-            return Code(f"torch.nn.functional.softplus({arg.text})", ATOM, arg.axes)
-        arg = self.lower(inner)
-        return Code(f"torch.log({arg.text})", ATOM, arg.axes)
 
     # ---- reductions, conditions
     def sum(self, expr: sympy.Sum) -> Code:
@@ -176,7 +163,7 @@ class SympyLowering:
         for s, lo, hi in limits:
             summed.append(str(s))
             self.sizes[str(s)] = int(hi - lo + 1)
-        factors = [self.lower(f) for f in _ordered(sympy.Mul.make_args(body))]
+        factors = [self._lower(f) for f in _ordered(sympy.Mul.make_args(body))]
         tensors = [f for f in factors if not f.const]
         consts = [f for f in factors if f.const]
         out = tuple(a for a in _union(tensors) if a not in summed)
@@ -200,7 +187,7 @@ class SympyLowering:
         indices, sizes = expr.args[1::2], expr.args[2::2]
         reduced = [str(s) for s in indices]
         self.sizes.update({str(s): int(n) for s, n in zip(indices, sizes)})
-        body = self.lower(expr.args[0])
+        body = self._lower(expr.args[0])
         dims = tuple(body.axes.index(a) - len(body.axes) for a in reduced)
         out = tuple(a for a in body.axes if a not in reduced)
         return Code(f"{REDUCTIONS[str(expr.func)]}({body.text}, dim={dims})", ATOM, out)
@@ -212,10 +199,10 @@ class SympyLowering:
         if not rest:
             rest = [(sympy.nan, True)]
         if len(rest) == 1 and rest[0][1] == sympy.true:
-            b = self.lower(rest[0][0])
+            b = self._lower(rest[0][0])
         else:
             b = self.piecewise(sympy.Piecewise(*rest, evaluate=False))
-        parts = [self.lower(cond), self.lower(a), b]
+        parts = [self._lower(cond), self._lower(a), b]
         if parts[1].const and parts[2].const:  # two numbers: a float32 where, else
             self.needs.add("dtype")
             parts[1] = Code(f"torch.tensor({parts[1].text}, dtype=_dtype, device=_device)",
@@ -225,7 +212,7 @@ class SympyLowering:
         return Code(f"torch.where({', '.join(texts)})", ATOM, axes)
 
     def compare(self, expr) -> Code:
-        a, b = (self.lower(x) for x in expr.args)
+        a, b = (self._lower(x) for x in expr.args)
         axes = _union([a, b])
         op = COMPARISONS[type(expr)]
         return Code(f"{align(a, axes).wrap(SUM)} {op} {align(b, axes).wrap(SUM)}", 50, axes)
@@ -236,7 +223,7 @@ class SympyLowering:
         return Code(f"({cond.text}).to(_dtype)", ATOM, cond.axes)
 
     def extreme(self, expr) -> Code:
-        parts = [self.lower(x) for x in expr.args]
+        parts = [self._lower(x) for x in expr.args]
         name = "maximum" if isinstance(expr, sympy.Max) else "minimum"
         consts = [p for p in parts if p.const]
         tensors = [p for p in parts if not p.const]
@@ -262,41 +249,97 @@ def _union(codes) -> tuple[str, ...]:
     return tuple(axes)
 
 
+# ---- rewrite rules: the analyzer's elementary forms back as the stable functions
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    match: Callable   # expr -> the rule's argument, or None where it does not apply
+    rewrite: Callable  # (expr, argument) -> the expression it becomes
+    why: str
+
+
 def _exp_sum(expr):
     """x for a product of exponentials exp(a)·exp(b) = exp(x), else None."""
     combined = sympy.powsimp(expr)
     return combined.args[0] if isinstance(combined, sympy.exp) else None
 
 
-def _softplus_argument(expr):
-    """x for log(1 + exp(x)), else None."""
+def _one_plus_exp(expr):
+    """x for 1 + exp(x), else None."""
     if isinstance(expr, sympy.Add) and len(expr.args) == 2 and sympy.Integer(1) in expr.args:
-        other = next(a for a in expr.args if a != 1)
-        return _exp_sum(other)
+        return _exp_sum(next(a for a in expr.args if a != 1))
     return None
 
 
-def _expm1(expr):
-    """x for 1 - exp(x), else None."""
-    if len(expr.args) == 2 and sympy.Integer(1) in expr.args:
-        other = next(a for a in expr.args if a != 1)
-        if other.is_Mul and other.args[0] == -1:
-            return _exp_sum(sympy.Mul(*other.args[1:]))
+def _one_minus_exp(expr):
+    """(x, the other terms) for 1 - exp(x) + ..., else None."""
+    if not isinstance(expr, sympy.Add) or sympy.Integer(1) not in expr.args:
+        return None
+    for term in expr.args:
+        x = _exp_sum(sympy.Mul(*term.args[1:])) if term.is_Mul and term.args[0] == -1 else None
+        if x is not None:
+            return x, [a for a in expr.args if a != term and a != 1]
     return None
 
 
-def _sigmoid(expr):
-    """A printer for c / (1 + exp(-x)) = c·sigmoid(x), else None."""
-    factors = sympy.Mul.make_args(expr)
-    for f in factors:
-        if f.is_Pow and f.exp == -1:
-            x = _softplus_argument(f.base)
-            if x is not None:
-                rest = sympy.Mul(*[g for g in factors if g is not f])
+def _reciprocal_one_plus_exp(expr):
+    return _one_plus_exp(expr.base) if expr.is_Pow and expr.exp == -1 else None
 
-                def emit(lowering, x=x, rest=rest):
-                    arg = lowering.lower(-x)
-                    sig = Code(f"torch.sigmoid({arg.text})", ATOM, arg.axes)
-                    return sig if rest == 1 else lowering.product([lowering.lower(rest), sig])
-                return emit
-    return None
+
+def _log_one_plus_exp(expr):
+    return _one_plus_exp(expr.args[0]) if isinstance(expr, sympy.log) else None
+
+
+def _log_of_exp_product(expr):
+    """(a, u) for log(e^a u) with a real (also e^a u + e^a v, factored), else None."""
+    if not isinstance(expr, sympy.log):
+        return None
+    inner = expr.args[0]
+    inner = sympy.factor_terms(inner) if isinstance(inner, sympy.Add) else inner
+    exps = [f for f in sympy.Mul.make_args(inner) if isinstance(f, sympy.exp)
+            and f.args[0].is_real]
+    if not inner.is_Mul or not exps:
+        return None
+    return sympy.Add(*[f.args[0] for f in exps]), inner / sympy.Mul(*exps)
+
+
+RULES = [
+    Rule("log-exp", _log_of_exp_product, lambda e, found: found[0] + sympy.log(found[1]),
+         "log(e^a u) -> a + log(u): e^a overflows where a does not"),
+    Rule("sigmoid", _reciprocal_one_plus_exp, lambda e, x: NAMED["sigmoid"](-x),
+         "1/(1 + e^x) -> sigmoid(-x): no overflow of e^x for a large x"),
+    Rule("softplus", _log_one_plus_exp, lambda e, x: NAMED["softplus"](x),
+         "log(1 + e^x) -> softplus(x): no overflow of e^x for a large x"),
+    Rule("expm1", _one_minus_exp, lambda e, found: sympy.Add(*found[1]) - NAMED["expm1"](found[0]),
+         "1 - e^x -> -expm1(x): no cancellation for x near 0"),
+]
+
+
+def rewrite(expr, rules=None):
+    """`expr` with the rules applied bottom up, each node until none applies."""
+    rules = RULES if rules is None else rules
+    memo: dict = {}
+
+    def visit(e):
+        if e not in memo:
+            memo[e] = _apply(_rebuilt(e, visit), rules, visit)
+        return memo[e]
+    return visit(expr)
+
+
+def _rebuilt(e, visit):
+    if not isinstance(e, sympy.Basic) or not e.args or isinstance(e, sympy.Indexed):
+        return e
+    args = tuple(visit(a) for a in e.args)
+    return e if args == e.args else e.func(*args)
+
+
+def _apply(e, rules, visit):
+    for rule in rules:
+        found = rule.match(e)
+        if found is not None:
+            new = rule.rewrite(e, found)
+            if config.debug_level() >= 5:
+                print(f"# rewrite {rule.name}: {e} -> {new}")
+            return visit(new)
+    return e
