@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from ..ir import IR, Op
-from .operands import Unsupported, chunk_operands
+from . import ir_to_forms
 from .partition import Phase, phases
 from .structure import StateStructure, analyze_state, key_axes, matrix_form
 from .terms import Expander, NotAffine
@@ -66,6 +66,10 @@ class Plan:
         """The spec's file name, as refusals cite it."""
         return self.ir.source.filename.rsplit("/", 1)[-1]
 
+    def structure(self, name: str) -> StateStructure:
+        """The structure of the state of that name."""
+        return next(s for s in self.states if s.name == name)
+
     def at(self, s: StateStructure) -> str:
         """file:line:col of a state's update."""
         return f"{self.file}:{s.loc}"
@@ -74,34 +78,28 @@ class Plan:
         """The state and term that make the cell what it is, with its location."""
         return _why_not(self)
 
-    def matrix_operands(self):
-        """The chunkwise operands of a matrix-state cell (analysis/operands.py), built
-        once; raises Unsupported where the cell has none."""
-        if "matrix" not in self._memo:
-            try:
-                self._memo["matrix"] = chunk_operands(self.ir, self.states)
-            except Unsupported as err:
-                self._memo["matrix"] = err
-        found = self._memo["matrix"]
-        if isinstance(found, Unsupported):
-            raise found
-        return found
+    def form_of(self, kind: str):
+        """The cell's form of that kind (analysis/forms.py: Diag, Dense, GatedDiag,
+        MatState, Lanes) or an Unfit saying why not; built once, on first use."""
+        if kind not in self._memo:
+            self._memo[kind] = ir_to_forms.build(self, kind)
+        return self._memo[kind]
 
-    def matrix_unfit(self) -> str:
-        """Why the cell has no chunkwise operands ("" when it has)."""
-        try:
-            self.matrix_operands()
-        except Unsupported as err:
-            return str(err) if str(err).startswith(self.file) else f"{self.file}: {err}"
-        return ""
+    @property
+    def forms(self) -> dict:
+        """Every form of the cell by kind (each built now if it was not yet)."""
+        return {kind: self.form_of(kind) for kind in ir_to_forms.BUILDERS}
 
     def unproven_decays(self) -> str:
-        """The decays the plan does not prove positive (the matrix forms take their log),
-        as a condition to check at run time ("" when all are proven)."""
+        """The decays of the chunkwise operands that the plan does not prove positive
+        (the matrix forms take their log), as a condition to check at run time ("" when
+        all are proven)."""
+        form = self.form_of("matrix")
+        structures = {s.name: s for s in self.states}
         return "; ".join(
-            f"the decay of {s.name} ({s.transition.decay}, {self.at(s)}) is positive at run "
-            "time (not proven: its log is taken)" for s in self.states
-            if s.transition.decay != 1 and not s.transition.positive)
+            f"the decay of {s.name} ({structures[s.name].transition.decay}, "
+            f"{self.at(structures[s.name])}) is positive at run time (not proven: its log "
+            "is taken)" for s in getattr(form, "states", ()) if not s.positive)
 
     def describe(self) -> str:
         lines = [f"cell {self.cell}: {self.summary}", "", "partition:"]
