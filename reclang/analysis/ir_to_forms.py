@@ -16,12 +16,12 @@ from .lanes import LaneForm, Operand, Unsupported, lane_form
 from .operands import Unsupported as NoOperands
 from .operands import chunk_operands
 
-_AT = re.compile(r"^[^:\s]+:\d+:\d+")
+_AT = re.compile(r"[^:\s(]+:\d+:\d+")
 
 
 def unfit(reason: str) -> Unfit:
-    """An Unfit whose `loc` is the `file:line:col` its reason opens with."""
-    found = _AT.match(reason)
+    """An Unfit whose `loc` is the first `file:line:col` its reason cites."""
+    found = _AT.search(reason)
     return Unfit(reason, found.group(0) if found else "")
 
 
@@ -48,7 +48,7 @@ def matrix(plan):
     try:
         return chunk_operands(plan.ir, plan.states)
     except NoOperands as err:
-        return unfit(str(err) if _AT.match(str(err)) else f"{plan.at(plan.states[0])}: {err}")
+        return unfit(str(err) if _AT.search(str(err)) else f"{plan.at(plan.states[0])}: {err}")
 
 
 # ---- the lane forms: the fused loop and the gated scan ---------------------------------

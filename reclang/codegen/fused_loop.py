@@ -98,8 +98,10 @@ class TritonPrinter(StrPrinter):
     @classmethod
     def spells(cls, func) -> bool:
         """Whether a sympy function (a class: sympy.tanh, Sigmoid) has a Triton spelling
-        here: in FUNCTIONS or a printing method of this printer's own."""
-        return func in cls.FUNCTIONS or f"_print_{func.__name__}" in cls.__dict__
+        here: in FUNCTIONS, or a printing method of this printer's own other than the
+        one that prints FUNCTIONS."""
+        method = cls.__dict__.get(f"_print_{func.__name__}")
+        return func in cls.FUNCTIONS or method not in (None, cls.__dict__["_print_Function"])
 
     def _print_Exp1(self, expr):
         return repr(math.e)
