@@ -8,6 +8,7 @@ import sys
 import time
 
 from . import __version__, load
+from .analysis.forms import describe
 from .compile import BACKENDS
 from .errors import RecError, Source
 from .timing import best_of
@@ -53,6 +54,10 @@ def cmd_inspect(args) -> int:
     print("\n" + cell.describe())
     print(f"  auto: {cell.auto_summary()}")
     print("\nIR\n" + ir.summary())
+    form = cell.form(args.backend)
+    print(f"\nform ({args.backend})\n" + ("\n".join(describe(form)) if form is not None else
+                                          "the IR itself: the statements, one step at a time"))
+    print(f"\nschedule ({args.backend})\n{cell.schedule(args.backend).describe()}")
     print(f"\ngenerated source ({args.backend})\n" + cell.source(args.backend))
     return 0
 
@@ -201,7 +206,7 @@ def parser() -> argparse.ArgumentParser:
 
     command("check", cmd_check, "parse and check a spec")
     c = command("inspect", cmd_inspect, "show the plan (partition, structure, form, backends), "
-                "the IR and the generated source")
+                "the IR, and for --backend its form, its schedule and the generated source")
     c.add_argument("--backend", default="sequential")
     c.add_argument("--json", action="store_true", help="print only the plan, as JSON")
     c = command("graph", cmd_graph, "write the IR as Graphviz dot")

@@ -91,6 +91,11 @@ class Cell:
         none can: an unknown name, or its verdict's reason)."""
         return registry.claimant(self.plan, self._backend(backend))
 
+    def form(self, backend: str = "sequential"):
+        """The form object the backend lowers (analysis/forms.py; None: the sequential
+        loop, which lowers the IR itself)."""
+        return self.lowering(backend).form(self.plan)
+
     def schedule(self, backend: str = "sequential", chunk_size: int | None = None,
                  schedule: Schedule | None = None) -> Schedule:
         """The schedule a backend runs the cell with: `schedule` (of the type the

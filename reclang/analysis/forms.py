@@ -18,14 +18,12 @@ forms have no lowering of their own yet (they run on it), so no object either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 
 import sympy
 
 from .lanes import LaneForm
-from .operands import ChunkOperands
-
-MatState = ChunkOperands  # states (decay, keys, values, low rank, inputs) and read parts
+from .operands import MatState  # noqa: F401  (a form: defined where it is derived)
 
 
 @dataclass(frozen=True)
@@ -97,3 +95,23 @@ class Lanes:
     def expressions(self) -> tuple[sympy.Expr, ...]:
         """What the kernel prints (and differentiates): the updates and outputs."""
         return (*self.lanes.updates.values(), *self.lanes.outputs.values())
+
+
+def describe(form) -> list[str]:
+    """A form as indented lines, as `reclang inspect --backend` prints it: its type, then
+    a field a line (forms and other records within it, and tuples of them, nested)."""
+    if not (is_dataclass(form) and not isinstance(form, type)):
+        return [str(form)]
+    lines = [type(form).__name__]
+    for f in fields(form):
+        value = getattr(form, f.name)
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        if items and all(is_dataclass(x) for x in items):
+            lines.append(f"  {f.name}:")
+            lines += ["    " + line for x in items for line in describe(x)]
+        elif isinstance(value, dict) and value:
+            lines.append(f"  {f.name}:")
+            lines += [f"    {k}: {v}" for k, v in value.items()]
+        else:
+            lines.append(f"  {f.name}: {value}")
+    return lines

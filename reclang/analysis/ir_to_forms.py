@@ -92,6 +92,7 @@ def _gated(plan, form: LaneForm) -> GatedDiag | Unfit:
     rename.update({o.symbol: sympy.Symbol(f"c{i}", real=True) for i, o in enumerate(fixed)})
     form.operands = [Operand(rename[o.symbol], o.expr, o.time_varying)
                      for o in varying + fixed]
+    form.updates = {k: v.xreplace(rename) for k, v in form.updates.items()}
     return GatedDiag(form, a.xreplace(rename), b.xreplace(rename))
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
-from reclang.analysis.operands import ChunkOperands, ChunkState
+from reclang.analysis.operands import MatState, ChunkState
 from reclang.analysis.partition import Phase, phases
 from reclang.ir import IR, Op
 from reclang.schedule import ChunkSchedule, Schedule
@@ -48,7 +48,7 @@ class ChunkProgram(Program):
     how = "in chunks"
     packed = False  # whether forward takes cu_seqlens itself (else RecModule groups them)
 
-    def __init__(self, ir: IR, operands: ChunkOperands, schedule: Schedule | None = None,
+    def __init__(self, ir: IR, operands: MatState, schedule: Schedule | None = None,
                  summary: str = ""):
         super().__init__(ir, schedule or ChunkSchedule(), summary)
         self.ops = operands
