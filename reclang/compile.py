@@ -116,12 +116,7 @@ class Cell:
                schedule: Schedule | None = None) -> str:
         """The generated source for a backend (`chunk_size`, `schedule`: see
         `schedule`), lowered once per schedule."""
-        lowering = self.lowering(backend)
-        schedule = self.schedule(backend, chunk_size, schedule)
-        key = (lowering.name, schedule)
-        if key not in self._sources:
-            self._sources[key] = lowering.lower(self.plan, schedule)
-        return self._sources[key]
+        return self._lowered(backend, chunk_size, schedule)
 
     def module(self, backend: str = "sequential", chunk_size: int | None = None, *,
                schedule: Schedule | None = None, device=None, dtype=None) -> RecModule:
@@ -187,9 +182,19 @@ class Cell:
             text += f" (not triton: {self.verdict('triton').reason})"
         return text
 
+    def _lowered(self, backend: str, chunk_size: int | None, schedule=None) -> str:
+        """The driver's stages from the plan to the source, in order."""
+        plan = self.plan                                      # plan (forms built lazily)
+        lowering = self.lowering(backend)                     # choose the backend: a yes
+        schedule = self.schedule(backend, chunk_size, schedule)  # its schedule
+        if (lowering.name, schedule) not in self._sources:    # lower, once per schedule
+            self._sources[lowering.name, schedule] = lowering.lower(plan, schedule)
+        return self._sources[lowering.name, schedule]
+
     def _generated(self, backend: str, chunk_size: int | None, schedule=None):
-        source = self.source(backend, chunk_size, schedule)
-        generated = load_source(source, f"{self.name}_{backend}")
+        """The source (`_lowered`) and its loaded module."""
+        source = self._lowered(backend, chunk_size, schedule)
+        generated = load_source(source, f"{self.name}_{self._backend(backend)}")  # load
         if config.debug_level() >= 4:
             print(source)
         return source, generated
