@@ -20,7 +20,6 @@ order `reclang inspect` lists them.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import sympy
@@ -137,13 +136,13 @@ def triton_refusal(plan, exprs, kernel: str) -> str:
                        key=lambda n: (n.loc.line, n.loc.col)):
         image = SCALAR[node.arg](*[x] * len(node.args))
         if any(isinstance(e, tuple(bad)) for e in sympy.preorder_traversal(image)):
-            return (f"{plan.file}:{node.loc}: {node.arg} has no Triton spelling or no "
-                    f"derivative that {kernel} can print")
+            return (f"{plan.file}: cannot print {node.arg} in {kernel} (no Triton spelling "
+                    f"or derivative), at {plan.file}:{node.loc}")
     names = ", ".join(sorted(f.__name__ for f in bad))
-    return f"{plan.at(plan.states[0])}: {kernel} cannot print {names} or its derivative"
+    return f"{plan.file}: cannot print {names} in {kernel} (no Triton spelling or " \
+        f"derivative), in {plan.file}:{plan.ir.node(plan.ir.stmts[0]).loc}"
 
 
-@functools.lru_cache(maxsize=None)
 def _printable(func) -> bool:
     """A Triton spelling for the function and for every function of its derivative."""
     if func is sympy.Piecewise:

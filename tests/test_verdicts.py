@@ -55,6 +55,19 @@ def test_every_yes_lowers_and_runs_and_every_no_says_where(name):
     assert "sequential" in yes
 
 
+@pytest.mark.parametrize("text, yes", [
+    ("cell c(N = 3):\n    input x[N]\n    out y[n] = tanh(x[n]) * 2\n",  # no state
+     ["sequential", "scan", "fft", "triton"]),
+    ("cell c(N = 3):\n    input x[N]\n    state h[N] = 0, g[N] = 0\n"  # coupled
+     "    h[n] <- 0.5 * h[n] + x[n]\n    g[n] <- 0.9 * g[n] + h[n]\n    out y[n] = g[n]\n",
+     ["sequential"]),
+])
+def test_cells_outside_the_catalogue(text, yes):
+    """A cell without state: its gated form indexed a second state (IndexError), and
+    the other forms' refusals said no place ("the recurrence is diag-lti")."""
+    assert check_verdicts(reclang.loads(text, "c.rec"), run_triton=True) == yes
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cells())
 def test_random_cells_verdicts_agree_with_their_lowerings(text):
@@ -75,13 +88,10 @@ def test_a_function_without_a_triton_spelling_is_refused_at_its_use(monkeypatch)
     backward before): one without a Triton spelling is a no, at the spec's tanh."""
     functions = {f: s for f, s in TritonPrinter.FUNCTIONS.items() if f.__name__ != "tanh"}
     monkeypatch.setattr(TritonPrinter, "FUNCTIONS", functions)
-    registry._printable.cache_clear()
-    try:
-        verdict = small("lstm").verdict("triton")
-    finally:
-        registry._printable.cache_clear()
+    verdict = small("lstm").verdict("triton")
     assert not verdict.supported
-    assert re.match(r"lstm\.rec:\d+:\d+: tanh has no Triton spelling", verdict.reason)
+    assert re.fullmatch(r"lstm\.rec: cannot print tanh in the fused kernel \(no Triton "
+                        r"spelling or derivative\), at lstm\.rec:\d+:\d+", verdict.reason)
 
 
 @pytest.mark.parametrize("name, kind", [("gla", "matrix"), ("delta_net", "matrix"),

@@ -48,7 +48,14 @@ def matrix(plan):
     try:
         return chunk_operands(plan.ir, plan.states)
     except NoOperands as err:
-        return unfit(str(err) if _AT.search(str(err)) else f"{plan.at(plan.states[0])}: {err}")
+        return unfit(str(err) if _AT.search(str(err)) else f"{_cell_at(plan)}: {err}")
+
+
+def _cell_at(plan) -> str:
+    """file:line:col of the first state's update, else of the first statement."""
+    if plan.states:
+        return plan.at(plan.states[0])
+    return f"{plan.file}:{plan.ir.node(plan.ir.stmts[0]).loc}"
 
 
 # ---- the lane forms: the fused loop and the gated scan ---------------------------------
@@ -66,7 +73,10 @@ def gated(plan) -> GatedDiag | Unfit:
     """The lane form of a one-state diagonal cell's update with its gates inside, and
     a, b of its state (operands renamed o0.., constants c0..)."""
     ir = plan.ir
-    if len(ir.states) != 1:
+    if not ir.states:
+        return unfit(f"{plan.file}:{ir.node(ir.stmts[0]).loc}: the gated scan runs cells "
+                     "with one state; this one has none")
+    if len(ir.states) > 1:
         return unfit(f"{plan.file}:{ir.states[1].loc}: the gated scan runs cells with one "
                      f"state; {ir.states[1].name} is a second")
     try:

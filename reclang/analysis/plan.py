@@ -354,7 +354,9 @@ def _why_not(plan: Plan) -> str:
                     f"outer-product input ({', '.join(t.decay_axes)}): not a matrix decay")
         if form in ("diag", "diag-lti"):
             return f"{file}:{s.loc}: {s.name} is updated elementwise (input: {b.kind})"
-    return f"the recurrence is {form}"
+    if not states:
+        return f"{file}:{plan.ir.node(plan.ir.stmts[0]).loc}: the cell has no state ({form})"
+    return f"{plan.at(states[0])}: the recurrence is {form}"
 
 
 def _state_line(s: StateStructure) -> str:
