@@ -4,12 +4,15 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 6100  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+LINE_BUDGET = 6600  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
 # (5000 -> 5300: the lane form and the fused loop for nonlinear cells, ~520 lines;
 # 5300 -> 5500: the gated scan of diagonal cells, ~170 lines;
 # 5500 -> 6100: hardening (issue 16), ~520 lines: the checking loader and private cache
 # (generated.py), limits and constant folds, call checks, the name allocator and
 # escaping, causal non-finite values, setup_context Functions with vmap rules, pickling)
+# 6100 -> 6600: issue 17: the runtime package, codegen and the backend registry (6254 at
+# its first step), then typed forms built once (analysis/forms.py, ir_to_forms.py), a
+# schedule per lowering and the verdicts' Triton walk, ~310 lines
 
 
 def test_readme_example_runs():

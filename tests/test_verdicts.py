@@ -109,6 +109,7 @@ def test_each_form_is_built_once_per_cell(name, kind, monkeypatch):
         if v.supported:
             cell.source(v.backend)
     assert cell.plan.form_of(kind) is cell.plan.form_of(kind)
+    assert cell.plan.forms[kind] is cell.plan.form_of(kind)  # every kind, by kind
     assert calls == [kind]
 
 
