@@ -1,4 +1,7 @@
-"""The plan: the canonical form of a cell's recurrence, and which backends can run it.
+"""The plan: the partition of a cell, the structure of each state, its readouts, the
+name of its canonical form and, built on first use (analysis/ir_to_forms.py), the form
+objects the backends lower (`form_of(kind)`). The plan names no backend: the verdicts
+are the cell's (reclang/compile.py, from backends/base.py).
 
 Forms (DESIGN.md §4):
     diag         h' = a ⊙ h + b, elementwise (any shape)          minGRU, HGRN, Mamba S6
@@ -44,7 +47,7 @@ class Plan:
     readouts: tuple[Readout, ...]
     partition: dict                        # statement name -> prelude | core | epilogue | const
     ir: IR = field(repr=False, compare=False)
-    _memo: dict = field(default_factory=dict, repr=False, compare=False)
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)  # kind -> form
 
     def signature(self) -> tuple:
         """The structural facts of the plan, free of spelling: equal for two ways of
@@ -94,12 +97,10 @@ class Plan:
         """The decays of the chunkwise operands that the plan does not prove positive
         (the matrix forms take their log), as a condition to check at run time ("" when
         all are proven)."""
-        form = self.form_of("matrix")
-        structures = {s.name: s for s in self.states}
-        return "; ".join(
-            f"the decay of {s.name} ({structures[s.name].transition.decay}, "
-            f"{self.at(structures[s.name])}) is positive at run time (not proven: its log "
-            "is taken)" for s in getattr(form, "states", ()) if not s.positive)
+        unproven = [self.structure(s.name) for s in getattr(self.form_of("matrix"), "states", ())
+                    if not s.positive]
+        return "; ".join(f"the decay of {s.name} ({s.transition.decay}, {self.at(s)}) is "
+                         "positive at run time (not proven: its log is taken)" for s in unproven)
 
     def describe(self) -> str:
         lines = [f"cell {self.cell}: {self.summary}", "", "partition:"]
