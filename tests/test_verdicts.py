@@ -119,3 +119,7 @@ def test_unfit_forms_say_where():
     unfit = plan.form_of("matrix")
     assert isinstance(unfit, reclang.analysis.forms.Unfit)
     assert unfit.loc in unfit.reason and LOCATED.fullmatch(unfit.loc)
+    # a form is one of the plan's canonical form: Elman's update, not affine, had a
+    # "gated diagonal" a = ∂f/∂h = 0 (its h enters through a weight), min_gru operands
+    assert isinstance(small("elman").plan.form_of("gated"), reclang.analysis.forms.Unfit)
+    assert isinstance(small("min_gru").plan.form_of("matrix"), reclang.analysis.forms.Unfit)

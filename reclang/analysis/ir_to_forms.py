@@ -45,6 +45,8 @@ def _diag_state(s) -> DiagState:
 # ---- the matrix-state (chunkwise) operands ---------------------------------------------
 def matrix(plan):
     """The chunkwise operands of a matrix-state cell (analysis/operands.py)."""
+    if plan.form not in ("mat-decay", "dplr"):
+        return unfit(plan.why_not())
     try:
         return chunk_operands(plan.ir, plan.states)
     except NoOperands as err:
@@ -73,6 +75,8 @@ def gated(plan) -> GatedDiag | Unfit:
     """The lane form of a one-state diagonal cell's update with its gates inside, and
     a, b of its state (operands renamed o0.., constants c0..)."""
     ir = plan.ir
+    if plan.form not in ("diag", "diag-lti"):  # a, b below assume an affine update
+        return unfit(plan.why_not())
     if not ir.states:
         return unfit(f"{plan.file}:{ir.node(ir.stmts[0]).loc}: the gated scan runs cells "
                      "with one state; this one has none")
