@@ -119,7 +119,7 @@ def test_unfit_forms_say_where():
     unfit = plan.form_of("matrix")
     assert isinstance(unfit, reclang.analysis.forms.Unfit)
     assert unfit.loc in unfit.reason and LOCATED.fullmatch(unfit.loc)
-    # a form is one of the plan's canonical form: Elman's update, not affine, had a
-    # "gated diagonal" a = ∂f/∂h = 0 (its h enters through a weight), min_gru operands
+    # each form only for its canonical forms: Elman (not affine) got a GatedDiag with
+    # a = ∂f/∂h = 0 (its h enters through a weight), min_gru (diagonal) chunk operands
     assert isinstance(small("elman").plan.form_of("gated"), reclang.analysis.forms.Unfit)
     assert isinstance(small("min_gru").plan.form_of("matrix"), reclang.analysis.forms.Unfit)
