@@ -136,8 +136,7 @@ class ChunkProgram(Program):
         h0 = (f"{name}.permute(0, {', '.join(map(str, order))})" if moved else name) + \
             f".reshape(-1, {Hs}, {Kf}, {Vf})"  # -1: packed sequences have B = 1, N states
         lr = f"{v.a}, {v.b}" if s.low_rank else "None, None"
-        chunk = ", cu_seqlens=cu_seqlens" if self.packed else \
-            f", chunk={self.schedule.chunk}, segment={self.schedule.segment}"
+        chunk = ", cu_seqlens=cu_seqlens" if self.packed else self.schedule_args()
         if scale is not None:
             chunk += f", a_over_k={v.ak}"
         self.lines.append(f"{v.out}, {v.last} = {self.pass_function}({v.w}, {lr}, "
@@ -147,6 +146,10 @@ class ChunkProgram(Program):
                           f"{', '.join(map(str, shared + key + value))})" +
                           (f".permute(0, {', '.join(map(str, back))})" if moved else ""))
         return v.out
+
+    def schedule_args(self) -> str:
+        """The schedule's arguments of chunk_affine."""
+        return f", chunk={self.schedule.chunk}, segment={self.schedule.segment}"
 
     def spec_line(self, state: str) -> str:
         return spec_origin(self.ir, self.ir.update(state).loc.line)
