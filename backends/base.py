@@ -2,12 +2,16 @@
 
 A backend is a lowering of one or more canonical forms to generated source:
 
+    kind                                the form it lowers: plan.form_of(kind)
     accepts(plan) -> Verdict            whether it runs the cell, and why (not)
     default_schedule(plan, device)      the schedule it uses unless told otherwise
     lower(plan, schedule) -> str        the generated source (forward and step)
 
-`accepts` checks exactly what `lower` will need, from the same plan, so that a yes
-always lowers (tests/test_verdicts.py runs `lower` for every yes of the catalogue).
+`accepts` checks exactly the form object `lower` prints (an Unfit: its reason, with
+the spec's file:line:col), plus the backend's own needs (packages; for kernels, a
+Triton spelling and a derivative of every function: `triton_refusal`), so that a yes
+always lowers (tests/test_verdicts.py runs `lower` for every yes of the catalogue and
+of random cells).
 Several backends may share a user-facing name (`triton` lowers diagonal, matrix and
 nonlinear cells with three different kernels): the one whose forms hold the plan's
 form answers for the name. Backends are registered in backends/__init__.py, in the
@@ -18,7 +22,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reclang.schedule import Schedule
+import sympy
+
+from reclang.analysis.forms import Unfit
+from reclang.analysis.lanes import SCALAR
+from reclang.codegen.fused_loop import TritonPrinter
+from reclang.ir import Op
+from reclang.schedule import LoopSchedule, Schedule
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,8 @@ class Backend:
 
     name: str = ""
     forms: tuple[str, ...] | None = None
+    kind: str | None = None  # the form it lowers (None: the IR itself)
+    schedules: type[Schedule] = LoopSchedule  # the type of its schedules
 
     def accepts(self, plan) -> Verdict:
         if self.forms is not None and plan.form not in self.forms:
@@ -51,16 +63,22 @@ class Backend:
     def runs(self, plan) -> str:
         return "runs every cell" if self.forms is None else f"runs {plan.form}"
 
+    def form(self, plan):
+        """The form object this backend lowers (None: it lowers the IR)."""
+        return None if self.kind is None else plan.form_of(self.kind)
+
     def refusal(self, plan) -> str:
-        """Why this backend cannot run a cell of its forms ("" when it can)."""
-        return ""
+        """Why this backend cannot run a cell of its forms ("" when it can): by
+        default, the Unfit in place of its form."""
+        form = self.form(plan)
+        return form.reason if isinstance(form, Unfit) else ""
 
     def condition(self, plan) -> str:
         """What the lowering checks on the inputs at run time, unproven ("": nothing)."""
         return ""
 
     def default_schedule(self, plan, device: str = "cpu") -> Schedule:
-        return Schedule()
+        return self.schedules()
 
     def lower(self, plan, schedule: Schedule) -> str:
         raise NotImplementedError(f"backend {self.name} has no lowering")
@@ -101,3 +119,41 @@ class _Union(Backend):
 
 def verdicts(plan) -> tuple[Verdict, ...]:
     return tuple(claimant(plan, name).accepts(plan) for name in names())
+
+
+# ---- what a Triton kernel can print ----------------------------------------------------
+def triton_refusal(plan, exprs, kernel: str) -> str:
+    """Why `kernel` cannot print the sympy expressions `exprs` and their first
+    derivatives ("" when it can), at the spec function that brings the first function
+    without a Triton spelling (codegen/fused_loop.py TritonPrinter) or derivative."""
+    bad = {type(e) for x in exprs for e in sympy.preorder_traversal(x)
+           if isinstance(e, sympy.Function) and not _printable(type(e))}
+    if not bad:
+        return ""
+    x = sympy.Symbol("x", real=True)
+    functions = (plan.ir.node(i) for i in plan.ir.graph.nodes)
+    for node in sorted((n for n in functions if n.op == Op.FN and n.arg in SCALAR),
+                       key=lambda n: (n.loc.line, n.loc.col)):
+        image = SCALAR[node.arg](*[x] * len(node.args))
+        if any(isinstance(e, tuple(bad)) for e in sympy.preorder_traversal(image)):
+            return (f"{plan.file}: cannot print {node.arg} in {kernel} (no Triton spelling "
+                    f"or derivative), at {plan.file}:{node.loc}")
+    names = ", ".join(sorted(f.__name__ for f in bad))
+    return f"{plan.file}: cannot print {names} in {kernel} (no Triton spelling or " \
+        f"derivative), in {plan.file}:{plan.ir.node(plan.ir.stmts[0]).loc}"
+
+
+def _printable(func) -> bool:
+    """A Triton spelling for the function and for every function of its derivative."""
+    if func is sympy.Piecewise:
+        return True  # its pieces are checked themselves, and differentiated piecewise
+    if not TritonPrinter.spells(func):
+        return False
+    x = sympy.Symbol("x", real=True)
+    try:
+        derivative = sympy.diff(func(x), x)
+    except (TypeError, ValueError):  # more than one argument: no gate of the lane form
+        return False
+    return not derivative.has(sympy.Derivative, sympy.Subs) and all(
+        TritonPrinter.spells(type(e)) for e in sympy.preorder_traversal(derivative)
+        if isinstance(e, sympy.Function) and not isinstance(e, sympy.Piecewise))

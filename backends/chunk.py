@@ -46,19 +46,13 @@ from .base import Backend, register
 
 
 class Chunk(Backend):
-    name, forms = "chunk", ("mat-decay", "dplr")
-
-    def refusal(self, plan) -> str:
-        return plan.matrix_unfit()
+    name, forms, kind, schedules = "chunk", ("mat-decay", "dplr"), "matrix", ChunkSchedule
 
     def condition(self, plan) -> str:
         return plan.unproven_decays()
 
-    def default_schedule(self, plan, device: str = "cpu") -> ChunkSchedule:
-        return ChunkSchedule()
-
     def lower(self, plan, schedule: ChunkSchedule) -> str:
-        return ChunkProgram(plan.ir, plan.matrix_operands(), schedule.chunk).source()
+        return ChunkProgram(plan.ir, self.form(plan), schedule, plan.summary).source()
 
 
 register(Chunk())

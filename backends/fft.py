@@ -18,6 +18,7 @@ Numerics:   K_j = a^j by `pow` (relative error about eps·j·|log a|, not accumu
 from __future__ import annotations
 
 from reclang.codegen.scan import ScanProgram
+from reclang.schedule import FftSchedule
 
 from .base import Backend, register
 
@@ -29,10 +30,10 @@ class FftProgram(ScanProgram):
 
 
 class Fft(Backend):
-    name, forms = "fft", ("diag-lti",)
+    name, forms, kind, schedules = "fft", ("diag-lti",), "diag", FftSchedule
 
-    def lower(self, plan, schedule) -> str:
-        return FftProgram(plan.ir, plan).source()
+    def lower(self, plan, schedule: FftSchedule) -> str:
+        return FftProgram(plan.ir, self.form(plan), schedule, plan.summary).source()
 
 
 register(Fft())

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 
 from reclang.codegen.scan import ScanProgram
+from reclang.schedule import ScanSchedule
 
 from .base import Backend, register
 
@@ -35,23 +36,24 @@ DENSE_SCAN_LIMIT = 64  # mixed values per state: the scan's work per step grows 
 
 
 class Scan(Backend):
-    name, forms = "scan", ("diag", "diag-lti", "dense")
+    name, forms, kind, schedules = "scan", ("diag", "diag-lti", "dense"), "diag", ScanSchedule
 
     def refusal(self, plan) -> str:
-        """A dense transition too large for the scan (its matrices cost N² per step)."""
-        for s in plan.states:
-            if s.affine and s.transition.kind == "dense":
-                sizes = dict(zip(s.axes, plan.ir.decls[s.name].shape))
-                n = math.prod(sizes[a] for a in s.transition.mix_axes)
-                if n > DENSE_SCAN_LIMIT:
-                    return (f"{plan.at(s)}: the transition of {s.name} mixes {n} values "
-                            f"(along {', '.join(s.transition.mix_axes)}); the dense scan "
-                            f"multiplies {n}x{n} matrices at every step (limit "
-                            f"{DENSE_SCAN_LIMIT}): use the sequential backend")
-        return ""
+        """The form's Unfit, or a dense transition too large for the scan (its matrices
+        cost N² per step)."""
+        form = self.form(plan)
+        for s in getattr(form, "states", ()):
+            sizes = dict(zip(s.axes, plan.ir.decls[s.name].shape))
+            n = math.prod(sizes[a] for a in s.mix_axes)
+            if n > DENSE_SCAN_LIMIT:
+                return (f"{plan.at(plan.structure(s.name))}: the transition of {s.name} mixes "
+                        f"{n} values (along {', '.join(s.mix_axes)}); the dense scan "
+                        f"multiplies {n}x{n} matrices at every step (limit "
+                        f"{DENSE_SCAN_LIMIT}): use the sequential backend")
+        return super().refusal(plan)
 
-    def lower(self, plan, schedule) -> str:
-        return ScanProgram(plan.ir, plan).source()
+    def lower(self, plan, schedule: ScanSchedule) -> str:
+        return ScanProgram(plan.ir, self.form(plan), schedule, plan.summary).source()
 
 
 register(Scan())

@@ -25,7 +25,7 @@ class Sequential(Backend):
     name = "sequential"
 
     def lower(self, plan, schedule) -> str:
-        return Program(plan.ir).source()
+        return Program(plan.ir, schedule).source()
 
 
 register(Sequential())

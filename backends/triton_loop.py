@@ -7,32 +7,25 @@ from __future__ import annotations
 
 import textwrap
 
-from reclang.analysis.lanes import Unsupported
 from reclang.codegen.fused_loop import fused_program
 from reclang.codegen.render import assemble, missing_dependency
+from reclang.schedule import FusedLoopSchedule
 
-from .base import Backend, register
+from .base import Backend, register, triton_refusal
 
 
 class TritonLoop(Backend):
-    name, forms = "triton", ("nonlinear",)
+    name, forms, kind, schedules = "triton", ("nonlinear",), "lanes", FusedLoopSchedule
 
     def refusal(self, plan) -> str:
-        """Why the fused kernel cannot run the cell ("" when it can): its lowering, with
-        the step and its derivatives printed."""
-        if missing_dependency():
-            return missing_dependency()
-        try:
-            _, code = fused_program(plan.ir, plan)
-            code.forward(), code.backward()
-        except Unsupported as err:
-            return str(err)
-        except NotImplementedError as err:  # the printer's: a function it has no form for
-            return f"{plan.file}: {err}"
-        return ""
+        """Why the fused kernel cannot run the cell ("" when it can): a missing package,
+        the lane form's Unfit, or a function of the step without a Triton spelling or
+        derivative."""
+        why = missing_dependency() or super().refusal(plan)
+        return why or triton_refusal(plan, self.form(plan).expressions(), "the fused kernel")
 
-    def lower(self, plan, schedule) -> str:
-        program, code = fused_program(plan.ir, plan)
+    def lower(self, plan, schedule: FusedLoopSchedule) -> str:
+        program, code = fused_program(plan.ir, self.form(plan), schedule, plan.summary)
         about = ("per unit, s_t = f(s_{t-1}, W s_{t-1}, o_t): the whole time loop in one "
                  "kernel (from backends/templates/fused_loop.py.jinja); the operands o and "
                  "the weights W are computed before it")
@@ -41,7 +34,7 @@ class TritonLoop(Backend):
             program.forward(),
             ["", "from reclang.runtime.operands import constant, operand",
              "from reclang.runtime.packing import pad_packed, unpad_packed"],
-            slots=code.slots(about))
+            slots={**code.slots(about), "schedule": schedule})
 
 
 register(TritonLoop())

@@ -37,27 +37,23 @@ from __future__ import annotations
 
 from reclang.codegen.render import missing_dependency
 from reclang.codegen.triton import TritonChunkProgram
-from reclang.schedule import TritonChunkSchedule
+from reclang.schedule import TritonMatrixSchedule
 
 from .base import Backend, register
 
 
 class TritonMatrix(Backend):
-    name, forms = "triton", ("mat-decay", "dplr")
+    name, forms, kind = "triton", ("mat-decay", "dplr"), "matrix"
+    schedules = TritonMatrixSchedule
 
     def refusal(self, plan) -> str:
-        return missing_dependency() or plan.matrix_unfit()
+        return missing_dependency() or super().refusal(plan)
 
     def condition(self, plan) -> str:
         return plan.unproven_decays()
 
-    def default_schedule(self, plan, device: str = "cpu") -> TritonChunkSchedule:
-        return TritonChunkSchedule()
-
-    def lower(self, plan, schedule: TritonChunkSchedule) -> str:
-        program = TritonChunkProgram(plan.ir, plan.matrix_operands())
-        program.plan, program.chunk = plan, schedule.chunk
-        return program.source()
+    def lower(self, plan, schedule: TritonMatrixSchedule) -> str:
+        return TritonChunkProgram(plan.ir, self.form(plan), schedule, plan.summary).source()
 
 
 register(TritonMatrix())

@@ -49,35 +49,44 @@ from __future__ import annotations
 
 import textwrap
 
-from reclang.analysis.lanes import Unsupported
+from reclang.analysis.forms import Unfit
 from reclang.codegen.gated_scan import gated_program
 from reclang.codegen.render import assemble, missing_dependency
 from reclang.codegen.triton import TritonScanProgram
+from reclang.schedule import TritonScanSchedule
 
-from .base import Backend, register
+from .base import Backend, register, triton_refusal
 
 
 class TritonScan(Backend):
-    name, forms = "triton", ("diag", "diag-lti")
+    name, forms, kind, schedules = "triton", ("diag", "diag-lti"), "diag", TritonScanSchedule
 
     def refusal(self, plan) -> str:
-        return missing_dependency()
+        return missing_dependency() or super().refusal(plan)
 
-    def lower(self, plan, schedule) -> str:
+    def not_gated(self, plan) -> str:
+        """Why the gated scan does not run the cell ("" when it does): its form's Unfit,
+        or a function its kernel cannot print with its derivative."""
+        gated = plan.form_of("gated")
+        if isinstance(gated, Unfit):
+            return gated.reason
+        return triton_refusal(plan, gated.expressions(), "the gated scan")
+
+    def lower(self, plan, schedule: TritonScanSchedule) -> str:
         """The gated scan (gates computed in the kernel) where it applies, else the
         diagonal scan of a and b, with the reason in its header."""
-        ir = plan.ir
+        why = self.not_gated(plan)
+        if why:
+            return TritonScanProgram(plan.ir, self.form(plan), schedule, plan.summary,
+                                     why).source()
         about = ("h' = a h + b per channel, a and b the cell's equations of operands o and "
                  "constants c, computed in the kernel (from backends/templates/"
                  "gated_scan.py.jinja); the operands are computed before it")
-        try:
-            program, code = gated_program(ir, plan)
-            slots = code.slots(about)  # printed here: a function without a Triton form falls back
-        except (Unsupported, NotImplementedError) as why:
-            return TritonScanProgram(ir, plan, str(why)).source()
+        program, code = gated_program(plan.ir, plan.form_of("gated"), schedule, plan.summary)
         return assemble(program, "gated_scan.py.jinja", textwrap.wrap(
             "Triton backend, gated scan: " + about, 88), program.forward(),
-            ["", "from reclang.runtime.operands import constant, operand"], slots=slots)
+            ["", "from reclang.runtime.operands import constant, operand"],
+            slots={**code.slots(about), "schedule": schedule})
 
 
 register(TritonScan())

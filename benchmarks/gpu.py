@@ -131,7 +131,9 @@ def plain_scan_module(cell):
 
     if "gated_scan" not in cell.source("triton"):
         return None
-    source = TritonScanProgram(cell.ir, cell.plan, "a benchmark's comparison").source()
+    plan = cell.plan
+    source = TritonScanProgram(cell.ir, plan.form_of("diag"), cell.schedule("triton"),
+                               plan.summary, "a benchmark's comparison").source()
     return RecModule(cell.ir, "triton", source, load_source(source, f"{cell.name}_plain"))
 
 

@@ -8,6 +8,7 @@ import sys
 import time
 
 from . import __version__, load
+from .analysis.forms import describe
 from .errors import RecError, Source
 from .generated import with_origins
 from .timing import best_of
@@ -53,6 +54,10 @@ def cmd_inspect(args) -> int:
     print("\n" + cell.describe())
     print(f"  auto: {cell.auto_summary()}")
     print("\nIR\n" + ir.summary())
+    form = cell.form(args.backend)
+    print(f"\nform ({args.backend})\n" + ("\n".join(describe(form)) if form is not None else
+                                          "the IR itself: the statements, one step at a time"))
+    print(f"\nschedule ({args.backend})\n{cell.schedule(args.backend).describe()}")
     source = cell.source(args.backend)
     if args.origins:
         source = with_origins(source, ir.source)
@@ -244,7 +249,7 @@ def parser() -> argparse.ArgumentParser:
 
     command("check", cmd_check, "parse and check a spec")
     c = command("inspect", cmd_inspect, "show the plan (partition, structure, form, backends), "
-                "the IR and the generated source")
+                "the IR, and for --backend its form, its schedule and the generated source")
     c.add_argument("--backend", default="sequential")
     c.add_argument("--json", action="store_true", help="print only the plan, as JSON")
     c.add_argument("--origins", action="store_true",

@@ -1,4 +1,15 @@
-"""The driver: spec text -> AST -> IR -> generated source -> nn.Module.
+"""The driver, in the order its stages run:
+
+    parse        spec text -> ast.Cell                  (reclang/parser.py)
+    IR           ast.Cell -> IR, checked                (reclang/ast_to_ir.py)
+    plan         IR -> Plan: partition, structures,     (reclang/analysis/plan.py; its forms
+                 readouts, forms                         by analysis/ir_to_forms.py, lazily)
+    backend      the registered backend of that name    (reclang/backends/base.py)
+                 whose forms hold the plan's; its verdict
+    schedule     its default, or the user's             (reclang/schedule.py)
+    lower        Plan + Schedule -> generated source    (backend.lower)
+    load         source -> Python module                (reclang/generated.py)
+    module       IR + module -> nn.Module               (reclang/module.py)
 
     cell = reclang.load("specs/gla.rec", H=4)   # parse and check (RecError on problems)
     m = cell.module(backend="sequential")       # generate, load, bind parameters
@@ -17,6 +28,7 @@ from .generated import load_source
 from .ir import IR
 from .module import RecModule
 from .parser import parse
+from .schedule import Schedule
 
 class Cell:
     """A checked cell with its hyperparameters fixed: what `load` returns."""
@@ -73,40 +85,56 @@ class Cell:
     def to_json(self) -> str:
         return self.plan.to_json(backends=[v.__dict__ for v in self.verdicts])
 
-    def schedule(self, backend: str = "sequential", chunk_size: int | None = None):
-        """The schedule a backend runs the cell with: its default, with `chunk_size`
-        (the chunk length C of the chunk backend and of the triton backend's chunk
-        kernels) where the schedule has a chunk."""
-        backend = self._backend(backend)
-        schedule = registry.claimant(self.plan, backend).default_schedule(self.plan)
+    def lowering(self, backend: str = "sequential"):
+        """The registered backend that runs the cell under that name (a RecError when
+        none can: an unknown name, or its verdict's reason)."""
+        return registry.claimant(self.plan, self._backend(backend))
+
+    def form(self, backend: str = "sequential"):
+        """The form object the backend lowers (analysis/forms.py; None: the sequential
+        loop, which lowers the IR itself)."""
+        return self.lowering(backend).form(self.plan)
+
+    def schedule(self, backend: str = "sequential", chunk_size: int | None = None,
+                 schedule: Schedule | None = None) -> Schedule:
+        """The schedule a backend runs the cell with: `schedule` (of the type the
+        backend's lowering takes: reclang/schedule.py), else its default; `chunk_size`,
+        a shortcut, sets the chunk where the schedule has one (the chunk length C of
+        the chunk backend and of the triton backend's chunk kernels)."""
+        lowering = self.lowering(backend)
+        if schedule is None:
+            schedule = lowering.default_schedule(self.plan)
+        elif not isinstance(schedule, lowering.schedules):
+            raise RecError(f"backend {lowering.name!r} runs cell {self.name} with a "
+                           f"{lowering.schedules.__name__}, not {schedule!r}", self.ir.source)
         if chunk_size is not None and "chunk" in {f.name for f in fields(schedule)}:
             schedule = replace(schedule, chunk=chunk_size)
         return schedule
 
-    def source(self, backend: str = "sequential", chunk_size: int | None = None) -> str:
-        """The generated source for a backend (`chunk_size`: see `schedule`)."""
-        backend = self._backend(backend)
-        schedule = self.schedule(backend, chunk_size)
-        key = (backend, schedule)
-        if key not in self._sources:
-            lowering = registry.claimant(self.plan, backend)
-            with at(Loc(0, 0, self.ir.source), f"lowering ({backend})"):  # per node: codegen
-                self._sources[key] = lowering.lower(self.plan, schedule)
-        return self._sources[key]
+    def source(self, backend: str = "sequential", chunk_size: int | None = None,
+               schedule: Schedule | None = None) -> str:
+        """The generated source for a backend (`chunk_size`, `schedule`: see
+        `schedule`), lowered once per schedule."""
+        return self._lowered(backend, chunk_size, schedule)
 
     def module(self, backend: str = "sequential", chunk_size: int | None = None, *,
-               device=None, dtype=None) -> RecModule:
+               schedule: Schedule | None = None, device=None, dtype=None) -> RecModule:
         """A fresh nn.Module (new parameters, initialized as the spec says, of `device` and
         `dtype` as nn.Linear's: by default the default dtype).
 
         `auto`: the backend `auto_backends` names for CPU tensors, and on CUDA tensors
-        the one it names for CUDA (same parameters, other generated code)."""
+        the one it names for CUDA (same parameters, other generated code).
+        `schedule`: how the backend runs the cell (reclang/schedule.py; not with `auto`,
+        whose backends take different ones)."""
         on_cuda = None
         if backend == "auto":
+            if schedule is not None:
+                raise RecError("a schedule is given for one backend, not for 'auto'",
+                               self.ir.source)
             backend, on_cuda = self.auto_backends()
         backend = self._backend(backend)
-        m = RecModule(self.ir, backend, *self._generated(backend, chunk_size), device=device,
-                      dtype=dtype)
+        m = RecModule(self.ir, backend, *self._generated(backend, chunk_size, schedule),
+                      device=device, dtype=dtype)
         if on_cuda not in (None, backend):
             m.use_on("cuda", on_cuda, build=Deferred(self, on_cuda, chunk_size))
         return m
@@ -160,9 +188,21 @@ class Cell:
             text += f" (not triton: {self.verdict('triton').reason})"
         return text
 
-    def _generated(self, backend: str, chunk_size: int | None):
-        source = self.source(backend, chunk_size)
-        generated = load_source(source, f"{self.name}_{backend}", self.ir.source)
+    def _lowered(self, backend: str, chunk_size: int | None, schedule=None) -> str:
+        """The driver's stages from the plan to the source, in order."""
+        plan = self.plan                                      # plan (forms built lazily)
+        lowering = self.lowering(backend)                     # choose the backend: a yes
+        schedule = self.schedule(backend, chunk_size, schedule)  # its schedule
+        if (lowering.name, schedule) not in self._sources:    # lower, once per schedule
+            with at(Loc(0, 0, self.ir.source), f"lowering ({lowering.name})"):  # per node: codegen
+                self._sources[lowering.name, schedule] = lowering.lower(plan, schedule)
+        return self._sources[lowering.name, schedule]
+
+    def _generated(self, backend: str, chunk_size: int | None, schedule=None):
+        """The source (`_lowered`) and its loaded module."""
+        source = self._lowered(backend, chunk_size, schedule)
+        generated = load_source(source, f"{self.name}_{self._backend(backend)}",  # load
+                                self.ir.source)
         if config.debug_level() >= 4:
             print(source)
         return source, generated

@@ -1,42 +1,123 @@
 """How a form is run, apart from what it computes (Halide's lesson): chunk lengths,
-segments, tiles. One frozen dataclass per lowering; a schedule changes the order of the
-work and the sizes of its pieces, never the result. `reclang inspect` prints it, the
-generated file's header records it, `cell.module(backend, schedule=...)` takes one.
-No other module holds such constants."""
+segments, tiles, warps. One frozen dataclass per lowering; a schedule changes the order
+of the work and the sizes of its pieces, never the result. `reclang inspect` prints it,
+the generated file's header records it (`# schedule: ChunkSchedule(chunk=64, ...)`, so
+it is part of the generated file's hash, the cache key), and
+`cell.module(backend, schedule=...)` takes one. Nonsense values are a RecError when the
+schedule is made. Only limits of what a lowering can run at all live elsewhere
+(reclang/config.py and the backends' refusals)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from .errors import RecError
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """A lowering with nothing to choose (the loop, the scan, the FFT)."""
+    """A lowering's choices; this base has none."""
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 1):
+                raise RecError(f"{type(self).__name__}: {f.name}={value!r} must be a "
+                               "positive integer" + (" or None" if f.default is None else ""))
+        self.check()
+
+    def check(self) -> None:
+        """Checks of the values beyond their being positive integers."""
 
     def describe(self) -> str:
-        fields = ", ".join(f"{k}={v}" for k, v in self.__dict__.items())
-        return f"{type(self).__name__}({fields})"
+        return repr(self)
+
+
+@dataclass(frozen=True)
+class LoopSchedule(Schedule):
+    """The sequential loop: its one policy (hoist every state-free value that is not
+    larger than what it is computed from) has no setting."""
+
+
+@dataclass(frozen=True)
+class FftSchedule(Schedule):
+    """The FFT convolution: nothing to choose (torch.fft picks its own sizes)."""
+
+
+@dataclass(frozen=True)
+class ScanSchedule(Schedule):
+    """The chunked scan (reclang/runtime/scan.py): `chunk` steps per chunk of
+    linear_scan; None: about √T (`chunk_length`), which balances the chunks' batched
+    steps against the pass over their boundaries."""
+
+    chunk: int | None = None
 
 
 @dataclass(frozen=True)
 class ChunkSchedule(Schedule):
     """The chunkwise form: `chunk` steps per chunk (matmuls of C x C scores), run in
-    segments of `segment` steps (a multiple of the chunk: bounds the C x C x K decays
-    held at once)."""
+    segments of `segment` steps (rounded down to whole chunks, at least one: bounds the
+    C x C x K decays held at once)."""
 
     chunk: int = 64
     segment: int = 1024
 
 
-@dataclass(frozen=True)
-class TritonChunkSchedule(ChunkSchedule):
-    """The Triton matrix-state kernels: `chunk` steps per chunk, a power of 2 of at
-    least 16 (tl.dot's smallest size)."""
+def _power_of_2(schedule, name: str, least: int, why: str) -> None:
+    value = getattr(schedule, name)
+    if value is not None and (value < least or value & (value - 1)):
+        raise RecError(f"{type(schedule).__name__}: {name}={value}: {why} take a power of 2 "
+                       f"of at least {least}")
 
-    def __post_init__(self):
+
+@dataclass(frozen=True)
+class TritonScanSchedule(Schedule):
+    """The triton diagonal and gated scans: one program per (sequence, `block_s`
+    channels) walks time `block_t` steps at a time (each at most the next power of 2 of
+    the channels and steps: 2048 values keep loads in flight and leave B·S/32 programs to
+    fill the GPU). The gated scan's backward holds a dozen such tiles: `backward_warps`
+    8, or it needs all 255 registers per thread and spills (sm_90)."""
+
+    block_t: int = 64
+    block_s: int = 32
+    backward_warps: int = 8
+
+    def check(self) -> None:
+        for name in ("block_t", "block_s", "backward_warps"):
+            _power_of_2(self, name, 1, "the scan kernels")
+
+
+@dataclass(frozen=True)
+class TritonMatrixSchedule(Schedule):
+    """The triton matrix-state kernels: `chunk` steps per chunk of the chunkwise
+    kernels (a power of 2 of at least 16: tl.dot's smallest size), `warps` per chunk
+    kernel; the recurrent kernel keeps a [K, `block_v`] tile of the state per program,
+    with one warp per `values_per_warp` values of it (between 4 and 16 warps)."""
+
+    chunk: int = 64
+    warps: int = 8
+    block_v: int = 32
+    values_per_warp: int = 512
+
+    def check(self) -> None:
         c = self.chunk
         if c < 16 or c & (c - 1):
             raise RecError(f"chunk_size={c}: the triton backend's chunk kernels take a "
                            "power of 2 of at least 16 steps (tl.dot's smallest size)")
+        for name in ("warps", "block_v"):
+            _power_of_2(self, name, 1, "the matrix kernels")
+
+
+@dataclass(frozen=True)
+class FusedLoopSchedule(Schedule):
+    """The triton fused loop: `block_b` sequences per program (tl.dot needs at least
+    16 rows), `warps` per program (None: 4 up to 32 units per head, else 8: with 4 the
+    step's temporaries spill from N = 64 on, sm_90)."""
+
+    block_b: int = 16
+    warps: int | None = None
+
+    def check(self) -> None:
+        _power_of_2(self, "block_b", 16, "the fused loop's tl.dot products")
+        _power_of_2(self, "warps", 1, "Triton programs")

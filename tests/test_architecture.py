@@ -9,7 +9,7 @@ from helpers import random_inputs, random_state
 import reclang
 from reclang.backends import base
 from reclang.codegen.scan import ScanProgram
-from reclang.schedule import Schedule
+from reclang.schedule import ScanSchedule
 
 DIAG = """cell leaky(N = 4):
     input x[N], g[N]
@@ -30,14 +30,16 @@ class NarrowScan(base.Backend):
     form, a refusal at a location and a lowering (here the scan's program, printed
     with its own title)."""
 
-    name, forms = "narrow_scan", ("diag", "diag-lti")
+    name, forms, kind, schedules = "narrow_scan", ("diag", "diag-lti"), "diag", ScanSchedule
 
     def refusal(self, plan) -> str:
         wide = [s for s in plan.states if len(s.axes) > 1]
-        return f"{plan.at(wide[0])}: {wide[0].name} has more than one axis" if wide else ""
+        if wide:
+            return f"{plan.at(wide[0])}: {wide[0].name} has more than one axis"
+        return super().refusal(plan)  # the form's own: an Unfit's reason
 
-    def lower(self, plan, schedule: Schedule) -> str:
-        program = ScanProgram(plan.ir, plan)
+    def lower(self, plan, schedule: ScanSchedule) -> str:
+        program = ScanProgram(plan.ir, self.form(plan), schedule, plan.summary)
         program.title = "Test-only"
         return program.source()
 

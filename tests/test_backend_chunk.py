@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import reclang
-import reclang.runtime.chunk
 from reclang.runtime.chunk import chunk_affine
 from reclang.errors import RecError
+from reclang.schedule import ChunkSchedule
 
 F = torch.nn.functional
 TRANSFORMS = MATRIX_TRANSFORMS  # inputs as the papers constrain them
@@ -21,10 +21,13 @@ unit = lambda x: F.normalize(x, dim=-1)  # noqa: E731
 CHUNK = 8  # small chunks (with sub-chunks of 16 not dividing them) keep the tests fast
 
 
-def pair(name, chunk=CHUNK, **hypers):
+def pair(name, chunk=CHUNK, segment=None, **hypers):
     cell = small(name) if not hypers else reclang.load(f"specs/{name}.rec", **hypers)
     torch.manual_seed(0)
-    chunked = cell.module("chunk", chunk_size=chunk).double()
+    if segment is None:
+        chunked = cell.module("chunk", chunk_size=chunk).double()
+    else:  # a small segment: the schedule's
+        chunked = cell.module("chunk", schedule=ChunkSchedule(chunk, segment)).double()
     sequential = cell.module("sequential").double()
     return chunked, sequential
 
@@ -46,11 +49,10 @@ def test_chunk_matches_sequential(name, T):
 
 @pytest.mark.parametrize("segment", [1, 16, 20])  # one chunk, two, not a multiple of 8
 @pytest.mark.parametrize("name", ["gla", "delta_net", "rwkv7", "retnet"])
-def test_segments_of_a_long_sequence_give_the_same_recurrence(name, segment, monkeypatch):
+def test_segments_of_a_long_sequence_give_the_same_recurrence(name, segment):
     """chunk_affine runs segments of SEGMENT steps (whole chunks) from the state the one
     before ends in; long sequences only reach it by default, so here it is made small."""
-    monkeypatch.setattr(reclang.runtime.chunk, "SEGMENT", segment)
-    chunked, sequential = pair(name)
+    chunked, sequential = pair(name, segment=segment)
     for T in (1, 16, 37):
         x = random_inputs(chunked, 2, T, seed=T, **TRANSFORMS.get(name, {}))
         assert_matches_reference(chunked, as_reference(sequential), x, random_state(chunked, 2))
@@ -108,7 +110,7 @@ def test_chunk_affine_against_a_loop(T, chunk, keywise, low_rank, rank, queries,
     b = unit(rand(B, T, low_rank, H, K)) if low_rank else None
     k, v = rand(B, T, rank, H, K), rand(B, T, rank, H, V)
     q, h0 = rand(B, T, queries, H, K), rand(B, H, K, V)
-    out, h = chunk_affine(w, a, b, k, v, q, h0, chunk=chunk)
+    out, h = chunk_affine(w, a, b, k, v, q, h0, chunk=chunk, segment=1024)
     ref_out, ref_h = _loop(w, a, b, k, v, q, h0)
     torch.testing.assert_close(out, ref_out, atol=1e-9, rtol=1e-9)
     torch.testing.assert_close(h, ref_h, atol=1e-9, rtol=1e-9)

@@ -116,6 +116,11 @@ class _Lowering:
         self.expander = Expander(ir)
         self.cache: dict = {}
 
+    def shapes(self, states=None) -> str:
+        """States with their shapes and where each is declared: h[4] (lmu.rec:9:11)."""
+        return ", ".join(f"{d.name}{list(d.shape)} ({self.file}:{d.loc})"
+                         for d in (self.ir.states if states is None else states))
+
     def fail(self, node: Node, why: str):
         loc = node.loc if node.stmt < 0 else self.ir.node(self.ir.stmts[node.stmt]).loc
         raise Unsupported(f"{self.file}:{loc}: {why}")
@@ -125,14 +130,16 @@ class _Lowering:
         shapes = {d.shape for d in ir.states}
         if not ir.states or len(shapes) != 1 or not next(iter(shapes)):
             raise Unsupported(f"{self.file}: {self.kernel} needs states of one shape "
-                              f"(heads..., units); here {_shapes(ir)}")
-        if any(d.dtype != "real" for d in ir.states):
-            raise Unsupported(f"{self.file}: {self.kernel} runs real states only")
+                              f"(heads..., units); here {self.shapes() or 'no state'}")
+        complex_ = [d for d in ir.states if d.dtype != "real"]
+        if complex_:
+            raise Unsupported(f"{self.file}: {self.kernel} runs real states only; "
+                              f"{self.shapes(complex_)} is complex")
         shape = next(iter(shapes))
         if self.lane_limit is not None and shape[-1] > self.lane_limit:
             raise Unsupported(f"{self.file}: {shape[-1]} units per head; {self.kernel} "
                               f"keeps at most {self.lane_limit} (every state and temporary "
-                              "of 16 sequences in registers)")
+                              f"of 16 sequences in registers): {self.shapes()}")
         heads = tuple(sympy.Symbol(f"head{i}", integer=True) for i in range(len(shape) - 1))
         self.full = heads + (LANE,)
         prev = {d.name: sympy.Symbol(f"s_{d.name}", real=True) for d in ir.states}
@@ -273,5 +280,3 @@ def _bases(expr) -> set:
     return found
 
 
-def _shapes(ir: IR) -> str:
-    return ", ".join(f"{d.name}{list(d.shape)}" for d in ir.states)

@@ -68,12 +68,16 @@ class LinearPart:
 
 
 @dataclass(frozen=True)
-class ChunkOperands:
+class MatState:
+    """The matrix-state form: every state's chunkwise operands (decay, key, value and
+    shared axes, low-rank and input terms) and the linear parts of the outputs (their
+    queries), as the chunk backend and the triton matrix kernels print them."""
+
     states: tuple[ChunkState, ...]
     parts: tuple[LinearPart, ...]
 
 
-def chunk_operands(ir: IR, structures) -> ChunkOperands:
+def chunk_operands(ir: IR, structures) -> MatState:
     """The chunkwise operands of every state (given the plan's state structures) and
     the linear parts of every output."""
     for s in structures:
@@ -82,7 +86,7 @@ def chunk_operands(ir: IR, structures) -> ChunkOperands:
     parts = _linear_parts(ir, expander)
     states = tuple(_chunk_state(ir, s, [t for p in parts for t in p.terms
                                         if t.state == s.name]) for s in structures)
-    return ChunkOperands(states, tuple(parts))
+    return MatState(states, tuple(parts))
 
 
 # ---- states --------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""The plan: the canonical form of a cell's recurrence, and which backends can run it.
+"""The plan: the partition of a cell, the structure of each state, its readouts, the
+name of its canonical form and, built on first use (analysis/ir_to_forms.py), the form
+objects the backends lower (`form_of(kind)`). The plan names no backend: the verdicts
+are the cell's (reclang/compile.py, from backends/base.py).
 
 Forms (DESIGN.md §4):
     diag         h' = a ⊙ h + b, elementwise (any shape)          minGRU, HGRN, Mamba S6
@@ -22,7 +25,7 @@ import sympy
 
 from ..errors import at
 from ..ir import IR, Op
-from .operands import Unsupported, chunk_operands
+from . import ir_to_forms
 from .partition import Phase, phases
 from .structure import StateStructure, analyze_state, key_axes, matrix_form
 from .terms import Expander, NotAffine
@@ -45,7 +48,7 @@ class Plan:
     readouts: tuple[Readout, ...]
     partition: dict                        # statement name -> prelude | core | epilogue | const
     ir: IR = field(repr=False, compare=False)
-    _memo: dict = field(default_factory=dict, repr=False, compare=False)
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)  # kind -> form
 
     def signature(self) -> tuple:
         """The structural facts of the plan, free of spelling: equal for two ways of
@@ -67,6 +70,10 @@ class Plan:
         """The spec's file name, as refusals cite it."""
         return self.ir.source.filename.rsplit("/", 1)[-1]
 
+    def structure(self, name: str) -> StateStructure:
+        """The structure of the state of that name."""
+        return next(s for s in self.states if s.name == name)
+
     def at(self, s: StateStructure) -> str:
         """file:line:col of a state's update."""
         return f"{self.file}:{s.loc}"
@@ -75,34 +82,26 @@ class Plan:
         """The state and term that make the cell what it is, with its location."""
         return _why_not(self)
 
-    def matrix_operands(self):
-        """The chunkwise operands of a matrix-state cell (analysis/operands.py), built
-        once; raises Unsupported where the cell has none."""
-        if "matrix" not in self._memo:
-            try:
-                self._memo["matrix"] = chunk_operands(self.ir, self.states)
-            except Unsupported as err:
-                self._memo["matrix"] = err
-        found = self._memo["matrix"]
-        if isinstance(found, Unsupported):
-            raise found
-        return found
+    def form_of(self, kind: str):
+        """The cell's form of that kind (analysis/forms.py: Diag, Dense, GatedDiag,
+        MatState, Lanes) or an Unfit saying why not; built once, on first use."""
+        if kind not in self._memo:
+            self._memo[kind] = ir_to_forms.build(self, kind)
+        return self._memo[kind]
 
-    def matrix_unfit(self) -> str:
-        """Why the cell has no chunkwise operands ("" when it has)."""
-        try:
-            self.matrix_operands()
-        except Unsupported as err:
-            return str(err) if str(err).startswith(self.file) else f"{self.file}: {err}"
-        return ""
+    @property
+    def forms(self) -> dict:
+        """Every form of the cell by kind (each built now if it was not yet)."""
+        return {kind: self.form_of(kind) for kind in ir_to_forms.BUILDERS}
 
     def unproven_decays(self) -> str:
-        """The decays the plan does not prove positive (the matrix forms take their log),
-        as a condition to check at run time ("" when all are proven)."""
-        return "; ".join(
-            f"the decay of {s.name} ({s.transition.decay}, {self.at(s)}) is positive at run "
-            "time (not proven: its log is taken)" for s in self.states
-            if s.transition.decay != 1 and not s.transition.positive)
+        """The decays of the chunkwise operands that the plan does not prove positive
+        (the matrix forms take their log), as a condition to check at run time ("" when
+        all are proven)."""
+        unproven = [self.structure(s.name) for s in getattr(self.form_of("matrix"), "states", ())
+                    if not s.positive]
+        return "; ".join(f"the decay of {s.name} ({s.transition.decay}, {self.at(s)}) is "
+                         "positive at run time (not proven: its log is taken)" for s in unproven)
 
     def describe(self) -> str:
         lines = [f"cell {self.cell}: {self.summary}", "", "partition:"]
@@ -364,7 +363,9 @@ def _why_not(plan: Plan) -> str:
                     f"outer-product input ({', '.join(t.decay_axes)}): not a matrix decay")
         if form in ("diag", "diag-lti"):
             return f"{file}:{s.loc}: {s.name} is updated elementwise (input: {b.kind})"
-    return f"the recurrence is {form}"
+    if not states:
+        return f"{file}:{plan.ir.node(plan.ir.stmts[0]).loc}: the cell has no state ({form})"
+    return f"{plan.at(states[0])}: the recurrence is {form}"
 
 
 def _state_line(s: StateStructure) -> str:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
-from reclang.analysis.operands import ChunkOperands, ChunkState
+from reclang.analysis.operands import MatState, ChunkState
 from reclang.analysis.partition import Phase, phases
 from reclang.ir import IR, Op
-from reclang.runtime.chunk import CHUNK
+from reclang.schedule import ChunkSchedule, Schedule
 
 from .ir_to_torch import (
     ATOM,
@@ -48,10 +48,10 @@ class ChunkProgram(Program):
     how = "in chunks"
     packed = False  # whether forward takes cu_seqlens itself (else RecModule groups them)
 
-    def __init__(self, ir: IR, operands: ChunkOperands, chunk: int | None = None):
-        super().__init__(ir)
+    def __init__(self, ir: IR, operands: MatState, schedule: Schedule | None = None,
+                 summary: str = ""):
+        super().__init__(ir, schedule or ChunkSchedule(), summary)
         self.ops = operands
-        self.chunk = chunk
         self.sizes = {}
         for i in ir.stmts:
             node = ir.node(i)
@@ -136,7 +136,7 @@ class ChunkProgram(Program):
         h0 = (f"{name}.permute(0, {', '.join(map(str, order))})" if moved else name) + \
             f".reshape(-1, {Hs}, {Kf}, {Vf})"  # -1: packed sequences have B = 1, N states
         lr = f"{v.a}, {v.b}" if s.low_rank else "None, None"
-        chunk = ", cu_seqlens=cu_seqlens" if self.packed else f", chunk={self.chunk or CHUNK}"
+        chunk = ", cu_seqlens=cu_seqlens" if self.packed else self.schedule_args()
         if scale is not None:
             chunk += f", a_over_k={v.ak}"
         self.lines.append(f"{v.out}, {v.last} = {self.pass_function}({v.w}, {lr}, "
@@ -146,6 +146,10 @@ class ChunkProgram(Program):
                           f"{', '.join(map(str, shared + key + value))})" +
                           (f".permute(0, {', '.join(map(str, back))})" if moved else ""))
         return v.out
+
+    def schedule_args(self) -> str:
+        """The schedule's arguments of chunk_affine."""
+        return f", chunk={self.schedule.chunk}, segment={self.schedule.segment}"
 
     def spec_line(self, state: str) -> str:
         return spec_origin(self.ir, self.ir.update(state).loc.line)
@@ -301,11 +305,3 @@ def _shape(sizes) -> str:
     """A shape as Python source: (), (4,), (4, 32)."""
     return f"({', '.join(map(str, sizes))}{',' if len(sizes) == 1 else ''})"
 
-
-def generate(ir: IR, plan=None, chunk: int | None = None) -> str:
-    """The generated source of the chunk backend (forward and step)."""
-    from reclang.analysis.operands import chunk_operands
-    from reclang.analysis.plan import make_plan
-
-    plan = plan or make_plan(ir)
-    return ChunkProgram(ir, chunk_operands(ir, plan.states), chunk).source()

@@ -9,9 +9,11 @@ import math
 import sympy
 from sympy.printing.str import StrPrinter
 
-from reclang.analysis.lanes import KEY, LANE, LaneForm, Operand, lane_form
+from reclang.analysis.forms import Lanes
+from reclang.analysis.lanes import KEY, LANE, LaneForm
 from reclang.functions import PRINTED, TRITON
 from reclang.ir import IR
+from reclang.schedule import FusedLoopSchedule, Schedule
 
 from .ir_to_torch import align, comment, number, spec_origin
 from .loop import INDENT, Program, py_name
@@ -96,47 +98,19 @@ class TritonPrinter(StrPrinter):
     def _print_NaN(self, expr):
         return number(math.nan)
 
+    @classmethod
+    def spells(cls, func) -> bool:
+        """Whether a sympy function (a class: sympy.tanh, Sigmoid) has a Triton spelling
+        here: in FUNCTIONS, or a printing method of this printer's own other than the
+        one that prints FUNCTIONS."""
+        method = cls.__dict__.get(f"_print_{func.__name__}")
+        return func in cls.FUNCTIONS or method not in (None, cls.__dict__["_print_Function"])
+
     def _print_Exp1(self, expr):
         return repr(math.e)
 
     def _print_Pi(self, expr):
         return repr(math.pi)
-
-
-def _merge_operands(form: LaneForm) -> None:
-    """Operands that are only ever added together become one (o0 + o1 for W x and b):
-    one load per step instead of several. Renumbers the operands in order of use."""
-    merged: dict = {}
-    by_symbol = {o.symbol: o for o in form.operands}
-
-    def visit(e):
-        if not e.args:
-            return e
-        args = [visit(a) for a in e.args]
-        if isinstance(e, sympy.Add):
-            ops = sorted((a for a in args if a in by_symbol or a in merged), key=str)
-            if len(ops) >= 2:
-                key = tuple(ops)
-                if key not in merged:
-                    merged[key] = sympy.Symbol(f"m{len(merged)}", real=True)
-                rest = [a for a in args if a not in ops]
-                return sympy.Add(merged[key], *rest)
-        return e.func(*args)
-
-    exprs = {k: visit(v) for k, v in {**form.updates, **form.outputs}.items()}
-    defs = {o.symbol: (o.expr, o.time_varying) for o in form.operands}
-    for key, symbol in merged.items():
-        parts = [defs[k] for k in key]
-        defs[symbol] = (sympy.Add(*[p[0] for p in parts]), any(p[1] for p in parts))
-    used: list = []
-    for e in exprs.values():
-        for s in sorted(e.free_symbols, key=sympy.default_sort_key):
-            if s in defs and s not in used:
-                used.append(s)
-    rename = {s: sympy.Symbol(f"o{i}", real=True) for i, s in enumerate(used)}
-    form.operands = [Operand(rename[s], *defs[s]) for s in used]
-    form.updates = {k: exprs[k].xreplace(rename) for k in form.updates}
-    form.outputs = {k: exprs[k].xreplace(rename) for k in form.outputs}
 
 
 class KernelCode:
@@ -223,8 +197,8 @@ class KernelCode:
 class FusedProgram(Program):
     """forward(): the operands and weights in PyTorch, then the fused kernel."""
 
-    def __init__(self, ir: IR, form: LaneForm):
-        super().__init__(ir)
+    def __init__(self, ir: IR, form: LaneForm, schedule: Schedule, summary: str):
+        super().__init__(ir, schedule, summary)
         self.form = form
         heads = {str(s): n for s, n in zip(form.head_symbols, form.heads)}
         self.sympy = SympyLowering(ir, {**heads, str(LANE): form.lanes, str(KEY): form.lanes})
@@ -296,10 +270,6 @@ class FusedProgram(Program):
         return "\n".join([signature, INDENT + doc] + [INDENT + line for line in self.lines])
 
 
-def fused_program(ir: IR, plan):
+def fused_program(ir: IR, form: Lanes, schedule: FusedLoopSchedule, summary: str):
     """The program and the kernel slots of a nonlinear cell."""
-    form = lane_form(ir, gates=True)
-    _merge_operands(form)
-    program = FusedProgram(ir, form)
-    program.plan = plan
-    return program, KernelCode(form, ir)
+    return FusedProgram(ir, form.lanes, schedule, summary), KernelCode(form.lanes, ir)

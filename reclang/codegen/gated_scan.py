@@ -7,36 +7,15 @@ import math
 
 import sympy
 
-from reclang.analysis.lanes import LANE, LaneForm, Unsupported, lane_form
+from reclang.analysis.forms import GatedDiag
+from reclang.analysis.lanes import LANE, LaneForm
 from reclang.ir import IR, Op
+from reclang.schedule import TritonScanSchedule
 
 from .chunk import EpilogueLowering, _shape, epilogue
 from .fused_loop import FusedProgram, KernelCode
 from .ir_to_torch import Names, comment, number
 from .loop import INDENT, py_name
-
-
-def gated_form(ir: IR) -> tuple[LaneForm, sympy.Expr, sympy.Expr]:
-    """The lane form of the cell's update with its gates inside, and a, b of its one
-    state (operands renamed o0.. and constants c0..), or `Unsupported` saying why not."""
-    if len(ir.states) != 1:
-        raise Unsupported("the gated scan runs cells with one state")
-    form = lane_form(ir, gates=True, lane_limit=None, outputs=False,
-                     kernel="the gated scan")
-    state = form.states[0]
-    s, f = form.prev[state], form.updates[state]
-    a, b = sympy.diff(f, s), f.subs(s, 0)
-    if s in a.free_symbols or s in b.free_symbols:  # the plan says affine: a safeguard
-        raise Unsupported(f"the update of {state} is not affine in it")
-    varying = [o for o in form.operands if o.time_varying]
-    if not varying:
-        raise Unsupported(f"the update of {state} reads no input")
-    fixed = [o for o in form.operands if not o.time_varying]
-    rename = {o.symbol: sympy.Symbol(f"o{i}", real=True) for i, o in enumerate(varying)}
-    rename.update({o.symbol: sympy.Symbol(f"c{i}", real=True) for i, o in enumerate(fixed)})
-    form.operands = [type(o)(rename[o.symbol], o.expr, o.time_varying)
-                     for o in varying + fixed]
-    return form, a.xreplace(rename), b.xreplace(rename)
 
 
 def layout(form: LaneForm, expr: sympy.Expr) -> tuple[list[str], int, int]:
@@ -167,9 +146,8 @@ class GatedScanProgram(FusedProgram):
                 f"_starts).reshape(B, T, {dims})"] + lines
 
 
-def gated_program(ir: IR, plan) -> tuple[GatedScanProgram, ScanCode]:
-    """The program and kernel code of a diagonal cell, or `Unsupported`."""
-    form, a, b = gated_form(ir)
-    program = GatedScanProgram(ir, form)
-    program.plan = plan
-    return program, ScanCode(form, ir, a, b)
+def gated_program(ir: IR, form: GatedDiag, schedule: TritonScanSchedule,
+                  summary: str) -> tuple[GatedScanProgram, ScanCode]:
+    """The program and kernel code of a diagonal cell's gated scan."""
+    return GatedScanProgram(ir, form.lanes, schedule, summary), \
+        ScanCode(form.lanes, ir, form.a, form.b)

@@ -40,7 +40,7 @@ def assemble(program, template: str, about: list[str], forward: str, imports=(),
     step function."""
     digest = hashlib.sha256(program.ir.source.text.encode("utf-8", "surrogatepass")).hexdigest()
     digest = digest[:16]  # surrogatepass: a spec's comment may hold a lone surrogate
-    header = program.header([f"Spec sha256 {digest}; plan: {program.plan.summary}.", *about])
+    header = program.header([f"Spec sha256 {digest}; plan: {program.summary}.", *about])
     kernel = render(template, **{"name": program.ir.name, **(slots or {})})
     return "\n".join(header + IMPORTS + list(imports)) + "\n\n\n" + kernel + "\n\n" + \
         forward + "\n\n\n" + program.step_function() + "\n"

@@ -3,7 +3,9 @@ at once, a and b from it, the states by a scan function of reclang/runtime."""
 
 from __future__ import annotations
 
+from reclang.analysis.forms import Dense, Diag
 from reclang.ir import IR
+from reclang.schedule import ScanSchedule, Schedule
 
 from .ir_to_torch import ExprLowering, Place
 from .loop import INDENT, Program, py_name
@@ -28,16 +30,17 @@ class ScanProgram(Program):
     Lowering = TokenLowering
     title, scan_function, runtime = "Scan", "linear_scan", "scan"
 
-    def __init__(self, ir: IR, plan=None):
-        super().__init__(ir)
-        self.plan = plan
-        structures = {st.name: st for st in plan.states} if plan is not None else {}
-        self.mixed = {}  # state -> (its mixed axes, their dims in its [B, ...] layout)
-        for d in ir.states:
-            t = structures[d.name].transition if d.name in structures else None
-            if t is not None and t.kind == "dense":
-                axes = structures[d.name].axes
-                self.mixed[d.name] = (t.mix_axes, tuple(axes.index(a) + 1 for a in t.mix_axes))
+    def __init__(self, ir: IR, form: Diag | Dense, schedule: Schedule | None = None,
+                 summary: str = ""):
+        super().__init__(ir, schedule or ScanSchedule(), summary)
+        self.form = form
+        # state -> (its mixed axes, their dims in its [B, ...] layout)
+        self.mixed = {s.name: (s.mix_axes, s.mix_dims) for s in form.states if s.mix_axes}
+
+    def scan_args(self) -> str:
+        """The schedule's arguments of the scan function."""
+        chunk = getattr(self.schedule, "chunk", None)
+        return f", chunk={chunk}" if chunk else ""
 
     def loop(self, first: str, blocks, outputs, unbound) -> list[str]:
         states = [py_name(d.name) for d in self.ir.states]
@@ -70,7 +73,7 @@ class ScanProgram(Program):
             lines += [f"# all states of {name}",
                       f"_b = _from0[{k}].reshape(B, T, *{s}.shape[1:])",
                       f"_a = _from1[{k}].reshape(B, T, *{s}.shape[1:]) - _b",
-                      f"{every[s]} = {self.scan_function}(_a, _b, {s})"]
+                      f"{every[s]} = {self.scan_function}(_a, _b, {s}{self.scan_args()})"]
         if stepwise:
             prev = [f"torch.cat([{s}[:, None], {every[s]}[:, :-1]], 1).flatten(0, 1)"
                     for s in states]
@@ -95,7 +98,7 @@ class ScanProgram(Program):
                 f"_a, _b = dense_transition(lambda _e: _tokens(B * T, {args})[1][{k}], "
                 f"_from0[{k}], {dims})",
                 f"{every} = dense_scan(_a.unflatten(0, (B, T)), _b.unflatten(0, (B, T)), "
-                f"mixed_last({s}, {dims}))",
+                f"mixed_last({s}, {dims}){self.scan_args()})",
                 f"{every} = from_mixed_last({every}, {seq_dims}, (B, T, *{s}.shape[1:]))"]
 
     def source(self) -> str:
@@ -115,7 +118,3 @@ class ScanProgram(Program):
         return "\n".join(header + imports) + "\n\n\n" + forward + "\n\n\n" + \
             self.step_function() + "\n"
 
-
-def generate(ir: IR, plan=None) -> str:
-    """The generated source of the scan backend (forward and step)."""
-    return ScanProgram(ir, plan).source()

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import textwrap
 
+from reclang.analysis.forms import Diag
 from reclang.ir import IR
+from reclang.schedule import TritonMatrixSchedule, TritonScanSchedule
 
 from .chunk import ChunkProgram
 from .render import assemble
@@ -17,8 +19,9 @@ class TritonScanProgram(ScanProgram):
 
     title, scan_function = "Triton", "linear_scan"
 
-    def __init__(self, ir: IR, plan=None, not_gated: str = ""):
-        super().__init__(ir, plan)
+    def __init__(self, ir: IR, form: Diag, schedule: TritonScanSchedule, summary: str,
+                 not_gated: str):
+        super().__init__(ir, form, schedule, summary)
         self.not_gated = not_gated  # why the gated scan does not apply
 
     def source(self) -> str:
@@ -29,13 +32,15 @@ class TritonScanProgram(ScanProgram):
         return assemble(self, "diag_scan.py.jinja", [
             "Triton backend: h' = a h + b elementwise; the scan is the kernel below (from",
             "backends/templates/diag_scan.py.jinja); the loop body runs on all tokens at once.",
-            *textwrap.wrap(f"Not the gated scan: {self.not_gated}.", 88)], forward)
+            *textwrap.wrap(f"Not the gated scan: {self.not_gated}.", 88)], forward,
+            slots=dict(schedule=self.schedule))
 
 
 class TritonChunkProgram(ChunkProgram):
     """The chunk backend's program with each state run by the recurrent kernel."""
 
     pass_function, how, packed = "state_pass", "with the Triton kernel", True
+    schedule: TritonMatrixSchedule
 
     def source(self) -> str:
         return assemble(self, "mat_recurrent.py.jinja", [
@@ -46,4 +51,4 @@ class TritonChunkProgram(ChunkProgram):
             self.forward(),
             ["", "from reclang.runtime.chunk import causal_pass, check_log_decay",
              "from reclang.runtime.operands import operand"],
-            slots=dict(chunk=self.chunk))
+            slots=dict(chunk=self.schedule.chunk, schedule=self.schedule))

@@ -8,18 +8,17 @@ import torch
 
 from .scan import branches_on_data, linear_scan
 
-CHUNK = 64          # steps per chunk
-
-
-def chunk_affine(w, a, b, k, v, q, h0, chunk: int = CHUNK, a_over_k=None):
-    """The chunkwise form of one state (`_chunkwise`), causal for non-finite values too
-    (`causal_pass`), over segments of SEGMENT steps, each from the state the one before
+def chunk_affine(w, a, b, k, v, q, h0, *, chunk: int, segment: int, a_over_k=None):
+    """The chunkwise form of one state (`_chunkwise`) in chunks of `chunk` steps,
+    causal for non-finite values too (`causal_pass`), over segments of `segment` steps
+    (rounded down to whole chunks, at least one; the generated code passes its
+    schedule's, reclang/schedule.py ChunkSchedule), each from the state the one before
     it ends in (the same recurrence): its temporaries then stay below the size from
     which malloc maps fresh, zeroed pages for every one (glibc: 32 MiB), which made time
     grow faster than T (DeltaNet's forward+backward: 7.9x from T = 4096 to 16384; 4.9x
     with segments, docs/benchmarks.md)."""
     def run(*operands):
-        step = chunk * max(1, SEGMENT // chunk)
+        step = chunk * max(1, segment // chunk)
         n = -(-operands[0].shape[1] // step)
         # split, not x[:, t:t + step]: one backward for all segments, not a zero-filled
         # gradient of x's full size for each
@@ -30,9 +29,6 @@ def chunk_affine(w, a, b, k, v, q, h0, chunk: int = CHUNK, a_over_k=None):
             outs.append(out)
         return (None if outs[0] is None else torch.cat(outs, 1)), h
     return causal_pass(run, (w, a, b, k, v, q, a_over_k))
-
-
-SEGMENT = 1024      # steps per segment of chunk_affine (a multiple of the chunk)
 
 
 def causal_pass(run, operands, starts=None):
@@ -73,7 +69,7 @@ LOG_ZERO = {torch.float16: -18.0, torch.bfloat16: -105.0, torch.float32: -105.0,
             torch.float64: -746.0}
 
 
-def _chunkwise(w, a, b, k, v, q, h0, chunk: int = CHUNK, a_over_k=None):
+def _chunkwise(w, a, b, k, v, q, h0, chunk: int, a_over_k=None):
     """The chunkwise form of one state (see the module docstring).
 
     w: [B, T, H, 1 or K] log decay; a, b: [B, T, R, H, K] or None; k: [B, T, Ri, H, K];
