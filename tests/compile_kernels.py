@@ -11,6 +11,7 @@ the compiler cannot take. It uses the ptxas and cuobjdump that the triton wheel 
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -106,11 +107,12 @@ def launch_setup(family: str, variant: str, kernel) -> tuple[dict, dict, int]:
         return signature, dict(N=64, BLOCK_B=16, BLOCK_N=64), 8
     if family.startswith("chunk_"):  # bf16 operands, float32 states and readouts
         names = CHUNK_ARGS[family].split()
-        operands = ("w_", "x_", "y_", "a_", "b_", "rk", "rv") if variant == "feed" else \
+        operands = ("w_", "x_", "y_", "a_", "b_", "rk", "rv") if variant.startswith("feed") else \
             ("w_", "x_", "y_", "a_", "u_", "wy", "rk", "rv")  # (a, u) unread: x, y
         signature = {n: "*bf16" if n[:2] in operands else "*fp32" for n in names}
         signature.update({n: "*i64" for n in names[-2:]})  # the chunk tables
         signature.update({n: "i32" for n in ("H", "K", "V")})
+        signature["raw"] = ("*bf16",) * int(variant.rpartition("raw=")[2] or 1)  # raw inputs
         return signature, {}, 0  # the sizes: the generated file's chunk_blocks
     # the matrix kernel: bf16 operands, float32 carry and readouts
     signature = {n: "*bf16" if i < 6 else "*fp32" for i, n in enumerate(MATRIX_ARGS.split())}
@@ -120,6 +122,12 @@ def launch_setup(family: str, variant: str, kernel) -> tuple[dict, dict, int]:
     return signature, dict(BLOCK_K=block_k, BLOCK_V=32), block_k * 32 // 512
 
 
+def _raw_inputs(code) -> int:
+    """How many raw inputs the slots of the generated file's first state read."""
+    slots = next(x for x in vars(code).values() if type(x).__name__ == "Slots")
+    return len(inspect.signature(slots.operands).parameters)
+
+
 def main() -> None:
     for case, family, launches in CASES:
         spec, _, variant = case.partition("@")
@@ -127,7 +135,11 @@ def main() -> None:
         code = cell.module("triton")._generated
         kernel = getattr(code, f"{spec}_{family}_kernel")
         feed = spec in FEED and family.startswith("chunk_")
-        signature, blocks, warps = launch_setup(family, "feed" if feed else variant, kernel)
+        if family.startswith("chunk_"):  # the forward launches compute operands (RAW)
+            variant = ("feed" if feed else "") + f"raw={_raw_inputs(code)}"
+            launches = [dict(STATE=0, RAW=raw) for raw in
+                        ((0,) if family == "chunk_read_v" else (1, 0))]
+        signature, blocks, warps = launch_setup(family, variant, kernel)
         if family.startswith("chunk_"):  # as the launcher picks them, at K = V = 128
             blocks = code.chunk_blocks(family.removeprefix("chunk_"), spec in KEYWISE, 128,
                                        128, feed)

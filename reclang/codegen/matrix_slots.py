@@ -1,0 +1,181 @@
+"""The slots of the matrix-state chunk kernels (backends/templates/mat_chunk.py.jinja): a
+state's operands w, k, v, q, a, b printed in Triton from the raw inputs, so that the
+forward kernels compute them per tile instead of reading them from memory.
+
+An operand goes into its kernel when its expression (analysis/operands.py) is
+elementwise over the cell's inputs along the state's axes: every input read at the
+axes themselves (k[h, i], beta[h]), no sum, no param, and only functions the Triton
+printer knows. Any other operand (a projection sum(d: W x), a delta rule's query
+q - β (k·q) k, a gate with a param) is computed in PyTorch as before and its slot
+loads it. The backward recomputes the in-kernel operands in PyTorch (the same
+expressions) and takes the chain rule from the kernels' operand gradients to the raw
+inputs there (torch.func.vjp): exact, and the kernels' backward is unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import sympy
+
+from reclang.analysis.lanes import Sigmoid, Softplus
+from reclang.analysis.operands import ChunkState
+from reclang.ir import IR
+
+from .fused_loop import TritonPrinter
+from .ir_to_torch import comment
+from .sympy_to_torch import _softplus_argument
+
+# the kernels' operand names, what they are, and the axes of the state they run over
+ROLES = {"w": "log decay", "k": "input term, key side", "v": "input term, value side",
+         "a": "low-rank part, a", "b": "low-rank part, b", "q": "readout query"}
+
+
+@dataclass
+class Branch:
+    """One state's in-kernel code for one operand: `value` = the operand's tile."""
+    state: int
+    about: str
+    code: str
+
+
+@dataclass
+class StateSlots:
+    """Which operands of a state its kernels compute (`exprs`, by role) from which raw
+    inputs (`raw`, in the cell's order), and which stay precomputed."""
+    index: int
+    state: ChunkState
+    exprs: dict
+    raw: list[str]
+    precomputed: list[str]
+
+
+def chunk_path(s: ChunkState, queries: list) -> bool:
+    """Whether the state runs the chunk kernels (one input term, one readout, a
+    low-rank part of rank 1 at most): the launcher's choice, known when rendering."""
+    return len(s.inputs) == 1 and len(queries) == 1 and len(s.low_rank) <= 1
+
+
+def role_exprs(s: ChunkState, queries: list) -> dict:
+    exprs = {"w": sympy.sympify(s.log_decay), "k": s.inputs[0][0], "v": s.inputs[0][1],
+             "q": queries[0]}
+    if s.low_rank:
+        exprs["a"], exprs["b"] = s.low_rank[0]
+    return {r: _gates(sympy.sympify(e)) for r, e in exprs.items()}
+
+
+def role_axes(s: ChunkState, role: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(shared axes, column axes) of an operand's tile."""
+    if role == "v":
+        return s.shared, s.value
+    if role == "w" and not s.decay_on_key:
+        return s.shared, ()
+    return s.shared, s.key
+
+
+def state_slots(ir: IR, index: int, s: ChunkState, queries: list) -> StateSlots | None:
+    """The slots of a state on the chunk path, or None (the recurrent kernel, or no
+    operand that reads an input could go in)."""
+    if not chunk_path(s, queries):
+        return None
+    exprs = role_exprs(s, queries)
+    inside = {r: e for r, e in exprs.items() if _printable(ir, s, r, e)}
+    used = set().union(*(_reads(e) for e in inside.values())) if inside else set()
+    raw = [d.name for d in ir.inputs if d.name in used]
+    if not raw:
+        return None
+    return StateSlots(index, s, inside, raw, [r for r in exprs if r not in inside])
+
+
+def _gates(expr):
+    """The analyzer's elementary forms of the gates back as the functions the Triton
+    printer has stable forms of: log(1 + e^x) is softplus(x), 1 / (1 + e^-x) is σ(x)
+    (an exp of a large argument would overflow)."""
+    if not expr.args:
+        return expr
+    e = expr.func(*[_gates(a) for a in expr.args])
+    if isinstance(e, sympy.log) and _softplus_argument(e.args[0]) is not None:
+        return Softplus(_softplus_argument(e.args[0]))
+    if e.is_Pow and e.exp == -1 and _softplus_argument(e.base) is not None:
+        return Sigmoid(-_softplus_argument(e.base))
+    return e
+
+
+def _reads(expr) -> set[str]:
+    return {str(x.base) for x in expr.atoms(sympy.Indexed)}
+
+
+def _printable(ir: IR, s: ChunkState, role: str, expr) -> bool:
+    """Elementwise over the inputs along the operand's axes, printable in Triton."""
+    if expr.has(sympy.Sum):
+        return False
+    shared, columns = role_axes(s, role)
+    axes = {sympy.Symbol(a, integer=True) for a in (*shared, *columns)}
+    for x in expr.atoms(sympy.Indexed):
+        if ir.decls[str(x.base)].kind != "input" or not set(x.indices) <= axes or \
+                len(set(x.indices)) != len(x.indices):
+            return False
+    loose = expr.xreplace({x: sympy.Integer(1) for x in expr.atoms(sympy.Indexed)})
+    if not loose.free_symbols <= axes:
+        return False
+    try:
+        TritonPrinter("zero").doprint(expr)
+    except NotImplementedError:
+        return False
+    return True
+
+
+class SlotPrinter:
+    """The Triton code of each state's in-kernel operands."""
+
+    def __init__(self, ir: IR, states: list[StateSlots]):
+        self.ir, self.states = ir, states
+        self.file = ir.source.filename.rsplit("/", 1)[-1]
+
+    def branches(self, role: str) -> list[Branch]:
+        return [self.branch(st, role) for st in self.states if role in st.exprs]
+
+    def branch(self, st: StateSlots, role: str) -> Branch:
+        s, expr = st.state, st.exprs[role]
+        sizes = dict(zip(s.axes, self.ir.decls[s.name].shape))
+        shared, columns = role_axes(s, role)
+        lines, names = [], {}
+        for x in sorted(expr.atoms(sympy.Indexed), key=str):
+            name = f"raw_{x.base}"
+            names[x] = sympy.Symbol(name, real=True)
+            lines.append(f"{name} = tl.load(raw[{st.raw.index(str(x.base))}] + "
+                         f"{self.offset(x, shared, columns, sizes)}, mask=mask, "
+                         "other=0.0).to(dtype)")
+        for a in sorted(expr.xreplace(names).free_symbols - set(names.values()), key=str):
+            names[a] = sympy.Symbol(f"at_{a}", real=True)
+            lines.append(f"at_{a} = {self.axis(str(a), shared, columns, sizes)}.to(dtype)")
+        text = TritonPrinter("zero").doprint(expr.xreplace(names))
+        lines.append(f"value = tl.where(mask, {text}, 0.0).to(dtype)")
+        if role == "w":  # a decay of 0: exp(LOG_ZERO) is 0 too, and sums stay finite
+            lines.append("value = tl.where(value < floor, floor, value)")
+        about = comment(f"{s.name}: {ROLES[role]} {st.exprs[role]}")
+        return Branch(st.index, about, "\n".join(lines))
+
+    def offset(self, x: sympy.Indexed, shared, columns, sizes) -> str:
+        """Where an input's element is in its [tokens, *shape] tensor."""
+        shape = self.ir.decls[str(x.base)].shape
+        terms = [f"token[:, None] * {math.prod(shape)}"]
+        for p, sub in enumerate(x.indices):
+            stride = math.prod(shape[p + 1:])
+            at = self.axis(str(sub), shared, columns, sizes)
+            terms.append(at if stride == 1 else f"{at} * {stride}")
+        return " + ".join(terms)
+
+    @staticmethod
+    def axis(a: str, shared, columns, sizes) -> str:
+        """The index along axis `a` of the tile: from h (the flattened shared axes) or
+        from the columns (the flattened key or value axes)."""
+        group, flat = (shared, "h") if a in shared else (columns, "cols")
+        p = group.index(a)
+        div, size = math.prod(sizes[b] for b in group[p + 1:]), sizes[a]
+        at = flat if len(group) == 1 else f"({flat} // {div}) % {size}"
+        return at if flat == "h" else f"({at})[None, :]"
+
+    def slots(self) -> dict:
+        return {role: self.branches(role) for role in ROLES}

@@ -1,0 +1,84 @@
+"""The slots of the matrix-state chunk kernels (reclang/codegen/matrix_slots.py,
+backends/templates/mat_slots.py.jinja): which operands the kernels compute from the raw
+inputs, that the forward pass then computes none of them in PyTorch, and cells that mix
+in-kernel and precomputed operands (a projection, a param) against the sequential
+backend in float64 under the interpreter: outputs, final states, gradients of inputs,
+params and initial states."""
+
+import pytest
+import sympy
+import torch
+from helpers import (MATRIX_TRANSFORMS, as_reference, assert_matches_reference, random_inputs,
+                     random_state, small)
+
+import reclang
+from reclang.codegen.fused_loop import TritonPrinter
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def test_a_power_with_a_sum_for_exponent_is_printed_in_parentheses():
+    """2 ** (-h - 5) (RetNet's decay) was printed tl.exp(-h - 5.0 * tl.log(2.0))."""
+    h = sympy.Symbol("h")
+    assert TritonPrinter("x").doprint(2 ** (-h - 5)) == "tl.exp((-h - 5.0) * tl.log(2.0))"
+
+
+@pytest.mark.parametrize("name, precomputed", [
+    ("gla", "none precomputed"), ("simple_gla", "none precomputed"),
+    ("retnet", "none precomputed"),
+    ("delta_net", "precomputed on all tokens (not elementwise in the inputs): S: q."),
+    ("gated_delta_net", "precomputed on all tokens (not elementwise in the inputs): S: q."),
+    ("mamba2", "precomputed on all tokens (not elementwise in the inputs): S: w, k, q.")])
+def test_the_header_names_the_precomputed_operands(name, precomputed):
+    header = " ".join(line[2:] for line in small(name).source("triton").splitlines()
+                      if line.startswith("# "))
+    assert "The chunk kernels compute the operands from the raw inputs" in header
+    assert precomputed in header
+
+
+@pytest.mark.parametrize("name", ["gla", "gated_delta_net"])
+def test_the_forward_computes_no_in_kernel_operand_in_pytorch(name, monkeypatch):
+    """Every PyTorch operand of the forward pass is a precomputed one or an output's
+    linear part: GLA's w, k, v, q and Gated DeltaNet's w, k, v, a, b are the kernels'."""
+    m = small(name).module("triton").double().to(DEVICE)
+    code = m._generated
+    made = []
+    real = code.operand
+    monkeypatch.setattr(code, "operand", lambda x, like, shape: made.append(shape) or
+                        real(x, like, shape))
+    x = random_inputs(m, 1, 5, **MATRIX_TRANSFORMS[name])
+    with torch.no_grad():
+        m(**{k: v.to(DEVICE) for k, v in x.items()})
+    H, V = small(name).hypers["H"], small(name).hypers["V"]
+    K = small(name).hypers["K"]
+    expected = [(H, V)] if name == "gla" else [(H, K), (H, V)]  # q (precomputed), the output
+    assert made == expected
+
+
+# key side through a projection and a param in the decay: both precomputed; the value
+# side and the query in the kernels; two states, the second one on the kernels' STATE 1
+MIXED = """cell mixed(H = 2, K = 16, V = 16, D = 3):
+    input q[H, K], x[D], v[H, V], g[H, K], f[H]
+    param W[H, K, D] ~ normal(0, 0.3)
+    param p[H] ~ normal(0, 0.5)
+    state S[H, K, V] = 0
+    state Z[H, K, V] = 0
+    S[h, i, j] <- exp(g[h, i]) * S[h, i, j] + sum(d: W[h, i, d] * x[d]) * v[h, j]
+    Z[h, i, j] <- exp(-softplus(f[h] + p[h])) * Z[h, i, j] + g[h, i] * tanh(v[h, j])
+    out o[h, j] = sum(i: q[h, i] * S[h, i, j]) + sum(i: sigmoid(q[h, i]) * Z[h, i, j])
+"""
+
+
+@pytest.mark.parametrize("T", [1, 5, 37])
+def test_in_kernel_and_precomputed_operands_against_sequential(T):
+    cell = reclang.loads(MIXED, "mixed.rec")
+    source = cell.source("triton")
+    assert "S: k" in source and "Z: w" in source  # the projection, the param
+    torch.manual_seed(0)
+    triton_ = cell.module("triton").double().to(DEVICE)
+    sequential = cell.module("sequential").double().to(DEVICE)
+    x = random_inputs(triton_, 2, T, g=lambda g: torch.nn.functional.logsigmoid(g) / 4)
+    x = {k: v.to(DEVICE) for k, v in x.items()}
+    for state in ({k: v.to(DEVICE) for k, v in random_state(triton_, 2).items()}, None):
+        assert_matches_reference(triton_, as_reference(sequential), x, state, atol=1e-9,
+                                 rtol=1e-7)
