@@ -295,8 +295,11 @@ def test_matrix_kernel_runs_packed_sequences_in_one_launch(name):
     sequential.load_state_dict(triton_.state_dict())
     calls = []
     code = triton_._generated
-    launch = code.state_pass
-    code.state_pass = lambda *args, **kw: calls.append(1) or launch(*args, **kw)
+    # the state's pass: with its operands in the kernels (slots) or precomputed
+    passes = {n: getattr(code, n) for n in ("state_pass", "state_pass_slots")}
+    for n, launch in passes.items():
+        setattr(code, n, lambda *args, launch=launch, **kw: calls.append(1) or
+                launch(*args, **kw))
     cu = torch.tensor([0, 3, 4, 11, 16], device=DEVICE)
     x = on_device(random_inputs(triton_, 1, 16, **MATRIX_TRANSFORMS[name]))
     s0 = on_device(random_state(triton_, 4))
@@ -304,7 +307,8 @@ def test_matrix_kernel_runs_packed_sequences_in_one_launch(name):
         assert_matches_reference(triton_, as_reference(sequential), x, s0,
                                  varlen=dict(cu_seqlens=cu))
     finally:
-        code.state_pass = launch
+        for n, launch in passes.items():
+            setattr(code, n, launch)
     assert len(calls) == 1  # one state, one launch for the four sequences
 
 

@@ -25,10 +25,9 @@ def test_a_power_with_a_sum_for_exponent_is_printed_in_parentheses():
 
 @pytest.mark.parametrize("name, precomputed", [
     ("gla", "none precomputed"), ("simple_gla", "none precomputed"),
-    ("retnet", "none precomputed"),
-    ("delta_net", "precomputed on all tokens (not elementwise in the inputs): S: q."),
-    ("gated_delta_net", "precomputed on all tokens (not elementwise in the inputs): S: q."),
-    ("mamba2", "precomputed on all tokens (not elementwise in the inputs): S: w, k, q.")])
+    ("retnet", "none precomputed"), ("delta_net", "none precomputed"),
+    ("gated_delta_net", "none precomputed"),
+    ("mamba2", "precomputed on all tokens (not elementwise in the inputs): S: w, k.")])
 def test_the_header_names_the_precomputed_operands(name, precomputed):
     header = " ".join(line[2:] for line in small(name).source("triton").splitlines()
                       if line.startswith("# "))
@@ -39,7 +38,8 @@ def test_the_header_names_the_precomputed_operands(name, precomputed):
 @pytest.mark.parametrize("name", ["gla", "gated_delta_net"])
 def test_the_forward_computes_no_in_kernel_operand_in_pytorch(name, monkeypatch):
     """Every PyTorch operand of the forward pass is a precomputed one or an output's
-    linear part: GLA's w, k, v, q and Gated DeltaNet's w, k, v, a, b are the kernels'."""
+    linear part: GLA's w, k, v, q and Gated DeltaNet's w, k, v, q, a, b are the
+    kernels'."""
     m = small(name).module("triton").double().to(DEVICE)
     code = m._generated
     made = []
@@ -50,9 +50,7 @@ def test_the_forward_computes_no_in_kernel_operand_in_pytorch(name, monkeypatch)
     with torch.no_grad():
         m(**{k: v.to(DEVICE) for k, v in x.items()})
     H, V = small(name).hypers["H"], small(name).hypers["V"]
-    K = small(name).hypers["K"]
-    expected = [(H, V)] if name == "gla" else [(H, K), (H, V)]  # q (precomputed), the output
-    assert made == expected
+    assert made == [(H, V)]  # the output's linear part
 
 
 # key side through a projection and a param in the decay: both precomputed; the value
@@ -82,3 +80,34 @@ def test_in_kernel_and_precomputed_operands_against_sequential(T):
     for state in ({k: v.to(DEVICE) for k, v in random_state(triton_, 2).items()}, None):
         assert_matches_reference(triton_, as_reference(sequential), x, state, atol=1e-9,
                                  rtol=1e-7)
+
+
+@pytest.mark.parametrize("name, bonus", [("gla", False), ("delta_net", False),
+                                         ("rwkv7", False), ("rwkv6", True)])
+def test_a_readout_of_the_new_state_has_no_bonus_term(name, bonus):
+    """o = q·S of the updated S is read through the kernels' inclusive mask: no einsum
+    of q·k v in the epilogue. RWKV-6 reads the previous state and adds its own u term."""
+    source = small(name).source("triton")
+    forward = source[source.index("\ndef forward("):source.index("\ndef step(")]
+    assert ("torch.einsum" in forward) == bonus
+    assert ("True)" in source.split("_S_slots = Slots(")[1].split("\n")[0]) != bonus
+
+
+@pytest.mark.parametrize("name", ["gla", "gated_delta_net", "mixed"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_slots_over_several_chunks_and_packed_sequences(name, packed):
+    """Chunks of 16 steps: T = 37 crosses two chunk boundaries and ends in a short one;
+    packed, sequences of 3, 17 and 17 steps. Key-wise and scalar decays, a delta rule,
+    precomputed operands."""
+    cell = reclang.loads(MIXED, "mixed.rec") if name == "mixed" else small(name)
+    torch.manual_seed(0)
+    triton_ = cell.module("triton", chunk_size=16).double().to(DEVICE)
+    sequential = cell.module("sequential").double().to(DEVICE)
+    sequential.load_state_dict(triton_.state_dict())
+    transforms = MATRIX_TRANSFORMS.get(name, {"g": lambda g: torch.nn.functional.logsigmoid(g)})
+    B = 1 if packed else 2
+    x = {k: v.to(DEVICE) for k, v in random_inputs(triton_, B, 37, **transforms).items()}
+    s0 = {k: v.to(DEVICE) for k, v in random_state(triton_, 3 if packed else 2).items()}
+    varlen = {"cu_seqlens": torch.tensor([0, 3, 20, 37], device=DEVICE)} if packed else None
+    assert_matches_reference(triton_, as_reference(sequential), x, s0, atol=1e-9, rtol=1e-7,
+                             **({"varlen": varlen} if packed else {}))

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import sympy
 
 from reclang.analysis.lanes import Sigmoid, Softplus
-from reclang.analysis.operands import ChunkState
-from reclang.ir import IR
+from reclang.analysis.operands import ChunkState, LinearPart, Unsupported, _linear_parts
+from reclang.analysis.terms import Expander, Term
+from reclang.ir import IR, Op
 
 from .fused_loop import TritonPrinter
 from .ir_to_torch import comment
@@ -49,6 +50,7 @@ class StateSlots:
     exprs: dict
     raw: list[str]
     precomputed: list[str]
+    inclusive: bool = False  # its readout reads the new state
 
 
 def chunk_path(s: ChunkState, queries: list) -> bool:
@@ -86,6 +88,38 @@ def state_slots(ir: IR, index: int, s: ChunkState, queries: list) -> StateSlots 
     if not raw:
         return None
     return StateSlots(index, s, inside, raw, [r for r in exprs if r not in inside])
+
+
+class NewState(str):
+    """A state's name in a readout of its new value (equal to the name itself)."""
+
+
+class NewStateExpander(Expander):
+    """The affine normal form with the new states read as they are, not inlined: an
+    output o = q·S of the updated S stays a readout of S_t, without the bonus term."""
+
+    def terms_read(self, node, env) -> list[Term]:
+        source = self.ir.node(node.args[0])
+        if source.op != Op.UPDATE:
+            return super().terms_read(node, env)
+        index = tuple(env[s] if isinstance(s, str) else sympy.Integer(s) for s in node.arg)
+        return [Term(sympy.Integer(1), NewState(source.arg), index)]
+
+
+def new_state_parts(ir: IR) -> tuple[LinearPart, ...] | None:
+    """The outputs' linear parts as readouts of the new states where they read them
+    (NewState), or None when they cannot be written so."""
+    try:
+        return tuple(_linear_parts(ir, NewStateExpander(ir)))
+    except Unsupported:
+        return None
+
+
+def over_tile(s: ChunkState, query) -> bool:
+    """Whether a query varies along the shared and key axes of the state only."""
+    mine = {sympy.Symbol(a, integer=True) for a in s.axes}
+    allowed = {sympy.Symbol(a, integer=True) for a in (*s.shared, *s.key)}
+    return sympy.sympify(query).free_symbols & mine <= allowed
 
 
 def _gates(expr):

@@ -4,6 +4,7 @@ diagonal scan kernel, the chunk program with the matrix-state kernels."""
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 
 from reclang.analysis.operands import ChunkState
 from reclang.ir import IR
@@ -11,7 +12,7 @@ from reclang.ir import IR
 from .chunk import ChunkProgram
 from .ir_to_torch import comment
 from .loop import INDENT, py_name
-from .matrix_slots import SlotPrinter, state_slots
+from .matrix_slots import NewState, SlotPrinter, new_state_parts, over_tile, state_slots
 from .render import assemble
 from .scan import ScanProgram
 
@@ -42,11 +43,33 @@ class TritonChunkProgram(ChunkProgram):
 
     pass_function, how, packed = "state_pass", "with the Triton kernel", True
 
+    def new_state_readouts(self) -> set[str]:
+        """The states read through the kernels' inclusive mask (their new values), with
+        self.ops' parts rewritten so: where every read of a state is of its new value
+        and it runs the chunk kernels with slots, for all of them, else none (the
+        analyzer's readouts of the previous states, with a bonus in the epilogue)."""
+        parts = new_state_parts(self.ir)
+        if parts is None:
+            return set()
+        reads = [t for p in parts for t in p.terms]
+        new = {t.state for t in reads if isinstance(t.state, NewState)}
+        if not new or new & {t.state for t in reads if not isinstance(t.state, NewState)}:
+            return set()
+        original, self.ops = self.ops, replace(self.ops, parts=parts)
+        per_state, _ = self.readouts()
+        states = [(i, s) for i, s in enumerate(self.ops.states) if s.name in new]
+        if all(state_slots(self.ir, i, s, per_state.get(s.name, [])) is not None and
+               all(over_tile(s, q) for q in per_state.get(s.name, [])) for i, s in states):
+            return new
+        self.ops = original
+        return set()
+
     def state_block(self, s: ChunkState, queries: list) -> str:
         index = [x.name for x in self.ops.states].index(s.name)
         slots = state_slots(self.ir, index, s, queries)
         if slots is None:
             return super().state_block(s, queries)
+        slots.inclusive = s.name in self.inclusive
         self.slot_states.append(slots)
         v = self.state_vars(s)
         inside = "".join(r for r in "wabkvq" if r in slots.exprs or r in "ab"
@@ -88,10 +111,12 @@ class TritonChunkProgram(ChunkProgram):
              f'{INDENT}"""The operands of {comment(s.name)} the kernels compute ('
              f'{", ".join(slots.exprs)}), in PyTorch: what the backward differentiates."""'] +
             [INDENT + line for line in body] +
-            ["", "", f"{self.slots_var(s)} = Slots({slots.index}, {sizes}, _{name}_operands)"])
+            ["", "", f"{self.slots_var(s)} = Slots({slots.index}, {sizes}, _{name}_operands, "
+             f"{slots.inclusive})"])
 
     def source(self) -> str:
         self.slot_states, self.operand_functions = [], []
+        self.inclusive = self.new_state_readouts()
         forward = self.forward()
         precomputed = [f"{st.state.name}: {', '.join(st.precomputed)}" for st in
                        self.slot_states if st.precomputed]
@@ -108,7 +133,7 @@ class TritonChunkProgram(ChunkProgram):
         about += "The outputs are computed on all tokens at once, as in the chunk backend."
         return assemble(self, "mat_recurrent.py.jinja", textwrap.wrap(about, 88),
             "\n\n\n".join(self.operand_functions + [forward]),
-            ["", "from reclang.runtime.chunk import causal_pass, check_log_decay",
+            ["", "from reclang.runtime.chunk import LOG_ZERO, causal_pass, check_log_decay",
              "from reclang.runtime.operands import operand"],
             slots=dict(chunk=self.chunk,
                        slots=SlotPrinter(self.ir, self.slot_states).slots()))
