@@ -122,10 +122,14 @@ def launch_setup(family: str, variant: str, kernel) -> tuple[dict, dict, int]:
     return signature, dict(BLOCK_K=block_k, BLOCK_V=32), block_k * 32 // 512
 
 
+def _slots(code):
+    """The slots of the generated file's first state."""
+    return next(x for x in vars(code).values() if type(x).__name__ == "Slots")
+
+
 def _raw_inputs(code) -> int:
     """How many raw inputs the slots of the generated file's first state read."""
-    slots = next(x for x in vars(code).values() if type(x).__name__ == "Slots")
-    return len(inspect.signature(slots.operands).parameters)
+    return len(inspect.signature(_slots(code).operands).parameters)
 
 
 def main() -> None:
@@ -139,6 +143,10 @@ def main() -> None:
             variant = ("feed" if feed else "") + f"raw={_raw_inputs(code)}"
             launches = [dict(STATE=0, RAW=raw) for raw in
                         ((0,) if family == "chunk_read_v" else (1, 0))]
+            if family == "chunk_read_k":  # the forward reads the new state (INCLUSIVE)
+                inclusive = _slots(code).inclusive
+                launches = [{**flags, "INCLUSIVE": flags["RAW"] and inclusive}
+                            for flags in launches]
         signature, blocks, warps = launch_setup(family, variant, kernel)
         if family.startswith("chunk_"):  # as the launcher picks them, at K = V = 128
             blocks = code.chunk_blocks(family.removeprefix("chunk_"), spec in KEYWISE, 128,

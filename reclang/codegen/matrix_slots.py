@@ -136,6 +136,12 @@ def _gates(expr):
     return e
 
 
+def _zero_outside(expr) -> bool:
+    """Whether the operand is 0 where its inputs are (0 loaded outside the tile)."""
+    reads = expr.atoms(sympy.Indexed)
+    return bool(reads) and sympy.simplify(expr.xreplace(dict.fromkeys(reads, 0))) == 0
+
+
 def _reads(expr) -> set[str]:
     return {str(x.base) for x in expr.atoms(sympy.Indexed)}
 
@@ -178,14 +184,19 @@ class SlotPrinter:
         for x in sorted(expr.atoms(sympy.Indexed), key=str):
             name = f"raw_{x.base}"
             names[x] = sympy.Symbol(name, real=True)
-            lines.append(f"{name} = tl.load(raw[{st.raw.index(str(x.base))}] + "
-                         f"{self.offset(x, shared, columns, sizes)}, mask=mask, "
-                         "other=0.0).to(dtype)")
+            offset = self.offset(x, shared, columns, sizes)
+            # an input without the columns' axes: one element per row, broadcast
+            mask = "mask" if "cols" in offset else "valid[:, None]"
+            lines.append(f"{name} = tl.load(raw[{st.raw.index(str(x.base))}] + {offset},")
+            lines.append(" " * len(f"{name} = tl.load(") + f"mask={mask}, other=0.0).to(dtype)")
         for a in sorted(expr.xreplace(names).free_symbols - set(names.values()), key=str):
             names[a] = sympy.Symbol(f"at_{a}", real=True)
             lines.append(f"at_{a} = {self.axis(str(a), shared, columns, sizes)}.to(dtype)")
         text = TritonPrinter("zero").doprint(expr.xreplace(names))
-        lines.append(f"value = tl.where(mask, {text}, 0.0).to(dtype)")
+        if _zero_outside(expr):  # the masked loads are 0 there, and so is the value
+            lines.append(f"value = {text}")
+        else:
+            lines.append(f"value = tl.where(mask, {text}, 0.0).to(dtype)")
         if role == "w":  # a decay of 0: exp(LOG_ZERO) is 0 too, and sums stay finite
             lines.append("value = tl.where(value < floor, floor, value)")
         about = comment(f"{s.name}: {ROLES[role]} {st.exprs[role]}")
@@ -208,7 +219,9 @@ class SlotPrinter:
         group, flat = (shared, "h") if a in shared else (columns, "cols")
         p = group.index(a)
         div, size = math.prod(sizes[b] for b in group[p + 1:]), sizes[a]
-        at = flat if len(group) == 1 else f"({flat} // {div}) % {size}"
+        if len(group) == 1:
+            return flat if flat == "h" else "cols[None, :]"
+        at = f"({flat} // {div}) % {size}"
         return at if flat == "h" else f"({at})[None, :]"
 
     def slots(self) -> dict:
