@@ -62,6 +62,8 @@ CASES = [
 ] + [(spec, family, [dict(VARLEN=v) for v in ((0, 1) if spec == "mamba_s6" else (0,))])
      for spec in ("min_gru", "rg_lru", "mamba_s6")
      for family in ("gated_scan", "gated_scan_backward")] + \
+    [("mamba_s6", family, [dict(VARLEN=v) for v in (0, 1)])  # the readout in the kernel
+     for family in ("gated_read", "gated_read_backward")] + \
     [(spec, f"chunk_{part}", [{}]) for spec in FEED for part in ("wy", "wy_states")] + \
     [(spec, "chunk_states", [{}]) for spec in ("gla", "simple_gla")] + \
     [(spec, f"chunk_{part}", [{}]) for spec in ("gla", "simple_gla", *FEED)
@@ -93,10 +95,12 @@ def launch_setup(family: str, variant: str, kernel) -> tuple[dict, dict, int]:
     """The signature, blocks and warps of a kernel family as its launcher picks them;
     `variant`: "K=<keys>" for the matrix kernel, "fp64" for the fused loop (the tests'
     dtype on a GPU)."""
-    if family.startswith("gated_scan"):  # pointers to float32 operands and states
-        signature = {n: "i32" if n in ("T", "S") else "*i64" if n == "starts_ptr" else "*fp32"
-                     for n in kernel.arg_names if not n.startswith("BLOCK_") and n != "VARLEN"}
-        return signature, dict(BLOCK_T=64, BLOCK_S=32), 8 if "backward" in family else 4
+    if family.startswith(("gated_scan", "gated_read")):  # float32 operands and states
+        signature = {n: "i32" if n in ("T", "S") else "*i64" if n in ("starts_ptr", "tiles_ptr")
+                     else "*fp32" for n in kernel.arg_names
+                     if not n.startswith("BLOCK_") and n not in ("VARLEN", "GROUP")}
+        blocks = dict(BLOCK_T=64, BLOCK_S=32, **({"GROUP": 16} if "read" in family else {}))
+        return signature, blocks, 8 if "backward" in family else 4
     if family == "scan":
         signature = {**{n: "*fp32" for n in SCAN_ARGS.split()}, "T": "i32", "S": "i32"}
         return signature, dict(BLOCK_T=64, BLOCK_S=32), 8 if "backward" in family else 4
