@@ -111,3 +111,19 @@ def test_slots_over_several_chunks_and_packed_sequences(name, packed):
     varlen = {"cu_seqlens": torch.tensor([0, 3, 20, 37], device=DEVICE)} if packed else None
     assert_matches_reference(triton_, as_reference(sequential), x, s0, atol=1e-9, rtol=1e-7,
                              **({"varlen": varlen} if packed else {}))
+
+
+def test_a_decay_not_proven_positive_is_precomputed_and_checked():
+    """Its log is checked for NaN (check_log_decay) on all tokens before the kernels."""
+    cell = reclang.loads("""cell unproven(H = 2, K = 16, V = 16):
+    input q[H, K], k[H, K], v[H, V], a[H]
+    state S[H, K, V] = 0
+    S[h, i, j] <- a[h] * S[h, i, j] + k[h, i] * v[h, j]
+    out o[h, j] = sum(i: q[h, i] * S[h, i, j])
+""", "unproven.rec")
+    source = cell.source("triton")
+    assert "S: w." in source and 'check_log_decay(_S_w, "S")' in source
+    m = cell.module("triton").double().to(DEVICE)
+    x = {k: v.to(DEVICE) for k, v in random_inputs(m, 1, 5, a=lambda a: -a.abs()).items()}
+    with pytest.raises(ValueError, match="the decay of S is not positive"):
+        m(**x)

@@ -82,7 +82,9 @@ def state_slots(ir: IR, index: int, s: ChunkState, queries: list) -> StateSlots 
     if not chunk_path(s, queries):
         return None
     exprs = role_exprs(s, queries)
-    inside = {r: e for r, e in exprs.items() if _printable(ir, s, r, e)}
+    # a decay not proven positive is checked (check_log_decay) where it is computed
+    inside = {r: e for r, e in exprs.items() if _printable(ir, s, r, e) and
+              (r != "w" or s.positive)}
     used = set().union(*(_reads(e) for e in inside.values())) if inside else set()
     raw = [d.name for d in ir.inputs if d.name in used]
     if not raw:
