@@ -127,3 +127,21 @@ def test_a_decay_not_proven_positive_is_precomputed_and_checked():
     x = {k: v.to(DEVICE) for k, v in random_inputs(m, 1, 5, a=lambda a: -a.abs()).items()}
     with pytest.raises(ValueError, match="the decay of S is not positive"):
         m(**x)
+
+
+def test_a_where_of_numbers_in_a_slot():
+    """A key side where(k > 0, 1, -1): the printer's tile of numbers (`zero`) exists."""
+    cell = reclang.loads("""cell signs(H = 2, K = 16, V = 16):
+    input q[H, K], k[H, K], v[H, V], g[H, K]
+    state S[H, K, V] = 0
+    S[h, i, j] <- exp(g[h, i]) * S[h, i, j] + where(k[h, i] > 0, 1, -1) * v[h, j]
+    out o[h, j] = sum(i: q[h, i] * S[h, i, j])
+""", "signs.rec")
+    assert "zero = tl.zeros(mask.shape, dtype)" in cell.source("triton")
+    torch.manual_seed(0)
+    triton_ = cell.module("triton").double().to(DEVICE)
+    sequential = cell.module("sequential").double().to(DEVICE)
+    x = random_inputs(triton_, 2, 5, g=lambda g: torch.nn.functional.logsigmoid(g))
+    assert_matches_reference(triton_, as_reference(sequential),
+                             {k: v.to(DEVICE) for k, v in x.items()}, None, atol=1e-9,
+                             rtol=1e-7)

@@ -141,7 +141,7 @@ def _gates(expr):
 def _zero_outside(expr) -> bool:
     """Whether the operand is 0 where its inputs are (0 loaded outside the tile)."""
     reads = expr.atoms(sympy.Indexed)
-    return bool(reads) and sympy.simplify(expr.xreplace(dict.fromkeys(reads, 0))) == 0
+    return bool(reads) and expr.xreplace(dict.fromkeys(reads, sympy.Integer(0))) == 0
 
 
 def _reads(expr) -> set[str]:
@@ -195,6 +195,8 @@ class SlotPrinter:
             names[a] = sympy.Symbol(f"at_{a}", real=True)
             lines.append(f"at_{a} = {self.axis(str(a), shared, columns, sizes)}.to(dtype)")
         text = TritonPrinter("zero").doprint(expr.xreplace(names))
+        if "zero" in text:  # a where of numbers: a tile of the operand's dtype
+            lines.append("zero = tl.zeros(mask.shape, dtype)")
         if _zero_outside(expr):  # the masked loads are 0 there, and so is the value
             lines.append(f"value = {text}")
         else:
