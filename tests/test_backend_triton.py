@@ -418,10 +418,13 @@ def test_generated_file_holds_the_kernel_with_a_header():
     assert matrix.splitlines()[1].startswith("# Spec sha256 ") and "plan: dplr" in matrix
     assert "@triton.jit\ndef gated_delta_net_recurrent_kernel(" in matrix
     assert "REVERSE: tl.constexpr, R_UPDATE: tl.constexpr" in matrix  # flags, not copies
-    assert "= state_pass(_S_w, _S_a, _S_b, _S_k, _S_v, _S_q, " in matrix
+    # every operand in the kernels' slots, from the raw inputs
+    assert "= state_pass_slots(_S_slots, (q, k, v, g, beta,), (None, None, None, None, None, " \
+        "None), " in matrix
     for kernel in ("chunk_wy", "chunk_wy_states", "chunk_read_k", "chunk_read_v"):
         assert f"@triton.jit\ndef gated_delta_net_{kernel}_kernel(" in matrix
-    assert "KEYWISE: tl.constexpr, FEED: tl.constexpr" in matrix  # flags, not copies
+    assert "KEYWISE: tl.constexpr, STATE: tl.constexpr,\n        RAW: tl.constexpr, " \
+        "FEED: tl.constexpr" in matrix  # flags, not copies
     assert "CHUNK = 64  # steps per chunk" in matrix
     assert "CHUNK = 32  # steps per chunk" in small("gla").source("triton", chunk_size=32)
     fused = small("lstm").source("triton")
