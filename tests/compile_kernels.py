@@ -11,6 +11,7 @@ the compiler cannot take. It uses the ptxas and cuobjdump that the triton wheel 
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -61,6 +62,8 @@ CASES = [
 ] + [(spec, family, [dict(VARLEN=v) for v in ((0, 1) if spec == "mamba_s6" else (0,))])
      for spec in ("min_gru", "rg_lru", "mamba_s6")
      for family in ("gated_scan", "gated_scan_backward")] + \
+    [("mamba_s6", family, [dict(VARLEN=v) for v in (0, 1)])  # the readout in the kernel
+     for family in ("gated_read", "gated_read_backward")] + \
     [(spec, f"chunk_{part}", [{}]) for spec in FEED for part in ("wy", "wy_states")] + \
     [(spec, "chunk_states", [{}]) for spec in ("gla", "simple_gla")] + \
     [(spec, f"chunk_{part}", [{}]) for spec in ("gla", "simple_gla", *FEED)
@@ -92,10 +95,12 @@ def launch_setup(family: str, variant: str, kernel) -> tuple[dict, dict, int]:
     """The signature, blocks and warps of a kernel family as its launcher picks them;
     `variant`: "K=<keys>" for the matrix kernel, "fp64" for the fused loop (the tests'
     dtype on a GPU)."""
-    if family.startswith("gated_scan"):  # pointers to float32 operands and states
-        signature = {n: "i32" if n in ("T", "S") else "*i64" if n == "starts_ptr" else "*fp32"
-                     for n in kernel.arg_names if not n.startswith("BLOCK_") and n != "VARLEN"}
-        return signature, dict(BLOCK_T=64, BLOCK_S=32), 8 if "backward" in family else 4
+    if family.startswith(("gated_scan", "gated_read")):  # float32 operands and states
+        signature = {n: "i32" if n in ("T", "S") else "*i64" if n in ("starts_ptr", "tiles_ptr")
+                     else "*fp32" for n in kernel.arg_names
+                     if not n.startswith("BLOCK_") and n not in ("VARLEN", "GROUP")}
+        blocks = dict(BLOCK_T=64, BLOCK_S=32, **({"GROUP": 16} if "read" in family else {}))
+        return signature, blocks, 8 if "backward" in family else 4
     if family == "scan":
         signature = {**{n: "*fp32" for n in SCAN_ARGS.split()}, "T": "i32", "S": "i32"}
         return signature, dict(BLOCK_T=64, BLOCK_S=32), 8 if "backward" in family else 4
@@ -106,11 +111,12 @@ def launch_setup(family: str, variant: str, kernel) -> tuple[dict, dict, int]:
         return signature, dict(N=64, BLOCK_B=16, BLOCK_N=64), 8
     if family.startswith("chunk_"):  # bf16 operands, float32 states and readouts
         names = CHUNK_ARGS[family].split()
-        operands = ("w_", "x_", "y_", "a_", "b_", "rk", "rv") if variant == "feed" else \
+        operands = ("w_", "x_", "y_", "a_", "b_", "rk", "rv") if variant.startswith("feed") else \
             ("w_", "x_", "y_", "a_", "u_", "wy", "rk", "rv")  # (a, u) unread: x, y
         signature = {n: "*bf16" if n[:2] in operands else "*fp32" for n in names}
         signature.update({n: "*i64" for n in names[-2:]})  # the chunk tables
         signature.update({n: "i32" for n in ("H", "K", "V")})
+        signature["raw"] = ("*bf16",) * int(variant.rpartition("raw=")[2] or 1)  # raw inputs
         return signature, {}, 0  # the sizes: the generated file's chunk_blocks
     # the matrix kernel: bf16 operands, float32 carry and readouts
     signature = {n: "*bf16" if i < 6 else "*fp32" for i, n in enumerate(MATRIX_ARGS.split())}
@@ -120,6 +126,16 @@ def launch_setup(family: str, variant: str, kernel) -> tuple[dict, dict, int]:
     return signature, dict(BLOCK_K=block_k, BLOCK_V=32), block_k * 32 // 512
 
 
+def _slots(code):
+    """The slots of the generated file's first state."""
+    return next(x for x in vars(code).values() if type(x).__name__ == "Slots")
+
+
+def _raw_inputs(code) -> int:
+    """How many raw inputs the slots of the generated file's first state read."""
+    return len(inspect.signature(_slots(code).operands).parameters)
+
+
 def main() -> None:
     for case, family, launches in CASES:
         spec, _, variant = case.partition("@")
@@ -127,7 +143,15 @@ def main() -> None:
         code = cell.module("triton")._generated
         kernel = getattr(code, f"{spec}_{family}_kernel")
         feed = spec in FEED and family.startswith("chunk_")
-        signature, blocks, warps = launch_setup(family, "feed" if feed else variant, kernel)
+        if family.startswith("chunk_"):  # the forward launches compute operands (RAW)
+            variant = ("feed" if feed else "") + f"raw={_raw_inputs(code)}"
+            launches = [dict(STATE=0, RAW=raw) for raw in
+                        ((0,) if family == "chunk_read_v" else (1, 0))]
+            if family == "chunk_read_k":  # the forward reads the new state (INCLUSIVE)
+                inclusive = _slots(code).inclusive
+                launches = [{**flags, "INCLUSIVE": flags["RAW"] and inclusive}
+                            for flags in launches]
+        signature, blocks, warps = launch_setup(family, variant, kernel)
         if family.startswith("chunk_"):  # as the launcher picks them, at K = V = 128
             blocks = code.chunk_blocks(family.removeprefix("chunk_"), spec in KEYWISE, 128,
                                        128, feed)

@@ -295,8 +295,11 @@ def test_matrix_kernel_runs_packed_sequences_in_one_launch(name):
     sequential.load_state_dict(triton_.state_dict())
     calls = []
     code = triton_._generated
-    launch = code.state_pass
-    code.state_pass = lambda *args, **kw: calls.append(1) or launch(*args, **kw)
+    # the state's pass: with its operands in the kernels (slots) or precomputed
+    passes = {n: getattr(code, n) for n in ("state_pass", "state_pass_slots")}
+    for n, launch in passes.items():
+        setattr(code, n, lambda *args, launch=launch, **kw: calls.append(1) or
+                launch(*args, **kw))
     cu = torch.tensor([0, 3, 4, 11, 16], device=DEVICE)
     x = on_device(random_inputs(triton_, 1, 16, **MATRIX_TRANSFORMS[name]))
     s0 = on_device(random_state(triton_, 4))
@@ -304,7 +307,8 @@ def test_matrix_kernel_runs_packed_sequences_in_one_launch(name):
         assert_matches_reference(triton_, as_reference(sequential), x, s0,
                                  varlen=dict(cu_seqlens=cu))
     finally:
-        code.state_pass = launch
+        for n, launch in passes.items():
+            setattr(code, n, launch)
     assert len(calls) == 1  # one state, one launch for the four sequences
 
 
@@ -414,10 +418,13 @@ def test_generated_file_holds_the_kernel_with_a_header():
     assert matrix.splitlines()[1].startswith("# Spec sha256 ") and "plan: dplr" in matrix
     assert "@triton.jit\ndef gated_delta_net_recurrent_kernel(" in matrix
     assert "REVERSE: tl.constexpr, R_UPDATE: tl.constexpr" in matrix  # flags, not copies
-    assert "= state_pass(_S_w, _S_a, _S_b, _S_k, _S_v, _S_q, " in matrix
+    # every operand in the kernels' slots, from the raw inputs
+    assert "= state_pass_slots(_S_slots, (q, k, v, g, beta,), (None, None, None, None, None, " \
+        "None), " in matrix
     for kernel in ("chunk_wy", "chunk_wy_states", "chunk_read_k", "chunk_read_v"):
         assert f"@triton.jit\ndef gated_delta_net_{kernel}_kernel(" in matrix
-    assert "KEYWISE: tl.constexpr, FEED: tl.constexpr" in matrix  # flags, not copies
+    assert "KEYWISE: tl.constexpr, STATE: tl.constexpr,\n        RAW: tl.constexpr, " \
+        "FEED: tl.constexpr" in matrix  # flags, not copies
     assert "CHUNK = 64  # steps per chunk" in matrix
     assert "CHUNK = 32  # steps per chunk" in small("gla").source("triton", chunk_size=32)
     fused = small("lstm").source("triton")

@@ -120,8 +120,11 @@ def test_packed_sequences_in_one_launch(name):
     sequential = cell.module("sequential").double()
     calls = []
     code = triton_._generated
-    launch = code.gated_scan
-    code.gated_scan = lambda *args, **kw: calls.append(1) or launch(*args, **kw)
+    # the scan: its states written, or its readout computed in the kernel (Mamba's)
+    scans = {n: getattr(code, n) for n in ("gated_scan", "gated_readout") if hasattr(code, n)}
+    for n, launch in scans.items():
+        setattr(code, n, lambda *args, launch=launch, **kw: calls.append(1) or
+                launch(*args, **kw))
     cu = torch.tensor([0, 3, 4, 70, 75])
     try:
         assert_matches_reference(triton_, as_reference(sequential),
@@ -134,4 +137,61 @@ def test_packed_sequences_in_one_launch(name):
                                  varlen=dict(lengths=lengths), atol=1e-9, rtol=1e-7)
         assert len(calls) == 2
     finally:
-        code.gated_scan = launch
+        for n, launch in scans.items():
+            setattr(code, n, launch)
+
+
+# a Mamba-like cell whose output sums the new state over its lanes: groups of G channels
+READ = ("cell reads(D = 3, N = {n}):\n"
+        "    input x[D], u[N]\n"
+        "    param W[N, D] ~ normal(0, 0.5)\n"
+        "    param A_log[D, N] ~ normal(0, 0.5)\n"
+        "    state s[D, N] = 0\n"
+        "    c[n] = sum(e: W[n, e] * x[e])\n"
+        "    s[d, n] <- exp(-exp(A_log[d, n]) * softplus(x[d])) * s[d, n] + u[n] * x[d]\n"
+        "    out y[d] = sum(n: c[n] * s[d, n]) + 0.5 * x[d]\n")
+
+
+@pytest.mark.parametrize("N, T", [(2, 65), (8, 130), (16, 1)])
+def test_the_readout_is_computed_in_the_kernel(N, T):
+    """y_t = Σ_n c_t s_t + x/2 summed in the kernel from the scan's tile (no [B, T, D, N]
+    states written: gated_scan is not called), over tiles of 64 steps and a last one cut
+    short, against sequential; packed sequences too (their tiles end where they end)."""
+    cell = reclang.loads(READ.format(n=N), "reads.rec")
+    assert "gated_readout([" in cell.source("triton")
+    torch.manual_seed(0)
+    triton_ = cell.module("triton").double()
+    sequential = cell.module("sequential").double()
+    code = triton_._generated
+    written = code.gated_scan
+    code.gated_scan = lambda *args: pytest.fail("the states were written")
+    try:
+        assert_matches_reference(triton_, as_reference(sequential),
+                                 random_inputs(triton_, 2, T), random_state(triton_, 2),
+                                 atol=1e-9, rtol=1e-7)
+        cu = torch.tensor([0, 1, 3, 3 + T])
+        assert_matches_reference(triton_, as_reference(sequential),
+                                 random_inputs(triton_, 1, 3 + T), random_state(triton_, 3),
+                                 varlen=dict(cu_seqlens=cu), atol=1e-9, rtol=1e-7)
+    finally:
+        code.gated_scan = written
+
+
+def test_the_readout_under_vmap_grad_and_jacrev():
+    """The readout's kernels fold a vmapped dim into the batch, forward and backward."""
+    from torch.func import grad, jacrev, vmap
+
+    m = reclang.loads(READ.format(n=4), "reads.rec").module("triton").double()
+    xs = [random_inputs(m, 2, 5, seed=s) for s in (1, 2)]
+
+    def f(x, u):  # one output: the module returns it alone
+        return m(x=x, u=u)[0]
+
+    got = vmap(f)(torch.stack([x["x"] for x in xs]), torch.stack([x["u"] for x in xs]))
+    torch.testing.assert_close(got, torch.stack([f(x["x"], x["u"]) for x in xs]))
+    x, u = xs[0]["x"], xs[0]["u"]
+    leaf = x.clone().requires_grad_()
+    want = torch.autograd.grad(f(leaf, u).square().sum(), leaf)[0]
+    torch.testing.assert_close(grad(lambda a: f(a, u).square().sum())(x), want)
+    torch.testing.assert_close(jacrev(lambda a: f(a, u))(x),
+                               torch.autograd.functional.jacobian(lambda a: f(a, u), x))

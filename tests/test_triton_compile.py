@@ -15,7 +15,9 @@ def test_kernels_compile_for_sm90_without_spilling():
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    assert len(lines) == 41, result.stdout
+    # 41 before the matrix kernels' slots: their forward launches (RAW) are 10 more
+    # variants, the gated scan's readout kernels 4
+    assert len(lines) == 55, result.stdout
     for line in lines:
         kernel, flags, regs, stack, local = line.split()
         # spilled registers go to the stack frame (local memory); 32 bytes is what the

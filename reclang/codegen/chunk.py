@@ -79,21 +79,46 @@ class ChunkProgram(Program):
 
     def state_block(self, s: ChunkState, queries: list) -> str:
         """Emits the operands and the chunk call of one state; returns the output var."""
-        d = self.ir.decls[s.name]
-        size = dict(zip(s.axes, d.shape))
-        shared = [size[a] for a in s.shared]
-        key, value = [size[a] for a in s.key], [size[a] for a in s.value]
-        Hs, Kf, Vf = math.prod(shared), math.prod(key), math.prod(value)
-        name = py_name(s.name)
-        v = SimpleNamespace(**{x: self.names.fresh(f"_{name}_{x}")
-                               for x in ("w", "a", "b", "k", "ak", "v", "q", "out", "last")})
-        self.sympy.sizes.update(size)
+        v = self.state_vars(s)
         self.lines.append(f"# ---- {self.spec_line(s.name)}")
+        self.emit_operands(s, v, queries, "wabkvq")
+        Hs, shared = self.flat(s, s.shared)
+        scale = _delta_rule_scale(s) if self.pass_function == "chunk_affine" else None
+        if scale is not None:
+            self.emit_operand(v.ak, [scale], s.shared, shared,
+                              f"a = {scale} k: scores against a are those against k, scaled")
+            self.lines[-1] += f".reshape(B, T, 1, {Hs}, 1)"
+        lr = f"{v.a}, {v.b}" if s.low_rank else "None, None"
+        q = v.q if queries else "None"
+        chunk = ", cu_seqlens=cu_seqlens" if self.packed else self.schedule_args()
+        if scale is not None:
+            chunk += f", a_over_k={v.ak}"
+        self.lines.append(f"{v.out}, {v.last} = {self.pass_function}({v.w}, {lr}, "
+                          f"{v.k}, {v.v}, {q}, {self.initial(s)}{chunk})")
+        self.final(s, v)
+        return v.out
+
+    def state_vars(self, s: ChunkState) -> SimpleNamespace:
+        """The generated names of a state's operands and results."""
+        self.sympy.sizes.update(zip(s.axes, self.ir.decls[s.name].shape))
+        name = py_name(s.name)
+        return SimpleNamespace(**{x: self.names.fresh(f"_{name}_{x}")
+                                  for x in ("w", "a", "b", "k", "ak", "v", "q", "out", "last")})
+
+    def flat(self, s: ChunkState, axes) -> tuple[int, list[int]]:
+        """The size of `axes` of a state flattened, and their sizes."""
+        size = dict(zip(s.axes, self.ir.decls[s.name].shape))
+        return math.prod(size[a] for a in axes), [size[a] for a in axes]
+
+    def emit_operands(self, s: ChunkState, v, queries: list, roles: str) -> None:
+        """The lines of the operands in `roles` (of w, a, b, k, v, q) of a state, in the
+        layout [B, T, (rank,) shared, key or value]."""
+        (Hs, shared), (Kf, key), (Vf, value) = (self.flat(s, x) for x in (s.shared, s.key,
+                                                                          s.value))
         hk = s.shared + s.key
-        if s.log_decay == 0:
-            self.lines.append(f"{v.w} = {py_name(self.ir.inputs[0].name)}.new_zeros("
-                              f"(B, T, {Hs}, 1))  # no decay")
-        else:
+        if "w" in roles and s.log_decay == 0:
+            self.lines.append(f"{v.w} = _like.new_zeros((B, T, {Hs}, 1))  # no decay")
+        elif "w" in roles:
             axes = hk if s.decay_on_key else s.shared
             sz = shared + key if s.decay_on_key else shared
             self.emit_operand(v.w, s.log_decay, axes, sz,
@@ -106,46 +131,45 @@ class ChunkProgram(Program):
         flat_k = f".reshape(B, T, -1, {Hs}, {Kf})" if (len(shared), len(key)) != (1, 1) else ""
         flat_v = f".reshape(B, T, -1, {Hs}, {Vf})" if (len(shared), len(value)) != (1, 1) \
             else ""
-        if s.low_rank:
-            for side, pos in (("a", 0), ("b", 1)):
+        for side, pos in (("a", 0), ("b", 1)):
+            if s.low_rank and side in roles:
                 self.emit_operand(getattr(v, side), [p[pos] for p in s.low_rank], hk,
                                   shared + key, f"low-rank part: {side}_r = "
                                   + ", ".join(str(p[pos]) for p in s.low_rank))
                 self.lines[-1] += flat_k
-        self.emit_operand(v.k, [p[0] for p in s.inputs], hk, shared + key,
-                          "input term, key side: " + ", ".join(str(p[0]) for p in s.inputs))
-        self.lines[-1] += flat_k
-        scale = _delta_rule_scale(s) if self.pass_function == "chunk_affine" else None
-        if scale is not None:
-            self.emit_operand(v.ak, [scale], s.shared, shared,
-                              f"a = {scale} k: scores against a are those against k, scaled")
-            self.lines[-1] += f".reshape(B, T, 1, {Hs}, 1)"
-        self.emit_operand(v.v, [p[1] for p in s.inputs], s.shared + s.value,
-                          shared + value,
-                          "input term, value side: " + ", ".join(str(p[1]) for p in s.inputs))
-        self.lines[-1] += flat_v
-        q = "None"
-        if queries:
+        if "k" in roles:
+            self.emit_operand(v.k, [p[0] for p in s.inputs], hk, shared + key,
+                              "input term, key side: " + ", ".join(str(p[0]) for p in s.inputs))
+            self.lines[-1] += flat_k
+        if "v" in roles:
+            self.emit_operand(v.v, [p[1] for p in s.inputs], s.shared + s.value,
+                              shared + value, "input term, value side: "
+                              + ", ".join(str(p[1]) for p in s.inputs))
+            self.lines[-1] += flat_v
+        if queries and "q" in roles:
             self.emit_operand(v.q, queries, hk, shared + key,
                               "readout queries (of the previous state): "
                               + ", ".join(str(x) for x in queries))
             self.lines[-1] += flat_k
-            q = v.q
+
+    def initial(self, s: ChunkState) -> str:
+        """The state as the passes take it: [B or N, shared, key, value]."""
+        (Hs, _), (Kf, _), (Vf, _) = (self.flat(s, x) for x in (s.shared, s.key, s.value))
         order = [s.axes.index(a) + 1 for a in s.shared + s.key + s.value]
+        name = py_name(s.name)
         moved = order != sorted(order)
-        h0 = (f"{name}.permute(0, {', '.join(map(str, order))})" if moved else name) + \
+        return (f"{name}.permute(0, {', '.join(map(str, order))})" if moved else name) + \
             f".reshape(-1, {Hs}, {Kf}, {Vf})"  # -1: packed sequences have B = 1, N states
-        lr = f"{v.a}, {v.b}" if s.low_rank else "None, None"
-        chunk = ", cu_seqlens=cu_seqlens" if self.packed else self.schedule_args()
-        if scale is not None:
-            chunk += f", a_over_k={v.ak}"
-        self.lines.append(f"{v.out}, {v.last} = {self.pass_function}({v.w}, {lr}, "
-                          f"{v.k}, {v.v}, {q}, {h0}{chunk})")
+
+    def final(self, s: ChunkState, v) -> None:
+        """The state back in its own layout from the pass's last one."""
+        order = [s.axes.index(a) + 1 for a in s.shared + s.key + s.value]
         back = [order.index(p + 1) + 1 for p in range(len(s.axes))]
-        self.lines.append(f"{name} = {v.last}.reshape(-1, "
-                          f"{', '.join(map(str, shared + key + value))})" +
-                          (f".permute(0, {', '.join(map(str, back))})" if moved else ""))
-        return v.out
+        sizes = self.flat(s, s.shared)[1] + self.flat(s, s.key)[1] + self.flat(s, s.value)[1]
+        self.lines.append(f"{py_name(s.name)} = {v.last}.reshape(-1, "
+                          f"{', '.join(map(str, sizes))})" +
+                          (f".permute(0, {', '.join(map(str, back))})"
+                           if order != sorted(order) else ""))
 
     def schedule_args(self) -> str:
         """The schedule's arguments of chunk_affine."""

@@ -78,7 +78,7 @@ class TritonPrinter(StrPrinter):
             return "(" + " * ".join([b] * int(e)) + ")"
         if e.is_Integer and -4 <= e < 0:
             return "(1.0 / (" + " * ".join([b] * int(-e)) + "))"
-        return f"tl.exp({self._print(e)} * tl.log({self._print(base)}))"
+        return f"tl.exp({self.parenthesize(e, 50)} * tl.log({self._print(base)}))"
 
     def _print_Rational(self, expr):
         return number(float(expr))

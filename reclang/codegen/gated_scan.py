@@ -4,6 +4,7 @@ gates printed into the kernel, the operands computed before it."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import sympy
 
@@ -14,8 +15,9 @@ from reclang.schedule import TritonScanSchedule
 
 from .chunk import EpilogueLowering, _shape, epilogue
 from .fused_loop import FusedProgram, KernelCode
-from .ir_to_torch import Names, comment, number
+from .ir_to_torch import Names, align, comment, number
 from .loop import INDENT, py_name
+from .matrix_slots import NewState, new_state_parts
 
 
 def layout(form: LaneForm, expr: sympy.Expr) -> tuple[list[str], int, int]:
@@ -32,12 +34,51 @@ def layout(form: LaneForm, expr: sympy.Expr) -> tuple[list[str], int, int]:
             math.prod(sizes[first:last]))
 
 
+@dataclass
+class Readout:
+    """The one read of a gated scan's state: out[part] = Σ_key q h_t + free, the new
+    state h_t summed over its trailing axes (groups of `group` adjacent channels)."""
+    node: int                  # the linear part's node
+    query: sympy.Expr          # over the form's unit symbols (head0.., lane)
+    free: sympy.Expr           # the state-free rest, over the node's axes
+    group: int
+    dims: tuple[int, ...]      # the readout's shape per step (the state's other axes)
+
+
+def readout(ir: IR, form: LaneForm) -> Readout | None:
+    """The readout the gated scan computes in its kernel, or None (the states are
+    written and the outputs computed from them): where the state is read once, linearly,
+    as a whole new state summed over trailing axes of a power-of-2 size (at least 2)."""
+    state = form.states[0]
+    parts = new_state_parts(ir) or ()
+    reads = [(p, t) for p in parts for t in p.terms]
+    update = ir.update(state)
+    if len({p.node for p, _ in reads}) != 1 or \
+            not all(isinstance(t.state, NewState) and t.post == 1 for _, t in reads) or \
+            len({t.axes for _, t in reads}) != 1 or \
+            tuple(ir.decls[state].shape) != (*form.heads, form.lanes):
+        return None
+    part, term = reads[0]
+    kept = [a for a, _ in term.axes]
+    if kept != list(update.axes[:len(kept)]) or \
+            [b for _, b in term.axes] != list(ir.node(part.node).axes):
+        return None
+    group = math.prod(ir.decls[state].shape[len(kept):])
+    if group == 1 or group & (group - 1):  # 1: the readouts are as large as the states
+        return None
+    units = [*form.head_symbols, LANE]
+    query = sympy.Add(*[t.query for _, t in reads]).xreplace(
+        {sympy.Symbol(a, integer=True): u for a, u in zip(update.axes, units)})
+    return Readout(part.node, query, part.free, group, tuple(ir.decls[state].shape[:len(kept)]))
+
+
 class ScanCode(KernelCode):
     """a, b and their derivatives as the statements of the template's two functions."""
 
-    def __init__(self, form: LaneForm, ir: IR, a: sympy.Expr, b: sympy.Expr):
+    def __init__(self, form: LaneForm, ir: IR, a: sympy.Expr, b: sympy.Expr,
+                 read: Readout | None = None):
         super().__init__(form, ir)
-        self.a, self.b = a, b
+        self.a, self.b, self.read = a, b, read
         self.printer.like = next(str(o.symbol) for o in form.operands if o.time_varying)
 
     def slots(self, about: str) -> dict:
@@ -61,7 +102,14 @@ class ScanCode(KernelCode):
                     args=", ".join(ops + consts),
                     d_args=", ".join(f"d_{x}" for x in ops + consts),
                     coefficients="\n".join(self.comments() + coefficients + numbers),
-                    derivatives="\n".join(derivatives))
+                    derivatives="\n".join(derivatives), read=self.read_slots())
+
+    def read_slots(self) -> dict | None:
+        """The readout's group and its query's layout, for gated_read.py.jinja."""
+        if self.read is None:
+            return None
+        _, div, mod = layout(self.form, self.read.query)
+        return {"group": self.read.group, "div": div, "mod": mod}
 
 
 class StatesLowering(EpilogueLowering):
@@ -97,12 +145,15 @@ class GatedScanProgram(FusedProgram):
         lines += [f"_h0 = {state}.reshape(-1, {S}).to(torch.promote_types({state}.dtype, "
                   "_dtype))",
                   "_starts = None if cu_seqlens is None else torch.as_tensor(cu_seqlens, "
-                  "dtype=torch.int64, device=_device)",
-                  f"{every} = gated_scan([{', '.join(ops)}], [{', '.join(consts)}], "
-                  "_h0, _starts)",
-                  f"{new} = {every}.reshape(B, T, {dims})"]
-        lines += self.outputs(every, dims)
-        lines.append(f"{state} = final_states({every}, _h0, _starts).reshape(-1, {dims})")
+                  "dtype=torch.int64, device=_device)"]
+        if self.read is not None:
+            lines += self.read_lines(ops, consts, dims)
+        else:
+            lines += [f"{every} = gated_scan([{', '.join(ops)}], [{', '.join(consts)}], "
+                      "_h0, _starts)",
+                      f"{new} = {every}.reshape(B, T, {dims})"]
+            lines += self.outputs(every, dims)
+            lines.append(f"{state} = final_states({every}, _h0, _starts).reshape(-1, {dims})")
         outs = ", ".join(f'"{n.arg}": {py_name(n.arg)}' for n in map(self.ir.node, self.ir.stmts)
                          if n.op == Op.OUT)
         lines.append(f'return {{{outs}}}, {{"{f.states[0]}": {state}}}')
@@ -110,6 +161,28 @@ class GatedScanProgram(FusedProgram):
                '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
         signature, doc = self.packed_signature(doc)
         return "\n".join([signature, INDENT + doc] + [INDENT + line for line in lines])
+
+    def read_lines(self, ops: list[str], consts: list[str], dims: str) -> list[str]:
+        """The scan with its readout in the kernel, then the outputs from it."""
+        r, state = self.read, py_name(self.form.states[0])
+        q, read, last = (self.names.fresh(f"_{state}_{x}") for x in ("query", "read", "last"))
+        axes, _, mod = layout(self.form, r.query)
+        unit = [str(s) for s in self.form.head_symbols] + ["lane"]
+        sizes = dict(zip(unit, (*self.form.heads, self.form.lanes)))
+        shape = _shape([sizes[a] for a in axes])
+        node = self.ir.node(r.node)
+        self.sympy.sizes.update(zip(node.axes, node.sizes))
+        value = f"{read}.reshape(B, T{''.join(f', {n}' for n in r.dims)})"
+        if r.free != 0:
+            free = self.sympy.lower(r.free)
+            value += f" + {free.text if free.const else align(free, node.axes).text}"
+        lines = [f"# the readout's query (the kernel sums q h over groups of {r.group}): "
+                 f"{comment(str(r.query))}",
+                 f"{q} = {self.tensor(r.query, axes, shape, 'operand')}.reshape(B, T, {mod})",
+                 f"{read}, {last} = gated_readout([{', '.join(ops)}], {q}, "
+                 f"[{', '.join(consts)}], _h0, _starts)"]
+        lines += epilogue(self.ir, {r.node: f"({value})"}, EpilogueLowering, self.names)
+        return lines + [f"{state} = {last}.reshape(-1, {dims})"]
 
     def operands(self, lines: list[str]) -> tuple[list[str], list[str]]:
         """Appends the operands [B, T, their axes] and constants [S]; returns their names."""
@@ -148,6 +221,8 @@ class GatedScanProgram(FusedProgram):
 
 def gated_program(ir: IR, form: GatedDiag, schedule: TritonScanSchedule,
                   summary: str) -> tuple[GatedScanProgram, ScanCode]:
-    """The program and kernel code of a diagonal cell's gated scan."""
-    return GatedScanProgram(ir, form.lanes, schedule, summary), \
-        ScanCode(form.lanes, ir, form.a, form.b)
+    """The program and kernel code of a diagonal cell's gated scan (with its readout in
+    the kernel where `readout` finds one)."""
+    program = GatedScanProgram(ir, form.lanes, schedule, summary)
+    program.read = readout(ir, form.lanes)
+    return program, ScanCode(form.lanes, ir, form.a, form.b, program.read)

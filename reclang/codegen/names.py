@@ -16,8 +16,9 @@ GENERATED = {
     "torch", "triton", "tl", "os", "B", "T", "t", "forward", "step", "cu_seqlens",
     "linear_scan", "dense_scan", "dense_transition", "from_mixed_last", "mixed_last",
     "fft_scan", "chunk_affine", "check_log_decay", "operand", "state_pass", "gated_scan",
-    "final_states", "previous_states", "fused_loop", "constant", "pad_packed",
-    "unpad_packed", "chunk_tables", "chunk_blocks", "check_offsets", "ctx", "self"}
+    "state_pass_slots", "gated_readout", "final_states", "previous_states", "fused_loop",
+    "constant", "pad_packed", "unpad_packed", "chunk_tables", "chunk_blocks", "check_offsets",
+    "ctx", "self"}
 
 
 RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | \

@@ -4,12 +4,17 @@ diagonal scan kernel, the chunk program with the matrix-state kernels."""
 from __future__ import annotations
 
 import textwrap
+from dataclasses import replace
 
 from reclang.analysis.forms import Diag
+from reclang.analysis.operands import ChunkState
 from reclang.ir import IR
 from reclang.schedule import TritonMatrixSchedule, TritonScanSchedule
 
 from .chunk import ChunkProgram
+from .ir_to_torch import comment
+from .loop import INDENT, py_name
+from .matrix_slots import NewState, SlotPrinter, new_state_parts, over_tile, state_slots
 from .render import assemble
 from .scan import ScanProgram
 
@@ -37,18 +42,103 @@ class TritonScanProgram(ScanProgram):
 
 
 class TritonChunkProgram(ChunkProgram):
-    """The chunk backend's program with each state run by the recurrent kernel."""
+    """The chunk backend's program with each state run by the recurrent kernel, or by
+    the chunk kernels with the operands they can compute in their slots."""
 
     pass_function, how, packed = "state_pass", "with the Triton kernel", True
     schedule: TritonMatrixSchedule
 
+    def new_state_readouts(self) -> set[str]:
+        """The states read through the kernels' inclusive mask (their new values), with
+        self.ops' parts rewritten so: where every read of a state is of its new value
+        and it runs the chunk kernels with slots, for all of them, else none (the
+        analyzer's readouts of the previous states, with a bonus in the epilogue)."""
+        parts = new_state_parts(self.ir)
+        if parts is None:
+            return set()
+        reads = [t for p in parts for t in p.terms]
+        new = {t.state for t in reads if isinstance(t.state, NewState)}
+        if not new or new & {t.state for t in reads if not isinstance(t.state, NewState)}:
+            return set()
+        original, self.ops = self.ops, replace(self.ops, parts=parts)
+        per_state, _ = self.readouts()
+        states = [(i, s) for i, s in enumerate(self.ops.states) if s.name in new]
+        if all(state_slots(self.ir, i, s, per_state.get(s.name, [])) is not None and
+               all(over_tile(s, q) for q in per_state.get(s.name, [])) for i, s in states):
+            return new
+        self.ops = original
+        return set()
+
+    def state_block(self, s: ChunkState, queries: list) -> str:
+        index = [x.name for x in self.ops.states].index(s.name)
+        slots = state_slots(self.ir, index, s, queries)
+        if slots is None:
+            return super().state_block(s, queries)
+        slots.inclusive = s.name in self.inclusive
+        self.slot_states.append(slots)
+        v = self.state_vars(s)
+        inside = "".join(r for r in "wabkvq" if r in slots.exprs or r in "ab"
+                         and not s.low_rank)
+        self.operand_functions.append(self.operand_function(slots, v, queries, inside))
+        self.lines.append(f"# ---- {self.spec_line(s.name)}")
+        self.lines.append(f"# in the kernels: {', '.join(slots.exprs)}, from "
+                          f"{', '.join(slots.raw)}")
+        if slots.precomputed:
+            self.lines.append(f"# precomputed: {', '.join(slots.precomputed)}")
+        self.emit_operands(s, v, queries, "".join(slots.precomputed))
+        pre = ", ".join("None" if r in inside else getattr(v, r) for r in "wabkvq")
+        raw = ", ".join(py_name(x) for x in slots.raw)
+        self.lines.append(f"{v.out}, {v.last} = state_pass_slots({self.slots_var(s)}, "
+                          f"({raw},), ({pre}), {self.initial(s)}, cu_seqlens=cu_seqlens)")
+        self.final(s, v)
+        return v.out
+
+    def slots_var(self, s: ChunkState) -> str:
+        return f"_{py_name(s.name)}_slots"
+
+    def operand_function(self, slots, v, queries: list, roles: str) -> str:
+        """`_<state>_operands(raw...)`: the state's in-kernel operands in PyTorch, for the
+        backward pass, and the state's Slots."""
+        s, lines = slots.state, self.lines
+        first = py_name(slots.raw[0])
+        self.lines = [f"B, T = {first}.shape[:2]", f"_like = {first}",
+                      "_dtype, _device = _like.dtype, _like.device"]
+        Hs, Kf = self.flat(s, s.shared)[0], self.flat(s, s.key)[0]
+        self.emit_operands(s, v, queries, roles)
+        for side in "ab" if not s.low_rank else "":
+            self.lines.append(f"{getattr(v, side)} = _like.new_zeros((B, T, 0, {Hs}, {Kf}))")
+        self.lines.append(f"return {', '.join(getattr(v, r) for r in roles)}")
+        body, self.lines = self.lines, lines
+        name = py_name(s.name)
+        sizes = (Hs, Kf, self.flat(s, s.value)[0], s.decay_on_key, len(s.low_rank))
+        return "\n".join(
+            [f"def _{name}_operands({', '.join(py_name(x) for x in slots.raw)}):",
+             f'{INDENT}"""The operands of {comment(s.name)} the kernels compute ('
+             f'{", ".join(slots.exprs)}), in PyTorch: what the backward differentiates."""'] +
+            [INDENT + line for line in body] +
+            ["", "", f"{self.slots_var(s)} = Slots({slots.index}, {sizes}, _{name}_operands, "
+             f"{slots.inclusive})"])
+
     def source(self) -> str:
-        return assemble(self, "mat_recurrent.py.jinja", [
-            "Triton backend: each matrix state, S_t = (exp(w_t) + Σ a bᵀ) S_{t-1} + Σ k vᵀ,",
-            "runs in the kernels below: in chunks (backends/templates/mat_chunk.py.jinja)",
-            "where they apply, else step by step (mat_recurrent.py.jinja); its operands and",
-            "the outputs are computed on all tokens at once, as in the chunk backend."],
-            self.forward(),
-            ["", "from reclang.runtime.chunk import causal_pass, check_log_decay",
+        self.slot_states, self.operand_functions = [], []
+        self.inclusive = self.new_state_readouts()
+        forward = self.forward()
+        precomputed = [f"{st.state.name}: {', '.join(st.precomputed)}" for st in
+                       self.slot_states if st.precomputed]
+        about = ("Triton backend: each matrix state, S_t = (exp(w_t) + Σ a bᵀ) S_{t-1} + Σ k "
+                 "vᵀ, runs in the kernels below: in chunks (backends/templates/mat_chunk.py."
+                 "jinja) where they apply, else step by step (mat_recurrent.py.jinja). ")
+        if self.slot_states:
+            about += ("The chunk kernels compute the operands from the raw inputs "
+                      "(mat_slots.py.jinja); ")
+            about += ("precomputed on all tokens (not elementwise in the inputs): "
+                      + "; ".join(precomputed) + ". " if precomputed else "none precomputed. ")
+        else:
+            about += "The operands are computed on all tokens at once. "
+        about += "The outputs are computed on all tokens at once, as in the chunk backend."
+        return assemble(self, "mat_recurrent.py.jinja", textwrap.wrap(about, 88),
+            "\n\n\n".join(self.operand_functions + [forward]),
+            ["", "from reclang.runtime.chunk import LOG_ZERO, causal_pass, check_log_decay",
              "from reclang.runtime.operands import operand"],
-            slots=dict(chunk=self.schedule.chunk, schedule=self.schedule))
+            slots=dict(chunk=self.schedule.chunk, schedule=self.schedule,
+                       slots=SlotPrinter(self.ir, self.slot_states).slots()))

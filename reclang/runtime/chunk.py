@@ -43,8 +43,8 @@ def causal_pass(run, operands, starts=None):
     others and the final state from the operands as they are. A log decay of -inf (a
     decay of exactly 0) is first raised to LOG_ZERO, whose exp is 0 too: cumulative
     sums then stay finite (-inf - -inf would be NaN)."""
-    w, *rest = operands
-    w = torch.clamp(w, min=LOG_ZERO[w.dtype]) if w.dtype in LOG_ZERO else w
+    w, *rest = operands  # w None: computed (and raised to LOG_ZERO) inside `run`
+    w = torch.clamp(w, min=LOG_ZERO[w.dtype]) if w is not None and w.dtype in LOG_ZERO else w
     operands = (w, *rest)
     bad = torch.stack([(~torch.isfinite(x)).flatten(2).any(-1) for x in operands
                        if x is not None]).any(0)  # [B, T]: a step with a non-finite operand
