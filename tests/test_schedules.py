@@ -40,6 +40,11 @@ def test_a_schedule_is_the_users_and_part_of_the_cache_key():
 @pytest.mark.parametrize("name, backend, schedule", [
     ("delta_net", "chunk", ChunkSchedule(chunk=4, segment=9)),  # segments of 2 chunks
     ("min_gru", "scan", ScanSchedule(chunk=3)),
+    # the kernels under the interpreter: tiles smaller than the state and the sequence
+    ("min_gru", "triton", TritonScanSchedule(block_t=4, block_s=2, backward_warps=4)),
+    ("lru", "triton", TritonScanSchedule(block_t=2, block_s=4)),
+    ("lstm", "triton", FusedLoopSchedule(block_b=32, warps=2)),
+    ("gla", "triton", TritonMatrixSchedule(chunk=16, block_v=2, warps=4)),
 ])
 def test_a_schedule_changes_how_not_what(name, backend, schedule):
     cell = small(name)
