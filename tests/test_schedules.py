@@ -45,6 +45,7 @@ def test_a_schedule_is_the_users_and_part_of_the_cache_key():
     ("lru", "triton", TritonScanSchedule(block_t=2, block_s=4)),
     ("lstm", "triton", FusedLoopSchedule(block_b=32, warps=2)),
     ("gla", "triton", TritonMatrixSchedule(chunk=16, block_v=2, warps=4)),
+    ("delta_product", "triton", TritonMatrixSchedule(block_k=2, block_v=2)),  # recurrent
 ])
 def test_a_schedule_changes_how_not_what(name, backend, schedule):
     cell = small(name)
