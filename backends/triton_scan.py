@@ -64,6 +64,11 @@ class TritonScan(Backend):
     def refusal(self, plan) -> str:
         return missing_dependency() or super().refusal(plan)
 
+    def form(self, plan):
+        """What `lower` prints: the gated form where the gated scan applies, else the
+        diagonal one."""
+        return plan.form_of("diag") if self.not_gated(plan) else plan.form_of("gated")
+
     def not_gated(self, plan) -> str:
         """Why the gated scan does not run the cell ("" when it does): its form's Unfit,
         or a function its kernel cannot print with its derivative."""
@@ -77,12 +82,12 @@ class TritonScan(Backend):
         diagonal scan of a and b, with the reason in its header."""
         why = self.not_gated(plan)
         if why:
-            return TritonScanProgram(plan.ir, self.form(plan), schedule, plan.summary,
+            return TritonScanProgram(plan.ir, plan.form_of("diag"), schedule, plan.summary,
                                      why).source()
         about = ("h' = a h + b per channel, a and b the cell's equations of operands o and "
                  "constants c, computed in the kernel (from backends/templates/"
                  "gated_scan.py.jinja); the operands are computed before it")
-        program, code = gated_program(plan.ir, plan.form_of("gated"), schedule, plan.summary)
+        program, code = gated_program(plan.ir, self.form(plan), schedule, plan.summary)
         return assemble(program, "gated_scan.py.jinja", textwrap.wrap(
             "Triton backend, gated scan: " + about, 88), program.forward(),
             ["", "from reclang.runtime.operands import constant, operand"],

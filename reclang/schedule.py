@@ -92,11 +92,13 @@ class TritonScanSchedule(Schedule):
 class TritonMatrixSchedule(Schedule):
     """The triton matrix-state kernels: `chunk` steps per chunk of the chunkwise
     kernels (a power of 2 of at least 16: tl.dot's smallest size), `warps` per chunk
-    kernel; the recurrent kernel keeps a [K, `block_v`] tile of the state per program,
-    with one warp per `values_per_warp` values of it (between 4 and 16 warps)."""
+    kernel; the recurrent kernel keeps a [`block_k`, `block_v`] tile of the state per
+    program (all the keys when a readout is fed back), with one warp per
+    `values_per_warp` values of it (between 4 and 16 warps)."""
 
     chunk: int = 64
     warps: int = 8
+    block_k: int = 128
     block_v: int = 32
     values_per_warp: int = 512
 
@@ -105,7 +107,7 @@ class TritonMatrixSchedule(Schedule):
         if c < 16 or c & (c - 1):
             raise RecError(f"chunk_size={c}: the triton backend's chunk kernels take a "
                            "power of 2 of at least 16 steps (tl.dot's smallest size)")
-        for name in ("warps", "block_v"):
+        for name in ("warps", "block_k", "block_v"):
             _power_of_2(self, name, 1, "the matrix kernels")
 
 
