@@ -24,7 +24,7 @@ from .ir_to_torch import (
     spec_origin,
 )
 from .loop import INDENT, Program, _broadcast
-from .sympy_to_torch import SympyLowering
+from .sympy_to_torch import SympyLowering, spec_text
 
 # ---- the algorithm -------------------------------------------------------------------
 
@@ -41,6 +41,22 @@ class EpilogueLowering(ExprLowering):
         if i in self.given:
             return Code(self.given[i], ATOM, self.ir.node(i).axes, dtype=self.ir.node(i).dtype)
         return super().code(i, at)
+
+
+class StatesLowering(EpilogueLowering):
+    """The outputs over all steps, reading the states' new values from _<s>_new and
+    their previous ones from _<s>_prev ([B, T, ...] both)."""
+
+    def var(self, i: int) -> str:
+        node = self.ir.node(i)
+        if node.op in (Op.UPDATE, Op.STATE):
+            return states_var(self.names, node.arg, "new" if node.op == Op.UPDATE else "prev")
+        return super().var(i)
+
+
+def states_var(names: Names, state: str, which: str) -> str:
+    """The tensor of the new ("new") or previous ("prev") values of a state at every step."""
+    return names.of((which, state), f"_{py_name(state)}_{which}")
 
 
 class ChunkProgram(Program):
@@ -79,73 +95,91 @@ class ChunkProgram(Program):
 
     def state_block(self, s: ChunkState, queries: list) -> str:
         """Emits the operands and the chunk call of one state; returns the output var."""
-        d = self.ir.decls[s.name]
-        size = dict(zip(s.axes, d.shape))
-        shared = [size[a] for a in s.shared]
-        key, value = [size[a] for a in s.key], [size[a] for a in s.value]
-        Hs, Kf, Vf = math.prod(shared), math.prod(key), math.prod(value)
         name = py_name(s.name)
         v = SimpleNamespace(**{x: self.names.fresh(f"_{name}_{x}")
                                for x in ("w", "a", "b", "k", "ak", "v", "q", "out", "last")})
+        size = dict(zip(s.axes, self.ir.decls[s.name].shape))
         self.sympy.sizes.update(size)
         self.lines.append(f"# ---- {self.spec_line(s.name)}")
-        hk = s.shared + s.key
+        self.decay_operand(s, v.w, size)
+        scale = self.term_operands(s, v, size)
+        q = "None"
+        if queries:
+            self.emit_operand(v.q, queries, s.shared + s.key, [size[a] for a in s.shared + s.key],
+                              "readout queries (of the previous state): "
+                              + ", ".join(spec_text(x) for x in queries))
+            self.lines[-1] += _flat(s, s.key, size)
+            q = v.q
+        self.pass_call(s, v, q, scale is not None, size)
+        return v.out
+
+    def decay_operand(self, s: ChunkState, w: str, size: dict):
+        """The log decay w [B, T, shared, 1 or key], and its check when not proven <= 0."""
+        shared, key = [size[a] for a in s.shared], [size[a] for a in s.key]
+        Hs, Kf = math.prod(shared), math.prod(key)
         if s.log_decay == 0:
-            self.lines.append(f"{v.w} = {py_name(self.ir.inputs[0].name)}.new_zeros("
+            self.lines.append(f"{w} = {py_name(self.ir.inputs[0].name)}.new_zeros("
                               f"(B, T, {Hs}, 1))  # no decay")
-        else:
-            axes = hk if s.decay_on_key else s.shared
-            sz = shared + key if s.decay_on_key else shared
-            self.emit_operand(v.w, s.log_decay, axes, sz,
-                              f"log decay: {s.log_decay}")
-            self.lines.append(f"{v.w} = {v.w}.reshape(B, T, {Hs}, "
-                              f"{Kf if s.decay_on_key else 1})")
-            if not s.positive:
-                self.lines.append(f'check_log_decay({v.w}, "{s.name}")')
-        # one shared and one key (value) axis is the layout already; else flatten them
-        flat_k = f".reshape(B, T, -1, {Hs}, {Kf})" if (len(shared), len(key)) != (1, 1) else ""
-        flat_v = f".reshape(B, T, -1, {Hs}, {Vf})" if (len(shared), len(value)) != (1, 1) \
-            else ""
+            return
+        axes = s.shared + s.key if s.decay_on_key else s.shared
+        sizes = shared + key if s.decay_on_key else shared
+        self.emit_operand(w, s.log_decay, axes, sizes, f"log decay: {spec_text(s.log_decay)}")
+        if not (s.decay_on_key and len(shared) == len(key) == 1):  # else the layout already
+            self.lines[-1] += f".reshape(B, T, {Hs}, {Kf if s.decay_on_key else 1})"
+        if not s.positive:
+            self.lines.append(f'check_log_decay({w}, "{s.name}")')
+            self.checks = True
+
+    def term_operands(self, s: ChunkState, v, size: dict):
+        """The low-rank parts a, b, the input term's sides k, v (and a / k for the delta
+        rule); returns that scale, or None."""
+        hk = s.shared + s.key
+        key_sizes = [size[a] for a in hk]
+        flat_k = _flat(s, s.key, size)
         if s.low_rank:
             for side, pos in (("a", 0), ("b", 1)):
                 self.emit_operand(getattr(v, side), [p[pos] for p in s.low_rank], hk,
-                                  shared + key, f"low-rank part: {side}_r = "
-                                  + ", ".join(str(p[pos]) for p in s.low_rank))
+                                  key_sizes, f"low-rank part: {side}_r = "
+                                  + ", ".join(spec_text(p[pos]) for p in s.low_rank))
                 self.lines[-1] += flat_k
-        self.emit_operand(v.k, [p[0] for p in s.inputs], hk, shared + key,
-                          "input term, key side: " + ", ".join(str(p[0]) for p in s.inputs))
+        self.emit_operand(v.k, [p[0] for p in s.inputs], hk, key_sizes,
+                          "input term, key side: " + ", ".join(spec_text(p[0]) for p in s.inputs))
         self.lines[-1] += flat_k
         scale = _delta_rule_scale(s) if self.pass_function == "chunk_affine" else None
         if scale is not None:
-            self.emit_operand(v.ak, [scale], s.shared, shared,
-                              f"a = {scale} k: scores against a are those against k, scaled")
+            Hs = math.prod(size[a] for a in s.shared)
+            self.emit_operand(v.ak, [scale], s.shared, [size[a] for a in s.shared],
+                              f"a = {spec_text(scale)} k: scores against a are those against k, scaled")
             self.lines[-1] += f".reshape(B, T, 1, {Hs}, 1)"
         self.emit_operand(v.v, [p[1] for p in s.inputs], s.shared + s.value,
-                          shared + value,
-                          "input term, value side: " + ", ".join(str(p[1]) for p in s.inputs))
-        self.lines[-1] += flat_v
-        q = "None"
-        if queries:
-            self.emit_operand(v.q, queries, hk, shared + key,
-                              "readout queries (of the previous state): "
-                              + ", ".join(str(x) for x in queries))
-            self.lines[-1] += flat_k
-            q = v.q
+                          [size[a] for a in s.shared + s.value],
+                          "input term, value side: " + ", ".join(spec_text(p[1]) for p in s.inputs))
+        self.lines[-1] += _flat(s, s.value, size)
+        return scale
+
+    def pass_call(self, s: ChunkState, v, q: str, scaled: bool, size: dict):
+        """The call that runs the state over the sequence, and its final value."""
+        name = py_name(s.name)
+        shared = [size[a] for a in s.shared]
+        key, value = [size[a] for a in s.key], [size[a] for a in s.value]
+        Hs, Kf, Vf = math.prod(shared), math.prod(key), math.prod(value)
         order = [s.axes.index(a) + 1 for a in s.shared + s.key + s.value]
         moved = order != sorted(order)
         h0 = (f"{name}.permute(0, {', '.join(map(str, order))})" if moved else name) + \
             f".reshape(-1, {Hs}, {Kf}, {Vf})"  # -1: packed sequences have B = 1, N states
         lr = f"{v.a}, {v.b}" if s.low_rank else "None, None"
         chunk = ", cu_seqlens=cu_seqlens" if self.packed else f", chunk={self.chunk or CHUNK}"
-        if scale is not None:
+        if scaled:
             chunk += f", a_over_k={v.ak}"
         self.lines.append(f"{v.out}, {v.last} = {self.pass_function}({v.w}, {lr}, "
                           f"{v.k}, {v.v}, {q}, {h0}{chunk})")
         back = [order.index(p + 1) + 1 for p in range(len(s.axes))]
-        self.lines.append(f"{name} = {v.last}.reshape(-1, "
-                          f"{', '.join(map(str, shared + key + value))})" +
-                          (f".permute(0, {', '.join(map(str, back))})" if moved else ""))
-        return v.out
+        final = f"{v.last}.reshape(-1, {', '.join(map(str, shared + key + value))})"
+        if moved:
+            final += f".permute(0, {', '.join(map(str, back))})"
+        elif len(shared) == len(key) == len(value) == 1:  # the state's own layout
+            final = v.last
+        self.lines.append(f"{name} = {final}")
 
     def spec_line(self, state: str) -> str:
         return spec_origin(self.ir, self.ir.update(state).loc.line)
@@ -206,8 +240,7 @@ class ChunkProgram(Program):
     def forward(self) -> str:
         first = py_name(self.ir.inputs[0].name)
         self.names = Names(self.ir)
-        self.lines = ["B, T = " + first + ".shape[:2]", f"_like = {first}",
-                      "_dtype, _device = _like.dtype, _like.device"]
+        self.lines, self.checks, self.needs = [], False, set()
         per_state, index = self.readouts()
         outs = {s.name: self.state_block(s, per_state.get(s.name, []))
                 for s in self.ops.states}
@@ -216,6 +249,7 @@ class ChunkProgram(Program):
         for n, part in enumerate(self.ops.parts):
             self.given[part.node] = self.part_block(n, outs, index, made)
         self.lines += self.epilogue()
+        self.lines[:0] = preamble(first, self.needs | self.sympy.needs)
         outputs = ", ".join(f'"{self.ir.node(i).arg}": {py_name(self.ir.node(i).arg)}'
                             for i in self.ir.stmts if self.ir.node(i).op == Op.OUT)
         states = ", ".join(f'"{d.name}": {py_name(d.name)}' for d in self.ir.states)
@@ -230,26 +264,38 @@ class ChunkProgram(Program):
 
     def epilogue(self) -> list[str]:
         """The output statements over all steps, reading the linear parts."""
-        return epilogue(self.ir, self.given, names=self.names)
+        return epilogue(self.ir, self.given, names=self.names, needs=self.needs)
 
     def source(self) -> str:
         header = self.header([
             "Chunk backend: the chunkwise-parallel form (reclang.runtime.chunk.chunk_affine);",
             "operands derived from the plan, in the layout [B, T, (rank,) shared, key/value].",
             "`step` is the cell's own step function."])
-        imports = ["import torch", "",
-                   "from reclang.runtime.chunk import check_log_decay, chunk_affine",
-                   "from reclang.runtime.operands import operand"]
         forward = self.forward()
+        imports = ["import torch", "",
+                   "from reclang.runtime.chunk import "
+                   + ("check_log_decay, chunk_affine" if self.checks else "chunk_affine"),
+                   "from reclang.runtime.operands import operand"]
         return "\n".join(header + imports) + "\n\n\n" + forward + "\n\n\n" + \
             self.step_function() + "\n"
 
 
+def preamble(first: str, needs: set[str]) -> list[str]:
+    """The lines a forward over whole sequences opens with: the sizes, the tensor
+    operands take their shape and dtype from, and what else its code reads (`needs`)."""
+    lines = [f"B, T = {first}.shape[:2]", f"_like = {first}"]
+    if "dtype" in needs:
+        lines.append("_dtype, _device = _like.dtype, _like.device")
+    if "complex" in needs:
+        lines.append("_cdtype = torch.promote_types(_like.dtype, torch.complex64)")
+    return lines
+
+
 def epilogue(ir: IR, given: dict[int, str], lowering=EpilogueLowering,
-             names: Names | None = None) -> list[str]:
+             names: Names | None = None, needs: set | None = None) -> list[str]:
     """The output statements over all steps at once ([B, T, ...] values), with the
     nodes in `given` read from the named tensors instead of computed (`names`: those
-    of the function it is part of)."""
+    of the function it is part of; `needs`: updated with what the lines read)."""
     phase = phases(ir)
     place = {i: Place.ONCE if p == Phase.CONST else Place.HOIST for i, p in phase.items()}
     blocks = {p: [] for p in Place}
@@ -263,6 +309,8 @@ def epilogue(ir: IR, given: dict[int, str], lowering=EpilogueLowering,
         value = lower.code(node.args[0], Place.HOIST)
         text = _broadcast(lower, value, node, Place.HOIST, place[node.args[0]])
         lower.emit(Place.HOIST, node, f"{py_name(node.arg)} = {text}")
+    if needs is not None:
+        needs |= lower.needs
     return blocks[Place.ONCE] + blocks[Place.HOIST]
 
 
@@ -295,6 +343,15 @@ def _delta_rule_scale(s: ChunkState):
     if ratio == 0 or any(str(x) in s.key for x in ratio.free_symbols):
         return None
     return ratio
+
+
+def _flat(s: ChunkState, side: tuple[str, ...], size: dict) -> str:
+    """The reshape of an operand [B, T, rank, shared..., side...] to [B, T, rank, Hs, side
+    flattened]: none when it has one shared and one side axis, the layout already."""
+    if (len(s.shared), len(side)) == (1, 1):
+        return ""
+    shared, flat = (math.prod(size[a] for a in axes) for axes in (s.shared, side))
+    return f".reshape(B, T, -1, {shared}, {flat})"
 
 
 def _shape(sizes) -> str:

@@ -10,7 +10,7 @@ import sympy
 from reclang.analysis.lanes import LANE, LaneForm, Unsupported, lane_form
 from reclang.ir import IR, Op
 
-from .chunk import EpilogueLowering, _shape, epilogue
+from .chunk import StatesLowering, _shape, epilogue, states_var
 from .fused_loop import FusedProgram, KernelCode
 from .ir_to_torch import Names, comment, number
 from .loop import INDENT, py_name
@@ -83,22 +83,6 @@ class ScanCode(KernelCode):
                     d_args=", ".join(f"d_{x}" for x in ops + consts),
                     coefficients="\n".join(self.comments() + coefficients + numbers),
                     derivatives="\n".join(derivatives))
-
-
-class StatesLowering(EpilogueLowering):
-    """The outputs over all steps, reading the state's new values from _<s>_new and
-    its previous ones from _<s>_prev ([B, T, ...] both)."""
-
-    def var(self, i: int) -> str:
-        node = self.ir.node(i)
-        if node.op in (Op.UPDATE, Op.STATE):
-            return states_var(self.names, node.arg, "new" if node.op == Op.UPDATE else "prev")
-        return super().var(i)
-
-
-def states_var(names: Names, state: str, which: str) -> str:
-    """The tensor of the new ("new") or previous ("prev") values of a state at every step."""
-    return names.of((which, state), f"_{py_name(state)}_{which}")
 
 
 class GatedScanProgram(FusedProgram):

@@ -267,7 +267,8 @@ class ExprLowering:
     def einsum(self, factors: list[Code], scale: list[Code], out_axes) -> Code:
         if any(f.dtype == "complex" for f in factors):
             # einsum wants one dtype: real factors join the complex ones
-            self.needs.add("complex")
+            if any(f.dtype != "complex" for f in factors):
+                self.needs.add("complex")
             factors = [f if f.dtype == "complex" else
                        Code(f"{f.wrap(ATOM)}.to(_cdtype)", ATOM, f.axes) for f in factors]
         letters = _letters({a for f in factors for a in f.axes})
@@ -306,8 +307,12 @@ def align(code: Code, target: tuple[str, ...]) -> Code:
 
 
 def _letters(axes: set[str]) -> dict[str, str]:
-    """Einsum letters for axis names: the names themselves when they are letters."""
-    if all(len(a) == 1 and a.isalpha() for a in axes):
-        return {a: a for a in axes}
-    pool = iter("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    return {a: next(pool) for a in sorted(axes)}
+    """Einsum letters for axis names: the names themselves where they are letters, else
+    their first letter, else a letter no other axis has."""
+    letters = {a: a for a in axes if len(a) == 1 and a.isalpha()}
+    for a in sorted(set(axes) - set(letters)):
+        if a[:1].isalpha() and a[0] not in letters.values():
+            letters[a] = a[0]
+    pool = (c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+            if c not in letters.values())
+    return {a: letters.get(a) or next(pool) for a in sorted(axes)}

@@ -14,6 +14,7 @@ PyTorch functions, so that a large gate does not overflow an exp.
 from __future__ import annotations
 
 import sympy
+from sympy.printing.str import StrPrinter
 
 from reclang.ir import IR
 
@@ -37,6 +38,7 @@ class SympyLowering:
         self.ir = ir
         self.sizes = dict(sizes)  # axis symbol name -> size, for indices used as values
         self.needs: set[str] = set()
+        self.named: dict[sympy.Symbol, Code] = {}  # symbols that stand for a variable
 
     def lower(self, expr) -> Code:
         expr = sympy.sympify(expr)
@@ -92,6 +94,8 @@ class SympyLowering:
         return Code(text, ATOM, tuple(axes))
 
     def symbol(self, expr: sympy.Symbol) -> Code:
+        if expr in self.named:
+            return self.named[expr]
         if expr.is_integer:  # an index used as a value
             self.needs.add("dtype")
             size = self.sizes[str(expr)]
@@ -171,12 +175,19 @@ class SympyLowering:
 
     # ---- reductions, conditions
     def sum(self, expr: sympy.Sum) -> Code:
+        expr = spec_indices(expr)
         body, limits = expr.args[0], expr.args[1:]
         summed = []
         for s, lo, hi in limits:
             summed.append(str(s))
             self.sizes[str(s)] = int(hi - lo + 1)
-        factors = [self.lower(f) for f in _ordered(sympy.Mul.make_args(body))]
+        exprs = _ordered(sympy.Mul.make_args(body))
+        factors = [self.lower(f) for f in exprs]
+        if any(map(self.is_complex, exprs)):  # einsum wants one dtype: the real ones join
+            self.needs.add("complex")
+            factors = [f if f.const or self.is_complex(e) else
+                       Code(f"{f.wrap(ATOM)}.to(_cdtype)", ATOM, f.axes)
+                       for f, e in zip(factors, exprs)]
         tensors = [f for f in factors if not f.const]
         consts = [f for f in factors if f.const]
         out = tuple(a for a in _union(tensors) if a not in summed)
@@ -194,6 +205,13 @@ class SympyLowering:
             text = f"{inner.wrap(ATOM)}.sum({dims if len(dims) > 1 else dims[0]})"
         code = Code(text, ATOM, out)
         return self.product(consts + [code]) if consts else code
+
+    def is_complex(self, expr) -> bool:
+        """Whether a value may be complex: it has 1j, or reads a complex tensor."""
+        names = {str(x.base) for x in expr.atoms(sympy.Indexed)} | {
+            str(x) for x in expr.free_symbols}
+        return expr.has(sympy.I) or any(
+            self.ir.decls[n].dtype == "complex" for n in names if n in self.ir.decls)
 
     def reduction(self, expr) -> Code:
         """max / min / logsumexp(body, index, its size, index, its size, ...)."""
@@ -248,6 +266,49 @@ class SympyLowering:
             bound = "min" if name == "maximum" else "max"
             text = f"torch.clamp({text}, {bound}={c.text})"
         return Code(text, ATOM, axes)
+
+
+def spec_indices(expr, bound: frozenset = frozenset()):
+    """expr with each summation index named by the spec's letter again (the analyzer
+    numbers them: `e1` for the spec's `e`), where that letter is free there: einsums
+    then read as the spec writes them, and equal sums of two expressions are equal."""
+    if not isinstance(expr, sympy.Basic) or not expr.args:
+        return expr
+    if isinstance(expr, sympy.Sum):
+        body, limits = expr.args[0], list(expr.args[1:])
+        taken = {str(x) for x in expr.free_symbols} | set(bound)
+        rename = {}
+        for k, (var, lo, hi) in enumerate(limits):
+            stem = str(var).rstrip("0123456789")
+            if stem and stem != str(var) and stem not in taken:
+                rename[var] = sympy.Symbol(stem, integer=True)
+                limits[k] = (rename[var], lo, hi)
+            taken.add(str(rename.get(var, var)))
+        body = spec_indices(body.xreplace(rename), frozenset(taken))
+        return sympy.Sum(body, *limits)
+    return expr.func(*(spec_indices(a, bound) for a in expr.args))
+
+
+class SpecText(StrPrinter):
+    """sympy as the spec language writes it, for comments: sum(i: ...) with the spec's
+    index letters, functions by their spec names (sigmoid, not Sigmoid), 1j."""
+
+    def _print_Sum(self, expr):
+        indices = ", ".join(str(var) for var, _, _ in expr.limits)
+        return f"sum({indices}: {self._print(expr.function)})"
+
+    def _print_Function(self, expr):
+        name = expr.func.__name__
+        args = ", ".join(self._print(a) for a in expr.args)
+        return f"{name[0].lower() + name[1:]}({args})"
+
+    def _print_ImaginaryUnit(self, expr):
+        return "1j"
+
+
+def spec_text(expr) -> str:
+    """A sympy expression of the analyzer as spec text, for a comment."""
+    return SpecText().doprint(spec_indices(sympy.sympify(expr)))
 
 
 def _ordered(args):

@@ -22,14 +22,15 @@ class TritonScanProgram(ScanProgram):
         self.not_gated = not_gated  # why the gated scan does not apply
 
     def source(self) -> str:
-        forward = self.function(
-            "forward", f"Runs {self.ir.name} over whole sequences with the Triton scan: inputs "
-            "[B, T, ...], states are the initial ones; returns (outputs, final states).",
-            step=False)
+        forward = self.forward(
+            f"Runs {self.ir.name} over whole sequences with the Triton scan: inputs "
+            "[B, T, ...], states are the initial ones; returns (outputs, final states).")
+        imports = ["", "from reclang.runtime.operands import operand"] if "operand(" in forward \
+            else []
         return assemble(self, "diag_scan.py.jinja", [
             "Triton backend: h' = a h + b elementwise; the scan is the kernel below (from",
-            "backends/templates/diag_scan.py.jinja); the loop body runs on all tokens at once.",
-            *textwrap.wrap(f"Not the gated scan: {self.not_gated}.", 88)], forward)
+            "backends/templates/diag_scan.py.jinja); a and b are computed on all tokens at once.",
+            *textwrap.wrap(f"Not the gated scan: {self.not_gated}.", 88)], forward, imports)
 
 
 class TritonChunkProgram(ChunkProgram):
@@ -38,12 +39,14 @@ class TritonChunkProgram(ChunkProgram):
     pass_function, how, packed = "state_pass", "with the Triton kernel", True
 
     def source(self) -> str:
+        forward = self.forward()
+        checks = "causal_pass, check_log_decay" if self.checks else "causal_pass"
         return assemble(self, "mat_recurrent.py.jinja", [
             "Triton backend: each matrix state, S_t = (exp(w_t) + Σ a bᵀ) S_{t-1} + Σ k vᵀ,",
             "runs in the kernels below: in chunks (backends/templates/mat_chunk.py.jinja)",
             "where they apply, else step by step (mat_recurrent.py.jinja); its operands and",
             "the outputs are computed on all tokens at once, as in the chunk backend."],
-            self.forward(),
-            ["", "from reclang.runtime.chunk import causal_pass, check_log_decay",
+            forward,
+            ["", f"from reclang.runtime.chunk import {checks}",
              "from reclang.runtime.operands import operand"],
             slots=dict(chunk=self.chunk))
