@@ -77,7 +77,7 @@ class TritonScan(Backend):
             return TritonScanProgram(ir, plan, str(why)).source()
         return assemble(program, "gated_scan.py.jinja", textwrap.wrap(
             "Triton backend, gated scan: " + about, 88), program.forward(),
-            ["", "from reclang.runtime.operands import constant, operand"], slots=slots)
+            ["", program.operand_imports()], slots=slots)
 
 
 register(TritonScan())

@@ -23,6 +23,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
 import reclang  # noqa: E402
+from helpers import every_variant  # noqa: E402  (this file's folder, run as a script)
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -124,7 +125,9 @@ def main() -> None:
     for case, family, launches in CASES:
         spec, _, variant = case.partition("@")
         cell = reclang.load(SPECS / f"{spec}.rec")  # sizes are arguments of the kernel
-        code = cell.module("triton")._generated
+        # a matrix cell's file holds the variants its plan calls; these are compiled all
+        code = every_variant(cell) if cell.plan.form in ("mat-decay", "dplr") else \
+            cell.module("triton")._generated
         kernel = getattr(code, f"{spec}_{family}_kernel")
         feed = spec in FEED and family.startswith("chunk_")
         signature, blocks, warps = launch_setup(family, "feed" if feed else variant, kernel)

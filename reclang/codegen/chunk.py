@@ -5,6 +5,7 @@ and the epilogue from the linear readouts."""
 from __future__ import annotations
 
 import math
+import re
 from types import SimpleNamespace
 
 from reclang.analysis.operands import ChunkOperands, ChunkState
@@ -249,7 +250,7 @@ class ChunkProgram(Program):
         for n, part in enumerate(self.ops.parts):
             self.given[part.node] = self.part_block(n, outs, index, made)
         self.lines += self.epilogue()
-        self.lines[:0] = preamble(first, self.needs | self.sympy.needs)
+        self.lines[:0] = preamble(first, self.needs | self.sympy.needs, self.lines)
         outputs = ", ".join(f'"{self.ir.node(i).arg}": {py_name(self.ir.node(i).arg)}'
                             for i in self.ir.stmts if self.ir.node(i).op == Op.OUT)
         states = ", ".join(f'"{d.name}": {py_name(d.name)}' for d in self.ir.states)
@@ -280,10 +281,13 @@ class ChunkProgram(Program):
             self.step_function() + "\n"
 
 
-def preamble(first: str, needs: set[str]) -> list[str]:
-    """The lines a forward over whole sequences opens with: the sizes, the tensor
-    operands take their shape and dtype from, and what else its code reads (`needs`)."""
-    lines = [f"B, T = {first}.shape[:2]", f"_like = {first}"]
+def preamble(first: str, needs: set[str], body: list[str]) -> list[str]:
+    """The lines a forward over whole sequences opens with: the sizes (where `body`
+    reads them), the tensor operands take their shape and dtype from, and what else
+    its code reads (`needs`)."""
+    lines = [f"_like = {first}"]
+    if re.search(r"\b[BT]\b", "\n".join(x for x in body if not x.lstrip().startswith("#"))):
+        lines.insert(0, f"B, T = {first}.shape[:2]")
     if "dtype" in needs:
         lines.append("_dtype, _device = _like.dtype, _like.device")
     if "complex" in needs:

@@ -5,6 +5,7 @@ kernel."""
 from __future__ import annotations
 
 import math
+import re
 
 import sympy
 from sympy.printing.str import StrPrinter
@@ -108,6 +109,15 @@ class TritonPrinter(StrPrinter):
 
     def _print_Pi(self, expr):
         return repr(math.pi)
+
+
+# The functions of backends/templates/gates.py.jinja: a file holds those its equations call.
+GATES = ("_tanh", "_softplus", "_logsigmoid", "_heaviside", "_sign")
+
+
+def gates_called(*code: str) -> list[str]:
+    """The gate functions that the printed equations call."""
+    return [g for g in GATES if any(f"{g}(" in text for text in code)]
 
 
 def _merge_operands(form: LaneForm) -> None:
@@ -216,13 +226,16 @@ class KernelCode:
     def slots(self, about: str) -> dict:
         f = self.form
         index = {s: i for i, s in enumerate(f.states)}
+        forward, backward = self.forward(), self.backward()
         return dict(
             name=self.ir.name, about=comment(about),
             consts=[str(o.symbol) for o in f.operands if not o.time_varying],
             ops=[str(o.symbol) for o in f.operands if o.time_varying],
             states=self.states, new=self.new, outputs=self.outputs,
             products=[(str(w.symbol), index[w.state]) for w in f.weights],
-            forward=self.forward(), backward=self.backward(), grads=self.grads,
+            forward=forward, backward=backward, gates=gates_called(forward, backward),
+            backward_reads=[x for x in self.states if re.search(rf"\b{x}\b", backward)],
+            grads=self.grads,
             d_outputs=self.d_outputs, carries=self.carries(),
             state_of_product=str([index[w.state] for w in f.weights]))
 
@@ -297,6 +310,8 @@ class FusedProgram(Program):
         outs = ", ".join(f'"{y}": {py_name(y)}' for y in f.outputs)
         sts = ", ".join(f'"{s}": {py_name(s)}' for s in f.states)
         self.lines.append(f"return {{{outs}}}, {{{sts}}}")
+        if "dtype" not in self.sympy.needs:  # no torch.arange: no _device
+            self.lines[2] = "_dtype = _like.dtype"
         doc = (f'"""Runs {self.ir.name} over whole sequences in the fused kernel: inputs '
                '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
         signature, doc = self.packed_signature(doc)

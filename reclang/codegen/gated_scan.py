@@ -10,10 +10,10 @@ import sympy
 from reclang.analysis.lanes import LANE, LaneForm, Unsupported, lane_form
 from reclang.ir import IR, Op
 
-from .chunk import StatesLowering, _shape, epilogue, states_var
-from .fused_loop import FusedProgram, KernelCode
+from .chunk import StatesLowering, _shape, epilogue, needed_statements, states_var
+from .fused_loop import FusedProgram, KernelCode, gates_called
 from .ir_to_torch import Names, comment, number
-from .loop import INDENT, py_name
+from .loop import INDENT, _reads, py_name
 
 
 def gated_form(ir: IR) -> tuple[LaneForm, sympy.Expr, sympy.Expr]:
@@ -82,7 +82,15 @@ class ScanCode(KernelCode):
                     args=", ".join(ops + consts),
                     d_args=", ".join(f"d_{x}" for x in ops + consts),
                     coefficients="\n".join(self.comments() + coefficients + numbers),
-                    derivatives="\n".join(derivatives))
+                    derivatives="\n".join(derivatives),
+                    gates=gates_called(*coefficients, *derivatives),
+                    previous=reads_previous(self.ir, self.form.states[0]))
+
+
+def reads_previous(ir: IR, state: str) -> bool:
+    """Whether an output reads the state before the step (previous_states is needed)."""
+    needed = needed_statements(ir, {ir.update(state).id: ""})
+    return any(ir.node(r).args[0] == ir.leaves[state] for i in needed for r in _reads(ir, i))
 
 
 class GatedScanProgram(FusedProgram):
@@ -115,6 +123,12 @@ class GatedScanProgram(FusedProgram):
                '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
         signature, doc = self.packed_signature(doc)
         return "\n".join([signature, INDENT + doc] + [INDENT + line for line in lines])
+
+    def operand_imports(self) -> str:
+        """The import of what forward() builds its operands (and constants) with."""
+        if any(not o.time_varying for o in self.form.operands):
+            return "from reclang.runtime.operands import constant, operand"
+        return "from reclang.runtime.operands import operand"
 
     def operands(self, lines: list[str]) -> tuple[list[str], list[str]]:
         """Appends the operands [B, T, their axes] and constants [S]; returns their names."""

@@ -100,7 +100,7 @@ class ScanProgram(Program):
                   f"{states_var(self.names, s, 'new')}[:, :-1]], 1)" for s in prev]
         lines += outputs + [f"{py_name(d.name)} = {states_var(self.names, d.name, 'new')}[:, -1]"
                             for d in self.ir.states]
-        lines = preamble(first, needs | self.sympy.needs) + lines
+        lines = preamble(first, needs | self.sympy.needs, lines) + lines
         lines.append(self.returns([(n, Place.HOIST) for n in self.ir.outputs]))
         return "\n".join([self.signature("forward"), INDENT + f'"""{doc}"""'] +
                           [INDENT + line for line in lines])

@@ -37,6 +37,7 @@ class TritonChunkProgram(ChunkProgram):
     """The chunk backend's program with each state run by the recurrent kernel."""
 
     pass_function, how, packed = "state_pass", "with the Triton kernel", True
+    every = False  # every kernel variant, whatever the plan calls (to test the kernels)
 
     def source(self) -> str:
         forward = self.forward()
@@ -49,4 +50,16 @@ class TritonChunkProgram(ChunkProgram):
             forward,
             ["", f"from reclang.runtime.chunk import {checks}",
              "from reclang.runtime.operands import operand"],
-            slots=dict(chunk=self.chunk))
+            slots=dict(chunk=self.chunk, **self.variants()))
+
+    def variants(self) -> dict:
+        """Which kernels the file holds, from the plan: the chunk kernels for the states
+        with one input term, one readout and a low-rank part of rank 1 at most (their WY
+        kernels if one has that part), the recurrent kernel for the others."""
+        if self.every:
+            return dict(chunked=True, recurrent=True, feed=True)
+        queries, _ = self.readouts()
+        chunked = [s for s in self.ops.states if len(s.inputs) == 1 and len(s.low_rank) <= 1
+                   and len(queries.get(s.name, [])) == 1]
+        return dict(chunked=bool(chunked), recurrent=len(chunked) < len(self.ops.states),
+                    feed=any(s.low_rank for s in chunked))
