@@ -240,8 +240,9 @@ class ChunkProgram(Program):
     # ---- assembly
     def forward(self) -> str:
         first = py_name(self.ir.inputs[0].name)
-        self.names = Names(self.ir)
+        self.names = self.sympy.names = Names(self.ir)
         self.lines, self.checks, self.needs = [], False, set()
+        self.sympy.definitions = []
         per_state, index = self.readouts()
         outs = {s.name: self.state_block(s, per_state.get(s.name, []))
                 for s in self.ops.states}
@@ -250,7 +251,8 @@ class ChunkProgram(Program):
         for n, part in enumerate(self.ops.parts):
             self.given[part.node] = self.part_block(n, outs, index, made)
         self.lines += self.epilogue()
-        self.lines[:0] = preamble(first, self.needs | self.sympy.needs, self.lines)
+        self.lines[:0] = preamble(first, self.needs | self.sympy.needs, self.lines) + \
+            self.sympy.definitions
         outputs = ", ".join(f'"{self.ir.node(i).arg}": {py_name(self.ir.node(i).arg)}'
                             for i in self.ir.stmts if self.ir.node(i).op == Op.OUT)
         states = ", ".join(f'"{d.name}": {py_name(d.name)}' for d in self.ir.states)

@@ -24,6 +24,7 @@ from reclang.analysis.lanes import (
 from reclang.ir import IR
 
 from .ir_to_torch import align, comment, number, spec_origin
+from .names import Names
 from .loop import INDENT, Program, py_name
 from .sympy_to_torch import SympyLowering
 
@@ -273,6 +274,7 @@ class FusedProgram(Program):
         unit = heads + [str(LANE)]
         shape = "(" + ", ".join(map(str, (*f.heads, N))) + ",)"
         first = py_name(self.ir.inputs[0].name)
+        self.sympy.names, self.sympy.definitions = Names(self.ir), []
         self.lines = [f"B, T = {first}.shape[:2]", f"_like = {first}",
                       "_dtype, _device = _like.dtype, _like.device"]
         varying = [o for o in f.operands if o.time_varying]
@@ -312,6 +314,7 @@ class FusedProgram(Program):
         self.lines.append(f"return {{{outs}}}, {{{sts}}}")
         if "dtype" not in self.sympy.needs:  # no torch.arange: no _device
             self.lines[2] = "_dtype = _like.dtype"
+        self.lines[3:3] = self.sympy.definitions
         doc = (f'"""Runs {self.ir.name} over whole sequences in the fused kernel: inputs '
                '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
         signature, doc = self.packed_signature(doc)

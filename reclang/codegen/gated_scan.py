@@ -100,7 +100,8 @@ class GatedScanProgram(FusedProgram):
     def forward(self) -> str:
         f = self.form
         first, state = py_name(self.ir.inputs[0].name), py_name(f.states[0])
-        self.names = names = Names(self.ir)
+        self.names = names = self.sympy.names = Names(self.ir)
+        self.sympy.definitions = []
         every, new = names.fresh(f"_{state}_all"), states_var(names, f.states[0], "new")
         dims = ", ".join(map(str, (*f.heads, f.lanes)))
         lines = [f"B, T = {first}.shape[:2]", f"_like = {first}",
@@ -119,6 +120,7 @@ class GatedScanProgram(FusedProgram):
         outs = ", ".join(f'"{n.arg}": {py_name(n.arg)}' for n in map(self.ir.node, self.ir.stmts)
                          if n.op == Op.OUT)
         lines.append(f'return {{{outs}}}, {{"{f.states[0]}": {state}}}')
+        lines[3:3] = self.sympy.definitions
         doc = (f'"""Runs {self.ir.name} over whole sequences with the gated scan: inputs '
                '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
         signature, doc = self.packed_signature(doc)

@@ -21,6 +21,7 @@ from enum import IntEnum
 from reclang.functions import FUNCTIONS, REDUCTIONS
 from reclang.ir import IR, Node, Op
 
+from .constants import Constant, spec_constants
 from .names import Names, py_name
 
 # Precedence of emitted Python expressions, for minimal parentheses.
@@ -181,6 +182,12 @@ class ExprLowering:
         block.append(line)
 
     def lower_const(self, node: Node, at: Place) -> Code:
+        c = spec_constants(self.ir).get((node.loc.line, node.loc.col))
+        if c is not None and c.value == node.arg and type(c.value) is type(node.arg):
+            name, new = self.names.constant(("constant", c.key), c.stem)
+            if new:
+                self.blocks[Place.ONCE].append(constant_line(name, c))
+            return Code(name, ATOM, (), True)
         text = number(node.arg)
         return Code(text, UNARY if text.startswith("-") else ATOM, (), True)
 
@@ -278,6 +285,11 @@ class ExprLowering:
         for c in scale:
             text += f" * {c.wrap(PRODUCT + 1)}"
         return Code(text, PRODUCT if scale else ATOM, out_axes)
+
+def constant_line(name: str, c: Constant) -> str:
+    """`scale = 0.125  # K ** -0.5, gla.rec:11`."""
+    return f"{name} = {number(c.value)}  # {comment(c.note)}"
+
 
 def spec_origin(ir: IR, line: int) -> str:
     """`file:line: the spec line`, escaped for a comment."""

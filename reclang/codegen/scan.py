@@ -86,6 +86,7 @@ class ScanProgram(Program):
         first = py_name(self.ir.inputs[0].name)
         self.names = Names(self.ir)
         self.sympy = SympyLowering(self.ir, {})
+        self.sympy.names = self.names
         self.lets = state_free_lets(self.ir)
         lines, given = [], {}
         for d in self.ir.states:
@@ -100,7 +101,8 @@ class ScanProgram(Program):
                   f"{states_var(self.names, s, 'new')}[:, :-1]], 1)" for s in prev]
         lines += outputs + [f"{py_name(d.name)} = {states_var(self.names, d.name, 'new')}[:, -1]"
                             for d in self.ir.states]
-        lines = preamble(first, needs | self.sympy.needs, lines) + lines
+        lines = preamble(first, needs | self.sympy.needs, lines) + self.sympy.definitions + \
+            lines
         lines.append(self.returns([(n, Place.HOIST) for n in self.ir.outputs]))
         return "\n".join([self.signature("forward"), INDENT + f'"""{doc}"""'] +
                           [INDENT + line for line in lines])

@@ -18,7 +18,20 @@ from sympy.printing.str import StrPrinter
 
 from reclang.ir import IR
 
-from .ir_to_torch import ATOM, POWER, PRODUCT, SUM, UNARY, Code, _letters, align, number, py_name
+from .constants import spec_constants
+from .ir_to_torch import (
+    ATOM,
+    POWER,
+    PRODUCT,
+    SUM,
+    UNARY,
+    Code,
+    _letters,
+    align,
+    constant_line,
+    number,
+    py_name,
+)
 
 FUNCTIONS = {
     sympy.exp: "torch.exp", sympy.log: "torch.log", sympy.tanh: "torch.tanh",
@@ -39,6 +52,8 @@ class SympyLowering:
         self.sizes = dict(sizes)  # axis symbol name -> size, for indices used as values
         self.needs: set[str] = set()
         self.named: dict[sympy.Symbol, Code] = {}  # symbols that stand for a variable
+        self.names = None  # the function's Names: named constants print by name
+        self.definitions: list[str] = []  # ... defined by these lines, first of the function
 
     def lower(self, expr) -> Code:
         expr = sympy.sympify(expr)
@@ -73,8 +88,27 @@ class SympyLowering:
             value = float(expr)
         else:
             value = complex(expr)
+        named = self.named_constant(value)
+        if named is not None:
+            return named
         text = number(value)
         return Code(text, UNARY if text.startswith("-") else ATOM, (), True)
+
+    def named_constant(self, value) -> Code | None:
+        """A number that is the value of a constant the spec computes (scale = K ** -0.5),
+        as its variable: the analyzer's expressions hold the number, not the name."""
+        if self.names is None or not isinstance(value, float) or value.is_integer():
+            return None
+        found = {c.value: c for c in spec_constants(self.ir).values()
+                 if isinstance(c.value, float)}
+        c = found.get(value) or found.get(-value)
+        if c is None:
+            return None
+        name, new = self.names.constant(("constant", c.key), c.stem)
+        if new:
+            self.definitions.append(constant_line(name, c))
+        return Code(name, ATOM, (), True) if c.value == value else \
+            Code(f"-{name}", UNARY, (), True)
 
     def indexed(self, expr: sympy.Indexed) -> Code:
         name = str(expr.base)
