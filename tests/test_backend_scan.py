@@ -227,3 +227,27 @@ def test_dense_scan_second_derivatives():
     b, h0 = (torch.randn(*s, generator=gen, dtype=torch.float64).requires_grad_()
              for s in ((2, 9, 3), (2, 3)))
     assert torch.autograd.gradgradcheck(lambda a, b, h: dense_scan(a, b, h, 2), (a, b, h0))
+
+
+def test_a_and_b_are_the_plans_not_differences_of_steps():
+    """The scan prints a and b from the plan's normal form: a is not the step from h = 1
+    minus the step from h = 0, whose rounding is eps·|a + b| (here |b| ~ 1000 |a|), so the
+    scan's error in float32 is the loop's, not a thousand times it."""
+    cell = reclang.loads("""
+cell big_input(N = 8):
+    input g[N], x[N]
+    state h[N] = 0
+    h[n] <- sigmoid(g[n]) * h[n] + 1000 * x[n]
+    out y[n] = h[n]
+""")
+    source = cell.source("scan")
+    assert "_tokens" not in source and "_from0" not in source
+    assert "_h_a = operand(torch.sigmoid(g), _like, (8,))" in source
+    torch.manual_seed(0)
+    x = {"g": torch.randn(2, 64, 8, dtype=torch.float64) + 4,
+         "x": torch.randn(2, 64, 8, dtype=torch.float64)}
+    y_ref, _ = cell.module("sequential").double()(**x)
+    x32 = {k: v.float() for k, v in x.items()}
+    errors = {b: (cell.module(b)(**x32)[0].double() - y_ref).abs().max().item()
+              for b in ("sequential", "scan")}
+    assert errors["scan"] <= 2 * errors["sequential"], errors

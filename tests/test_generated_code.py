@@ -8,6 +8,7 @@ import ast
 import functools
 
 import pytest
+import torch
 from helpers import SPECS
 
 import reclang
@@ -97,3 +98,29 @@ def test_every_triton_kernel_is_called(key):
             called |= _loads(node) - {node.name} if isinstance(node, ast.FunctionDef) else \
                 _loads(node)
     assert [f for f in jit_functions(source) if f not in called] == []
+
+
+NAMED = """cell named(H = 2, K = 16):
+    input q[H, K], k[H, K]
+    state S[H, K] = 0
+    scale = K ** -0.5
+    S[h, i] <- exp(-k[h, i] ** 2) * S[h, i] + k[h, i]
+    out o[h, i] = scale * q[h, i] * S[h, i] + q[h, i] * K ** -0.5 / 2
+"""
+
+
+@pytest.mark.parametrize("backend", ["sequential", "scan"])
+def test_a_constant_the_spec_computes_is_named_once(backend):
+    """`scale = K ** -0.5` prints as `scale = 0.25  # K ** -0.5, <string>:4`, read by
+    name; an unnamed `K ** -0.5` gets a name from its operation and operand."""
+    cell = reclang.loads(NAMED)
+    source = cell.source(backend)
+    forward = source[source.index("def forward"):source.index("def step")]
+    assert forward.count("scale = 0.25  # K ** -0.5, <string>:4") == 1
+    assert forward.count("_pow_K = 0.25  # K ** -0.5, <string>:6") == 1
+    assert "0.25 *" not in forward and "* 0.25" not in forward
+    assert "_pow_K / 2" in forward  # q * K ** -0.5 / 2: the 2 divides the product
+    x = {"q": torch.randn(2, 5, 2, 16), "k": torch.randn(2, 5, 2, 16)}
+    y, _ = cell.module(backend)(**x)
+    y_ref, _ = cell.module("sequential")(**x)
+    torch.testing.assert_close(y, y_ref)
