@@ -251,3 +251,19 @@ cell big_input(N = 8):
     errors = {b: (cell.module(b)(**x32)[0].double() - y_ref).abs().max().item()
               for b in ("sequential", "scan")}
     assert errors["scan"] <= 2 * errors["sequential"], errors
+
+
+def test_a_decay_that_is_a_complex_number():
+    """a = exp(-0.5 + 1j), a number: a complex tensor for the scan, not a float operand."""
+    cell = reclang.loads("""
+cell z(N = 3):
+    input x[N]
+    state h[N]: complex = 0
+    h[n] <- exp(-0.5 + 1j) * h[n] + x[n]
+    out y[n] = real(h[n])
+""")
+    x = torch.randn(2, 7, 3, dtype=torch.float64)
+    y, state = cell.module("scan")(x=x)
+    y_ref, state_ref = cell.module("sequential")(x=x)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(state["h"], state_ref["h"])

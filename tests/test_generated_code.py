@@ -111,13 +111,13 @@ NAMED = """cell named(H = 2, K = 16):
 
 @pytest.mark.parametrize("backend", ["sequential", "scan"])
 def test_a_constant_the_spec_computes_is_named_once(backend):
-    """`scale = K ** -0.5` prints as `scale = 0.25  # K ** -0.5, <string>:4`, read by
+    """`scale = K ** -0.5` prints as `scale = 0.25  # K ** -0.5, line 4`, read by
     name; an unnamed `K ** -0.5` gets a name from its operation and operand."""
     cell = reclang.loads(NAMED)
     source = cell.source(backend)
     forward = source[source.index("def forward"):source.index("def step")]
-    assert forward.count("scale = 0.25  # K ** -0.5, <string>:4") == 1
-    assert forward.count("_pow_K = 0.25  # K ** -0.5, <string>:6") == 1
+    assert forward.count("scale = 0.25  # K ** -0.5, line 4") == 1
+    assert forward.count("_pow_K = 0.25  # K ** -0.5, line 6") == 1
     assert "0.25 *" not in forward and "* 0.25" not in forward
     assert "_pow_K / 2" in forward  # q * K ** -0.5 / 2: the 2 divides the product
     x = {"q": torch.randn(2, 5, 2, 16), "k": torch.randn(2, 5, 2, 16)}

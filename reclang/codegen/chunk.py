@@ -292,6 +292,8 @@ def preamble(first: str, needs: set[str], body: list[str]) -> list[str]:
         lines.insert(0, f"B, T = {first}.shape[:2]")
     if "dtype" in needs:
         lines.append("_dtype, _device = _like.dtype, _like.device")
+    elif "device" in needs:
+        lines.append("_device = _like.device")
     if "complex" in needs:
         lines.append("_cdtype = torch.promote_types(_like.dtype, torch.complex64)")
     return lines

@@ -1,6 +1,7 @@
 """Named constants: a number the spec computes (a constant let such as `scale = K ** -0.5`,
 an expression such as `N ** -0.5`) is printed once, by its name, with the spec's
-expression beside it (`scale = 0.125  # K ** -0.5, gla.rec:11`), not as an anonymous
+expression and line beside it (`scale = 0.125  # K ** -0.5, line 11`: no file name on a
+line of code, see tests/test_generated_escaping.py), not as an anonymous
 `0.125` wherever it is used. Plain numbers and hyperparameters alone stay inline."""
 
 from __future__ import annotations
@@ -34,17 +35,17 @@ def spec_constants(ir: IR) -> dict[tuple[int, int], Constant]:
 
 @lru_cache(maxsize=64)
 def _constants(text: str, filename: str, hypers: tuple) -> dict:
-    cell, file = parse(text, filename), filename.rsplit("/", 1)[-1]
+    cell = parse(text, filename)
     values, lets, found = dict(hypers), {}, {}
     for stmt in cell.body:
         if not isinstance(stmt, ast.Assign):
             continue
         for e in _maximal(stmt.value, values, lets):
-            found[e.loc.line, e.loc.col] = _describe(e, values, lets, file)
+            found[e.loc.line, e.loc.col] = _describe(e, values, lets)
         if stmt.kind == "let" and not stmt.indices and _value(stmt.value, values) is not None:
             values[stmt.name] = _value(stmt.value, values)
             lets[stmt.name] = Constant(stmt.name, py_name(stmt.name), values[stmt.name],
-                                       f"{format_expr(stmt.value)}, {file}:{stmt.loc.line}")
+                                       f"{format_expr(stmt.value)}, line {stmt.loc.line}")
     return found
 
 
@@ -68,13 +69,13 @@ def _maximal(e: ast.Expr, values: dict, lets: dict):
         yield from _maximal(child, values, lets)
 
 
-def _describe(e: ast.Expr, values: dict, lets: dict, file: str) -> Constant:
+def _describe(e: ast.Expr, values: dict, lets: dict) -> Constant:
     if isinstance(e, ast.Name):
         return lets[e.name]
     text = format_expr(e)
     names = [x.name for x in _leaves(e) if isinstance(x, ast.Name)]
     stem = "_" + _operation(e) + (f"_{py_name(names[0])}" if names else "")
-    return Constant(text, stem, _value(e, values), f"{text}, {file}:{e.loc.line}")
+    return Constant(text, stem, _value(e, values), f"{text}, line {e.loc.line}")
 
 
 def _operation(e: ast.Expr) -> str:

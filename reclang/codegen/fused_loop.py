@@ -26,7 +26,7 @@ from reclang.ir import IR
 from .ir_to_torch import align, comment, number, spec_origin
 from .names import Names
 from .loop import INDENT, Program, py_name
-from .sympy_to_torch import SympyLowering
+from .sympy_to_torch import SympyLowering, spec_text
 
 
 class TritonPrinter(StrPrinter):
@@ -121,7 +121,44 @@ def gates_called(*code: str) -> list[str]:
     return [g for g in GATES if any(f"{g}(" in text for text in code)]
 
 
-def _merge_operands(form: LaneForm) -> None:
+def operand_symbols(operands, ir: IR) -> dict:
+    """Kernel symbols for the operands, named from the spec: `o_` (time-varying) or `c_`
+    (params only) and the tensor each mainly reads (inside its outermost sum, a param
+    first: o_Wdt for Σ_r Wdt[d, r] (W_r x)[r]; with its fixed indices: o_W1 for
+    W[1, n, :] x), made unique with every name a template derives from them (_ptr, _at,
+    d_, _sum)."""
+    params = {d.name for d in ir.params}
+    used, rename = set(), {}
+    for o in operands:
+        base = ("o_" if o.time_varying else "c_") + _stem(o.expr, params)
+        name, k = base, 1
+        while _derived(name) & used:
+            k += 1
+            name = f"{base}_{k}"
+        used |= _derived(name)
+        rename[o.symbol] = sympy.Symbol(name, real=True)
+    return rename
+
+
+def _derived(name: str) -> set[str]:
+    return {name, f"{name}_ptr", f"{name}_at", f"d_{name}", f"d_{name}_ptr", f"d_{name}_sum"}
+
+
+def _stem(expr, params: set) -> str:
+    sums = [x for x in sympy.preorder_traversal(expr) if isinstance(x, sympy.Sum)]
+    reads = [x for x in sympy.preorder_traversal(sums[0].function if sums else expr)
+             if isinstance(x, sympy.Indexed) or (isinstance(x, sympy.Symbol)
+                                                 and not x.is_integer)]
+    reads.sort(key=lambda x: str(getattr(x, "base", x)) not in params)  # stable
+    if not reads:
+        return "value"
+    x = reads[0]
+    if isinstance(x, sympy.Symbol):
+        return str(x)
+    return str(x.base) + "".join(str(int(i)) for i in x.indices if i.is_Integer)
+
+
+def _merge_operands(form: LaneForm, ir: IR) -> None:
     """Operands that are only ever added together become one (o0 + o1 for W x and b):
     one load per step instead of several. Renumbers the operands in order of use."""
     merged: dict = {}
@@ -151,7 +188,7 @@ def _merge_operands(form: LaneForm) -> None:
         for s in sorted(e.free_symbols, key=sympy.default_sort_key):
             if s in defs and s not in used:
                 used.append(s)
-    rename = {s: sympy.Symbol(f"o{i}", real=True) for i, s in enumerate(used)}
+    rename = operand_symbols([Operand(s, *defs[s]) for s in used], ir)
     form.operands = [Operand(rename[s], *defs[s]) for s in used]
     form.updates = {k: exprs[k].xreplace(rename) for k in form.updates}
     form.outputs = {k: exprs[k].xreplace(rename) for k in form.outputs}
@@ -241,18 +278,43 @@ class KernelCode:
             state_of_product=str([index[w.state] for w in f.weights]))
 
 
+def spec_axes(ir: IR, form: LaneForm) -> dict:
+    """The lane form's unit symbols (head0.., lane) -> the spec's axes of the first state's
+    update (Mamba's d, n), where those are distinct and not `key` (the weights' column)."""
+    axes = ir.update(form.states[0]).axes
+    units = (*form.head_symbols, LANE)
+    if len(set(axes)) != len(axes) or str(KEY) in axes or len(axes) != len(units):
+        return {u: u for u in units}
+    return {u: sympy.Symbol(a, integer=True) for u, a in zip(units, axes)}
+
+
 class FusedProgram(Program):
     """forward(): the operands and weights in PyTorch, then the fused kernel."""
 
     def __init__(self, ir: IR, form: LaneForm):
         super().__init__(ir)
         self.form = form
-        heads = {str(s): n for s, n in zip(form.head_symbols, form.heads)}
-        self.sympy = SympyLowering(ir, {**heads, str(LANE): form.lanes, str(KEY): form.lanes})
+        self.axes = spec_axes(ir, form)
+        sizes = {self.axes[s]: n for s, n in zip((*form.head_symbols, LANE),
+                                                 (*form.heads, form.lanes))}
+        self.sympy = SympyLowering(ir, {**{str(s): n for s, n in sizes.items()},
+                                        str(KEY): form.lanes})
         self.lines: list[str] = []
+
+    def spec(self, expr):
+        """An expression of the lane form over the spec's own axes (d, n for head0, lane)."""
+        return expr.xreplace(self.axes)
+
+    def note(self, symbol, expr) -> str:
+        """`o_W = sum(d: W[n, d]*x[d])`: what a symbol of the kernel stands for."""
+        if symbol in {w.symbol for w in self.form.weights}:  # r_j = Σ_key W_j[n, key] s[key]
+            return comment(f"{symbol} = Σ_key {spec_text(self.spec(expr))}")
+        return comment(f"{symbol} = {spec_text(self.spec(expr))}")
 
     def tensor(self, expr, axes: tuple, shape: str, how: str) -> str:
         """An expression over `axes` as PyTorch code broadcast to `shape`."""
+        names = {str(k): str(v) for k, v in self.axes.items()}
+        expr, axes = self.spec(expr), tuple(names.get(a, a) for a in axes)
         code = self.sympy.lower(expr)
         text = code.text if code.const else align(code, axes).text
         return f"{how}({text}, _like, {shape})"
@@ -280,7 +342,7 @@ class FusedProgram(Program):
         varying = [o for o in f.operands if o.time_varying]
         consts = [o for o in f.operands if not o.time_varying]
         self.lines.append("# operands: what a step reads that depends on no state")
-        self.lines += [f"#   {comment(f'{o.symbol} = {o.expr}')}" for o in f.operands]
+        self.lines += [f"#   {self.note(o.symbol, o.expr)}" for o in f.operands]
         self.stacked("_ops", [o.expr for o in varying], unit, shape, "operand",
                      f"_like.new_empty((0, B, T, {H}, {N}))")
         self.lines[-1] += f".reshape(-1, B, T, {H}, {N}).permute(2, 0, 1, 3, 4)"
@@ -288,8 +350,7 @@ class FusedProgram(Program):
                      f"_like.new_empty((0, {H}, {N}))")
         self.lines[-1] += f".reshape(-1, {H}, {N})"
         self.lines.append("# weights: r_j = Σ_key W_j[unit, key] s[key]")
-        self.lines += [f"#   {comment(f'{w.symbol} = Σ_key {w.expr} {w.state}[key]')}"
-                       for w in f.weights]
+        self.lines += [f"#   {self.note(w.symbol, w.expr)} {w.state}[key]" for w in f.weights]
         square = "(" + ", ".join(map(str, (*f.heads, N, N))) + ",)"
         self.stacked("_w", [w.expr for w in f.weights], tuple(unit + [str(KEY)]), square,
                      "constant", f"_like.new_empty((0, {H}, {N}, {N}))")
@@ -324,7 +385,7 @@ class FusedProgram(Program):
 def fused_program(ir: IR, plan):
     """The program and the kernel slots of a nonlinear cell."""
     form = lane_form(ir, gates=True)
-    _merge_operands(form)
+    _merge_operands(form, ir)
     program = FusedProgram(ir, form)
     program.plan = plan
     return program, KernelCode(form, ir)

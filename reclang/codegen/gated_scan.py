@@ -11,14 +11,15 @@ from reclang.analysis.lanes import LANE, LaneForm, Unsupported, lane_form
 from reclang.ir import IR, Op
 
 from .chunk import StatesLowering, _shape, epilogue, needed_statements, states_var
-from .fused_loop import FusedProgram, KernelCode, gates_called
+from .fused_loop import FusedProgram, KernelCode, gates_called, operand_symbols
 from .ir_to_torch import Names, comment, number
 from .loop import INDENT, _reads, py_name
 
 
 def gated_form(ir: IR) -> tuple[LaneForm, sympy.Expr, sympy.Expr]:
     """The lane form of the cell's update with its gates inside, and a, b of its one
-    state (operands renamed o0.. and constants c0..), or `Unsupported` saying why not."""
+    state (operands o_.. and constants c_.., named from the spec), or `Unsupported`
+    saying why not."""
     if len(ir.states) != 1:
         raise Unsupported("the gated scan runs cells with one state")
     form = lane_form(ir, gates=True, lane_limit=None, outputs=False,
@@ -32,8 +33,7 @@ def gated_form(ir: IR) -> tuple[LaneForm, sympy.Expr, sympy.Expr]:
     if not varying:
         raise Unsupported(f"the update of {state} reads no input")
     fixed = [o for o in form.operands if not o.time_varying]
-    rename = {o.symbol: sympy.Symbol(f"o{i}", real=True) for i, o in enumerate(varying)}
-    rename.update({o.symbol: sympy.Symbol(f"c{i}", real=True) for i, o in enumerate(fixed)})
+    rename = operand_symbols(varying + fixed, ir)
     form.operands = [type(o)(rename[o.symbol], o.expr, o.time_varying)
                      for o in varying + fixed]
     return form, a.xreplace(rename), b.xreplace(rename)
@@ -142,7 +142,7 @@ class GatedScanProgram(FusedProgram):
         ops, consts = [], []
         for o in f.operands:
             name = self.names.fresh(f"_{o.symbol}")
-            lines.append(f"# {comment(f'{o.symbol} = {o.expr}')}")
+            lines.append(f"# {self.note(o.symbol, o.expr)}")
             if o.time_varying:  # along its own axes of the state, read broadcast
                 axes, _, size = layout(f, o.expr)
                 how, flat = "operand", f"B, T, {size}"

@@ -287,7 +287,7 @@ class ExprLowering:
         return Code(text, PRODUCT if scale else ATOM, out_axes)
 
 def constant_line(name: str, c: Constant) -> str:
-    """`scale = 0.125  # K ** -0.5, gla.rec:11`."""
+    """`scale = 0.125  # K ** -0.5, line 11`."""
     return f"{name} = {number(c.value)}  # {comment(c.note)}"
 
 

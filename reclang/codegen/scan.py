@@ -124,7 +124,11 @@ class ScanProgram(Program):
         made = []
         for side, expr in (("a", a), ("b", b)):
             code = self.sympy.lower(expr)
-            text = code.text if code.const else align(code, update.axes).text
+            text = align(code, update.axes).text if code.axes else code.text
+            if code.const:  # a number: a tensor of the computation's dtype (complex, say)
+                kind = "_cdtype" if self.sympy.is_complex(expr) else "_dtype"
+                self.sympy.needs |= {"device", "complex"} if kind == "_cdtype" else {"dtype"}
+                text = f"torch.tensor({text}, dtype={kind}, device=_device)"
             made.append(self.names.fresh(f"_{name}_{side}"))
             lines.append(f"{made[-1]} = operand({text}, _like, {_shape(update.sizes)})")
         every = states_var(self.names, d.name, "new")

@@ -149,7 +149,7 @@ class SympyLowering:
             part = align(t, axes)
             text += f" - {part.text[1:]}" if part.text.startswith("-") and part.prec >= \
                 PRODUCT else f" + {part.wrap(SUM + 1)}"
-        return Code(text, SUM, axes)
+        return Code(text, SUM, axes, all(t.const for t in terms))
 
     def mul(self, expr: sympy.Mul) -> Code:
         sigmoid = _sigmoid(expr)
