@@ -319,14 +319,15 @@ class FusedProgram(Program):
         text = code.text if code.const else align(code, axes).text
         return f"{how}({text}, _like, {shape})"
 
-    def stacked(self, name: str, items, axes, shape: str, how: str, empty: str):
-        """`name = torch.stack([...])`, one item a line (callers append to the last)."""
+    def stacked(self, name: str, items, axes, shape: str, how: str, empty: str, layout: str):
+        """`name = torch.stack([...]).<layout>`, one item a line, or `empty` (which has
+        the layout already) when there are none."""
         if not items:
             self.lines.append(f"{name} = {empty}")
             return
         self.lines.append(f"{name} = torch.stack([")
         self.lines += [f"    {self.tensor(e, axes, shape, how)}," for e in items]
-        self.lines.append("])")
+        self.lines.append("])" + layout)
 
     def forward(self) -> str:
         f = self.form
@@ -344,17 +345,16 @@ class FusedProgram(Program):
         self.lines.append("# operands: what a step reads that depends on no state")
         self.lines += [f"#   {self.note(o.symbol, o.expr)}" for o in f.operands]
         self.stacked("_ops", [o.expr for o in varying], unit, shape, "operand",
-                     f"_like.new_empty((0, B, T, {H}, {N}))")
-        self.lines[-1] += f".reshape(-1, B, T, {H}, {N}).permute(2, 0, 1, 3, 4)"
+                     f"_like.new_empty((T, 0, B, {H}, {N}))",
+                     f".reshape(-1, B, T, {H}, {N}).permute(2, 0, 1, 3, 4)")
         self.stacked("_consts", [o.expr for o in consts], unit, shape, "constant",
-                     f"_like.new_empty((0, {H}, {N}))")
-        self.lines[-1] += f".reshape(-1, {H}, {N})"
+                     f"_like.new_empty((0, {H}, {N}))", f".reshape(-1, {H}, {N})")
         self.lines.append("# weights: r_j = Σ_key W_j[unit, key] s[key]")
         self.lines += [f"#   {self.note(w.symbol, w.expr)} {w.state}[key]" for w in f.weights]
         square = "(" + ", ".join(map(str, (*f.heads, N, N))) + ",)"
         self.stacked("_w", [w.expr for w in f.weights], tuple(unit + [str(KEY)]), square,
-                     "constant", f"_like.new_empty((0, {H}, {N}, {N}))")
-        self.lines[-1] += f".reshape(-1, {H}, {N}, {N})"
+                     "constant", f"_like.new_empty((0, {H}, {N}, {N}))",
+                     f".reshape(-1, {H}, {N}, {N})")
         states = [py_name(s) for s in f.states]
         self.lines.append(f"_h0 = torch.stack([{', '.join(states)}]).reshape({len(states)}, -1, "
                           f"{H}, {N}).to(_dtype)")

@@ -149,7 +149,8 @@ class GatedScanProgram(FusedProgram):
             else:
                 axes, how, flat = unit, "constant", str(math.prod(sizes.values()))
             shape = _shape([sizes[a] for a in axes])
-            lines.append(f"{name} = {self.tensor(o.expr, axes, shape, how)}.reshape({flat})")
+            flat = f".reshape({flat})" if len(axes) != 1 else ""  # one axis: flat already
+            lines.append(f"{name} = {self.tensor(o.expr, axes, shape, how)}{flat}")
             (ops if o.time_varying else consts).append(name)
         return ops, consts
 
