@@ -308,8 +308,8 @@ class FusedProgram(Program):
     def note(self, symbol, expr) -> str:
         """`o_W = sum(d: W[n, d]*x[d])`: what a symbol of the kernel stands for."""
         if symbol in {w.symbol for w in self.form.weights}:  # r_j = Σ_key W_j[n, key] s[key]
-            return comment(f"{symbol} = Σ_key {spec_text(self.spec(expr))}")
-        return comment(f"{symbol} = {spec_text(self.spec(expr))}")
+            return comment(f"{symbol} = Σ_key {spec_text(self.spec(expr), self.ir)}")
+        return comment(f"{symbol} = {spec_text(self.spec(expr), self.ir)}")
 
     def tensor(self, expr, axes: tuple, shape: str, how: str) -> str:
         """An expression over `axes` as PyTorch code broadcast to `shape`."""

@@ -46,6 +46,14 @@ def affine_parts(plan) -> dict:
     return parts
 
 
+def _stem(expr) -> str:
+    """A temporary's stem from its function and the first tensor it reads (_exp_nu_log),
+    as ExprLowering names those it makes."""
+    reads = [x for x in sympy.preorder_traversal(expr) if isinstance(x, sympy.Indexed)]
+    first = f"_{py_name(str(reads[0].base))}" if reads else ""
+    return f"_{type(expr).__name__.lower()}{first}"
+
+
 def state_free_lets(ir: IR) -> dict:
     """The sympy form of each state-free let over its own axes -> its Python name: a
     common part of a and b that is a let of the spec is named as the spec names it."""
@@ -118,7 +126,7 @@ class ScanProgram(Program):
         temps, (a, b) = sympy.cse([spec_indices(a), spec_indices(b)], order="none")
         for symbol, expr in temps:  # what a and b share (a gate), computed once
             code = self.sympy.lower(expr)
-            var = self.lets.get(expr) or self.names.fresh(f"_{name}_common")
+            var = self.lets.get(expr) or self.names.fresh(_stem(expr))
             self.sympy.named[symbol] = Code(var, ATOM, code.axes)
             lines.append(f"{var} = {code.text}")
         made = []

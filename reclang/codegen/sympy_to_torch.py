@@ -339,10 +339,23 @@ class SpecText(StrPrinter):
     def _print_ImaginaryUnit(self, expr):
         return "1j"
 
+    def _print_Float(self, expr):
+        """A named constant's value as its name (`scale`) or its expression (K ** -0.5)."""
+        for c in self.constants:
+            if float(expr) in (c.value, -c.value):
+                text = c.stem if not c.stem.startswith("_") else f"({c.key})"
+                return text if float(expr) == c.value else f"-{text}"
+        return super()._print_Float(expr)
 
-def spec_text(expr) -> str:
-    """A sympy expression of the analyzer as spec text, for a comment."""
-    return SpecText().doprint(spec_indices(sympy.sympify(expr)))
+
+def spec_text(expr, ir: IR | None = None) -> str:
+    """A sympy expression of the analyzer as spec text, for a comment (with `ir`, the
+    numbers that are its named constants by name)."""
+    printer = SpecText()
+    printer.constants = sorted((c for c in spec_constants(ir).values()  # lets first
+                                if isinstance(c.value, float)),
+                               key=lambda c: c.stem.startswith("_")) if ir is not None else []
+    return printer.doprint(spec_indices(sympy.sympify(expr)))
 
 
 def _ordered(args):
