@@ -20,10 +20,10 @@ from pathlib import Path
 os.environ["TRITON_INTERPRET"] = "0"
 
 import triton  # noqa: E402
+from helpers import every_variant  # noqa: E402  (this file's folder, run as a script)
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
 import reclang  # noqa: E402
-from helpers import every_variant  # noqa: E402  (this file's folder, run as a script)
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"

@@ -108,7 +108,7 @@ class ChunkProgram(Program):
         if queries:
             self.emit_operand(v.q, queries, s.shared + s.key, [size[a] for a in s.shared + s.key],
                               "readout queries (of the previous state): "
-                              + ", ".join(spec_text(x, self.ir) for x in queries))
+                              + self.text(*queries))
             self.lines[-1] += _flat(s, s.key, size)
             q = v.q
         self.pass_call(s, v, q, scale is not None, size)
@@ -124,7 +124,7 @@ class ChunkProgram(Program):
             return
         axes = s.shared + s.key if s.decay_on_key else s.shared
         sizes = shared + key if s.decay_on_key else shared
-        self.emit_operand(w, s.log_decay, axes, sizes, f"log decay: {spec_text(s.log_decay, self.ir)}")
+        self.emit_operand(w, s.log_decay, axes, sizes, f"log decay: {self.text(s.log_decay)}")
         if not (s.decay_on_key and len(shared) == len(key) == 1):  # else the layout already
             self.lines[-1] += f".reshape(B, T, {Hs}, {Kf if s.decay_on_key else 1})"
         if not s.positive:
@@ -141,20 +141,21 @@ class ChunkProgram(Program):
             for side, pos in (("a", 0), ("b", 1)):
                 self.emit_operand(getattr(v, side), [p[pos] for p in s.low_rank], hk,
                                   key_sizes, f"low-rank part: {side}_r = "
-                                  + ", ".join(spec_text(p[pos], self.ir) for p in s.low_rank))
+                                  + self.text(*(p[pos] for p in s.low_rank)))
                 self.lines[-1] += flat_k
         self.emit_operand(v.k, [p[0] for p in s.inputs], hk, key_sizes,
-                          "input term, key side: " + ", ".join(spec_text(p[0], self.ir) for p in s.inputs))
+                          "input term, key side: " + self.text(*(p[0] for p in s.inputs)))
         self.lines[-1] += flat_k
         scale = _delta_rule_scale(s) if self.pass_function == "chunk_affine" else None
         if scale is not None:
             Hs = math.prod(size[a] for a in s.shared)
             self.emit_operand(v.ak, scale, s.shared, [size[a] for a in s.shared],
-                              f"a = {spec_text(scale, self.ir)} k: scores against a are those against k, scaled")
+                              f"a = {self.text(scale)} k: scores against a are those against "
+                              "k, scaled")
             self.lines[-1] += f".reshape(B, T, 1, {Hs}, 1)"
         self.emit_operand(v.v, [p[1] for p in s.inputs], s.shared + s.value,
                           [size[a] for a in s.shared + s.value],
-                          "input term, value side: " + ", ".join(spec_text(p[1], self.ir) for p in s.inputs))
+                          "input term, value side: " + self.text(*(p[1] for p in s.inputs)))
         self.lines[-1] += _flat(s, s.value, size)
         return scale
 
@@ -181,6 +182,10 @@ class ChunkProgram(Program):
         elif len(shared) == len(key) == len(value) == 1:  # the state's own layout
             final = v.last
         self.lines.append(f"{name} = {final}")
+
+    def text(self, *exprs) -> str:
+        """The analyzer's expressions in the spec's notation, for a comment."""
+        return ", ".join(spec_text(e, self.ir) for e in exprs)
 
     def spec_line(self, state: str) -> str:
         return spec_origin(self.ir, self.ir.update(state).loc.line)

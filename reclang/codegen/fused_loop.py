@@ -24,8 +24,8 @@ from reclang.analysis.lanes import (
 from reclang.ir import IR
 
 from .ir_to_torch import align, comment, number, spec_origin
-from .names import Names
 from .loop import INDENT, Program, py_name
+from .names import Names
 from .sympy_to_torch import SympyLowering, spec_text
 
 
