@@ -165,7 +165,7 @@ class ExprLowering:
         steps once, before the loop (`x.unbind(1)`): indexing `x[:, t]` inside the loop
         would make autograd build a full-size gradient for every step."""
         if var not in self.unbound:
-            self.unbound[var] = self.names.fresh(f"_{var.lstrip('_')}_t")
+            self.unbound[var] = self.names.fresh(f"_{var.strip('_')}_t")  # B_ (B is taken): _B_t
         return f"{self.unbound[var]}[t]"
 
     def lower_value(self, i: int, home: Place) -> str:

@@ -24,7 +24,7 @@ class TokenLowering(ExprLowering):
 
     def at_step(self, var: str) -> str:
         if var not in self.unbound:
-            self.unbound[var] = self.names.fresh(f"_{var.lstrip('_')}_tokens")
+            self.unbound[var] = self.names.fresh(f"_{var.strip('_')}_tokens")
         return self.unbound[var]
 
 
