@@ -267,3 +267,42 @@ cell z(N = 3):
     y_ref, state_ref = cell.module("sequential")(x=x)
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(state["h"], state_ref["h"])
+
+
+SUM_OF_A_CONSTANT = """
+cell r(D = 3, N = 2):
+    input g[N]
+    state h[N] = 0
+    c[n: N, d: D] = g[n] * 0.5
+    h[n] <- 0.5 * h[n] + sum(d: c[n, d])
+    out y[n] = h[n]
+"""
+NEW_VALUE_AS_INPUT = """
+cell r(D = 3, N = 2):
+    input g[N]
+    param W[N, D] ~ normal(0, 0.5)
+    state h[N] = 0, S[N, D] = 0
+    h[n] <- tanh(g[n])
+    S[n, d] <- 0.5 * S[n, d] + tanh(h[n] * W[n, d])
+    out y[n] = h[n] + sum(d: S[n, d])
+"""
+
+
+@pytest.mark.parametrize("text, printed", [
+    # Σ_d of a value without d is D times it (found by test_wrong_numbers' random cells)
+    (SUM_OF_A_CONSTANT, True),
+    # S reads h's new value, whose update reads no state: the normal form names it h,
+    # as the state before the step, so the step on all tokens finds a and b
+    (NEW_VALUE_AS_INPUT, False),
+])
+def test_a_and_b_printed_where_the_normal_form_says_them(text, printed):
+    cell = reclang.loads(text)
+    assert ("_tokens" not in cell.source("scan")) == printed
+    torch.manual_seed(0)
+    scan, sequential = cell.module("scan").double(), cell.module("sequential").double()
+    sequential.load_state_dict(scan.state_dict())
+    g = torch.randn(2, 9, 2, dtype=torch.float64)
+    (y, state), (y_ref, state_ref) = scan(g=g), sequential(g=g)
+    torch.testing.assert_close(y, y_ref)
+    for name in state_ref:
+        torch.testing.assert_close(state[name], state_ref[name])

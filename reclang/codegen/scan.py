@@ -43,7 +43,18 @@ def affine_parts(plan) -> dict:
         plain = all(t.index == axes and not t.sums for t in own)
         decay = sympy.Add(*(t.coef for t in own)) if plain else st.transition.decay
         parts[st.name] = (decay, st.input_term.expr)
+    states = {d.name for d in plan.ir.states}
+    if any(_reads(x) & states for ab in parts.values() for x in ab):
+        return {}  # a state's new value as an input (its update reads no state), which
+        # the normal form names as the state itself: the step on all tokens computes it
     return parts
+
+
+def _reads(expr) -> set[str]:
+    """The tensors (and scalars) a sympy expression reads, by name."""
+    expr = sympy.sympify(expr)
+    return {str(x.base) for x in expr.atoms(sympy.Indexed)} | {
+        str(x) for x in expr.free_symbols if not x.is_integer}
 
 
 def _stem(expr) -> str:
@@ -88,6 +99,12 @@ class ScanProgram(Program):
             if t is not None and t.kind == "dense":
                 axes = structures[d.name].axes
                 self.mixed[d.name] = (t.mix_axes, tuple(axes.index(a) + 1 for a in t.mix_axes))
+
+    @property
+    def printed(self) -> bool:
+        """Whether a and b of every state are printed from the plan (else the loop body
+        on all tokens finds them)."""
+        return bool(self.ir.states) and set(self.parts) == {d.name for d in self.ir.states}
 
     def elementwise_forward(self, doc: str) -> str:
         """forward() of a cell whose states are all updated elementwise."""
@@ -204,7 +221,7 @@ class ScanProgram(Program):
     def forward(self, doc: str) -> str:
         """forward(): a and b printed where every state is updated elementwise, else the
         loop body on all tokens."""
-        if self.mixed or not self.ir.states:
+        if not self.printed:
             return self.function("forward", doc, step=False)
         return self.elementwise_forward(doc)
 
@@ -218,7 +235,7 @@ class ScanProgram(Program):
         imports = ["import torch", "",
                    f"from reclang.runtime.{self.runtime} "
                    f"import {', '.join(names)}"]
-        if not self.mixed and self.ir.states:
+        if self.printed:
             imports.append("from reclang.runtime.operands import operand")
         forward = self.forward(f"Runs {self.ir.name} over whole sequences with a scan: inputs "
                                "[B, T, ...], states are the initial ones; returns (outputs, "

@@ -13,6 +13,8 @@ PyTorch functions, so that a large gate does not overflow an exp.
 
 from __future__ import annotations
 
+import math
+
 import sympy
 from sympy.printing.str import StrPrinter
 
@@ -224,6 +226,13 @@ class SympyLowering:
                        for f, e in zip(factors, exprs)]
         tensors = [f for f in factors if not f.const]
         consts = [f for f in factors if f.const]
+        # an index no factor carries counts its terms: Σ_d g[n] = D g[n]
+        absent = [a for a in summed if a not in _union(tensors)]
+        if absent:
+            consts.append(self.number(sympy.Integer(math.prod(self.sizes[a] for a in absent))))
+            summed = [a for a in summed if a not in absent]
+        if not tensors or not summed:
+            return self.product(consts + tensors)
         out = tuple(a for a in _union(tensors) if a not in summed)
         # einsum contracts left to right: the factors that carry the summed axes first,
         # so Σ_l k[l] q[l] k[i] contracts k·q before it could build k[l] k[i]
