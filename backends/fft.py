@@ -4,8 +4,8 @@ Recurrence: h_t = a ⊙ h_{t-1} + b_t, t = 0 .. T-1, with a the same at every st
 Algorithm:  unrolled, h_t = Σ_{s≤t} a^(t-s) b_s + a^(t+1) h_{-1}: a causal convolution of
             b with the kernel K_j = a^j, j = 0..T-1, computed as a product of FFTs of
             length 2T (zero padding makes the circular convolution causal). a and b
-            come from the loop body on all tokens, as in the scan backend
-            (backends/scan.py); a is taken at the first step.
+            are printed from the plan, as in the scan backend (backends/scan.py); a is
+            taken at the first step.
 Cost:       O(B·T·log T·state) work, no sequential part; the kernel costs O(T·state).
 Numerics:   K_j = a^j by `pow` (relative error about eps·j·|log a|, not accumulated
             step by step). The FFT's error is relative to the largest terms of the

@@ -2,25 +2,23 @@
 `diag-lti` (every state updated elementwise, h_t = a_t ⊙ h_{t-1} + b_t).
 
 Recurrence: h_t = a_t ⊙ h_{t-1} + b_t, t = 0 .. T-1, from the initial state h_{-1}.
-Algorithm:  1. a_t and b_t for all steps at once, from the cell's own step function
-               evaluated on all B·T tokens in one batch: b = step(h = 0) and
-               a = step(h = 1) − step(h = 0) (exact in exact arithmetic, because the
-               analyzer proved the update elementwise affine in h).
+Algorithm:  1. a_t and b_t for all steps at once, printed from the plan's affine normal
+               form (the state's coefficient and its input term; reclang/codegen/
+               scan.py). A dense transition, which that form does not print as a
+               matrix, is found from the step on all B·T tokens at the basis vectors.
             2. `linear_scan`: time is cut into T / C chunks of C ≈ √T steps. Every
                chunk runs from a zero state, all chunks at once (C batched steps), and
                the products of its decays are taken by `cumprod`; the carries at the
                chunk boundaries follow in T / C small steps; one broadcast adds each
                carry, times the products, to its chunk. The backward pass is the same
                scan run in reverse on the gradients (g_t = ∂L/∂h_t + a_{t+1} g_{t+1}).
-            3. The outputs: the step function once more on all tokens, with the
-               previous states h_{t-1}, so that any readout (of the new or the previous
-               state, pointwise or not) is computed exactly as the spec says.
+            3. The outputs on all steps at once, from the scanned states (and the
+               previous ones where an output reads them), as the spec says.
 Cost:       O(B·T·state) work and memory, about three times the loop's arithmetic, in
-            2√T batched steps instead of T; plus three batched evaluations of the step.
+            2√T batched steps instead of T.
 Numerics:   only products of decays, never quotients or exponentials of cumulative
             sums: decays may be negative, complex or tiny (a product that underflows
-            is 0, its correct limit). a is obtained by a difference, so its rounding
-            error is about eps·|a + b|.
+            is 0, its correct limit). a is its own expression: the loop's rounding.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ class TritonScan(Backend):
         program, code = gated_program(plan.ir, self.form(plan), schedule, plan.summary)
         return assemble(program, "gated_scan.py.jinja", textwrap.wrap(
             "Triton backend, gated scan: " + about, 88), program.forward(),
-            ["", "from reclang.runtime.operands import constant, operand"],
+            ["", program.operand_imports()],
             slots={**code.slots(about), "schedule": schedule})
 
 

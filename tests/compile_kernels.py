@@ -21,6 +21,7 @@ from pathlib import Path
 os.environ["TRITON_INTERPRET"] = "0"
 
 import triton  # noqa: E402
+from helpers import every_variant  # noqa: E402  (this file's folder, run as a script)
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
 import reclang  # noqa: E402
@@ -140,7 +141,9 @@ def main() -> None:
     for case, family, launches in CASES:
         spec, _, variant = case.partition("@")
         cell = reclang.load(SPECS / f"{spec}.rec")  # sizes are arguments of the kernel
-        code = cell.module("triton")._generated
+        # a matrix cell's file holds the variants its plan calls; these are compiled all
+        code = every_variant(cell) if cell.plan.form in ("mat-decay", "dplr") else \
+            cell.module("triton")._generated
         kernel = getattr(code, f"{spec}_{family}_kernel")
         feed = spec in FEED and family.startswith("chunk_")
         if family.startswith("chunk_"):  # the forward launches compute operands (RAW)

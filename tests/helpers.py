@@ -197,3 +197,17 @@ def expression(depth: int, terms, functions):
         leaf,
         st.tuples(st.sampled_from(functions), inner).map(lambda t: t[0].format(t[1])),
         st.tuples(inner, st.sampled_from([" + ", " - ", " * "]), inner).map("".join))
+
+
+def every_variant(cell, chunk: int | None = None):
+    """A matrix cell's generated Triton file with every kernel variant (recurrent,
+    chunked, fed back): the kernels take any ranks, readouts and low-rank parts, but a
+    cell's own file holds only the variants its plan calls."""
+    from reclang.codegen.triton import TritonChunkProgram
+    from reclang.generated import load_source
+    from reclang.schedule import TritonChunkSchedule
+
+    program = TritonChunkProgram(cell.ir, cell.plan.matrix_operands())
+    program.plan, program.every = cell.plan, True
+    program.chunk = TritonChunkSchedule(**({"chunk": chunk} if chunk else {})).chunk
+    return load_source(program.source(), f"{cell.name}_every_variant")

@@ -227,3 +227,82 @@ def test_dense_scan_second_derivatives():
     b, h0 = (torch.randn(*s, generator=gen, dtype=torch.float64).requires_grad_()
              for s in ((2, 9, 3), (2, 3)))
     assert torch.autograd.gradgradcheck(lambda a, b, h: dense_scan(a, b, h, 2), (a, b, h0))
+
+
+def test_a_and_b_are_the_plans_not_differences_of_steps():
+    """The scan prints a and b from the plan's normal form: a is not the step from h = 1
+    minus the step from h = 0, whose rounding is eps·|a + b| (here |b| ~ 1000 |a|), so the
+    scan's error in float32 is the loop's, not a thousand times it."""
+    cell = reclang.loads("""
+cell big_input(N = 8):
+    input g[N], x[N]
+    state h[N] = 0
+    h[n] <- sigmoid(g[n]) * h[n] + 1000 * x[n]
+    out y[n] = h[n]
+""")
+    source = cell.source("scan")
+    assert "_tokens" not in source and "_from0" not in source
+    assert "_h_a = operand(torch.sigmoid(g), _like, (8,))" in source
+    torch.manual_seed(0)
+    x = {"g": torch.randn(2, 64, 8, dtype=torch.float64) + 4,
+         "x": torch.randn(2, 64, 8, dtype=torch.float64)}
+    y_ref, _ = cell.module("sequential").double()(**x)
+    x32 = {k: v.float() for k, v in x.items()}
+    errors = {b: (cell.module(b)(**x32)[0].double() - y_ref).abs().max().item()
+              for b in ("sequential", "scan")}
+    assert errors["scan"] <= 2 * errors["sequential"], errors
+
+
+def test_a_decay_that_is_a_complex_number():
+    """a = exp(-0.5 + 1j), a number: a complex tensor for the scan, not a float operand."""
+    cell = reclang.loads("""
+cell z(N = 3):
+    input x[N]
+    state h[N]: complex = 0
+    h[n] <- exp(-0.5 + 1j) * h[n] + x[n]
+    out y[n] = real(h[n])
+""")
+    x = torch.randn(2, 7, 3, dtype=torch.float64)
+    y, state = cell.module("scan")(x=x)
+    y_ref, state_ref = cell.module("sequential")(x=x)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(state["h"], state_ref["h"])
+
+
+SUM_OF_A_CONSTANT = """
+cell r(D = 3, N = 2):
+    input g[N]
+    state h[N] = 0
+    c[n: N, d: D] = g[n] * 0.5
+    h[n] <- 0.5 * h[n] + sum(d: c[n, d])
+    out y[n] = h[n]
+"""
+NEW_VALUE_AS_INPUT = """
+cell r(D = 3, N = 2):
+    input g[N]
+    param W[N, D] ~ normal(0, 0.5)
+    state h[N] = 0, S[N, D] = 0
+    h[n] <- tanh(g[n])
+    S[n, d] <- 0.5 * S[n, d] + tanh(h[n] * W[n, d])
+    out y[n] = h[n] + sum(d: S[n, d])
+"""
+
+
+@pytest.mark.parametrize("text, printed", [
+    # Σ_d of a value without d is D times it (found by test_wrong_numbers' random cells)
+    (SUM_OF_A_CONSTANT, True),
+    # S reads h's new value, whose update reads no state: the normal form names it h,
+    # as the state before the step, so the step on all tokens finds a and b
+    (NEW_VALUE_AS_INPUT, False),
+])
+def test_a_and_b_printed_where_the_normal_form_says_them(text, printed):
+    cell = reclang.loads(text)
+    assert ("_tokens" not in cell.source("scan")) == printed
+    torch.manual_seed(0)
+    scan, sequential = cell.module("scan").double(), cell.module("sequential").double()
+    sequential.load_state_dict(scan.state_dict())
+    g = torch.randn(2, 9, 2, dtype=torch.float64)
+    (y, state), (y_ref, state_ref) = scan(g=g), sequential(g=g)
+    torch.testing.assert_close(y, y_ref)
+    for name in state_ref:
+        torch.testing.assert_close(state[name], state_ref[name])

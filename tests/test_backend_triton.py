@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 from helpers import (MATRIX_TRANSFORMS, SPECS, as_reference, assert_matches_reference, cells_on,
+                     every_variant,
                      random_inputs, random_state, small, unit)
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -83,7 +84,7 @@ def test_matrix_kernel_with_ranks_and_tiles_matches_a_loop(keywise, rank):
     the tiles' partial sums), K over two tiles without a low-rank part (rank 0) and one
     with it (rank 2), scalar and key-wise decays: outputs, final state and all
     gradients against the loop above."""
-    state_pass = small("gla").module("triton")._generated.state_pass  # the generated file's
+    state_pass = every_variant(small("gla")).state_pass  # the generated file's
     torch.manual_seed(0)
     B, T, H, K, V = 2, 9, 2, 130, 40
     w = -torch.rand(B, T, H, K if keywise else 1, dtype=torch.float64)
@@ -118,7 +119,7 @@ def test_matrix_kernel_over_shapes_and_packings(T, heads, K, V, rank, queries, l
     """Any sizes (V = 33 spans two tiles), ranks, readouts, low-rank parts, decays, and
     sequences packed at random cut points (cu_seqlens) or a batch of two: outputs, final
     states and gradients against the loop above, run sequence by sequence."""
-    state_pass = small("gla").module("triton")._generated.state_pass
+    state_pass = every_variant(small("gla")).state_pass
     g = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
     cu = sorted({0, T, *[c for c in cuts if c < T]}) if cuts else None
@@ -172,7 +173,7 @@ def test_chunk_kernels_over_shapes_chunks_and_packings(T, chunk, heads, K, V, de
     chunk cut short, keys and values over several tiles (the kernels' tiles are 16 to
     64 wide: K = 17, 40, 70 and V = 33, 70 cross them), sequences packed at random cuts
     (empty ones too) or a batch of two."""
-    code = small("gla").module("triton", chunk_size=chunk)._generated
+    code = every_variant(small("gla"), chunk)
     g = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
     cu = sorted([0, T, *[c for c in cuts if c < T]]) if cuts else None
@@ -416,8 +417,13 @@ def test_generated_file_holds_the_kernel_with_a_header():
     assert m.source == source
     matrix = small("gated_delta_net").source("triton")
     assert matrix.splitlines()[1].startswith("# Spec sha256 ") and "plan: dplr" in matrix
-    assert "@triton.jit\ndef gated_delta_net_recurrent_kernel(" in matrix
-    assert "REVERSE: tl.constexpr, R_UPDATE: tl.constexpr" in matrix  # flags, not copies
+    # the kernels the plan calls, chosen when the file is rendered: the chunk kernels
+    # here (one input term, one readout, rank 1), the recurrent one for DeltaProduct's rank 2
+    assert "_recurrent_kernel(" not in matrix
+    product = small("delta_product").source("triton")
+    assert "@triton.jit\ndef delta_product_recurrent_kernel(" in product
+    assert "REVERSE: tl.constexpr, R_UPDATE: tl.constexpr" in product  # flags, not copies
+    assert "_chunk_" not in product
     # every operand in the kernels' slots, from the raw inputs
     assert "= state_pass_slots(_S_slots, (q, k, v, g, beta,), (None, None, None, None, None, " \
         "None), " in matrix

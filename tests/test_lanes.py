@@ -31,8 +31,9 @@ def test_lstm_splits_into_products_operands_and_unit_equations(monkeypatch):
 def test_the_backend_merges_operands_that_are_only_added():
     from reclang.analysis.ir_to_forms import merge_operands
 
-    form = lane_form(reclang.load(SPECS / "lstm.rec", D=3, N=5).ir)
-    merge_operands(form)  # W[g] x + b[g]: one load per gate and step
+    ir = reclang.load(SPECS / "lstm.rec", D=3, N=5).ir
+    form = lane_form(ir)
+    merge_operands(form, ir)  # W[g] x + b[g]: one load per gate and step
     assert len(form.operands) == 4 and all(o.time_varying for o in form.operands)
     assert all(len(o.expr.args) == 2 for o in form.operands)
 

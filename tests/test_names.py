@@ -111,15 +111,16 @@ def test_forward_and_step_use_only_spec_reserved_or_underscore_names(key):
 
 
 def test_fused_kernel_names_of_the_spec_have_prefixes_no_template_name_has():
-    """In the fused kernel, spec names appear as s_X, new_X, y_X, g_X, dy_X and d_s_X
-    (KernelCode): the template's own code (comments and docstrings aside) has no name
-    that starts so."""
+    """In the fused kernel and the gated scan, spec names appear as s_X, new_X, y_X, g_X,
+    dy_X, d_s_X (KernelCode) and operands as o_X, c_X, d_o_X, d_c_X (operand_symbols): the
+    templates' own code (comments and docstrings aside) has no name that starts so."""
     text = "".join((TEMPLATES / name).read_text()
-                   for name in ("fused_loop.py.jinja", "gates.py.jinja"))
+                   for name in ("fused_loop.py.jinja", "gated_scan.py.jinja", "gates.py.jinja"))
     code = re.sub(r'"""[\s\S]*?"""|#[^\n]*|{{[^}]*}}|{%[^%]*%}', " ", text)
     own = set(re.findall(r"(?<![.\w])[A-Za-z_]\w*", code))
     assert "out_ptr" in own  # what an output named ptr met as out_ptr before
-    assert not [n for n in own if n.startswith(("s_", "new_", "y_", "g_", "dy_"))]
+    assert not [n for n in own if n.startswith(("s_", "new_", "y_", "g_", "dy_", "o_", "c_",
+                                                "d_o_", "d_c_"))]
 
 
 # ---- small cells with those names, on every backend

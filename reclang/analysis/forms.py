@@ -54,9 +54,11 @@ class DiagState:
 
 @dataclass(frozen=True)
 class Diag:
-    """Every state updated elementwise, h' = a ⊙ h + b."""
+    """Every state updated elementwise, h' = a ⊙ h + b (`printable`: a and b can be
+    printed from the normal form; else the step evaluated on all tokens gives them)."""
 
     states: tuple[DiagState, ...]
+    printable: bool = True
 
     @property
     def lti(self) -> bool:
@@ -68,6 +70,7 @@ class Dense:
     """h' = A h + b with A mixing some axes of some states (the others elementwise)."""
 
     states: tuple[DiagState, ...]
+    printable = False  # the mixing: found from the step on all tokens
 
 
 @dataclass(frozen=True)

@@ -31,15 +31,35 @@ def diag(plan) -> Diag | Dense | Unfit:
     if plan.form not in ("diag", "diag-lti", "dense"):
         return unfit(plan.why_not())
     states = tuple(_diag_state(s) for s in plan.states)
-    return Dense(states) if any(s.mix_axes for s in states) else Diag(states)
+    if any(s.mix_axes for s in states):
+        return Dense(states)
+    names = {d.name for d in plan.ir.states}
+    # a state's new value as an input (its update reads no state) is named by the normal
+    # form as the state itself: then a and b cannot be printed, the step on all tokens
+    # computes them
+    printable = not any(_reads(x) & names for s in states for x in (s.a, s.b))
+    return Diag(states, printable)
 
 
 def _diag_state(s) -> DiagState:
+    """a: the sum of the state's coefficients in its normal form where each reads the
+    state at its own indices (the transition's decay is expanded: exp(x + y) =
+    exp(x) exp(y), a product where the spec says a sum), else the decay."""
     t = s.transition
     mix = t.mix_axes if t.kind == "dense" else ()
     dims = tuple(s.axes.index(a) + 1 for a in mix)
-    return DiagState(s.name, s.axes, sympy.sympify(t.decay), s.input_term.expr,
-                     bool(t.time_invariant), mix, dims)
+    axes = tuple(sympy.Symbol(a, integer=True) for a in s.axes)
+    own = [term for term in s.terms if term.state == s.name]
+    plain = not mix and all(term.index == axes and not term.sums for term in own)
+    a = sympy.Add(*(term.coef for term in own)) if plain else sympy.sympify(t.decay)
+    return DiagState(s.name, s.axes, a, s.input_term.expr, bool(t.time_invariant), mix, dims)
+
+
+def _reads(expr) -> set[str]:
+    """The tensors (and scalars) a sympy expression reads, by name."""
+    expr = sympy.sympify(expr)
+    return {str(x.base) for x in expr.atoms(sympy.Indexed)} | {
+        str(x) for x in expr.free_symbols if not x.is_integer}
 
 
 # ---- the matrix-state (chunkwise) operands ---------------------------------------------
@@ -67,13 +87,13 @@ def lanes(plan) -> Lanes | Unfit:
         form = lane_form(plan.ir, gates=True)
     except Unsupported as err:
         return unfit(str(err))
-    merge_operands(form)
+    merge_operands(form, plan.ir)
     return Lanes(form)
 
 
 def gated(plan) -> GatedDiag | Unfit:
     """The lane form of a one-state diagonal cell's update with its gates inside, and
-    a, b of its state (operands renamed o0.., constants c0..)."""
+    a, b of its state (operands o_.. and constants c_.., named from the spec)."""
     ir = plan.ir
     if plan.form not in ("diag", "diag-lti"):  # a, b below assume an affine update
         return unfit(plan.why_not())
@@ -102,17 +122,17 @@ def _gated(plan, form: LaneForm) -> GatedDiag | Unfit:
     if not varying:
         return unfit(f"{at}: the update of {state} reads no input")
     fixed = [o for o in form.operands if not o.time_varying]
-    rename = {o.symbol: sympy.Symbol(f"o{i}", real=True) for i, o in enumerate(varying)}
-    rename.update({o.symbol: sympy.Symbol(f"c{i}", real=True) for i, o in enumerate(fixed)})
+    rename = operand_symbols(varying + fixed, plan.ir)
     form.operands = [Operand(rename[o.symbol], o.expr, o.time_varying)
                      for o in varying + fixed]
     form.updates = {k: v.xreplace(rename) for k, v in form.updates.items()}
     return GatedDiag(form, a.xreplace(rename), b.xreplace(rename))
 
 
-def merge_operands(form: LaneForm) -> None:
+def merge_operands(form: LaneForm, ir) -> None:
     """Operands that are only ever added together become one (o0 + o1 for W x and b):
-    one load per step instead of several. Renumbers the operands in order of use."""
+    one load per step instead of several. Names the operands from the spec, in order of
+    use."""
     by_symbol = {o.symbol for o in form.operands}
     merged: dict = {}
     exprs = {k: _merged(v, by_symbol, merged) for k, v in {**form.updates,
@@ -126,7 +146,7 @@ def merge_operands(form: LaneForm) -> None:
         for s in sorted(e.free_symbols, key=sympy.default_sort_key):
             if s in defs and s not in used:
                 used.append(s)
-    rename = {s: sympy.Symbol(f"o{i}", real=True) for i, s in enumerate(used)}
+    rename = operand_symbols([Operand(s, *defs[s]) for s in used], ir)
     form.operands = [Operand(rename[s], *defs[s]) for s in used]
     form.updates = {k: exprs[k].xreplace(rename) for k in form.updates}
     form.outputs = {k: exprs[k].xreplace(rename) for k in form.outputs}
@@ -154,3 +174,39 @@ def build(plan, kind: str):
     """The form `kind` of the plan's cell, or an Unfit (unmemoized: use plan.form_of)."""
     return BUILDERS[kind](plan)
 
+
+def operand_symbols(operands, ir) -> dict:
+    """Kernel symbols for the operands, named from the spec: `o_` (time-varying) or `c_`
+    (params only) and the tensor each mainly reads (inside its outermost sum, a param
+    first: o_Wdt for Σ_r Wdt[d, r] (W_r x)[r]; with its fixed indices: o_W1 for
+    W[1, n, :] x), made unique with every name a template derives from them (_ptr, _at,
+    d_, _sum)."""
+    params = {d.name for d in ir.params}
+    used, rename = set(), {}
+    for o in operands:
+        base = ("o_" if o.time_varying else "c_") + _stem(o.expr, params)
+        name, k = base, 1
+        while _derived(name) & used:
+            k += 1
+            name = f"{base}_{k}"
+        used |= _derived(name)
+        rename[o.symbol] = sympy.Symbol(name, real=True)
+    return rename
+
+
+def _derived(name: str) -> set[str]:
+    return {name, f"{name}_ptr", f"{name}_at", f"d_{name}", f"d_{name}_ptr", f"d_{name}_sum"}
+
+
+def _stem(expr, params: set) -> str:
+    sums = [x for x in sympy.preorder_traversal(expr) if isinstance(x, sympy.Sum)]
+    reads = [x for x in sympy.preorder_traversal(sums[0].function if sums else expr)
+             if isinstance(x, sympy.Indexed) or (isinstance(x, sympy.Symbol)
+                                                 and not x.is_integer)]
+    reads.sort(key=lambda x: str(getattr(x, "base", x)) not in params)  # stable
+    if not reads:
+        return "value"
+    x = reads[0]
+    if isinstance(x, sympy.Symbol):
+        return str(x)
+    return str(x.base) + "".join(str(int(i)) for i in x.indices if i.is_Integer)

@@ -5,6 +5,7 @@ and the epilogue from the linear readouts."""
 from __future__ import annotations
 
 import math
+import re
 from types import SimpleNamespace
 
 from reclang.analysis.operands import MatState, ChunkState
@@ -24,7 +25,7 @@ from .ir_to_torch import (
     spec_origin,
 )
 from .loop import INDENT, Program, _broadcast
-from .sympy_to_torch import SympyLowering
+from .sympy_to_torch import SympyLowering, spec_text
 
 # ---- the algorithm -------------------------------------------------------------------
 
@@ -41,6 +42,22 @@ class EpilogueLowering(ExprLowering):
         if i in self.given:
             return Code(self.given[i], ATOM, self.ir.node(i).axes, dtype=self.ir.node(i).dtype)
         return super().code(i, at)
+
+
+class StatesLowering(EpilogueLowering):
+    """The outputs over all steps, reading the states' new values from _<s>_new and
+    their previous ones from _<s>_prev ([B, T, ...] both)."""
+
+    def var(self, i: int) -> str:
+        node = self.ir.node(i)
+        if node.op in (Op.UPDATE, Op.STATE):
+            return states_var(self.names, node.arg, "new" if node.op == Op.UPDATE else "prev")
+        return super().var(i)
+
+
+def states_var(names: Names, state: str, which: str) -> str:
+    """The tensor of the new ("new") or previous ("prev") values of a state at every step."""
+    return names.of((which, state), f"_{py_name(state)}_{which}")
 
 
 class ChunkProgram(Program):
@@ -86,7 +103,8 @@ class ChunkProgram(Program):
         scale = _delta_rule_scale(s) if self.pass_function == "chunk_affine" else None
         if scale is not None:
             self.emit_operand(v.ak, [scale], s.shared, shared,
-                              f"a = {scale} k: scores against a are those against k, scaled")
+                              f"a = {self.text(scale)} k: scores against a are those against k, "
+                              "scaled")
             self.lines[-1] += f".reshape(B, T, 1, {Hs}, 1)"
         lr = f"{v.a}, {v.b}" if s.low_rank else "None, None"
         q = v.q if queries else "None"
@@ -121,12 +139,12 @@ class ChunkProgram(Program):
         elif "w" in roles:
             axes = hk if s.decay_on_key else s.shared
             sz = shared + key if s.decay_on_key else shared
-            self.emit_operand(v.w, s.log_decay, axes, sz,
-                              f"log decay: {s.log_decay}")
-            self.lines.append(f"{v.w} = {v.w}.reshape(B, T, {Hs}, "
-                              f"{Kf if s.decay_on_key else 1})")
+            self.emit_operand(v.w, s.log_decay, axes, sz, f"log decay: {self.text(s.log_decay)}")
+            if not (s.decay_on_key and len(shared) == len(key) == 1):  # else the layout already
+                self.lines[-1] += f".reshape(B, T, {Hs}, {Kf if s.decay_on_key else 1})"
             if not s.positive:
                 self.lines.append(f'check_log_decay({v.w}, "{s.name}")')
+                self.checks = True
         # one shared and one key (value) axis is the layout already; else flatten them
         flat_k = f".reshape(B, T, -1, {Hs}, {Kf})" if (len(shared), len(key)) != (1, 1) else ""
         flat_v = f".reshape(B, T, -1, {Hs}, {Vf})" if (len(shared), len(value)) != (1, 1) \
@@ -135,21 +153,21 @@ class ChunkProgram(Program):
             if s.low_rank and side in roles:
                 self.emit_operand(getattr(v, side), [p[pos] for p in s.low_rank], hk,
                                   shared + key, f"low-rank part: {side}_r = "
-                                  + ", ".join(str(p[pos]) for p in s.low_rank))
+                                  + self.text(*(p[pos] for p in s.low_rank)))
                 self.lines[-1] += flat_k
         if "k" in roles:
             self.emit_operand(v.k, [p[0] for p in s.inputs], hk, shared + key,
-                              "input term, key side: " + ", ".join(str(p[0]) for p in s.inputs))
+                              "input term, key side: " + self.text(*(p[0] for p in s.inputs)))
             self.lines[-1] += flat_k
         if "v" in roles:
             self.emit_operand(v.v, [p[1] for p in s.inputs], s.shared + s.value,
                               shared + value, "input term, value side: "
-                              + ", ".join(str(p[1]) for p in s.inputs))
+                              + self.text(*(p[1] for p in s.inputs)))
             self.lines[-1] += flat_v
         if queries and "q" in roles:
             self.emit_operand(v.q, queries, hk, shared + key,
                               "readout queries (of the previous state): "
-                              + ", ".join(str(x) for x in queries))
+                              + self.text(*queries))
             self.lines[-1] += flat_k
 
     def initial(self, s: ChunkState) -> str:
@@ -166,10 +184,16 @@ class ChunkProgram(Program):
         order = [s.axes.index(a) + 1 for a in s.shared + s.key + s.value]
         back = [order.index(p + 1) + 1 for p in range(len(s.axes))]
         sizes = self.flat(s, s.shared)[1] + self.flat(s, s.key)[1] + self.flat(s, s.value)[1]
-        self.lines.append(f"{py_name(s.name)} = {v.last}.reshape(-1, "
-                          f"{', '.join(map(str, sizes))})" +
-                          (f".permute(0, {', '.join(map(str, back))})"
-                           if order != sorted(order) else ""))
+        final = f"{v.last}.reshape(-1, {', '.join(map(str, sizes))})"
+        if order != sorted(order):
+            final += f".permute(0, {', '.join(map(str, back))})"
+        elif len(s.shared) == len(s.key) == len(s.value) == 1:  # the state's own layout
+            final = v.last
+        self.lines.append(f"{py_name(s.name)} = {final}")
+
+    def text(self, *exprs) -> str:
+        """The analyzer's expressions in the spec's notation, for a comment."""
+        return ", ".join(spec_text(e, self.ir) for e in exprs)
 
     def schedule_args(self) -> str:
         """The schedule's arguments of chunk_affine."""
@@ -233,9 +257,9 @@ class ChunkProgram(Program):
     # ---- assembly
     def forward(self) -> str:
         first = py_name(self.ir.inputs[0].name)
-        self.names = Names(self.ir)
-        self.lines = ["B, T = " + first + ".shape[:2]", f"_like = {first}",
-                      "_dtype, _device = _like.dtype, _like.device"]
+        self.names = self.sympy.names = Names(self.ir)
+        self.lines, self.checks, self.needs = [], False, set()
+        self.sympy.definitions = []
         per_state, index = self.readouts()
         outs = {s.name: self.state_block(s, per_state.get(s.name, []))
                 for s in self.ops.states}
@@ -244,6 +268,8 @@ class ChunkProgram(Program):
         for n, part in enumerate(self.ops.parts):
             self.given[part.node] = self.part_block(n, outs, index, made)
         self.lines += self.epilogue()
+        self.lines[:0] = preamble(first, self.needs | self.sympy.needs, self.lines) + \
+            self.sympy.definitions
         outputs = ", ".join(f'"{self.ir.node(i).arg}": {py_name(self.ir.node(i).arg)}'
                             for i in self.ir.stmts if self.ir.node(i).op == Op.OUT)
         states = ", ".join(f'"{d.name}": {py_name(d.name)}' for d in self.ir.states)
@@ -258,26 +284,43 @@ class ChunkProgram(Program):
 
     def epilogue(self) -> list[str]:
         """The output statements over all steps, reading the linear parts."""
-        return epilogue(self.ir, self.given, names=self.names)
+        return epilogue(self.ir, self.given, names=self.names, needs=self.needs)
 
     def source(self) -> str:
         header = self.header([
             "Chunk backend: the chunkwise-parallel form (reclang.runtime.chunk.chunk_affine);",
             "operands derived from the plan, in the layout [B, T, (rank,) shared, key/value].",
             "`step` is the cell's own step function."])
-        imports = ["import torch", "",
-                   "from reclang.runtime.chunk import check_log_decay, chunk_affine",
-                   "from reclang.runtime.operands import operand"]
         forward = self.forward()
+        imports = ["import torch", "",
+                   "from reclang.runtime.chunk import "
+                   + ("check_log_decay, chunk_affine" if self.checks else "chunk_affine"),
+                   "from reclang.runtime.operands import operand"]
         return "\n".join(header + imports) + "\n\n\n" + forward + "\n\n\n" + \
             self.step_function() + "\n"
 
 
+def preamble(first: str, needs: set[str], body: list[str]) -> list[str]:
+    """The lines a forward over whole sequences opens with: the sizes (where `body`
+    reads them), the tensor operands take their shape and dtype from, and what else
+    its code reads (`needs`)."""
+    lines = [f"_like = {first}"]
+    if re.search(r"\b[BT]\b", "\n".join(x for x in body if not x.lstrip().startswith("#"))):
+        lines.insert(0, f"B, T = {first}.shape[:2]")
+    if "dtype" in needs:
+        lines.append("_dtype, _device = _like.dtype, _like.device")
+    elif "device" in needs:
+        lines.append("_device = _like.device")
+    if "complex" in needs:
+        lines.append("_cdtype = torch.promote_types(_like.dtype, torch.complex64)")
+    return lines
+
+
 def epilogue(ir: IR, given: dict[int, str], lowering=EpilogueLowering,
-             names: Names | None = None) -> list[str]:
+             names: Names | None = None, needs: set | None = None) -> list[str]:
     """The output statements over all steps at once ([B, T, ...] values), with the
     nodes in `given` read from the named tensors instead of computed (`names`: those
-    of the function it is part of)."""
+    of the function it is part of; `needs`: updated with what the lines read)."""
     phase = phases(ir)
     place = {i: Place.ONCE if p == Phase.CONST else Place.HOIST for i, p in phase.items()}
     blocks = {p: [] for p in Place}
@@ -291,6 +334,8 @@ def epilogue(ir: IR, given: dict[int, str], lowering=EpilogueLowering,
         value = lower.code(node.args[0], Place.HOIST)
         text = _broadcast(lower, value, node, Place.HOIST, place[node.args[0]])
         lower.emit(Place.HOIST, node, f"{py_name(node.arg)} = {text}")
+    if needs is not None:
+        needs |= lower.needs
     return blocks[Place.ONCE] + blocks[Place.HOIST]
 
 
@@ -325,7 +370,15 @@ def _delta_rule_scale(s: ChunkState):
     return ratio
 
 
+def _flat(s: ChunkState, side: tuple[str, ...], size: dict) -> str:
+    """The reshape of an operand [B, T, rank, shared..., side...] to [B, T, rank, Hs, side
+    flattened]: none when it has one shared and one side axis, the layout already."""
+    if (len(s.shared), len(side)) == (1, 1):
+        return ""
+    shared, flat = (math.prod(size[a] for a in axes) for axes in (s.shared, side))
+    return f".reshape(B, T, -1, {shared}, {flat})"
+
+
 def _shape(sizes) -> str:
     """A shape as Python source: (), (4,), (4, 32)."""
     return f"({', '.join(map(str, sizes))}{',' if len(sizes) == 1 else ''})"
-

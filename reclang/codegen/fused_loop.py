@@ -5,6 +5,7 @@ kernel."""
 from __future__ import annotations
 
 import math
+import re
 
 import sympy
 from sympy.printing.str import StrPrinter
@@ -17,7 +18,8 @@ from reclang.schedule import FusedLoopSchedule, Schedule
 
 from .ir_to_torch import align, comment, number, spec_origin
 from .loop import INDENT, Program, py_name
-from .sympy_to_torch import SympyLowering
+from .names import Names
+from .sympy_to_torch import SympyLowering, spec_text
 
 
 class TritonPrinter(StrPrinter):
@@ -113,6 +115,15 @@ class TritonPrinter(StrPrinter):
         return repr(math.pi)
 
 
+# The functions of backends/templates/gates.py.jinja: a file holds those its equations call.
+GATES = ("_tanh", "_softplus", "_logsigmoid", "_heaviside", "_sign")
+
+
+def gates_called(*code: str) -> list[str]:
+    """The gate functions that the printed equations call."""
+    return [g for g in GATES if any(f"{g}(" in text for text in code)]
+
+
 class KernelCode:
     """The cell's equations and their derivatives as Triton statements."""
 
@@ -183,15 +194,28 @@ class KernelCode:
     def slots(self, about: str) -> dict:
         f = self.form
         index = {s: i for i, s in enumerate(f.states)}
+        forward, backward = self.forward(), self.backward()
         return dict(
             name=self.ir.name, about=comment(about),
             consts=[str(o.symbol) for o in f.operands if not o.time_varying],
             ops=[str(o.symbol) for o in f.operands if o.time_varying],
             states=self.states, new=self.new, outputs=self.outputs,
             products=[(str(w.symbol), index[w.state]) for w in f.weights],
-            forward=self.forward(), backward=self.backward(), grads=self.grads,
+            forward=forward, backward=backward, gates=gates_called(forward, backward),
+            backward_reads=[x for x in self.states if re.search(rf"\b{x}\b", backward)],
+            grads=self.grads,
             d_outputs=self.d_outputs, carries=self.carries(),
             state_of_product=str([index[w.state] for w in f.weights]))
+
+
+def spec_axes(ir: IR, form: LaneForm) -> dict:
+    """The lane form's unit symbols (head0.., lane) -> the spec's axes of the first state's
+    update (Mamba's d, n), where those are distinct and not `key` (the weights' column)."""
+    axes = ir.update(form.states[0]).axes
+    units = (*form.head_symbols, LANE)
+    if len(set(axes)) != len(axes) or str(KEY) in axes or len(axes) != len(units):
+        return {u: u for u in units}
+    return {u: sympy.Symbol(a, integer=True) for u, a in zip(units, axes)}
 
 
 class FusedProgram(Program):
@@ -200,24 +224,40 @@ class FusedProgram(Program):
     def __init__(self, ir: IR, form: LaneForm, schedule: Schedule, summary: str):
         super().__init__(ir, schedule, summary)
         self.form = form
-        heads = {str(s): n for s, n in zip(form.head_symbols, form.heads)}
-        self.sympy = SympyLowering(ir, {**heads, str(LANE): form.lanes, str(KEY): form.lanes})
+        self.axes = spec_axes(ir, form)
+        sizes = {self.axes[s]: n for s, n in zip((*form.head_symbols, LANE),
+                                                 (*form.heads, form.lanes))}
+        self.sympy = SympyLowering(ir, {**{str(s): n for s, n in sizes.items()},
+                                        str(KEY): form.lanes})
         self.lines: list[str] = []
+
+    def spec(self, expr):
+        """An expression of the lane form over the spec's own axes (d, n for head0, lane)."""
+        return expr.xreplace(self.axes)
+
+    def note(self, symbol, expr) -> str:
+        """`o_W = sum(d: W[n, d]*x[d])`: what a symbol of the kernel stands for."""
+        if symbol in {w.symbol for w in self.form.weights}:  # r_j = Σ_key W_j[n, key] s[key]
+            return comment(f"{symbol} = Σ_key {spec_text(self.spec(expr), self.ir)}")
+        return comment(f"{symbol} = {spec_text(self.spec(expr), self.ir)}")
 
     def tensor(self, expr, axes: tuple, shape: str, how: str) -> str:
         """An expression over `axes` as PyTorch code broadcast to `shape`."""
+        names = {str(k): str(v) for k, v in self.axes.items()}
+        expr, axes = self.spec(expr), tuple(names.get(a, a) for a in axes)
         code = self.sympy.lower(expr)
         text = code.text if code.const else align(code, axes).text
         return f"{how}({text}, _like, {shape})"
 
-    def stacked(self, name: str, items, axes, shape: str, how: str, empty: str):
-        """`name = torch.stack([...])`, one item a line (callers append to the last)."""
+    def stacked(self, name: str, items, axes, shape: str, how: str, empty: str, layout: str):
+        """`name = torch.stack([...]).<layout>`, one item a line, or `empty` (which has
+        the layout already) when there are none."""
         if not items:
             self.lines.append(f"{name} = {empty}")
             return
         self.lines.append(f"{name} = torch.stack([")
         self.lines += [f"    {self.tensor(e, axes, shape, how)}," for e in items]
-        self.lines.append("])")
+        self.lines.append("])" + layout)
 
     def forward(self) -> str:
         f = self.form
@@ -227,25 +267,24 @@ class FusedProgram(Program):
         unit = heads + [str(LANE)]
         shape = "(" + ", ".join(map(str, (*f.heads, N))) + ",)"
         first = py_name(self.ir.inputs[0].name)
+        self.sympy.names, self.sympy.definitions = Names(self.ir), []
         self.lines = [f"B, T = {first}.shape[:2]", f"_like = {first}",
                       "_dtype, _device = _like.dtype, _like.device"]
         varying = [o for o in f.operands if o.time_varying]
         consts = [o for o in f.operands if not o.time_varying]
         self.lines.append("# operands: what a step reads that depends on no state")
-        self.lines += [f"#   {comment(f'{o.symbol} = {o.expr}')}" for o in f.operands]
+        self.lines += [f"#   {self.note(o.symbol, o.expr)}" for o in f.operands]
         self.stacked("_ops", [o.expr for o in varying], unit, shape, "operand",
-                     f"_like.new_empty((0, B, T, {H}, {N}))")
-        self.lines[-1] += f".reshape(-1, B, T, {H}, {N}).permute(2, 0, 1, 3, 4)"
+                     f"_like.new_empty((T, 0, B, {H}, {N}))",
+                     f".reshape(-1, B, T, {H}, {N}).permute(2, 0, 1, 3, 4)")
         self.stacked("_consts", [o.expr for o in consts], unit, shape, "constant",
-                     f"_like.new_empty((0, {H}, {N}))")
-        self.lines[-1] += f".reshape(-1, {H}, {N})"
+                     f"_like.new_empty((0, {H}, {N}))", f".reshape(-1, {H}, {N})")
         self.lines.append("# weights: r_j = Σ_key W_j[unit, key] s[key]")
-        self.lines += [f"#   {comment(f'{w.symbol} = Σ_key {w.expr} {w.state}[key]')}"
-                       for w in f.weights]
+        self.lines += [f"#   {self.note(w.symbol, w.expr)} {w.state}[key]" for w in f.weights]
         square = "(" + ", ".join(map(str, (*f.heads, N, N))) + ",)"
         self.stacked("_w", [w.expr for w in f.weights], tuple(unit + [str(KEY)]), square,
-                     "constant", f"_like.new_empty((0, {H}, {N}, {N}))")
-        self.lines[-1] += f".reshape(-1, {H}, {N}, {N})"
+                     "constant", f"_like.new_empty((0, {H}, {N}, {N}))",
+                     f".reshape(-1, {H}, {N}, {N})")
         states = [py_name(s) for s in f.states]
         self.lines.append(f"_h0 = torch.stack([{', '.join(states)}]).reshape({len(states)}, -1, "
                           f"{H}, {N}).to(_dtype)")
@@ -264,6 +303,9 @@ class FusedProgram(Program):
         outs = ", ".join(f'"{y}": {py_name(y)}' for y in f.outputs)
         sts = ", ".join(f'"{s}": {py_name(s)}' for s in f.states)
         self.lines.append(f"return {{{outs}}}, {{{sts}}}")
+        if "dtype" not in self.sympy.needs:  # no torch.arange: no _device
+            self.lines[2] = "_dtype = _like.dtype"
+        self.lines[3:3] = self.sympy.definitions
         doc = (f'"""Runs {self.ir.name} over whole sequences in the fused kernel: inputs '
                '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
         signature, doc = self.packed_signature(doc)

@@ -13,10 +13,10 @@ from reclang.analysis.lanes import LANE, LaneForm
 from reclang.ir import IR, Op
 from reclang.schedule import TritonScanSchedule
 
-from .chunk import EpilogueLowering, _shape, epilogue
-from .fused_loop import FusedProgram, KernelCode
+from .chunk import EpilogueLowering, StatesLowering, _shape, epilogue, needed_statements, states_var
+from .fused_loop import FusedProgram, KernelCode, gates_called
 from .ir_to_torch import Names, align, comment, number
-from .loop import INDENT, py_name
+from .loop import INDENT, _reads, py_name
 from .matrix_slots import NewState, new_state_parts
 
 
@@ -102,7 +102,9 @@ class ScanCode(KernelCode):
                     args=", ".join(ops + consts),
                     d_args=", ".join(f"d_{x}" for x in ops + consts),
                     coefficients="\n".join(self.comments() + coefficients + numbers),
-                    derivatives="\n".join(derivatives), read=self.read_slots())
+                    derivatives="\n".join(derivatives), read=self.read_slots(),
+                    gates=gates_called(*coefficients, *derivatives),
+                    previous=reads_previous(self.ir, self.form.states[0]))
 
     def read_slots(self) -> dict | None:
         """The readout's group and its query's layout, for gated_read.py.jinja."""
@@ -112,20 +114,10 @@ class ScanCode(KernelCode):
         return {"group": self.read.group, "div": div, "mod": mod}
 
 
-class StatesLowering(EpilogueLowering):
-    """The outputs over all steps, reading the state's new values from _<s>_new and
-    its previous ones from _<s>_prev ([B, T, ...] both)."""
-
-    def var(self, i: int) -> str:
-        node = self.ir.node(i)
-        if node.op in (Op.UPDATE, Op.STATE):
-            return states_var(self.names, node.arg, "new" if node.op == Op.UPDATE else "prev")
-        return super().var(i)
-
-
-def states_var(names: Names, state: str, which: str) -> str:
-    """The tensor of the new ("new") or previous ("prev") values of a state at every step."""
-    return names.of((which, state), f"_{py_name(state)}_{which}")
+def reads_previous(ir: IR, state: str) -> bool:
+    """Whether an output reads the state before the step (previous_states is needed)."""
+    needed = needed_statements(ir, {ir.update(state).id: ""})
+    return any(ir.node(r).args[0] == ir.leaves[state] for i in needed for r in _reads(ir, i))
 
 
 class GatedScanProgram(FusedProgram):
@@ -135,7 +127,8 @@ class GatedScanProgram(FusedProgram):
     def forward(self) -> str:
         f = self.form
         first, state = py_name(self.ir.inputs[0].name), py_name(f.states[0])
-        self.names = names = Names(self.ir)
+        self.names = names = self.sympy.names = Names(self.ir)
+        self.sympy.definitions = []
         every, new = names.fresh(f"_{state}_all"), states_var(names, f.states[0], "new")
         dims = ", ".join(map(str, (*f.heads, f.lanes)))
         lines = [f"B, T = {first}.shape[:2]", f"_like = {first}",
@@ -157,6 +150,7 @@ class GatedScanProgram(FusedProgram):
         outs = ", ".join(f'"{n.arg}": {py_name(n.arg)}' for n in map(self.ir.node, self.ir.stmts)
                          if n.op == Op.OUT)
         lines.append(f'return {{{outs}}}, {{"{f.states[0]}": {state}}}')
+        lines[3:3] = self.sympy.definitions
         doc = (f'"""Runs {self.ir.name} over whole sequences with the gated scan: inputs '
                '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
         signature, doc = self.packed_signature(doc)
@@ -184,6 +178,12 @@ class GatedScanProgram(FusedProgram):
         lines += epilogue(self.ir, {r.node: f"({value})"}, EpilogueLowering, self.names)
         return lines + [f"{state} = {last}.reshape(-1, {dims})"]
 
+    def operand_imports(self) -> str:
+        """The import of what forward() builds its operands (and constants) with."""
+        if any(not o.time_varying for o in self.form.operands):
+            return "from reclang.runtime.operands import constant, operand"
+        return "from reclang.runtime.operands import operand"
+
     def operands(self, lines: list[str]) -> tuple[list[str], list[str]]:
         """Appends the operands [B, T, their axes] and constants [S]; returns their names."""
         f = self.form
@@ -194,14 +194,15 @@ class GatedScanProgram(FusedProgram):
         ops, consts = [], []
         for o in f.operands:
             name = self.names.fresh(f"_{o.symbol}")
-            lines.append(f"# {comment(f'{o.symbol} = {o.expr}')}")
+            lines.append(f"# {self.note(o.symbol, o.expr)}")
             if o.time_varying:  # along its own axes of the state, read broadcast
                 axes, _, size = layout(f, o.expr)
                 how, flat = "operand", f"B, T, {size}"
             else:
                 axes, how, flat = unit, "constant", str(math.prod(sizes.values()))
             shape = _shape([sizes[a] for a in axes])
-            lines.append(f"{name} = {self.tensor(o.expr, axes, shape, how)}.reshape({flat})")
+            flat = f".reshape({flat})" if len(axes) != 1 else ""  # one axis: flat already
+            lines.append(f"{name} = {self.tensor(o.expr, axes, shape, how)}{flat}")
             (ops if o.time_varying else consts).append(name)
         return ops, consts
 

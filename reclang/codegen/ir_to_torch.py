@@ -22,6 +22,7 @@ from reclang import errors
 from reclang.functions import FUNCTIONS, REDUCTIONS
 from reclang.ir import IR, Node, Op
 
+from .constants import Constant, spec_constants
 from .names import Names, py_name
 
 # Precedence of emitted Python expressions, for minimal parentheses.
@@ -171,7 +172,7 @@ class ExprLowering:
         steps once, before the loop (`x.unbind(1)`): indexing `x[:, t]` inside the loop
         would make autograd build a full-size gradient for every step."""
         if var not in self.unbound:
-            self.unbound[var] = self.names.fresh(f"_{var.lstrip('_')}_t")
+            self.unbound[var] = self.names.fresh(f"_{var.strip('_')}_t")  # B_ (B is taken): _B_t
         return f"{self.unbound[var]}[t]"
 
     def lower_value(self, i: int, home: Place) -> str:
@@ -187,6 +188,12 @@ class ExprLowering:
         block.append(line)
 
     def lower_const(self, node: Node, at: Place) -> Code:
+        c = spec_constants(self.ir).get((node.loc.line, node.loc.col))
+        if c is not None and c.value == node.arg and type(c.value) is type(node.arg):
+            name, new = self.names.constant(("constant", c.key), c.stem)
+            if new:
+                self.blocks[Place.ONCE].append(constant_line(name, c))
+            return Code(name, ATOM, (), True)
         text = number(node.arg)
         return Code(text, UNARY if text.startswith("-") else ATOM, (), True)
 
@@ -273,7 +280,8 @@ class ExprLowering:
     def einsum(self, factors: list[Code], scale: list[Code], out_axes) -> Code:
         if any(f.dtype == "complex" for f in factors):
             # einsum wants one dtype: real factors join the complex ones
-            self.needs.add("complex")
+            if any(f.dtype != "complex" for f in factors):
+                self.needs.add("complex")
             factors = [f if f.dtype == "complex" else
                        Code(f"{f.wrap(ATOM)}.to(_cdtype)", ATOM, f.axes) for f in factors]
         letters = _letters({a for f in factors for a in f.axes})
@@ -283,6 +291,11 @@ class ExprLowering:
         for c in scale:
             text += f" * {c.wrap(PRODUCT + 1)}"
         return Code(text, PRODUCT if scale else ATOM, out_axes)
+
+def constant_line(name: str, c: Constant) -> str:
+    """`scale = 0.125  # K ** -0.5, line 11`."""
+    return f"{name} = {number(c.value)}  # {comment(c.note)}"
+
 
 def spec_origin(ir: IR, line: int) -> str:
     """`file:line: the spec line`, escaped for a comment."""
@@ -312,8 +325,12 @@ def align(code: Code, target: tuple[str, ...]) -> Code:
 
 
 def _letters(axes: set[str]) -> dict[str, str]:
-    """Einsum letters for axis names: the names themselves when they are letters."""
-    if all(len(a) == 1 and a.isalpha() for a in axes):
-        return {a: a for a in axes}
-    pool = iter("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    return {a: next(pool) for a in sorted(axes)}
+    """Einsum letters for axis names: the names themselves where they are letters, else
+    their first letter, else a letter no other axis has."""
+    letters = {a: a for a in axes if len(a) == 1 and a.isalpha()}
+    for a in sorted(set(axes) - set(letters)):
+        if a[:1].isalpha() and a[0] not in letters.values():
+            letters[a] = a[0]
+    pool = (c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+            if c not in letters.values())
+    return {a: letters.get(a) or next(pool) for a in sorted(axes)}

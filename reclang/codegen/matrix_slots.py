@@ -15,6 +15,7 @@ inputs there (torch.func.vjp): exact, and the kernels' backward is unchanged.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import sympy
@@ -38,6 +39,11 @@ class Branch:
     state: int
     about: str
     code: str
+
+    @property
+    def masked(self) -> bool:
+        """Whether the code reads the function's `mask` (not only a load's `mask=`)."""
+        return re.search(r"\bmask\b(?!=)", self.code) is not None
 
 
 @dataclass

@@ -57,6 +57,14 @@ class Names:
         self.taken.add(name)
         return name
 
+    def constant(self, key, stem: str) -> tuple[str, bool]:
+        """The variable of a named constant and whether it is new: a spec let's own name
+        (no statement assigns it: its reads are the number), else one made from `stem`."""
+        if key in self.memo:
+            return self.memo[key], False
+        self.memo[key] = stem if not stem.startswith("_") else self.fresh(stem)
+        return self.memo[key], True
+
     def of(self, key, stem: str) -> str:
         """The temporary for `key`, made from `stem` the first time it is asked for."""
         if key not in self.memo:

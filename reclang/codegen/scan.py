@@ -1,14 +1,23 @@
-"""The program of the scan backend (backends/scan.py): the loop body on all tokens
-at once, a and b from it, the states by a scan function of reclang/runtime."""
+"""The program of the scan backend (backends/scan.py): a and b of each state
+printed from the analyzer's affine normal form, the states by a scan function of
+reclang/runtime, the outputs on all steps at once; a dense transition is found from the
+loop body run on all tokens instead."""
 
 from __future__ import annotations
 
+import sympy
+
 from reclang.analysis.forms import Dense, Diag
-from reclang.ir import IR
+from reclang.analysis.partition import Phase
+from reclang.analysis.terms import Expander
+from reclang.ir import IR, Op
 from reclang.schedule import ScanSchedule, Schedule
 
-from .ir_to_torch import ExprLowering, Place
+from .chunk import StatesLowering, _shape, epilogue, preamble, states_var
+from .ir_to_torch import ATOM, Code, ExprLowering, Place, align, comment, spec_origin
 from .loop import INDENT, Program, py_name
+from .names import Names
+from .sympy_to_torch import SympyLowering, spec_indices
 
 
 class TokenLowering(ExprLowering):
@@ -17,15 +26,37 @@ class TokenLowering(ExprLowering):
 
     def at_step(self, var: str) -> str:
         if var not in self.unbound:
-            self.unbound[var] = self.names.fresh(f"_{var.lstrip('_')}_tokens")
+            self.unbound[var] = self.names.fresh(f"_{var.strip('_')}_tokens")
         return self.unbound[var]
 
 
+def _stem(expr) -> str:
+    """A temporary's stem from its function and the first tensor it reads (_exp_nu_log),
+    as ExprLowering names those it makes."""
+    reads = [x for x in sympy.preorder_traversal(expr) if isinstance(x, sympy.Indexed)]
+    first = f"_{py_name(str(reads[0].base))}" if reads else ""
+    return f"_{type(expr).__name__.lower()}{first}"
+
+
+def state_free_lets(ir: IR) -> dict:
+    """The sympy form of each state-free let over its own axes -> its Python name: a
+    common part of a and b that is a let of the spec is named as the spec names it."""
+    expander, found = Expander(ir), {}
+    for i in ir.stmts:
+        node = ir.node(i)
+        if node.op == Op.LET and expander.phase[i] != Phase.CORE and node.axes:
+            env = {a: sympy.Symbol(a, integer=True) for a in node.axes}
+            found.setdefault(spec_indices(expander.symbolic(node.args[0], env)),
+                             py_name(node.arg))
+    return found
+
+
 class ScanProgram(Program):
-    """The sequential forward with its loop replaced: the loop body becomes a function
-    of all tokens at once, evaluated from chosen states (0 and 1 for a and b; the
-    basis vectors along the mixed axes for a dense a) and from the scanned previous
-    states (for the outputs)."""
+    """The sequential forward with its loop replaced. Elementwise states: a and b
+    printed from the plan, the scan, then the outputs on all steps (reading the new and
+    previous states). A dense transition: the loop body becomes a function of all
+    tokens at once, evaluated from chosen states (0 for b, the basis vectors along the
+    mixed axes for a) and from the scanned previous states (for the outputs)."""
 
     Lowering = TokenLowering
     title, scan_function, runtime = "Scan", "linear_scan", "scan"
@@ -34,6 +65,8 @@ class ScanProgram(Program):
                  summary: str = ""):
         super().__init__(ir, schedule or ScanSchedule(), summary)
         self.form = form
+        # state -> (a, b): printed where the form has them for every state
+        self.parts = {s.name: (s.a, s.b) for s in form.states} if form.printable else {}
         # state -> (its mixed axes, their dims in its [B, ...] layout)
         self.mixed = {s.name: (s.mix_axes, s.mix_dims) for s in form.states if s.mix_axes}
 
@@ -41,6 +74,66 @@ class ScanProgram(Program):
         """The schedule's arguments of the scan function."""
         chunk = getattr(self.schedule, "chunk", None)
         return f", chunk={chunk}" if chunk else ""
+
+    @property
+    def printed(self) -> bool:
+        """Whether a and b of every state are printed from the plan (else the loop body
+        on all tokens finds them)."""
+        return bool(self.ir.states) and set(self.parts) == {d.name for d in self.ir.states}
+
+    def elementwise_forward(self, doc: str) -> str:
+        """forward() of a cell whose states are all updated elementwise."""
+        first = py_name(self.ir.inputs[0].name)
+        self.names = Names(self.ir)
+        self.sympy = SympyLowering(self.ir, {})
+        self.sympy.names = self.names
+        self.lets = state_free_lets(self.ir)
+        lines, given = [], {}
+        for d in self.ir.states:
+            lines += self.scan_block(d)
+            given[self.ir.update(d.name).id] = states_var(self.names, d.name, "new")
+        needs = set()
+        outputs = epilogue(self.ir, given, StatesLowering, self.names, needs)
+        prev = [d.name for d in self.ir.states if ("prev", d.name) in self.names.memo]
+        if prev:
+            lines.append("# the states before each step, for the outputs that read them")
+        lines += [f"{states_var(self.names, s, 'prev')} = torch.cat([{py_name(s)}[:, None], "
+                  f"{states_var(self.names, s, 'new')}[:, :-1]], 1)" for s in prev]
+        lines += outputs + [f"{py_name(d.name)} = {states_var(self.names, d.name, 'new')}[:, -1]"
+                            for d in self.ir.states]
+        lines = preamble(first, needs | self.sympy.needs, lines) + self.sympy.definitions + \
+            lines
+        lines.append(self.returns([(n, Place.HOIST) for n in self.ir.outputs]))
+        return "\n".join([self.signature("forward"), INDENT + f'"""{doc}"""'] +
+                          [INDENT + line for line in lines])
+
+    def scan_block(self, d) -> list[str]:
+        """a and b of one state on all steps, and all its states by the scan."""
+        a, b = self.parts[d.name]
+        update = self.ir.update(d.name)
+        self.sympy.sizes.update(zip(update.axes, update.sizes))
+        name = py_name(d.name)
+        lines = [f"# {spec_origin(self.ir, update.loc.line)}",
+                 f"# {comment(d.name)}' = a {comment(d.name)} + b: the plan's decay and input term"]
+        temps, (a, b) = sympy.cse([spec_indices(a), spec_indices(b)], order="none")
+        for symbol, expr in temps:  # what a and b share (a gate), computed once
+            code = self.sympy.lower(expr)
+            var = self.lets.get(expr) or self.names.fresh(_stem(expr))
+            self.sympy.named[symbol] = Code(var, ATOM, code.axes)
+            lines.append(f"{var} = {code.text}")
+        made = []
+        for side, expr in (("a", a), ("b", b)):
+            code = self.sympy.lower(expr)
+            text = align(code, update.axes).text if code.axes else code.text
+            if code.const:  # a number: a tensor of the computation's dtype (complex, say)
+                kind = "_cdtype" if self.sympy.is_complex(expr) else "_dtype"
+                self.sympy.needs |= {"device", "complex"} if kind == "_cdtype" else {"dtype"}
+                text = f"torch.tensor({text}, dtype={kind}, device=_device)"
+            made.append(self.names.fresh(f"_{name}_{side}"))
+            lines.append(f"{made[-1]} = operand({text}, _like, {_shape(update.sizes)})")
+        every = states_var(self.names, d.name, "new")
+        return lines + [f"{every} = {self.scan_function}({made[0]}, {made[1]}, {name}"
+                        f"{self.scan_args()})"]
 
     def loop(self, first: str, blocks, outputs, unbound) -> list[str]:
         states = [py_name(d.name) for d in self.ir.states]
@@ -101,6 +194,13 @@ class ScanProgram(Program):
                 f"mixed_last({s}, {dims}){self.scan_args()})",
                 f"{every} = from_mixed_last({every}, {seq_dims}, (B, T, *{s}.shape[1:]))"]
 
+    def forward(self, doc: str) -> str:
+        """forward(): a and b printed where every state is updated elementwise, else the
+        loop body on all tokens."""
+        if not self.printed:
+            return self.function("forward", doc, step=False)
+        return self.elementwise_forward(doc)
+
     def source(self) -> str:
         header = self.header([
             f"{self.title} backend: h' = a h + b elementwise, over time by {self.scan_function};",
@@ -111,10 +211,10 @@ class ScanProgram(Program):
         imports = ["import torch", "",
                    f"from reclang.runtime.{self.runtime} "
                    f"import {', '.join(names)}"]
-        forward = self.function(
-            "forward", f"Runs {self.ir.name} over whole sequences with a scan: inputs "
-            "[B, T, ...], states are the initial ones; returns (outputs, final states).",
-            step=False)
+        if self.printed:
+            imports.append("from reclang.runtime.operands import operand")
+        forward = self.forward(f"Runs {self.ir.name} over whole sequences with a scan: inputs "
+                               "[B, T, ...], states are the initial ones; returns (outputs, "
+                               "final states).")
         return "\n".join(header + imports) + "\n\n\n" + forward + "\n\n\n" + \
             self.step_function() + "\n"
-

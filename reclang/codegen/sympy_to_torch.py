@@ -15,16 +15,31 @@ overflow an exp.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import sympy
+from sympy.printing.str import StrPrinter
 
 from reclang import config
 from reclang.functions import NAMED, REDUCTIONS, SYMPY_TORCH
 from reclang.ir import IR
 
-from .ir_to_torch import ATOM, POWER, PRODUCT, SUM, UNARY, Code, _letters, align, number, py_name
+from .constants import spec_constants
+from .ir_to_torch import (
+    ATOM,
+    POWER,
+    PRODUCT,
+    SUM,
+    UNARY,
+    Code,
+    _letters,
+    align,
+    constant_line,
+    number,
+    py_name,
+)
 
 FUNCTIONS = SYMPY_TORCH  # sympy function -> torch spelling: a view of the function table
 COMPARISONS = {sympy.StrictLessThan: "<", sympy.LessThan: "<=", sympy.StrictGreaterThan: ">",
@@ -38,6 +53,9 @@ class SympyLowering:
         self.ir = ir
         self.sizes = dict(sizes)  # axis symbol name -> size, for indices used as values
         self.needs: set[str] = set()
+        self.named: dict[sympy.Symbol, Code] = {}  # symbols that stand for a variable
+        self.names = None  # the function's Names: named constants print by name
+        self.definitions: list[str] = []  # ... defined by these lines, first of the function
 
     def lower(self, expr) -> Code:
         """The expression, rewritten by RULES, as PyTorch code."""
@@ -77,8 +95,27 @@ class SympyLowering:
             value = float(expr)
         else:
             value = complex(expr)
+        named = self.named_constant(value)
+        if named is not None:
+            return named
         text = number(value)
         return Code(text, UNARY if text.startswith("-") else ATOM, (), True)
+
+    def named_constant(self, value) -> Code | None:
+        """A number that is the value of a constant the spec computes (scale = K ** -0.5),
+        as its variable: the analyzer's expressions hold the number, not the name."""
+        if self.names is None or not isinstance(value, float) or value.is_integer():
+            return None
+        found = {c.value: c for c in spec_constants(self.ir).values()
+                 if isinstance(c.value, float)}
+        c = found.get(value) or found.get(-value)
+        if c is None:
+            return None
+        name, new = self.names.constant(("constant", c.key), c.stem)
+        if new:
+            self.definitions.append(constant_line(name, c))
+        return Code(name, ATOM, (), True) if c.value == value else \
+            Code(f"-{name}", UNARY, (), True)
 
     def indexed(self, expr: sympy.Indexed) -> Code:
         name = str(expr.base)
@@ -98,6 +135,8 @@ class SympyLowering:
         return Code(text, ATOM, tuple(axes))
 
     def symbol(self, expr: sympy.Symbol) -> Code:
+        if expr in self.named:
+            return self.named[expr]
         if expr.is_integer:  # an index used as a value
             self.needs.add("dtype")
             size = self.sizes[str(expr)]
@@ -113,7 +152,7 @@ class SympyLowering:
             part = align(t, axes)
             text += f" - {part.text[1:]}" if part.text.startswith("-") and part.prec >= \
                 PRODUCT else f" + {part.wrap(SUM + 1)}"
-        return Code(text, SUM, axes)
+        return Code(text, SUM, axes, all(t.const for t in terms))
 
     def mul(self, expr: sympy.Mul) -> Code:
         top, bottom = [], []
@@ -158,14 +197,28 @@ class SympyLowering:
 
     # ---- reductions, conditions
     def sum(self, expr: sympy.Sum) -> Code:
+        expr = spec_indices(expr)
         body, limits = expr.args[0], expr.args[1:]
         summed = []
         for s, lo, hi in limits:
             summed.append(str(s))
             self.sizes[str(s)] = int(hi - lo + 1)
-        factors = [self._lower(f) for f in _ordered(sympy.Mul.make_args(body))]
+        exprs = _ordered(sympy.Mul.make_args(body))
+        factors = [self._lower(f) for f in exprs]
+        if any(map(self.is_complex, exprs)):  # einsum wants one dtype: the real ones join
+            self.needs.add("complex")
+            factors = [f if f.const or self.is_complex(e) else
+                       Code(f"{f.wrap(ATOM)}.to(_cdtype)", ATOM, f.axes)
+                       for f, e in zip(factors, exprs)]
         tensors = [f for f in factors if not f.const]
         consts = [f for f in factors if f.const]
+        # an index no factor carries counts its terms: Σ_d g[n] = D g[n]
+        absent = [a for a in summed if a not in _union(tensors)]
+        if absent:
+            consts.append(self.number(sympy.Integer(math.prod(self.sizes[a] for a in absent))))
+            summed = [a for a in summed if a not in absent]
+        if not tensors or not summed:
+            return self.product(consts + tensors)
         out = tuple(a for a in _union(tensors) if a not in summed)
         # einsum contracts left to right: the factors that carry the summed axes first,
         # so Σ_l k[l] q[l] k[i] contracts k·q before it could build k[l] k[i]
@@ -181,6 +234,13 @@ class SympyLowering:
             text = f"{inner.wrap(ATOM)}.sum({dims if len(dims) > 1 else dims[0]})"
         code = Code(text, ATOM, out)
         return self.product(consts + [code]) if consts else code
+
+    def is_complex(self, expr) -> bool:
+        """Whether a value may be complex: it has 1j, or reads a complex tensor."""
+        names = {str(x.base) for x in expr.atoms(sympy.Indexed)} | {
+            str(x) for x in expr.free_symbols}
+        return expr.has(sympy.I) or any(
+            self.ir.decls[n].dtype == "complex" for n in names if n in self.ir.decls)
 
     def reduction(self, expr) -> Code:
         """max / min / logsumexp(body, index, its size, index, its size, ...)."""
@@ -235,6 +295,62 @@ class SympyLowering:
             bound = "min" if name == "maximum" else "max"
             text = f"torch.clamp({text}, {bound}={c.text})"
         return Code(text, ATOM, axes)
+
+
+def spec_indices(expr, bound: frozenset = frozenset()):
+    """expr with each summation index named by the spec's letter again (the analyzer
+    numbers them: `e1` for the spec's `e`), where that letter is free there: einsums
+    then read as the spec writes them, and equal sums of two expressions are equal."""
+    if not isinstance(expr, sympy.Basic) or not expr.args:
+        return expr
+    if isinstance(expr, sympy.Sum):
+        body, limits = expr.args[0], list(expr.args[1:])
+        taken = {str(x) for x in expr.free_symbols} | set(bound)
+        rename = {}
+        for k, (var, lo, hi) in enumerate(limits):
+            stem = str(var).rstrip("0123456789")
+            if stem and stem != str(var) and stem not in taken:
+                rename[var] = sympy.Symbol(stem, integer=True)
+                limits[k] = (rename[var], lo, hi)
+            taken.add(str(rename.get(var, var)))
+        body = spec_indices(body.xreplace(rename), frozenset(taken))
+        return sympy.Sum(body, *limits)
+    return expr.func(*(spec_indices(a, bound) for a in expr.args))
+
+
+class SpecText(StrPrinter):
+    """sympy as the spec language writes it, for comments: sum(i: ...) with the spec's
+    index letters, functions by their spec names (sigmoid, not Sigmoid), 1j."""
+
+    def _print_Sum(self, expr):
+        indices = ", ".join(str(var) for var, _, _ in expr.limits)
+        return f"sum({indices}: {self._print(expr.function)})"
+
+    def _print_Function(self, expr):
+        name = expr.func.__name__
+        args = ", ".join(self._print(a) for a in expr.args)
+        return f"{name[0].lower() + name[1:]}({args})"
+
+    def _print_ImaginaryUnit(self, expr):
+        return "1j"
+
+    def _print_Float(self, expr):
+        """A named constant's value as its name (`scale`) or its expression (K ** -0.5)."""
+        for c in self.constants:
+            if float(expr) in (c.value, -c.value):
+                text = c.stem if not c.stem.startswith("_") else f"({c.key})"
+                return text if float(expr) == c.value else f"-{text}"
+        return super()._print_Float(expr)
+
+
+def spec_text(expr, ir: IR | None = None) -> str:
+    """A sympy expression of the analyzer as spec text, for a comment (with `ir`, the
+    numbers that are its named constants by name)."""
+    printer = SpecText()
+    printer.constants = sorted((c for c in spec_constants(ir).values()  # lets first
+                                if isinstance(c.value, float)),
+                               key=lambda c: c.stem.startswith("_")) if ir is not None else []
+    return printer.doprint(spec_indices(sympy.sympify(expr)))
 
 
 def _ordered(args):

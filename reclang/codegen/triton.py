@@ -11,10 +11,12 @@ from reclang.analysis.operands import ChunkState
 from reclang.ir import IR
 from reclang.schedule import TritonMatrixSchedule, TritonScanSchedule
 
-from .chunk import ChunkProgram
+from .chunk import ChunkProgram, preamble
+from .fused_loop import gates_called
 from .ir_to_torch import comment
 from .loop import INDENT, py_name
 from .matrix_slots import NewState, SlotPrinter, new_state_parts, over_tile, state_slots
+from .names import Names
 from .render import assemble
 from .scan import ScanProgram
 
@@ -30,14 +32,15 @@ class TritonScanProgram(ScanProgram):
         self.not_gated = not_gated  # why the gated scan does not apply
 
     def source(self) -> str:
-        forward = self.function(
-            "forward", f"Runs {self.ir.name} over whole sequences with the Triton scan: inputs "
-            "[B, T, ...], states are the initial ones; returns (outputs, final states).",
-            step=False)
+        forward = self.forward(
+            f"Runs {self.ir.name} over whole sequences with the Triton scan: inputs "
+            "[B, T, ...], states are the initial ones; returns (outputs, final states).")
+        imports = ["", "from reclang.runtime.operands import operand"] if "operand(" in forward \
+            else []
         return assemble(self, "diag_scan.py.jinja", [
             "Triton backend: h' = a h + b elementwise; the scan is the kernel below (from",
-            "backends/templates/diag_scan.py.jinja); the loop body runs on all tokens at once.",
-            *textwrap.wrap(f"Not the gated scan: {self.not_gated}.", 88)], forward,
+            "backends/templates/diag_scan.py.jinja); a and b are computed on all tokens at once.",
+            *textwrap.wrap(f"Not the gated scan: {self.not_gated}.", 88)], forward, imports,
             slots=dict(schedule=self.schedule))
 
 
@@ -47,6 +50,7 @@ class TritonChunkProgram(ChunkProgram):
 
     pass_function, how, packed = "state_pass", "with the Triton kernel", True
     schedule: TritonMatrixSchedule
+    every = False  # every kernel variant, whatever the plan calls (to test the kernels)
 
     def new_state_readouts(self) -> set[str]:
         """The states read through the kernels' inclusive mask (their new values), with
@@ -99,16 +103,21 @@ class TritonChunkProgram(ChunkProgram):
     def operand_function(self, slots, v, queries: list, roles: str) -> str:
         """`_<state>_operands(raw...)`: the state's in-kernel operands in PyTorch, for the
         backward pass, and the state's Slots."""
-        s, lines = slots.state, self.lines
-        first = py_name(slots.raw[0])
-        self.lines = [f"B, T = {first}.shape[:2]", f"_like = {first}",
-                      "_dtype, _device = _like.dtype, _like.device"]
+        s, first = slots.state, py_name(slots.raw[0])
+        # a function of its own: its variables, named constants and needs are its own
+        saved = self.lines, self.names, self.sympy.definitions, self.sympy.needs
+        self.lines, self.sympy.definitions, self.sympy.needs = [], [], set()
+        self.names = self.sympy.names = Names(self.ir)
+        self.names.taken |= set(vars(v).values())
         Hs, Kf = self.flat(s, s.shared)[0], self.flat(s, s.key)[0]
         self.emit_operands(s, v, queries, roles)
         for side in "ab" if not s.low_rank else "":
             self.lines.append(f"{getattr(v, side)} = _like.new_zeros((B, T, 0, {Hs}, {Kf}))")
         self.lines.append(f"return {', '.join(getattr(v, r) for r in roles)}")
-        body, self.lines = self.lines, lines
+        body = preamble(first, self.sympy.needs, self.lines) + self.sympy.definitions + \
+            self.lines
+        self.lines, self.names, self.sympy.definitions, self.sympy.needs = saved
+        self.sympy.names = self.names
         name = py_name(s.name)
         sizes = (Hs, Kf, self.flat(s, s.value)[0], s.decay_on_key, len(s.low_rank))
         return "\n".join(
@@ -136,9 +145,33 @@ class TritonChunkProgram(ChunkProgram):
         else:
             about += "The operands are computed on all tokens at once. "
         about += "The outputs are computed on all tokens at once, as in the chunk backend."
+        slots = SlotPrinter(self.ir, self.slot_states).slots()
         return assemble(self, "mat_recurrent.py.jinja", textwrap.wrap(about, 88),
             "\n\n\n".join(self.operand_functions + [forward]),
-            ["", "from reclang.runtime.chunk import LOG_ZERO, causal_pass, check_log_decay",
+            ["", f"from reclang.runtime.chunk import {self.runtime_names()}",
              "from reclang.runtime.operands import operand"],
             slots=dict(chunk=self.schedule.chunk, schedule=self.schedule,
-                       slots=SlotPrinter(self.ir, self.slot_states).slots()))
+                       slots=slots,
+                       gates=gates_called(*(b.code for bs in slots.values() for b in bs)),
+                       with_slots=bool(self.slot_states),
+                       plain_pass=len(self.slot_states) < len(self.ops.states),
+                       **self.variants()))
+
+    def runtime_names(self) -> str:
+        """What the file imports from reclang/runtime/chunk.py: causal_pass (every pass
+        runs through it), LOG_ZERO where the slots' pass clamps log decays, and
+        check_log_decay where an unproven decay is checked."""
+        names = ["LOG_ZERO"] if self.slot_states else []
+        return ", ".join(names + ["causal_pass"] + ["check_log_decay"] * self.checks)
+
+    def variants(self) -> dict:
+        """Which kernels the file holds, from the plan: the chunk kernels for the states
+        with one input term, one readout and a low-rank part of rank 1 at most (their WY
+        kernels if one has that part), the recurrent kernel for the others."""
+        if self.every:
+            return dict(chunked=True, recurrent=True, feed=True)
+        queries, _ = self.readouts()
+        chunked = [s for s in self.ops.states if len(s.inputs) == 1 and len(s.low_rank) <= 1
+                   and len(queries.get(s.name, [])) == 1]
+        return dict(chunked=bool(chunked), recurrent=len(chunked) < len(self.ops.states),
+                    feed=any(s.low_rank for s in chunked))

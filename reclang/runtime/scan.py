@@ -1,5 +1,6 @@
 """Linear scans over time, h_t = a_t h_{t-1} + b_t (elementwise, or a small dense a),
-with a hand-written backward: the scan backend's algorithm (see backends/scan.py for the lowering that calls them)."""
+with a hand-written backward: the scan backend's algorithm (see backends/scan.py for
+the lowering that calls them)."""
 
 from __future__ import annotations
 
