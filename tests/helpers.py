@@ -205,9 +205,10 @@ def every_variant(cell, chunk: int | None = None):
     cell's own file holds only the variants its plan calls."""
     from reclang.codegen.triton import TritonChunkProgram
     from reclang.generated import load_source
-    from reclang.schedule import TritonChunkSchedule
+    from reclang.schedule import TritonMatrixSchedule
 
-    program = TritonChunkProgram(cell.ir, cell.plan.matrix_operands())
-    program.plan, program.every = cell.plan, True
-    program.chunk = TritonChunkSchedule(**({"chunk": chunk} if chunk else {})).chunk
+    schedule = TritonMatrixSchedule(**({"chunk": chunk} if chunk else {}))
+    program = TritonChunkProgram(cell.ir, cell.plan.form_of("matrix"), schedule,
+                                 cell.plan.summary)
+    program.every = True
     return load_source(program.source(), f"{cell.name}_every_variant")

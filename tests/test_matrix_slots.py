@@ -90,7 +90,7 @@ def test_a_readout_of_the_new_state_has_no_bonus_term(name, bonus):
     source = small(name).source("triton")
     forward = source[source.index("\ndef forward("):source.index("\ndef step(")]
     assert ("torch.einsum" in forward) == bonus
-    assert ("True)" in source.split("_S_slots = Slots(")[1].split("\n")[0]) != bonus
+    assert ("inclusive=True" in source.split("_S_slots = Slots(")[1].split("\n")[0]) != bonus
 
 
 @pytest.mark.parametrize("name", ["gla", "gated_delta_net", "mixed"])

@@ -55,7 +55,7 @@ def test_a_schedule_changes_how_not_what(name, backend, schedule):
     x = random_inputs(m, 2, 11, **MATRIX_TRANSFORMS.get(name, {}))
     assert_matches_reference(m, reference, x, random_state(m, 2))
     if backend == "scan":
-        assert "linear_scan(_a, _b, h, chunk=3)" in m.source
+        assert "linear_scan(_h_a, _h_b, h, chunk=3)" in m.source
 
 
 @pytest.mark.parametrize("make, message", [

@@ -71,6 +71,8 @@ class TritonPrinter(StrPrinter):
 
     def _print_Pow(self, expr, rational=False):
         base, e = expr.args
+        if expr.is_number and expr.is_real:  # sqrt(2): tl.sqrt(2.0) would be float32
+            return number(float(expr))
         b = self.parenthesize(base, 1000)  # always wrapped unless atomic
         if e == sympy.Rational(1, 2):
             return f"tl.sqrt({self._print(base)})"

@@ -97,6 +97,20 @@ def state_slots(ir: IR, index: int, s: ChunkState, queries: list) -> StateSlots 
     return StateSlots(index, s, inside, raw, [r for r in exprs if r not in inside])
 
 
+def differentiable(slots: StateSlots) -> tuple[bool, ...]:
+    """For each raw input of the slots, whether an in-kernel operand depends on it other
+    than through a condition (a where's test): the backward gives the others no
+    gradient, as autograd gives none to an input that only conditions read."""
+    def depends(name: str) -> bool:
+        return any(sympy.diff(e, x) != 0 for e in map(sympy.sympify, slots.exprs.values())
+                   for x in e.atoms(sympy.Indexed) | e.free_symbols if _base(x) == name)
+    return tuple(depends(name) for name in slots.raw)
+
+
+def _base(x) -> str:
+    return str(getattr(x, "base", x))
+
+
 class NewState(str):
     """A state's name in a readout of its new value (equal to the name itself)."""
 
@@ -129,7 +143,7 @@ def over_tile(s: ChunkState, query) -> bool:
     return sympy.sympify(query).free_symbols & mine <= allowed
 
 
-GATE_RULES = [r for r in RULES if r.name in ("sigmoid", "softplus")]
+GATE_RULES = [r for r in RULES if r.name in ("log-exp", "sigmoid", "softplus")]
 
 
 def _gates(expr):

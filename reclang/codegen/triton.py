@@ -15,7 +15,8 @@ from .chunk import ChunkProgram, preamble
 from .fused_loop import gates_called
 from .ir_to_torch import comment
 from .loop import INDENT, py_name
-from .matrix_slots import NewState, SlotPrinter, new_state_parts, over_tile, state_slots
+from .matrix_slots import (NewState, SlotPrinter, differentiable, new_state_parts, over_tile,
+                           state_slots)
 from .names import Names
 from .render import assemble
 from .scan import ScanProgram
@@ -126,7 +127,7 @@ class TritonChunkProgram(ChunkProgram):
              f'{", ".join(slots.exprs)}), in PyTorch: what the backward differentiates."""'] +
             [INDENT + line for line in body] +
             ["", "", f"{self.slots_var(s)} = Slots({slots.index}, {sizes}, _{name}_operands, "
-             f"{slots.inclusive})"])
+             f"inclusive={slots.inclusive}, differentiable={differentiable(slots)})"])
 
     def source(self) -> str:
         self.slot_states, self.operand_functions = [], []
@@ -154,7 +155,7 @@ class TritonChunkProgram(ChunkProgram):
                        slots=slots,
                        gates=gates_called(*(b.code for bs in slots.values() for b in bs)),
                        with_slots=bool(self.slot_states),
-                       plain_pass=len(self.slot_states) < len(self.ops.states),
+                       plain_pass=self.every or len(self.slot_states) < len(self.ops.states),
                        **self.variants()))
 
     def runtime_names(self) -> str:
