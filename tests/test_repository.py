@@ -4,14 +4,19 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 6766  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+LINE_BUDGET = 8650  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
 # (5000 -> 5300: the lane form and the fused loop for nonlinear cells, ~520 lines;
 # 5300 -> 5500: the gated scan of diagonal cells, ~170 lines;
 # 5500 -> 6100: hardening (issue 16), ~520 lines: the checking loader and private cache
 # (generated.py), limits and constant folds, call checks, the name allocator and
 # escaping, causal non-finite values, setup_context Functions with vmap rules, pickling;
 # 6100 -> 6766: from a cell to a model (issue 21), 666 lines: reclang.nn (Stack,
-# Bidirectional, from_torch / to_torch), cell.function, graph pictures, bench --plot)
+# Bidirectional, from_torch / to_torch), cell.function, graph pictures, bench --plot;
+# 6766 -> 8650: the architecture of issue 17, ~1850 lines: module headers of the split
+# stages (runtime/, codegen/, ast_to_ir/, one file per backend), the backend protocol and
+# registry, typed forms and their builders, schedules, internal errors and origin maps,
+# the function table and rewrite rules, named constants and dead-code-free printing, the
+# matrix kernels' slots and the gated scan's readout)
 
 
 def test_readme_example_runs():
