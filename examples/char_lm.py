@@ -211,6 +211,13 @@ def plot(curves: dict, path: str, title: str) -> None:
     ax.plot(steps, smooth, label="train (running mean)")
     ax.plot(*zip(*curves["held_out"]), "o-", label="held-out")
     ax.set(xlabel="step", ylabel="bits per character", title=title)
+    _save(fig, ax, path)
+
+
+def _save(fig, ax, path):
+    """A figure with a grid and a legend, written to `path` and closed."""
+    from matplotlib import pyplot as plt
+
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -273,11 +280,7 @@ def plot_comparison(results: dict, path: str, title: str) -> None:
     for name, (_, curves) in results.items():
         ax.plot(*zip(*curves["held_out"][1:]), "o-", label=name)
     ax.set(xlabel="step", ylabel="held-out bits per character", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def main(argv=None):

@@ -150,3 +150,25 @@ class Cell:
     body: tuple[Stmt, ...]
     loc: Loc = field(compare=False)
     source: Source = field(compare=False, repr=False, default=Source(""))
+
+
+def children(e: Expr) -> tuple:
+    """The subexpressions an expression reads, in order."""
+    if isinstance(e, Subscript):
+        return e.indices
+    if isinstance(e, Call):
+        return e.args
+    if isinstance(e, Reduce):
+        return (e.body,)
+    if isinstance(e, Unary):
+        return (e.operand,)
+    if isinstance(e, Binary):
+        return (e.left, e.right)
+    return ()
+
+
+def walk(e: Expr):
+    """The expression and every subexpression, depth first."""
+    yield e
+    for c in children(e):
+        yield from walk(c)

@@ -13,6 +13,7 @@ parameters can be compared too.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -212,3 +213,18 @@ def every_variant(cell, chunk: int | None = None):
                                  cell.plan.summary)
     program.every = True
     return load_source(program.source(), f"{cell.name}_every_variant")
+
+
+BACKENDS = ("sequential", "scan", "chunk", "fft", "triton")
+
+
+@functools.cache
+def catalogue_sources() -> dict[tuple[str, str], str]:
+    """The generated source of every catalogue spec on every backend its plan allows."""
+    sources = {}
+    for path in sorted(SPECS.glob("*.rec")):
+        cell = reclang.load(path)
+        for backend in BACKENDS:
+            if cell.supports(backend):
+                sources[path.stem, backend] = cell.source(backend)
+    return sources

@@ -5,26 +5,13 @@ backend that runs it, each assigned name is read, each import is used, and each
 from __future__ import annotations
 
 import ast
-import functools
 
 import pytest
 import torch
-from helpers import SPECS
+from helpers import catalogue_sources
 
 import reclang
 
-BACKENDS = ("sequential", "scan", "chunk", "fft", "triton")
-
-
-@functools.cache
-def catalogue_sources() -> dict[tuple[str, str], str]:
-    sources = {}
-    for path in sorted(SPECS.glob("*.rec")):
-        cell = reclang.load(path)
-        for backend in BACKENDS:
-            if cell.supports(backend):
-                sources[path.stem, backend] = cell.source(backend)
-    return sources
 
 
 def _loads(node: ast.AST) -> set[str]:

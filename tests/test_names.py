@@ -18,7 +18,7 @@ import re
 
 import pytest
 import torch
-from helpers import SPECS
+from helpers import BACKENDS, SPECS, catalogue_sources
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from reclang.codegen.names import RESERVED, py_name
@@ -28,7 +28,6 @@ import reclang
 
 F = torch.nn.functional
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-BACKENDS = ("sequential", "scan", "chunk", "fft", "triton")
 CPU_BACKENDS = BACKENDS[:-1]
 
 
@@ -45,17 +44,6 @@ def identifiers(source: str) -> set[str]:
         elif isinstance(node, ast.alias):
             found.add((node.asname or node.name).split(".")[0])
     return found
-
-
-@functools.cache
-def catalogue_sources() -> dict[tuple[str, str], str]:
-    sources = {}
-    for path in sorted(SPECS.glob("*.rec")):
-        cell = reclang.load(path)
-        for backend in BACKENDS:
-            if cell.supports(backend):
-                sources[path.stem, backend] = cell.source(backend)
-    return sources
 
 
 @functools.cache

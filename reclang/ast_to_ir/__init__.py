@@ -11,7 +11,7 @@ The stages, one module each:
     indices.py       a statement's left-hand side and the sizes of its indices
     expressions.py   the right-hand side, node by node
     builder.py       the graph, the statements in order, the whole-cell checks
-    common.py        what they share: reserved names, walks of an expression, wording
+    common.py        what they share: reserved names, wording
 """
 
 from __future__ import annotations

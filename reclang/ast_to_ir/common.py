@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import difflib
 
-from .. import ast
 from ..functions import FUNCTIONS, INIT_ONLY, REDUCTIONS
 from ..ir import Node
 
@@ -26,26 +25,6 @@ def _union(nodes: list[Node]) -> tuple[list[str], list[int]]:
                 axes.append(a)
                 sizes.append(s)
     return axes, sizes
-
-
-def _children(e: ast.Expr):
-    if isinstance(e, ast.Subscript):
-        return e.indices
-    if isinstance(e, ast.Call):
-        return e.args
-    if isinstance(e, ast.Reduce):
-        return (e.body,)
-    if isinstance(e, ast.Unary):
-        return (e.operand,)
-    if isinstance(e, ast.Binary):
-        return (e.left, e.right)
-    return ()
-
-
-def _walk(e: ast.Expr):
-    yield e
-    for c in _children(e):
-        yield from _walk(c)
 
 
 def _axes(n: int) -> str:

@@ -8,7 +8,7 @@ from .. import ast, config
 from ..errors import RecError
 from ..functions import CALLABLE, FUNCTIONS, INIT_ONLY, REDUCTIONS
 from ..ir import Decl, Op
-from .common import KEYWORDS, RESERVED, _a, _axes, _suggest, _walk
+from .common import KEYWORDS, RESERVED, _a, _axes, _suggest
 from .hypers import _eval_scalar
 
 
@@ -78,7 +78,7 @@ class Declarations:
         """Initializers use numbers, hyperparameters, params, the declaration's own
         index names, elementwise functions and uniform / normal / arange."""
         indices = {d.index for d in decl.dims if d.index}
-        for e in _walk(expr):
+        for e in ast.walk(expr):
             if isinstance(e, ast.Name) and e.name not in self.hypers | dict.fromkeys(indices):
                 other = self.decls.get(e.name)
                 if other is None or other.kind != "param":

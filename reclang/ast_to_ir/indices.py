@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .. import ast
 from ..errors import Loc
-from .common import RESERVED, _a, _axes, _children, _walk
+from .common import RESERVED, _a, _axes
 
 
 class Indices:
@@ -69,14 +69,14 @@ class Indices:
         """The size of an index from the tensors it subscripts in `expr`."""
         found = self._subscript_sizes(index, expr)
         rebound = any(isinstance(e, ast.Reduce) and index in [n.name for n in e.binders]
-                      for e in _walk(expr))
+                      for e in ast.walk(expr))
         unknown = any(isinstance(e, ast.Subscript) and self._shape_of(e.name) is None and
                       any(isinstance(s, ast.Name) and s.name == index for s in e.indices)
-                      for e in _walk(expr))
+                      for e in ast.walk(expr))
         if not found and (rebound or unknown):
             return 1  # the rebinding reduction, or the unknown tensor, reports the problem
         if not found:
-            used = any(isinstance(e, ast.Name) and e.name == index for e in _walk(expr))
+            used = any(isinstance(e, ast.Name) and e.name == index for e in ast.walk(expr))
             if reduced and not used:
                 message = f"index {index} is reduced but not used in the reduction's body"
             elif used:
@@ -104,7 +104,7 @@ class Indices:
                 if isinstance(sub, ast.Name) and sub.name == index and shape is not None \
                         and k < len(shape):
                     found.append((shape[k], sub.loc, f"{expr.name} (axis {k})"))
-        for child in _children(expr):
+        for child in ast.children(expr):
             found += self._subscript_sizes(index, child)
         return found
 

@@ -65,7 +65,7 @@ def _maximal(e: ast.Expr, values: dict, lets: dict):
         if not plain:
             yield e
         return
-    for child in _children(e):
+    for child in ast.children(e):
         yield from _maximal(child, values, lets)
 
 
@@ -84,22 +84,8 @@ def _operation(e: ast.Expr) -> str:
     return e.fn if isinstance(e, ast.Call) else "neg"
 
 
-def _children(e: ast.Expr):
-    if isinstance(e, ast.Subscript):
-        return e.indices
-    if isinstance(e, ast.Call):
-        return e.args
-    if isinstance(e, ast.Reduce):
-        return (e.body,)
-    if isinstance(e, ast.Unary):
-        return (e.operand,)
-    if isinstance(e, ast.Binary):
-        return (e.left, e.right)
-    return ()
-
-
 def _leaves(e: ast.Expr):
-    children = _children(e)
+    children = ast.children(e)
     if not children:
         yield e
     for c in children:
