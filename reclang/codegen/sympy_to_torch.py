@@ -164,7 +164,7 @@ class SympyLowering:
                 bottom.append(sympy.Integer(f.q))
             else:
                 top.append(f)
-        num = self.product([self._lower(f) for f in top if f != 1])
+        num = self.product([self._lower(f) for f in top if not (f.is_Number and f == 1.0)])
         if not bottom:
             return num
         den = self.product([self._lower(f) for f in bottom])
