@@ -26,8 +26,12 @@ def test_a_power_with_a_sum_for_exponent_is_printed_in_parentheses():
 @pytest.mark.parametrize("name, precomputed", [
     ("gla", "none precomputed"), ("simple_gla", "none precomputed"),
     ("retnet", "none precomputed"), ("delta_net", "none precomputed"),
-    ("gated_delta_net", "none precomputed"),
-    ("mamba2", "precomputed on all tokens (not elementwise in the inputs): S: w, k.")])
+    # an exp of an input can overflow from finite inputs: precomputed, where causal_pass
+    # checks it (Gated DeltaNet's a = -exp(g) β k)
+    ("gated_delta_net", "precomputed on all tokens (not elementwise in the inputs, or able "
+                        "to overflow from finite ones): S: a."),
+    ("mamba2", "precomputed on all tokens (not elementwise in the inputs, or able to "
+               "overflow from finite ones): S: w, k.")])
 def test_the_header_names_the_precomputed_operands(name, precomputed):
     header = " ".join(line[2:] for line in small(name).source("triton").splitlines()
                       if line.startswith("# "))
@@ -35,11 +39,11 @@ def test_the_header_names_the_precomputed_operands(name, precomputed):
     assert precomputed in header
 
 
-@pytest.mark.parametrize("name", ["gla", "gated_delta_net"])
-def test_the_forward_computes_no_in_kernel_operand_in_pytorch(name, monkeypatch):
+@pytest.mark.parametrize("name, precomputed", [("gla", 0), ("gated_delta_net", 1)])
+def test_the_forward_computes_no_in_kernel_operand_in_pytorch(name, precomputed, monkeypatch):
     """Every PyTorch operand of the forward pass is a precomputed one or an output's
-    linear part: GLA's w, k, v, q and Gated DeltaNet's w, k, v, q, a, b are the
-    kernels'."""
+    linear part: GLA's w, k, v, q and Gated DeltaNet's w, k, v, q, b are the kernels'
+    (its a = -exp(g) β k is precomputed: an exp can overflow)."""
     m = small(name).module("triton").double().to(DEVICE)
     code = m._generated
     made = []
@@ -49,8 +53,8 @@ def test_the_forward_computes_no_in_kernel_operand_in_pytorch(name, monkeypatch)
     x = random_inputs(m, 1, 5, **MATRIX_TRANSFORMS[name])
     with torch.no_grad():
         m(**{k: v.to(DEVICE) for k, v in x.items()})
-    H, V = small(name).hypers["H"], small(name).hypers["V"]
-    assert made == [(H, V)]  # the output's linear part
+    H, K, V = (small(name).hypers[n] for n in "HKV")
+    assert made == [(H, K)] * precomputed + [(H, V)]  # a, and the output's linear part
 
 
 # key side through a projection and a param in the decay: both precomputed; the value

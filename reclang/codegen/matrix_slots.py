@@ -164,8 +164,12 @@ def _reads(expr) -> set[str]:
 
 
 def _printable(ir: IR, s: ChunkState, role: str, expr) -> bool:
-    """Elementwise over the inputs along the operand's axes, printable in Triton."""
-    if expr.has(sympy.Sum):
+    """Elementwise over the inputs along the operand's axes, printable in Triton, and
+    unable to overflow from finite inputs (no exp outside the log decay, which is
+    clamped): causal_pass checks the raw inputs of in-kernel operands, so an operand
+    that could turn infinite from finite ones is computed in PyTorch, where it checks
+    the operand itself."""
+    if expr.has(sympy.Sum) or (role != "w" and _may_overflow(expr)):
         return False
     shared, columns = role_axes(s, role)
     axes = {sympy.Symbol(a, integer=True) for a in (*shared, *columns)}
@@ -181,6 +185,12 @@ def _printable(ir: IR, s: ChunkState, role: str, expr) -> bool:
     except NotImplementedError:
         return False
     return True
+
+
+def _may_overflow(expr) -> bool:
+    """An exp, or a power with a varying exponent, of something that reads an input."""
+    return any(e.has(sympy.Indexed) for e in sympy.sympify(expr).atoms(sympy.exp)) or any(
+        p.exp.has(sympy.Indexed) for p in sympy.sympify(expr).atoms(sympy.Pow))
 
 
 class SlotPrinter:

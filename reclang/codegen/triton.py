@@ -141,7 +141,8 @@ class TritonChunkProgram(ChunkProgram):
         if self.slot_states:
             about += ("The chunk kernels compute the operands from the raw inputs "
                       "(mat_slots.py.jinja); ")
-            about += ("precomputed on all tokens (not elementwise in the inputs): "
+            about += ("precomputed on all tokens (not elementwise in the inputs, or able to "
+                      "overflow from finite ones): "
                       + "; ".join(precomputed) + ". " if precomputed else "none precomputed. ")
         else:
             about += "The operands are computed on all tokens at once. "
