@@ -424,8 +424,9 @@ def test_generated_file_holds_the_kernel_with_a_header():
     assert "@triton.jit\ndef delta_product_recurrent_kernel(" in product
     assert "REVERSE: tl.constexpr, R_UPDATE: tl.constexpr" in product  # flags, not copies
     assert "_chunk_" not in product
-    # every operand in the kernels' slots, from the raw inputs
-    assert "= state_pass_slots(_S_slots, (q, k, v, g, beta,), (None, None, None, None, None, " \
+    # every operand in the kernels' slots, from the raw inputs, but a = -exp(g) β k, which
+    # can overflow from finite inputs (precomputed, where causal_pass checks it)
+    assert "= state_pass_slots(_S_slots, (q, k, v, g, beta,), (None, _S_a, None, None, None, " \
         "None), " in matrix
     for kernel in ("chunk_wy", "chunk_wy_states", "chunk_read_k", "chunk_read_v"):
         assert f"@triton.jit\ndef gated_delta_net_{kernel}_kernel(" in matrix
