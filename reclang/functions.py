@@ -259,7 +259,6 @@ FUNCTIONS: dict[str, Fn] = {f.name: f for f in [
 # ---- views of the table
 BINARY_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow",
               "<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
-OPERATOR_SYMBOLS = {v: k for k, v in BINARY_OPS.items()} | {"neg": "-"}
 
 REDUCTIONS = {"sum": "torch.sum", "max": "torch.amax", "min": "torch.amin",
               "logsumexp": "torch.logsumexp"}

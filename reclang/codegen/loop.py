@@ -238,8 +238,3 @@ def _broadcast(lower: ExprLowering, code: Code, node: Node, home: Place,
     sizes = ", ".join("-1" if a in code.axes else str(s) for a, s in zip(target, node.sizes))
     x = aligned.wrap(ATOM)
     return f"{x}.expand(*{x}.shape[:-{len(target)}], {sizes})"
-
-
-def generate(ir: IR) -> str:
-    """The generated source of the sequential backend (forward and step)."""
-    return Program(ir).source()

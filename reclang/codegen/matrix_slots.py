@@ -189,8 +189,9 @@ def _printable(ir: IR, s: ChunkState, role: str, expr) -> bool:
 
 def _may_overflow(expr) -> bool:
     """An exp, or a power with a varying exponent, of something that reads an input."""
-    return any(e.has(sympy.Indexed) for e in sympy.sympify(expr).atoms(sympy.exp)) or any(
-        p.exp.has(sympy.Indexed) for p in sympy.sympify(expr).atoms(sympy.Pow))
+    expr = sympy.sympify(expr)
+    return any(e.has(sympy.Indexed) for e in expr.atoms(sympy.exp)) or any(
+        p.exp.has(sympy.Indexed) for p in expr.atoms(sympy.Pow))
 
 
 class SlotPrinter:
