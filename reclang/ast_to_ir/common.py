@@ -8,7 +8,7 @@ import difflib
 from ..functions import FUNCTIONS, INIT_ONLY, REDUCTIONS
 from ..ir import Node
 
-KEYWORDS = {"cell", "input", "param", "state", "out", "real", "complex"}
+KEYWORDS = {"cell", "input", "param", "state", "out", "real", "complex", "for", "in"}
 RESERVED = KEYWORDS | set(REDUCTIONS) | set(FUNCTIONS) | set(INIT_ONLY)
 STAGE = "ast_to_ir"  # how an internal error names this pass
 
