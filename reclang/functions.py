@@ -275,6 +275,13 @@ BINARY_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", 
 REDUCTIONS = {"sum": "torch.sum", "max": "torch.amax", "min": "torch.amin",
               "logsumexp": "torch.logsumexp"}
 
+# Normalizations over an index that stays free (`softmax(i: e)`, lowered by the IR
+# builder to max, exp, sum and a division).
+NORMALIZATIONS = {"softmax"}
+
+# Named numbers: a name that folds to its value wherever a number may be written.
+CONSTANTS = {"inf": math.inf, "pi": math.pi}
+
 # Only in initializers of params and states: random draws and ranges.
 INIT_ONLY = {"uniform": 2, "normal": 2, "arange": 1}
 

@@ -95,7 +95,7 @@ class SympyLowering:
             return Code("1j", ATOM, (), True)
         if expr.is_Integer:
             value = int(expr)
-        elif expr.is_real or expr is sympy.nan:
+        elif expr.is_extended_real or expr is sympy.nan:  # oo is not `real` in sympy
             value = float(expr)
         else:
             value = complex(expr)
