@@ -10,7 +10,7 @@ from ..ir import Node
 
 KEYWORDS = {"cell", "input", "param", "state", "out", "real", "complex", "for", "in"}
 RESERVED = KEYWORDS | set(REDUCTIONS) | set(FUNCTIONS) | set(INIT_ONLY) | set(CONSTANTS) \
-    | NORMALIZATIONS
+    | NORMALIZATIONS | {"lag"}
 STAGE = "ast_to_ir"  # how an internal error names this pass
 
 
