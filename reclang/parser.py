@@ -53,9 +53,9 @@ class LineJoiner:
             indent = re.match(r"[\t ]*", tok.value.rsplit("\n", 1)[-1]).group()
             header = prev.type == "COLON"
             if header and first.type == "FOR":
-                if len(indent) <= len(stmt_indent):
-                    raise _LayoutProblem("the body of a for block is indented deeper than "
-                                         "its `for` line", first.line, first.column)
+                if len(indent) <= len(stmt_indent):  # raised unless the file ends here
+                    misplaced = _LayoutProblem("the body of a for block is indented deeper "
+                                               "than its `for` line", first.line, first.column)
                 blocks.append(indent)
                 prev, opened = _token("_INDENT", tok), first
             elif header or len(indent) <= len(stmt_indent):
@@ -82,7 +82,8 @@ def _close(blocks: list[str], body: str, indent: str, tok: Token):
     level = blocks[-1] if blocks else body
     if (blocks or closed) and indent != level:
         how = ("mixes tabs and spaces differently from the lines around it"
-               if len(indent) == len(level) else "matches no enclosing block")
+               if indent and level and set(indent) != set(level) or len(indent) == len(level)
+               else "matches no enclosing block")
         return closed, _LayoutProblem(f"the indentation of this line {how}", tok.end_line,
                                       len(indent) + 1)
     return closed, None
