@@ -401,5 +401,5 @@ def _check_limits(tree: lark.Tree, source: Source) -> None:
 
 
 # The rules that nest expressions: each counts one level towards config.DEPTH.
-_EXPRESSIONS = {"add", "sub", "mul", "div", "floordiv", "mod", "pow", "neg", "pos", "compare", "call",
-                "subscript"}
+_EXPRESSIONS = {"add", "sub", "mul", "div", "floordiv", "mod", "pow", "neg", "pos", "compare",
+                "call", "subscript"}

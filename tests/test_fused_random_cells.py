@@ -59,8 +59,9 @@ def cells(draw):
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @settings(max_examples=int(os.environ.get("RANDOM_CELLS", 60)) // 4, deadline=None)
 @given(cells(), st.integers(1, 4), st.integers(1, 3))
+# an operand without the unit axis, added to one with it
 @example(EXAMPLE.format(c_update=C_UPDATES[0][0].format("c[n]"),
-                        h_new="max(sum(d: x[d]), 0.2)", y="z[0, n]"), 2, 2)  # an operand without the unit axis, added to one with it
+                        h_new="max(sum(d: x[d]), 0.2)", y="z[0, n]"), 2, 2)
 def test_random_nonlinear_cells_on_the_fused_loop(text, T, B):
     cell = reclang.loads(text, "random.rec")
     assert cell.plan.form == "nonlinear" and lane_form(cell.ir)  # by construction
