@@ -133,6 +133,12 @@ def test_misuse_errors(case, text, message, line, col):
         (line, col), str(info.value)
 
 
+def test_a_count_may_be_an_integer_valued_float():
+    cell = reclang.loads(block("S[i] <- x[i] * r", "a[i] = x[i]", count="R * 1.5"), "c.rec")
+    assert [cell.ir.node(i).arg for i in cell.ir.stmts] == \
+        ["S_0", "a_0", "S_1", "a_1", "S", "a", "y"]
+
+
 @pytest.mark.parametrize("name", ["for", "in"])
 def test_for_and_in_are_keywords(name):
     with pytest.raises(RecError, match=f"'{name}' is a keyword"):

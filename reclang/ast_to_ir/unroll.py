@@ -85,6 +85,8 @@ class _Unroller:
             count = _eval_scalar(s.count, self.hypers, "the count of a for block")
         except RecError as err:
             self.fail(err.message, err.loc or s.count.loc)
+        if isinstance(count, float) and count.is_integer():
+            count = int(count)  # as a dimension takes 4.0
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             self.fail(f"a for block runs a positive integer number of times; {count!r} is "
                       "not one", s.count.loc)
