@@ -90,9 +90,9 @@ def _close(blocks: list[str], body: str, indent: str, tok: Token):
 
 
 def _token(kind: str, at: Token) -> Token:
-    """A layout token placed where the next line starts."""
-    return Token(kind, "", at.end_pos, at.end_line, at.end_column, at.end_line,
-                 at.end_column, at.end_pos)
+    """A layout token placed at `at` (the newline it stands for: an error there points
+    at the end of the statement's line)."""
+    return Token(kind, "", at.start_pos, at.line, at.column, at.line, at.column, at.start_pos)
 
 
 @lru_cache(maxsize=1)
@@ -326,16 +326,26 @@ def _friendly(err: lark.exceptions.UnexpectedInput, source: Source) -> tuple[str
         return f"this '{bracket.value}' is never closed", _loc(bracket, source)
     if token.type == "$END":
         loc = _end_loc(source)
+    if _in_for_header(err) and token.type not in ("_INDENT", "$END"):
+        return "a for line ends with ':' (`for r in R:`)", loc
     if token.type == "EQUAL" and opened:
         return "'=' inside an expression: write '==' to compare", loc
     for close, word in (("RSQB", "']'"), ("RPAR", "')'")):
         if close in expected and token.type in ("RPAR", "RSQB", "EQUAL", "_NL", "$END"):
             return f"missing {word} before {got}", loc
-    if token.type in ("_NL", "$END"):
+    if token.type in ("_NL", "$END", "_DEDENT"):
         return "the statement is incomplete: an expression is missing", loc
     words = sorted({_TOKEN_WORDS.get(e) or f"'{_literal(e)}'" for e in expected})
     shown = ", ".join(words[:6]) + (", ..." if len(words) > 6 else "")
     return f"unexpected {got}; expected {shown}", loc
+
+
+def _in_for_header(err) -> bool:
+    """Whether the parser stopped between `for` and the ':' of its line."""
+    state = getattr(getattr(err, "interactive_parser", None), "parser_state", None)
+    types = [getattr(v, "type", None) for v in (state.value_stack if state else [])]
+    after = types[len(types) - types[::-1].index("FOR"):] if "FOR" in types else []
+    return after[:2] == ["NAME", "IN"] and len(after) > 2 and "COLON" not in after
 
 
 def _literal(terminal: str) -> str:

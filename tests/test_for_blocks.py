@@ -82,6 +82,10 @@ LAYOUT = [
      "the indentation of this line matches no enclosing block", 6, 7),
     ("tabs and spaces", HEAD + "    for r in R:\n        S[i] <- x[i]\n\t\ta[i] = x[i]\n" + OUT,
      "mixes tabs and spaces", 6, 3),
+    ("missing colon", HEAD + "    for r in R\n        S[i] <- x[i]\n" + OUT,
+     "a for line ends with ':'", 5, 9),
+    ("incomplete last statement of a block", HEAD + "    for r in R:\n        S[i] <- x[i] +\n"
+     + OUT, "the statement is incomplete", 5, 23),
     ("declaration inside", HEAD + "    for r in R:\n        input z\n        S[i] <- x[i]\n"
      + OUT, "declarations belong at the top of the cell", 5, 9),
 ]
