@@ -158,3 +158,14 @@ def test_a_state_updated_in_a_block_runs_on_the_parallel_backends():
     x, s = random_inputs(seq, 2, 5), random_state(seq, 2)
     for a, b in zip(seq(**x, state=s), scan(**x, state=s)):
         torch.testing.assert_close(a, b)
+
+
+def test_a_reduction_index_named_as_the_counter_is_the_reductions_own():
+    cell = reclang.loads(HEAD + "    for r in R:\n        S[i] <- 0.5 * S[i] + sum(r: x[r]) + r\n"
+                         "        a[i] = S[i]\n" + OUT, "c.rec")
+    m = cell.module("sequential").double()
+    x = random_inputs(m, 1, 1)
+    y, final = m(**x)
+    total = x["x"].sum()
+    want = 0.5 * (0.5 * 0 + total + 0) + total + 1
+    torch.testing.assert_close(final["S"], want.expand(1, 3))

@@ -147,8 +147,8 @@ def _substitute(e: ast.Expr, values: dict, renamed: dict) -> ast.Expr:
                              tuple(_substitute(i, values, renamed) for i in e.indices), e.loc)
     if isinstance(e, ast.Reduce):
         bound = {b.name for b in e.binders}
-        inner = {k: v for k, v in values.items() if k not in bound}
-        return dataclasses.replace(e, body=_substitute(e.body, inner, renamed))
+        return dataclasses.replace(e, body=_substitute(e.body, _without(values, bound),
+                                                       _without(renamed, bound)))
     if isinstance(e, ast.Call):
         return dataclasses.replace(e, args=tuple(_substitute(a, values, renamed)
                                                  for a in e.args))
@@ -158,6 +158,11 @@ def _substitute(e: ast.Expr, values: dict, renamed: dict) -> ast.Expr:
         return dataclasses.replace(e, left=_substitute(e.left, values, renamed),
                                    right=_substitute(e.right, values, renamed))
     return e
+
+
+def _without(names: dict, bound: set) -> dict:
+    """A reduction's own indices are not the counters or values of the same names."""
+    return {k: v for k, v in names.items() if k not in bound}
 
 
 def _names(cell: ast.Cell, reads: bool) -> set[str]:
