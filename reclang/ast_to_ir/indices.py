@@ -56,7 +56,8 @@ class Indices:
         if s.name in self.updated:
             first = self.node(self.updated[s.name]).loc
             self.fail(f"state {s.name} is updated twice (first at line {first.line}); "
-                      "a state has one update per step", s.loc)
+                      "a state has one update per step (one per iteration of a for block)",
+                      s.loc)
         if len(s.indices) != len(decl.shape):
             self.fail(f"{s.name} has {_axes(len(decl.shape))} but {len(s.indices)} "
                       f"{'index is' if len(s.indices) == 1 else 'indices are'} given", s.loc)
