@@ -145,3 +145,27 @@ def test_a_state_may_start_at_minus_inf_and_pi_folds_in_initializers():
     m = cell.module("sequential")
     assert m.p.tolist() == pytest.approx([math.pi / 2] * 2)
     assert m.initial_state(1)["m"].tolist() == [[-math.inf, -math.inf]]
+
+
+MATRIX = """cell c(H = 2, K = 3, V = 2):
+    input q[H, K], k[H, K], v[H, V], g[H, K]
+    state S[H, K, V] = 0
+    w[h, i] = 0.5 + 0.4 * softmax(i: g[h, i])
+    S[h, i, j] <- w[h, i] * S[h, i, j]
+                  + softmax(i: k[h, i]) * v[h, j] * (floor(k[h, i]) + k[h, i] % 1) * pi
+    out o[h, j] = sum(i: q[h, i] * S[h, i, j])
+"""
+
+
+def test_the_new_operations_in_a_matrix_cell_run_on_chunk_and_triton():
+    """A softmax decay and keys with floor, % and pi: the chunk backend's and the
+    matrix kernels' operands (printed through sympy and Triton)."""
+    cell = reclang.loads(MATRIX, "c.rec")
+    assert cell.plan.form == "mat-decay"
+    torch.manual_seed(0)
+    reference = cell.module("sequential").double()
+    for backend in ("chunk", "triton"):
+        torch.manual_seed(0)
+        m = cell.module(backend).double()
+        assert_matches_reference(m, as_reference(reference), random_inputs(m, 2, 5),
+                                 random_state(m, 2))
