@@ -269,8 +269,7 @@ FUNCTIONS: dict[str, Fn] = {f.name: f for f in [
 
 # ---- views of the table
 BINARY_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", "%": "mod",
-              "**": "pow",
-              "<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
+              "**": "pow", "<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
 
 REDUCTIONS = {"sum": "torch.sum", "max": "torch.amax", "min": "torch.amin",
               "logsumexp": "torch.logsumexp"}

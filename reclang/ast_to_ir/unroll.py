@@ -22,7 +22,7 @@ from .hypers import _eval_scalar
 
 
 class _Skip(Exception):
-    """Abandons a block after its problem was recorded."""
+    """Abandons a statement (or a block) after its problem was recorded."""
 
 
 def unroll(cell: ast.Cell, hypers: dict) -> ast.Cell:
