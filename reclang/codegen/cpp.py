@@ -22,8 +22,9 @@ from .fused_loop import FusedProgram, KernelCode, TritonPrinter
 from .render import render
 
 # the Triton spellings the C++ prelude of cpu_loop.cpp.jinja defines (with tl. as tl_)
-CPP_FUNCTIONS = ("tl.exp", "tl.log", "tl.sqrt", "tl.abs", "tl.erf", "tl.sin", "tl.cos",
-                 "tl.sigmoid", "_softplus", "_logsigmoid", "_tanh", "_sign", "_heaviside")
+CPP_FUNCTIONS = ("tl.exp", "tl.log", "tl.sqrt", "tl.abs", "tl.floor", "tl.erf", "tl.sin",
+                 "tl.cos", "tl.sigmoid", "_softplus", "_logsigmoid", "_tanh", "_sign",
+                 "_heaviside")
 
 
 class CppPrinter(TritonPrinter):
