@@ -1,5 +1,6 @@
-"""The cpu backend for `nonlinear` cells (LSTM, GRU, sLSTM, Elman...): the whole time
-loop, forward and backward, in C++ compiled for this machine (reclang/codegen/cpp.py,
+"""The cpu backend for `nonlinear` cells (LSTM, GRU, sLSTM, Elman...) and real diagonal
+ones (minGRU, HGRN, RG-LRU: their gates computed in the loop): the whole time loop,
+forward and backward, in C++ compiled for this machine (reclang/codegen/cpp.py,
 backends/templates/cpu_loop.cpp.jinja; built and cached by reclang/runtime/cpp.py).
 It lowers the lane form the triton fused loop lowers, and needs a C++ compiler."""
 
@@ -13,7 +14,8 @@ from .base import Backend, register, triton_refusal
 
 
 class CpuLoop(Backend):
-    name, forms, kind, schedules = "cpu", ("nonlinear",), "lanes", CpuLoopSchedule
+    name, kind, schedules = "cpu", "loop_lanes", CpuLoopSchedule
+    forms = ("nonlinear", "diag", "diag-lti")  # the diagonal ones: a scan at bandwidth
 
     def refusal(self, plan) -> str:
         """Why the compiled loop cannot run the cell ("" when it can): no compiler, the

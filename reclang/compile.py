@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from pathlib import Path
 
-from . import config
+from . import config, cost
 from .ast_to_ir import build_ir
 from .backends import base as registry
 from .errors import Loc, RecError, Source, at
@@ -173,12 +173,8 @@ class Cell:
         - only a backend the plan proves runs the cell on any inputs (`Plan.proves`):
           not one that checks a condition at run time (the chunkwise form's positive
           decays, where the analyzer cannot prove them)."""
-        cuda = "triton" if self.proves("triton") else None
-        if self.proves("chunk"):
-            return "chunk", cuda or "chunk"
-        if self.proves("scan"):
-            return "scan", cuda or "scan"
-        return "sequential", cuda or "sequential"
+        cuda = "triton" if self.proves("triton") else cost.cpu_choice(self, False)[0]
+        return cost.cpu_choice(self)[0], cuda
 
     def auto_summary(self) -> str:
         """What `auto` runs on each device, and why not triton on CUDA tensors."""

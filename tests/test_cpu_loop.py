@@ -2,7 +2,8 @@
 backend in float64 (outputs, final states, gradients of inputs, params and initial
 states; T = 1 and primes; lengths and cu_seqlens), float32 runs the float entry points,
 and the compiled libraries are cached under the trust rules of reclang/runtime/cpp.py.
-Four small cells: four compiles per session (about a second each)."""
+Six small cells (four nonlinear, two diagonal): six compiles per session (about a second
+each), and `auto`'s choice with compiling allowed."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from reclang.functions import TRITON
 from reclang.runtime import cpp
 
 CELLS = {"lstm": {"D": 3, "N": 4}, "gru": {"D": 3, "N": 5}, "elman": {"D": 3, "N": 4},
-         "slstm": {"D": 3, "NH": 2, "DH": 2}}
+         "slstm": {"D": 3, "NH": 2, "DH": 2}, "min_gru": {"D": 3, "N": 4}, "rg_lru": {"D": 5}}
 
 
 def modules(name: str):
@@ -115,9 +116,22 @@ def test_a_cached_library_is_trusted_only_after_its_hash_is_checked(tmp_path, mo
     assert again() == library and len(compiles) == 2 and record.exists()
 
 
+@pytest.mark.parametrize("name, compiled, pytorch", [
+    ("lstm", "cpu", "sequential"), ("min_gru", "cpu", "scan"), ("gla", "chunk", "chunk"),
+    ("mamba_s6", "scan", "scan"), ("lmu", "sequential", "sequential")])
+def test_what_auto_picks_on_the_cpu(name, compiled, pytorch, monkeypatch):
+    cell = reclang.load(SPECS / f"{name}.rec")
+    monkeypatch.setenv("RECLANG_AUTO_COMPILED", "1")
+    assert cell.auto_backends()[0] == compiled
+    assert cell.auto_backends()[1] != "cpu"  # on CUDA tensors: never the CPU kernel
+    monkeypatch.setenv("RECLANG_AUTO_COMPILED", "0")  # the pin of the test suite
+    assert cell.auto_backends()[0] == pytorch
+
+
 def test_compiler_errors_and_a_missing_compiler(monkeypatch):
     with pytest.raises(cpp.CompileError, match="a bug of reclang"):
         cpp.build("this is not C++", "broken")
+    monkeypatch.setenv("RECLANG_AUTO_COMPILED", "1")
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     cell = reclang.load(SPECS / "lstm.rec", **CELLS["lstm"])
     verdict = cell.verdict("cpu")
