@@ -30,6 +30,7 @@ from .module import RecModule
 from .parser import parse
 from .schedule import Schedule
 
+
 class Cell:
     """A checked cell with its hyperparameters fixed: what `load` returns."""
 
