@@ -26,6 +26,7 @@ from reclang.codegen.cpp import CPP_FUNCTIONS
 from reclang.codegen.render import TEMPLATES
 from reclang.functions import TRITON
 from reclang.runtime import cpp
+from reclang.schedule import CpuLoopSchedule
 
 CELLS = {"lstm": {"D": 3, "N": 4}, "gru": {"D": 3, "N": 5}, "elman": {"D": 3, "N": 4},
          "slstm": {"D": 3, "NH": 2, "DH": 2}, "min_gru": {"D": 3, "N": 4}, "rg_lru": {"D": 5}}
@@ -47,6 +48,17 @@ def test_equals_sequential(name):
     for T in LENGTHS:
         assert_matches_reference(ours, as_reference(sequential), random_inputs(ours, 3, T),
                                  random_state(ours, 3), atol=1e-10, rtol=1e-9)
+
+
+def test_blocks_of_sequences_on_threads():
+    """Seven sequences in blocks of two (the last one short) on three threads."""
+    torch.manual_seed(0)
+    cell = reclang.load(SPECS / "slstm.rec", **CELLS["slstm"])
+    ours = cell.module("cpu", schedule=CpuLoopSchedule(block_b=2, threads=3)).double()
+    sequential = cell.module("sequential").double()
+    sequential.load_state_dict(ours.state_dict())
+    assert_matches_reference(ours, as_reference(sequential), random_inputs(ours, 7, 6),
+                             random_state(ours, 7), atol=1e-10, rtol=1e-9)
 
 
 def test_lengths_and_cu_seqlens():
