@@ -52,6 +52,16 @@ class CppPrinter(TritonPrinter):
             text = f"({self._print(cond)} ? {self._print(value)} : {text})"
         return text
 
+    def _print_ITE(self, expr):  # a condition sympy made of a piecewise one
+        cond, a, b = (self._print(x) for x in expr.args)
+        return f"({cond} ? {a} : {b})"
+
+    def _print_BooleanTrue(self, expr):
+        return "true"
+
+    def _print_BooleanFalse(self, expr):
+        return "false"
+
     def _print_Not(self, expr):
         return f"!({self._print(expr.args[0])})"
 
