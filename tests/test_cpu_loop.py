@@ -84,6 +84,19 @@ def test_lengths_and_cu_seqlens():
     torch.testing.assert_close(y[:, 5:12], want)
 
 
+def test_without_a_backward_two_steps_of_states_are_kept():
+    """Under no_grad the kernel keeps the states before and after a step, not all T."""
+    ours, sequential = modules("lstm")
+    for T in (1, 2, 7):
+        x, s0 = random_inputs(ours, 3, T), random_state(ours, 3)
+        with torch.no_grad():
+            y, final = ours(state=s0, **x)
+        want_y, want_final = sequential(state=s0, **x)
+        torch.testing.assert_close(y, want_y, atol=1e-12, rtol=1e-10)
+        for k in final:
+            torch.testing.assert_close(final[k], want_final[k], atol=1e-12, rtol=1e-10)
+
+
 def test_float32_is_the_float_kernel():
     ours, sequential = modules("gru")
     x = random_inputs(ours, 5, 11)
