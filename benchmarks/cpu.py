@@ -3,6 +3,7 @@ against the PyTorch loop, and against this machine's limits (copy bandwidth, mat
 rate), with the load of the machine beside the figures.
 
     python benchmarks/cpu.py [--quick] [--repeat 3] [--threads N] [--clock cpu]
+                             [--only rnn|diag]
 
 Timings are the best of `repeat` runs, float32, side by side in one process; with
 `--clock cpu`, of the process's CPU time (time.process_time) instead of the wall clock:
@@ -54,14 +55,18 @@ def load_average() -> str:
         return "load average " + " ".join(f.read().split()[:3])
 
 
-def limits(repeat: int) -> tuple[float, float]:
-    """(copy bandwidth in GB/s: bytes read + written, matmul GFLOP/s), float32."""
+def limits(repeat: int) -> tuple[float, float, float]:
+    """(copy bandwidth in GB/s, bytes read + written: into a buffer, and into a fresh one
+    as an op's output is, whose pages the kernel maps on first write; matmul GFLOP/s),
+    float32."""
     x = torch.randn(64 * 2 ** 20)
     y = torch.empty_like(x)
     copy = best_of(lambda: y.copy_(x), repeat)
+    fresh = best_of(lambda: x.clone(), repeat)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     mm = best_of(lambda: a @ b, repeat)
-    return 2 * x.numel() * 4 / copy / 1e9, 2 * 2048 ** 3 / mm / 1e9
+    moved = 2 * x.numel() * 4 / 1e9
+    return moved / copy, moved / fresh, 2 * 2048 ** 3 / mm / 1e9
 
 
 def timed(fn, xs: dict, repeat: int) -> tuple[float, float]:
@@ -162,6 +167,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=sorted(CLOCK), default="wall")
+    parser.add_argument("--only", choices=("rnn", "diag"), default=None)
     args = parser.parse_args()
     global clock
     clock = CLOCK[args.clock]
@@ -172,11 +178,13 @@ def main() -> int:
                     if line.startswith("model name")), platform.processor())
     print(f"# {cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, {args.clock} clock; {load_average()} (before)")
-    bandwidth, gflops = limits(args.repeat)
-    print(f"limits: copy {bandwidth:.1f} GB/s (read + write), float32 matmul 2048³ "
-          f"{gflops:.1f} GFLOP/s")
-    rnn_rows(args.repeat, args.quick, gflops)
-    diag_rows(args.repeat, args.quick, bandwidth)
+    bandwidth, fresh, gflops = limits(args.repeat)
+    print(f"limits: copy {bandwidth:.1f} GB/s (read + write; {fresh:.1f} into a fresh "
+          f"tensor), float32 matmul 2048³ {gflops:.1f} GFLOP/s")
+    if args.only in (None, "rnn"):
+        rnn_rows(args.repeat, args.quick, gflops)
+    if args.only in (None, "diag"):
+        diag_rows(args.repeat, args.quick, bandwidth)
     print(f"\n# {load_average()} (after)")
     return 0
 
