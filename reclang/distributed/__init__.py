@@ -1,0 +1,112 @@
+"""Sequence parallelism over torch.distributed (LASP-2): a sequence split across ranks.
+
+    sp = SequenceParallel(cell.module("chunk"), group=None)
+    y_r, state = sp(q=q_r, k=k_r, v=v_r, g=g_r, state=None)   # this rank's slice [B, T_r, ...]
+
+Every rank of `group` holds a contiguous slice of the same sequences, in rank order. A
+rank (1) summarizes its slice (summary.py: the slice's transition Φ_r and its state
+contribution c_r from zero), (2) gathers every rank's summary (exchange.py: one
+all_gather), (3) combines them into its initial state S_r and the final state S_P,
+(4) runs its slice from S_r with the module's backend. `y_r` are the slice's outputs,
+`state` the final states of the whole sequences (the same on every rank). Gradients of
+replicated values (parameters, a given `state`) are each rank's share: all-reduce them
+over the group (sum) for the whole, as data parallelism does. docs/distributed.md.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..analysis.plan import make_plan
+from . import summary
+from .exchange import Exchange
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+class SequenceParallel(nn.Module):
+    """Runs `module` (a compiled reclang module) on this rank's slice of the sequences;
+    `group`: the ranks that share the sequences (None: the default group). A cell
+    whose plan cannot be split raises a RecError naming the plan."""
+
+    def __init__(self, module, group=None):
+        super().__init__()
+        self.module = module
+        self.group = group
+        self.layouts = summary.layouts(make_plan(module.ir))
+        self.bytes_sent: dict[str, int] = {}  # "forward", "backward": this rank's buffers
+
+    def forward(self, *, state: dict | None = None, cu_seqlens=None, **inputs):
+        """Inputs [B, T_r, *dims] of this rank, by name; `cu_seqlens`: the offsets of the
+        whole packed batch (every rank's slices end to end), with inputs [1, T_r, ...]."""
+        m, first = self.module, next(iter(inputs.values()))
+        dtype = torch.float32 if first.dtype in LOW_PRECISION else first.dtype
+        dtype = torch.float64 if first.dtype == torch.float64 else dtype
+        pieces = _pieces(first, cu_seqlens, self.group)
+        count = len(pieces.starts) if cu_seqlens is None else len(cu_seqlens) - 1
+        init = m.initial_state(count, dtype, first.device)
+        init.update({k: v.to(init[k].dtype) for k, v in (state or {}).items()})
+        phi, c = self._summary(inputs, pieces, init, dtype)
+        lays = self.layouts
+        out = Exchange.apply(lays, self.group, self.bytes_sent, *phi, *c,
+                             *(init[lay.name] for lay in lays))
+        start = {lay.name: s[pieces.seqs] for lay, s in zip(lays, out)}
+        y, _ = m(**inputs, state=start, **pieces.call)
+        return y, {lay.name: s for lay, s in zip(lays, out[len(lays):])}
+
+    def _summary(self, inputs: dict, pieces, init: dict, dtype):
+        """Per state, Φ and c of every sequence ([N, ...]; untouched ones: Φ = 1, c = 0)."""
+        m, lays = self.module, self.layouts
+        zero = {k: torch.zeros_like(v[pieces.seqs]) for k, v in init.items()}
+        c_pieces = m(**inputs, state=zero, **pieces.call)[1]
+        steps = summary.token_transitions(m, inputs, lays, dtype)
+        phis, cs = [], []
+        for lay in lays:
+            own = dict(zip(pieces.seqs, range(len(pieces.seqs))))
+            a = steps[lay.name]
+            identity = lay.identity(a)
+            phis.append(torch.stack([
+                summary.product(lay, a[pieces.rows[own[n]], pieces.starts[own[n]]:
+                                       pieces.ends[own[n]]]) if n in own else identity
+                for n in range(len(init[lay.name]))]))
+            c = torch.zeros_like(init[lay.name])
+            cs.append(c.index_add(0, torch.tensor(pieces.seqs, device=c.device),
+                                  c_pieces[lay.name].to(c.dtype)))
+        return phis, cs
+
+    def step(self, *, state: dict | None = None, **inputs):
+        """One decoding step: no sequence to split, the module's own step."""
+        return self.module.step(**inputs, state=state)
+
+
+class _Pieces:
+    """The parts of the sequences in this rank's slice: piece i is row `rows[i]`, steps
+    `starts[i]:ends[i]`, of sequence `seqs[i]`; `call`: the module's varlen argument."""
+
+    def __init__(self, rows, starts, ends, seqs, call):
+        self.rows, self.starts, self.ends, self.seqs, self.call = rows, starts, ends, seqs, call
+
+
+def _pieces(first: torch.Tensor, cu_seqlens, group) -> _Pieces:
+    batch, length = first.shape[:2]
+    if cu_seqlens is None:
+        every = list(range(batch))
+        return _Pieces(every, [0] * batch, [length] * batch, every, {})
+    if batch != 1:
+        raise ValueError(f"with cu_seqlens the inputs are [1, T_r, ...], got B = {batch}")
+    lengths = torch.zeros(dist.get_world_size(group), dtype=torch.int64)  # every T_r
+    dist.all_gather_single(lengths, torch.tensor([length]), group=group)
+    begin = int(lengths[:dist.get_rank(group)].sum())
+    offsets = [int(o) for o in cu_seqlens]
+    if offsets[-1] != int(lengths.sum()):
+        raise ValueError(f"cu_seqlens ends at {offsets[-1]}, but the ranks' slices hold "
+                         f"{int(lengths.sum())} steps")
+    seqs, starts, ends = [], [], []
+    for n, (lo, hi) in enumerate(zip(offsets, offsets[1:])):
+        lo, hi = max(lo, begin) - begin, min(hi, begin + length) - begin
+        if lo < hi:
+            seqs.append(n), starts.append(lo), ends.append(hi)
+    call = {"cu_seqlens": torch.tensor([0, *ends], device=first.device)}
+    return _Pieces([0] * len(seqs), starts, ends, seqs, call)
