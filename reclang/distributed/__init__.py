@@ -15,6 +15,9 @@ over the group (sum) for the whole, as data parallelism does. docs/distributed.m
 
 from __future__ import annotations
 
+import copy
+import itertools
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -37,6 +40,20 @@ class SequenceParallel(nn.Module):
         self.group = group
         self.layouts = summary.layouts(make_plan(module.ir))
         self.bytes_sent: dict[str, int] = {}  # "forward", "backward": this rank's buffers
+
+    def __deepcopy__(self, memo):
+        """A copy of the module that shares the process group (which cannot be copied)."""
+        memo[id(self.group)] = self.group
+        twin = type(self).__new__(type(self))
+        memo[id(self)] = twin
+        twin.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return twin
+
+    def __getstate__(self) -> dict:
+        if self.group is not None:
+            raise TypeError("a SequenceParallel over a process group cannot be pickled: "
+                            "pickle its .module, and wrap it again where it is loaded")
+        return self.__dict__
 
     def forward(self, *, state: dict | None = None, cu_seqlens=None, **inputs):
         """Inputs [B, T_r, *dims] of this rank, by name; `cu_seqlens`: the offsets of the
@@ -104,7 +121,7 @@ def _pieces(first: torch.Tensor, cu_seqlens, group) -> _Pieces:
         raise ValueError(f"cu_seqlens ends at {offsets[-1]}, but the ranks' slices hold "
                          f"{int(lengths.sum())} steps")
     seqs, starts, ends = [], [], []
-    for n, (lo, hi) in enumerate(zip(offsets, offsets[1:])):
+    for n, (lo, hi) in enumerate(itertools.pairwise(offsets)):
         lo, hi = max(lo, begin) - begin, min(hi, begin + length) - begin
         if lo < hi:
             seqs.append(n), starts.append(lo), ends.append(hi)

@@ -111,8 +111,9 @@ def layouts(cell_plan) -> tuple[Layout, ...]:
 
 
 def _unsplittable(cell_plan, detail: str = "") -> RecError:
-    culprit = next((s for s in cell_plan.states if not s.affine or s.coupled_with),
-                   cell_plan.states[0] if cell_plan.states else None)
+    culprit = next((s for s in cell_plan.states if not s.affine),
+                   next((s for s in cell_plan.states if s.coupled_with),
+                        cell_plan.states[0] if cell_plan.states else None))
     why = detail or cell_plan.why_not()
     needs = {"nonlinear": "a nonlinear cell would need a Newton solve across ranks",
              "coupled": "coupled states would need their joint transition as the summary",
