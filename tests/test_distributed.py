@@ -3,8 +3,9 @@ running the whole sequences: outputs, final states and every gradient, float64, 
 1e-10; with and without an initial state; packed sequences (cu_seqlens) that cross rank
 boundaries; the bytes each rank sends; a 2 x 2 (data x sequence) mesh; FSDP.
 
-One spawn per world size runs every case (each rank writes what failed to a file); the
-processes are killed past a hard timeout, and gloo's own timeout ends a stuck collective.
+One start of the processes per world size runs every case (each rank writes what failed
+to a file); they are forked from a forkserver that imported torch and reclang once, killed
+past a hard timeout, and gloo's own timeout ends a stuck collective.
 """
 
 import copy
@@ -74,7 +75,8 @@ def _spawn(world: int, folder: Path, timeout: float) -> list[dict]:
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")  # a clean process, forked with torch imported once
+    ctx.set_forkserver_preload([__name__])
     procs = [ctx.Process(target=_rank_main, args=(rank, world, port, str(folder)))
              for rank in range(world)]
     for p in procs:
@@ -126,7 +128,7 @@ def _module(cell: str):
     of a case's time)."""
     torch.manual_seed(0)  # the same parameters on every rank and in the reference
     m = helpers.small(cell).module("auto", dtype=torch.float64)
-    return m, SequenceParallel(m)
+    return m, SequenceParallel(m, block=2)  # several blocks of steps per slice, one odd
 
 
 def _real(v: torch.Tensor) -> torch.Tensor:

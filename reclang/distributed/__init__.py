@@ -31,13 +31,16 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 class SequenceParallel(nn.Module):
     """Runs `module` (a compiled reclang module) on this rank's slice of the sequences;
-    `group`: the ranks that share the sequences (None: the default group). A cell
-    whose plan cannot be split raises a RecError naming the plan."""
+    `group`: the ranks that share the sequences (None: the default group); `block`: how
+    many steps of each sequence the summary's transitions are computed on at a time
+    (memory, never the result). A cell whose plan cannot be split raises a RecError
+    naming the plan."""
 
-    def __init__(self, module, group=None):
+    def __init__(self, module, group=None, block: int = 256):
         super().__init__()
         self.module = module
         self.group = group
+        self.block = block  # steps per evaluation of the step form for the transitions
         self.layouts = summary.layouts(make_plan(module.ir))
         self.bytes_sent: dict[str, int] = {}  # "forward", "backward": this rank's buffers
 
@@ -78,19 +81,19 @@ class SequenceParallel(nn.Module):
         m, lays = self.module, self.layouts
         zero = {k: torch.zeros_like(v[pieces.seqs]) for k, v in init.items()}
         c_pieces = m(**inputs, state=zero, **pieces.call)[1]
-        steps = summary.token_transitions(m, inputs, lays, dtype)
-        phis, cs = [], []
-        for lay in lays:
-            own = dict(zip(pieces.seqs, range(len(pieces.seqs))))
-            a = steps[lay.name]
-            identity = lay.identity(a)
-            phis.append(torch.stack([
-                summary.product(lay, a[pieces.rows[own[n]], pieces.starts[own[n]]:
-                                       pieces.ends[own[n]]]) if n in own else identity
-                for n in range(len(init[lay.name]))]))
-            c = torch.zeros_like(init[lay.name])
-            cs.append(c.index_add(0, torch.tensor(pieces.seqs, device=c.device),
-                                  c_pieces[lay.name].to(c.dtype)))
+        if not pieces.call:  # one piece per row: the whole slice
+            phis = summary.transition(m, inputs, lays, dtype, self.block)
+        else:
+            found = [summary.transition(m, {k: v[:, lo:hi] for k, v in inputs.items()}, lays,
+                                        dtype, self.block)
+                     for lo, hi in zip(pieces.starts, pieces.ends)]
+            own = dict(zip(pieces.seqs, found))
+            phis = [torch.stack([own[n][i][0] if n in own else lay.identity(found[0][i])
+                                 for n in range(len(init[lay.name]))])
+                    for i, lay in enumerate(lays)]
+        index = torch.tensor(pieces.seqs, device=next(iter(inputs.values())).device)
+        cs = [torch.zeros_like(init[lay.name]).index_add(
+            0, index, c_pieces[lay.name].to(init[lay.name].dtype)) for lay in lays]
         return phis, cs
 
     def step(self, *, state: dict | None = None, **inputs):
@@ -99,18 +102,19 @@ class SequenceParallel(nn.Module):
 
 
 class _Pieces:
-    """The parts of the sequences in this rank's slice: piece i is row `rows[i]`, steps
-    `starts[i]:ends[i]`, of sequence `seqs[i]`; `call`: the module's varlen argument."""
+    """The parts of the sequences in this rank's slice: piece i is steps
+    `starts[i]:ends[i]` of sequence `seqs[i]` (of row i, or of the one packed row);
+    `call`: the module's varlen argument."""
 
-    def __init__(self, rows, starts, ends, seqs, call):
-        self.rows, self.starts, self.ends, self.seqs, self.call = rows, starts, ends, seqs, call
+    def __init__(self, starts, ends, seqs, call):
+        self.starts, self.ends, self.seqs, self.call = starts, ends, seqs, call
 
 
 def _pieces(first: torch.Tensor, cu_seqlens, group) -> _Pieces:
     batch, length = first.shape[:2]
     if cu_seqlens is None:
         every = list(range(batch))
-        return _Pieces(every, [0] * batch, [length] * batch, every, {})
+        return _Pieces([0] * batch, [length] * batch, every, {})
     if batch != 1:
         raise ValueError(f"with cu_seqlens the inputs are [1, T_r, ...], got B = {batch}")
     lengths = torch.zeros(dist.get_world_size(group), dtype=torch.int64)  # every T_r
@@ -126,4 +130,4 @@ def _pieces(first: torch.Tensor, cu_seqlens, group) -> _Pieces:
         if lo < hi:
             seqs.append(n), starts.append(lo), ends.append(hi)
     call = {"cu_seqlens": torch.tensor([0, *ends], device=first.device)}
-    return _Pieces([0] * len(seqs), starts, ends, seqs, call)
+    return _Pieces(starts, ends, seqs, call)

@@ -16,9 +16,10 @@ found as (Φ·e + c) - c, which loses every digit of Φ·e where |c| ≫ |Φ·e|
                   (dplr: the low rank mixes the key
                   axis; the same for every value)
 
-Cost per rank: one step over all B·T_r tokens (its state [B·T_r, *dims] held for the
-backward: for matrix states as much as the sequential backend keeps), plus
-⌈K / V⌉ such steps for a dplr state, plus the products (T_r·K³ per head for dplr).
+Cost per rank: one step over all B·T_r tokens, ⌈K / V⌉ for a dplr state, and the
+products (T_r·K³ per head for dplr); the steps run `block` tokens of each sequence at a
+time and are recomputed in the backward, so that what a rank holds for the summary is
+B·block step states and one Φ per block, not B·T_r states.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.func import jvp
+from torch.utils.checkpoint import checkpoint
 
 from ..analysis.forms import Unfit
 from ..errors import NOWHERE, RecError
@@ -76,6 +78,10 @@ class Layout:
         if not self.matrix:
             return phi * s
         return self.from_matrix(phi @ self.as_matrix(s))
+
+    def apply_transition(self, later: torch.Tensor, earlier: torch.Tensor) -> torch.Tensor:
+        """The transition of two consecutive spans."""
+        return later @ earlier if self.matrix else later * earlier
 
     def identity(self, like: torch.Tensor) -> torch.Tensor:
         """Φ of a sequence that the slice does not touch, [*Φ dims]."""
@@ -169,10 +175,28 @@ def _tangent(lay: Layout, zero: torch.Tensor, block: int) -> torch.Tensor:
 
 
 def product(lay: Layout, steps: torch.Tensor) -> torch.Tensor:
-    """The transition of consecutive steps [T, *Φ dims] (the first step first)."""
+    """The transition of consecutive steps [B, T, *Φ dims] (the first step first)."""
     if not lay.matrix:
-        return steps.prod(0)
-    while steps.shape[0] > 1:  # pairs (later @ earlier), an odd last one carried over
-        pairs = steps[1:steps.shape[0] // 2 * 2:2] @ steps[0:steps.shape[0] // 2 * 2:2]
-        steps = torch.cat([pairs, steps[steps.shape[0] // 2 * 2:]])
-    return steps[0]
+        return steps.prod(1)
+    while steps.shape[1] > 1:  # pairs (later @ earlier), an odd last one carried over
+        even = steps.shape[1] // 2 * 2
+        steps = torch.cat([steps[:, 1:even:2] @ steps[:, 0:even:2], steps[:, even:]], 1)
+    return steps[:, 0]
+
+
+def transition(m, inputs: dict, lays, dtype, block: int) -> list[torch.Tensor]:
+    """Each state's transition over the inputs' T steps, [B, *Φ dims]: the product of
+    the per-token ones, `block` steps at a time; a block's step (its states over
+    B·block tokens) is recomputed for the backward rather than kept."""
+    total = None
+    for t0 in range(0, next(iter(inputs.values())).shape[1], block):
+        part = {k: v[:, t0:t0 + block] for k, v in inputs.items()}
+        later = checkpoint(_block, m, part, lays, dtype, use_reentrant=False)
+        total = later if total is None else [
+            lay.apply_transition(a, b) for lay, a, b in zip(lays, later, total)]
+    return total
+
+
+def _block(m, part: dict, lays, dtype) -> tuple[torch.Tensor, ...]:
+    steps = token_transitions(m, part, lays, dtype)
+    return tuple(product(lay, steps[lay.name]) for lay in lays)
