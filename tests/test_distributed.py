@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import helpers  # noqa: E402
 
 import reclang  # noqa: E402
-from reclang.distributed import SequenceParallel  # noqa: E402
+from reclang.analysis.plan import make_plan  # noqa: E402
+from reclang.distributed import SequenceParallel, summary  # noqa: E402
 
 CELLS = ("gla", "simple_gla", "delta_net", "gated_delta_net", "rwkv7", "min_gru",
          "mamba_s6", "lru")
@@ -59,6 +60,25 @@ def test_unsplittable_cells_are_refused_naming_the_plan():
         assert line is None or text.startswith(f"specs/{name}.rec:{line}:") or \
             f"{name}.rec:{line}:" in text.splitlines()[0]
         assert "^" in text  # the spec line with a caret
+
+
+def test_the_transition_is_exact_where_subtracting_loses_it():
+    """A slice's transition Φ is a derivative, not (Φ·1 + c) - c: with |c| ~ 2e3 and
+    Φ down to 2e-13 (GLA, float32) the difference loses every digit of Φ."""
+    torch.manual_seed(0)
+    m = helpers.small("gla").module("chunk")
+    gen = torch.Generator().manual_seed(1)
+    g = torch.nn.functional.logsigmoid(torch.randn(1, 64, 2, 4, generator=gen)) / 2
+    xs = {"q": torch.randn(1, 64, 2, 4, generator=gen), "g": g,
+          "k": 30 * torch.randn(1, 64, 2, 4, generator=gen),
+          "v": 30 * torch.randn(1, 64, 2, 3, generator=gen)}
+    exact = torch.exp(g.double().sum(1))[..., None]  # the product of the decays, [B, H, K, 1]
+    phi = summary.transition(m, xs, summary.layouts(make_plan(m.ir)), torch.float32, 16)[0]
+    c = m(**xs, state={"S": torch.zeros(1, 2, 4, 3)})[1]["S"]
+    subtracted = m(**xs, state={"S": torch.ones(1, 2, 4, 3)})[1]["S"] - c
+    assert exact.min() < 1e-12 and c.abs().max() > 1e3
+    assert ((phi.double() - exact) / exact).abs().max() < 1e-6
+    assert ((subtracted.double() - exact) / exact).abs().max() > 0.5
 
 
 @pytest.mark.parametrize("world", [2, 4])
