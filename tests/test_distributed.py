@@ -62,6 +62,12 @@ def test_unsplittable_cells_are_refused_naming_the_plan():
         assert "^" in text  # the spec line with a caret
 
 
+def test_lengths_are_refused_before_any_collective():
+    m = helpers.small("min_gru").module()
+    with pytest.raises(TypeError, match="takes cu_seqlens .* not lengths"):
+        SequenceParallel(m)(x=torch.randn(2, 5, 3), lengths=torch.tensor([5, 3]))
+
+
 def test_the_transition_is_exact_where_subtracting_loses_it():
     """A slice's transition Φ is a derivative, not (Φ·1 + c) - c: with |c| ~ 2e3 and
     Φ down to 2e-13 (GLA, float32) the difference loses every digit of Φ."""

@@ -58,9 +58,12 @@ class SequenceParallel(nn.Module):
                             "pickle its .module, and wrap it again where it is loaded")
         return self.__dict__
 
-    def forward(self, *, state: dict | None = None, cu_seqlens=None, **inputs):
+    def forward(self, *, state: dict | None = None, cu_seqlens=None, lengths=None, **inputs):
         """Inputs [B, T_r, *dims] of this rank, by name; `cu_seqlens`: the offsets of the
         whole packed batch (every rank's slices end to end), with inputs [1, T_r, ...]."""
+        if lengths is not None:
+            raise TypeError("SequenceParallel takes cu_seqlens (a packed batch split "
+                            "across ranks), not lengths: pack the padded batch first")
         m, first = self.module, next(iter(inputs.values()))
         dtype = torch.float32 if first.dtype in LOW_PRECISION else first.dtype
         dtype = torch.float64 if first.dtype == torch.float64 else dtype
