@@ -89,11 +89,17 @@ def test_the_transition_is_exact_where_subtracting_loses_it():
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_sequence_parallel_equals_one_process(world, tmp_path):
+    torch.save(_references(), tmp_path / "references.pt")
     results = _spawn(world, tmp_path, timeout=240)
     failures = [f for r in results for f in r["failures"]]
     assert not failures, "\n".join(failures)
     print(f"P = {world}: bytes sent per rank and layer, forward / backward:",
           results[0]["bytes"])
+
+
+@functools.cache
+def _references() -> list[dict]:
+    return [_reference(*case) for case in CASES]
 
 
 # ---- the processes ---------------------------------------------------------------------
@@ -124,12 +130,12 @@ def _rank_main(rank: int, world: int, port: int, folder: str):
     dist.init_process_group("gloo", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     failures, sent = [], {}
-    cases = [(c, packed, given) for c in CELLS for packed, given in
-             ((False, False), (False, True), (True, True))]
-    for cell, packed, given in cases:
+    references = torch.load(Path(folder) / "references.pt")
+    for case, want in zip(CASES, references):
+        cell, packed, given = case
         name = f"P={world} {cell} {'cu_seqlens' if packed else 'dense'} " \
                f"{'given state' if given else 'no state'}"
-        failures += _guard(name, _check_case, cell, packed, given, sent)
+        failures += _guard(name, _check_case, *case, sent, want)
     failures += _guard(f"P={world} bytes", _check_bytes, sent)
     if world == 4:
         failures += _guard("2x2 mesh", _check_mesh)
@@ -154,7 +160,7 @@ def _module(cell: str):
     of a case's time)."""
     torch.manual_seed(0)  # the same parameters on every rank and in the reference
     m = helpers.small(cell).module("auto", dtype=torch.float64)
-    return m, SequenceParallel(m, block=2)  # several blocks of steps per slice, one odd
+    return m, SequenceParallel(m, block=4)  # P = 2: blocks of 4 and 2 steps per slice
 
 
 def _real(v: torch.Tensor) -> torch.Tensor:
@@ -185,16 +191,28 @@ def _case(cell: str, packed: bool, given: bool, T: int = OFFSETS[-1]):
     return m, xs, s0, call
 
 
-def _check_case(cell: str, packed: bool, given: bool, sent: dict):
+CASES = [(c, packed, given) for c in CELLS for packed, given in
+         ((False, False), (False, True), (True, True))]
+
+
+def _reference(cell: str, packed: bool, given: bool) -> dict:
+    """One process on the whole sequences: outputs, final states, the loss's weights and
+    its gradients (computed once, in the test's process, for every rank to read)."""
     m, xs, s0, call = _case(cell, packed, given)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    # one process, the whole sequences
     x_ref, s_ref = _leaves(xs), _leaves(s0)
     y, final = m(**x_ref, state=s_ref, **call)
     y = helpers._as_dict(m, y)
     wy, wf = _weights(y), _weights(final, seed=4)
-    grads = dict(zip(["x", "s", "p"], _grads(_dot(y, wy) + _dot(final, wf), m, x_ref, s_ref)))
-    # this rank's slice; the loss of the whole is the sum of the ranks' losses
+    grads = _grads(_dot(y, wy) + _dot(final, wf), m, x_ref, s_ref)
+    detached = {k: v.detach() for k, v in y.items()}
+    return {"y": detached, "final": {k: v.detach() for k, v in final.items()}, "wy": wy,
+            "wf": wf, **dict(zip(["x", "s", "p"], grads))}
+
+
+def _check_case(cell: str, packed: bool, given: bool, sent: dict, want: dict):
+    """This rank's slice; the loss of the whole is the sum of the ranks' losses."""
+    m, xs, s0, call = _case(cell, packed, given)
+    rank, world = dist.get_rank(), dist.get_world_size()
     T = next(iter(xs.values())).shape[1]
     part = slice(rank * T // world, (rank + 1) * T // world)
     x_r, s_r = _leaves({k: v[:, part] for k, v in xs.items()}), _leaves(s0)
@@ -202,15 +220,15 @@ def _check_case(cell: str, packed: bool, given: bool, sent: dict):
     before = dict(sp.bytes_sent)
     y_r, final_r = sp(**x_r, state=s_r, **call)
     y_r = helpers._as_dict(m, y_r)
-    loss = _dot(y_r, {k: w[:, part] for k, w in wy.items()})
-    loss = loss + (_dot(final_r, wf) if rank == 0 else 0)
+    loss = _dot(y_r, {k: w[:, part] for k, w in want["wy"].items()})
+    loss = loss + (_dot(final_r, want["wf"]) if rank == 0 else 0)
     got_x, got_s, got_p = _grads(loss, m, x_r, s_r)
     got_p, got_s = _summed(got_p), _summed(got_s)  # the ranks' shares of replicated values
-    _close("output", y_r, {k: v[:, part] for k, v in y.items()})
-    _close("final state", final_r, final)
-    _close("input gradient", got_x, {k: v[:, part] for k, v in grads["x"].items()})
-    _close("initial-state gradient", got_s, grads["s"])
-    _close("parameter gradient", got_p, grads["p"])
+    _close("output", y_r, {k: v[:, part] for k, v in want["y"].items()})
+    _close("final state", final_r, want["final"])
+    _close("input gradient", got_x, {k: v[:, part] for k, v in want["x"].items()})
+    _close("initial-state gradient", got_s, want["s"])
+    _close("parameter gradient", got_p, want["p"])
     if given and not packed:
         sent[cell] = _since(before, sp.bytes_sent)
 
