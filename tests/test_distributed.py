@@ -137,6 +137,8 @@ def _rank_main(rank: int, world: int, port: int, folder: str):
                f"{'given state' if given else 'no state'}"
         failures += _guard(name, _check_case, *case, sent, want)
     failures += _guard(f"P={world} bytes", _check_bytes, sent)
+    if world == 2:
+        failures += _guard("autocast", _check_autocast)
     if world == 4:
         failures += _guard("2x2 mesh", _check_mesh)
         failures += _guard("2x2 mesh, FSDP", _check_fsdp)
@@ -278,6 +280,22 @@ def _check_bytes(sent: dict):
         _dot(helpers._as_dict(m, y), _weights(helpers._as_dict(m, y))).backward()
         now = _since(before, sp.bytes_sent)
         assert now == want, f"{cell} at 2 x T: sent {now}, not {want}"
+
+
+def _check_autocast():
+    """Under bf16 autocast the module computes in float32 and returns float32 states;
+    so does the combination of the summaries (DeltaNet's Φ S is a matmul)."""
+    torch.manual_seed(0)
+    m = helpers.small("gated_delta_net").module("auto")
+    xs = helpers.random_inputs(m, 2, 12, **helpers.MATRIX_TRANSFORMS["gated_delta_net"])
+    xs = {k: v.float() for k, v in xs.items()}
+    rank, sp = dist.get_rank(), SequenceParallel(m)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, final = m(**xs)
+        y_r, final_r = sp(**{k: v[:, 6 * rank:6 * rank + 6] for k, v in xs.items()})
+    assert y_r.dtype == y.dtype == torch.bfloat16 and final_r["S"].dtype == torch.float32
+    err = (final_r["S"] - final["S"]).abs().max().item()
+    assert err < 1e-5, f"final state: {err:.3g} from one process under autocast"
 
 
 def _check_mesh():

@@ -65,16 +65,17 @@ class SequenceParallel(nn.Module):
             raise TypeError("SequenceParallel takes cu_seqlens (a packed batch split "
                             "across ranks), not lengths: pack the padded batch first")
         m, first = self.module, next(iter(inputs.values()))
-        dtype = torch.float32 if first.dtype in LOW_PRECISION else first.dtype
-        dtype = torch.float64 if first.dtype == torch.float64 else dtype
+        dtype = torch.float32 if first.dtype in LOW_PRECISION else first.dtype  # the module's
         pieces = _pieces(first, cu_seqlens, self.group)
         count = len(pieces.starts) if cu_seqlens is None else len(cu_seqlens) - 1
-        init = m.initial_state(count, dtype, first.device)
-        init.update({k: v.to(init[k].dtype) for k, v in (state or {}).items()})
-        phi, c = self._summary(inputs, pieces, init, dtype)
         lays = self.layouts
-        out = Exchange.apply(lays, self.group, self.bytes_sent, *phi, *c,
-                             *(init[lay.name] for lay in lays))
+        # states are combined in the computing dtype, as the module keeps them under autocast
+        with torch.autocast(first.device.type, enabled=False):
+            init = m.initial_state(count, dtype, first.device)
+            init.update({k: v.to(init[k].dtype) for k, v in (state or {}).items()})
+            phi, c = self._summary(inputs, pieces, init, dtype)
+            out = Exchange.apply(lays, self.group, self.bytes_sent, *phi, *c,
+                                 *(init[lay.name] for lay in lays))
         start = {lay.name: s[pieces.seqs] for lay, s in zip(lays, out)}
         y, _ = m(**inputs, state=start, **pieces.call)
         return y, {lay.name: s for lay, s in zip(lays, out[len(lays):])}

@@ -144,9 +144,9 @@ def token_transitions(m, inputs: dict, lays, dtype) -> dict:
         return m.step(**flat, state=state)[1]
 
     out = {}
-    blocks = max((-(-lay.key // lay.columns) for lay in lays if lay.matrix), default=1)
+    passes = max((-(-lay.key // lay.columns) for lay in lays if lay.matrix), default=1)
     columns = [[] for _ in lays]
-    for block in range(blocks):
+    for block in range(passes):  # block of key columns
         tangent = {lay.name: _tangent(lay, zero[lay.name], block) for lay in lays}
         derivative = jvp(final, (zero,), (tangent,))[1]
         for i, lay in enumerate(lays):
