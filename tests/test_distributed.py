@@ -231,8 +231,8 @@ def _check_case(cell: str, packed: bool, given: bool, sent: dict, want: dict):
     _close("input gradient", got_x, {k: v[:, part] for k, v in want["x"].items()})
     _close("initial-state gradient", got_s, want["s"])
     _close("parameter gradient", got_p, want["p"])
-    if given and not packed:
-        sent[cell] = _since(before, sp.bytes_sent)
+    if given:
+        sent[cell + " cu_seqlens" * packed] = _since(before, sp.bytes_sent)
 
 
 def _since(before: dict, now: dict) -> dict:
@@ -266,9 +266,15 @@ def _close(what: str, got: dict, want: dict):
 
 
 def _check_bytes(sent: dict):
-    """The buffers each rank hands to all_gather: the formula, whatever T."""
+    """The buffers each rank hands to the collectives: the formula, whatever T. Packed
+    (OFFSETS), the rank with most sequences touches 2 of the 3 (P = 2 and 4), and the
+    final state's adjoints are reduced over the 3."""
     for cell, (phi, state) in SUMMARY.items():
         scalars = 2 if cell == "lru" else 1
+        packed = {"forward": 2 * (phi + state) * scalars * 8,
+                  "backward": (2 + 3) * state * scalars * 8}
+        assert sent[cell + " cu_seqlens"] == packed, \
+            f"{cell}, cu_seqlens: sent {sent[cell + ' cu_seqlens']}, the formula says {packed}"
         want = {"forward": 2 * (phi + state) * scalars * 8, "backward": 2 * 2 * state * scalars * 8}
         assert sent[cell] == want, f"{cell}: sent {sent[cell]}, the formula says {want}"
         m, xs, s0, _ = _case(cell, packed=False, given=True, T=2 * OFFSETS[-1])

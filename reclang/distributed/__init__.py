@@ -74,31 +74,26 @@ class SequenceParallel(nn.Module):
             init = m.initial_state(count, dtype, first.device)
             init.update({k: v.to(init[k].dtype) for k, v in (state or {}).items()})
             phi, c = self._summary(inputs, pieces, init, dtype)
-            out = Exchange.apply(lays, self.group, self.bytes_sent, *phi, *c,
+            out = Exchange.apply(lays, pieces.spans, self.group, self.bytes_sent, *phi, *c,
                                  *(init[lay.name] for lay in lays))
-        start = {lay.name: s[pieces.seqs] for lay, s in zip(lays, out)}
+        start = {lay.name: s for lay, s in zip(lays, out)}
         y, _ = m(**inputs, state=start, **pieces.call)
         return y, {lay.name: s for lay, s in zip(lays, out[len(lays):])}
 
     def _summary(self, inputs: dict, pieces, init: dict, dtype):
-        """Per state, Φ and c of every sequence ([N, ...]; untouched ones: Φ = 1, c = 0)."""
+        """Per state, Φ and c of the sequences of this rank's pieces ([count, ...])."""
         m, lays = self.module, self.layouts
-        zero = {k: torch.zeros_like(v[pieces.seqs]) for k, v in init.items()}
-        c_pieces = m(**inputs, state=zero, **pieces.call)[1]
+        first, count = pieces.spans[dist.get_rank(self.group)]
+        zero = {k: torch.zeros_like(v[first:first + count]) for k, v in init.items()}
+        c = m(**inputs, state=zero, **pieces.call)[1]
         if not pieces.call:  # one piece per row: the whole slice
             phis = summary.transition(m, inputs, lays, dtype, self.block)
         else:
             found = [summary.transition(m, {k: v[:, lo:hi] for k, v in inputs.items()}, lays,
                                         dtype, self.block)
                      for lo, hi in zip(pieces.starts, pieces.ends)]
-            own = dict(zip(pieces.seqs, found))
-            phis = [torch.stack([own[n][i][0] if n in own else lay.identity(found[0][i])
-                                 for n in range(len(init[lay.name]))])
-                    for i, lay in enumerate(lays)]
-        index = torch.tensor(pieces.seqs, device=next(iter(inputs.values())).device)
-        cs = [torch.zeros_like(init[lay.name]).index_add(
-            0, index, c_pieces[lay.name].to(init[lay.name].dtype)) for lay in lays]
-        return phis, cs
+            phis = [torch.cat([f[i] for f in found]) for i in range(len(lays))]
+        return phis, [c[lay.name].to(init[lay.name].dtype) for lay in lays]
 
     def step(self, *, state: dict | None = None, **inputs):
         """One decoding step: no sequence to split, the module's own step."""
@@ -107,31 +102,37 @@ class SequenceParallel(nn.Module):
 
 class _Pieces:
     """The parts of the sequences in this rank's slice: piece i is steps
-    `starts[i]:ends[i]` of sequence `seqs[i]` (of row i, or of the one packed row);
-    `call`: the module's varlen argument."""
+    `starts[i]:ends[i]` (of row i, or of the one packed row) of sequence first + i;
+    `spans`: every rank's (first, count) of sequences; `call`: the varlen argument."""
 
-    def __init__(self, starts, ends, seqs, call):
-        self.starts, self.ends, self.seqs, self.call = starts, ends, seqs, call
+    def __init__(self, starts, ends, spans, call):
+        self.starts, self.ends, self.spans, self.call = starts, ends, spans, call
 
 
 def _pieces(first: torch.Tensor, cu_seqlens, group) -> _Pieces:
     batch, length = first.shape[:2]
+    size = dist.get_world_size(group)
     if cu_seqlens is None:
-        every = list(range(batch))
-        return _Pieces([0] * batch, [length] * batch, every, {})
+        return _Pieces([0] * batch, [length] * batch, [(0, batch)] * size, {})
     if batch != 1:
         raise ValueError(f"with cu_seqlens the inputs are [1, T_r, ...], got B = {batch}")
-    lengths = torch.zeros(dist.get_world_size(group), dtype=torch.int64)  # every T_r
+    lengths = torch.zeros(size, dtype=torch.int64)  # every rank's T_r
     dist.all_gather_single(lengths, torch.tensor([length]), group=group)
-    begin = int(lengths[:dist.get_rank(group)].sum())
     offsets = [int(o) for o in cu_seqlens]
     if offsets[-1] != int(lengths.sum()):
         raise ValueError(f"cu_seqlens ends at {offsets[-1]}, but the ranks' slices hold "
                          f"{int(lengths.sum())} steps")
-    seqs, starts, ends = [], [], []
-    for n, (lo, hi) in enumerate(itertools.pairwise(offsets)):
-        lo, hi = max(lo, begin) - begin, min(hi, begin + length) - begin
-        if lo < hi:
-            seqs.append(n), starts.append(lo), ends.append(hi)
+    begins = [0, *itertools.accumulate(int(n) for n in lengths)]
+    cuts = [_cut(offsets, lo, hi) for lo, hi in itertools.pairwise(begins)]
+    rank = dist.get_rank(group)
+    starts, ends = (list(x) for x in zip(*cuts[rank][1]))
     call = {"cu_seqlens": torch.tensor([0, *ends], device=first.device)}
-    return _Pieces(starts, ends, seqs, call)
+    return _Pieces(starts, ends, [(f, len(p)) for f, p in cuts], call)
+
+
+def _cut(offsets: list, begin: int, end: int) -> tuple[int, list]:
+    """The first sequence in steps begin:end of the packed row, and the (start, end) of
+    each sequence there, relative to begin."""
+    parts = [(n, max(lo, begin) - begin, min(hi, end) - begin)
+             for n, (lo, hi) in enumerate(itertools.pairwise(offsets)) if lo < end and hi > begin]
+    return parts[0][0], [(lo, hi) for _, lo, hi in parts]
