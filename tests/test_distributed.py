@@ -140,6 +140,7 @@ def _rank_main(rank: int, world: int, port: int, folder: str):
     failures += _guard(f"P={world} bytes", _check_bytes, sent)
     if world == 2:
         failures += _guard("autocast", _check_autocast)
+        failures += _guard("a state initialized from a param", _check_learned_init)
     if world == 4:
         failures += _guard("2x2 mesh", _check_mesh)
         failures += _guard("2x2 mesh, FSDP", _check_fsdp)
@@ -287,6 +288,34 @@ def _check_bytes(sent: dict):
         _dot(helpers._as_dict(m, y), _weights(helpers._as_dict(m, y))).backward()
         now = _since(before, sp.bytes_sent)
         assert now == want, f"{cell} at 2 x T: sent {now}, not {want}"
+
+
+LEAKY = """
+cell leaky(N = 4):
+    input x[N], g[N]
+    param h0[N] ~ normal(0, 1)
+    state h[N] = h0
+    h[n] <- sigmoid(g[n]) * h[n] + x[n]
+    out y[n] = h[n]
+"""
+
+
+def _check_learned_init():
+    """A state initialized from a param: the param's gradient through the initial state
+    is rank 0's; every rank has one (zeros elsewhere), so that DDP and FSDP reduce it."""
+    torch.manual_seed(0)
+    m = reclang.loads(LEAKY).module("scan", dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    x, g, w = (torch.randn(2, 8, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    y, final = m(x=x, g=g)
+    ((y * w).sum() + final["h"].sum()).backward()
+    want = m.h0.grad.clone()
+    m.zero_grad(set_to_none=True)
+    part = slice(4 * dist.get_rank(), 4 * dist.get_rank() + 4)
+    y_r, final_r = SequenceParallel(m)(x=x[:, part], g=g[:, part])
+    ((y_r * w[:, part]).sum() + (final_r["h"].sum() if dist.get_rank() == 0 else 0)).backward()
+    assert m.h0.grad is not None, "no gradient of h0 on this rank"
+    _close("gradient of h0", _summed({"h0": m.h0.grad}), {"h0": want})
 
 
 def _check_autocast():

@@ -112,7 +112,8 @@ class Exchange(torch.autograd.Function):
                     gather(pack(starts), ctx.group, ctx.counter, "backward")]
         final = unpack(summed(pack(finals), ctx.group, ctx.counter, "backward"), finals)
         found = _reverse(lays, spans, gathered, tensors, adjoints, final, rank)
-        d_init = found[2 * k:] if rank == 0 else [None] * k
+        # zeros, not None, elsewhere: every rank then has a gradient to reduce (DDP, FSDP)
+        d_init = found[2 * k:] if rank == 0 else [torch.zeros_like(g) for g in found[2 * k:]]
         return (None, None, None, None, *found[:2 * k], *d_init)
 
 
