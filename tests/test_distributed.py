@@ -13,6 +13,7 @@ import datetime
 import functools
 import json
 import os
+import pickle
 import socket
 import sys
 import traceback
@@ -60,6 +61,13 @@ def test_unsplittable_cells_are_refused_naming_the_plan():
         assert line is None or text.startswith(f"specs/{name}.rec:{line}:") or \
             f"{name}.rec:{line}:" in text.splitlines()[0]
         assert "^" in text  # the spec line with a caret
+
+
+def test_a_wrapper_copies_and_pickles():
+    sp = SequenceParallel(helpers.small("min_gru").module())
+    for twin in (copy.deepcopy(sp), pickle.loads(pickle.dumps(sp))):
+        assert twin.layouts == sp.layouts and twin.group is None
+        assert torch.equal(twin.module.Wz, sp.module.Wz) and twin.module.Wz is not sp.module.Wz
 
 
 def test_lengths_are_refused_before_any_collective():
