@@ -102,8 +102,9 @@ def test_sequence_parallel_equals_one_process(world, tmp_path):
     results = _spawn(world, tmp_path, timeout=240)
     failures = [f for r in results for f in r["failures"]]
     assert not failures, "\n".join(failures)
-    print(f"P = {world}: bytes sent per rank and layer, forward / backward:",
-          results[0]["bytes"])
+    print(f"\nP = {world}: bytes sent per rank and layer, forward / backward:")
+    for case, sent in results[0]["bytes"].items():
+        print(f"  {case}: {sent['forward']:,} / {sent['backward']:,}")
 
 
 @functools.cache
@@ -141,8 +142,8 @@ def _rank_main(rank: int, world: int, port: int, folder: str):
     failures, sent = [], {}
     references = torch.load(Path(folder) / "references.pt")
     for case, want in zip(CASES, references):
-        cell, packed, given = case
-        name = f"P={world} {cell} {'cu_seqlens' if packed else 'dense'} " \
+        cell, packed, given, T = case
+        name = f"P={world} {cell} {'cu_seqlens' if packed else 'dense'} T={T} " \
                f"{'given state' if given else 'no state'}"
         failures += _guard(name, _check_case, *case, sent, want)
     failures += _guard(f"P={world} bytes", _check_bytes, sent)
@@ -195,7 +196,7 @@ def _leaves(values: dict | None) -> dict | None:
                                         for k, v in values.items()}
 
 
-def _case(cell: str, packed: bool, given: bool, T: int = OFFSETS[-1]):
+def _case(cell: str, packed: bool, given: bool, T: int):
     m, _ = _module(cell)
     xs = helpers.random_inputs(m, 1 if packed else 2, T, **helpers.MATRIX_TRANSFORMS.get(cell, {}))
     s0 = helpers.random_state(m, len(OFFSETS) - 1 if packed else 2) if given else None
@@ -203,14 +204,15 @@ def _case(cell: str, packed: bool, given: bool, T: int = OFFSETS[-1]):
     return m, xs, s0, call
 
 
-CASES = [(c, packed, given) for c in CELLS for packed, given in
-         ((False, False), (False, True), (True, True))]
+# (cell, packed, given state, T): dense without a state at 2 T, for the bytes at 2 T
+CASES = [(c, packed, given, OFFSETS[-1] * (1 if packed or given else 2)) for c in CELLS
+         for packed in (False, True) for given in (False, True)]
 
 
-def _reference(cell: str, packed: bool, given: bool) -> dict:
+def _reference(cell: str, packed: bool, given: bool, T: int) -> dict:
     """One process on the whole sequences: outputs, final states, the loss's weights and
     its gradients (computed once, in the test's process, for every rank to read)."""
-    m, xs, s0, call = _case(cell, packed, given)
+    m, xs, s0, call = _case(cell, packed, given, T)
     x_ref, s_ref = _leaves(xs), _leaves(s0)
     y, final = m(**x_ref, state=s_ref, **call)
     y = helpers._as_dict(m, y)
@@ -221,11 +223,10 @@ def _reference(cell: str, packed: bool, given: bool) -> dict:
             "wf": wf, **dict(zip(["x", "s", "p"], grads))}
 
 
-def _check_case(cell: str, packed: bool, given: bool, sent: dict, want: dict):
+def _check_case(cell: str, packed: bool, given: bool, T: int, sent: dict, want: dict):
     """This rank's slice; the loss of the whole is the sum of the ranks' losses."""
-    m, xs, s0, call = _case(cell, packed, given)
+    m, xs, s0, call = _case(cell, packed, given, T)
     rank, world = dist.get_rank(), dist.get_world_size()
-    T = next(iter(xs.values())).shape[1]
     part = slice(rank * T // world, (rank + 1) * T // world)
     x_r, s_r = _leaves({k: v[:, part] for k, v in xs.items()}), _leaves(s0)
     sp = _module(cell)[1]
@@ -241,8 +242,8 @@ def _check_case(cell: str, packed: bool, given: bool, sent: dict, want: dict):
     _close("input gradient", got_x, {k: v[:, part] for k, v in want["x"].items()})
     _close("initial-state gradient", got_s, want["s"])
     _close("parameter gradient", got_p, want["p"])
-    if given:
-        sent[cell + " cu_seqlens" * packed] = _since(before, sp.bytes_sent)
+    sent[f"{cell} {'cu_seqlens' if packed else 'dense'} T={T} state={given}"] = _since(
+        before, sp.bytes_sent)
 
 
 def _since(before: dict, now: dict) -> dict:
@@ -276,26 +277,22 @@ def _close(what: str, got: dict, want: dict):
 
 
 def _check_bytes(sent: dict):
-    """The buffers each rank hands to the collectives: the formula, whatever T. Packed
-    (OFFSETS), the rank with most sequences touches 2 of the 3 (P = 2 and 4), and the
-    final state's adjoints are reduced over the 3."""
+    """The buffers each rank hands to the collectives: the formula, whatever T (dense:
+    T and 2 T). Packed (OFFSETS), the rank with most sequences touches 2 of the 3 (P = 2
+    and 4), and the final state's adjoints are reduced over the 3."""
+    T = OFFSETS[-1]
     for cell, (phi, state) in SUMMARY.items():
         scalars = 2 if cell == "lru" else 1
+        dense = {"forward": 2 * (phi + state) * scalars * 8,
+                 "backward": 2 * 2 * state * scalars * 8}
         packed = {"forward": 2 * (phi + state) * scalars * 8,
                   "backward": (2 + 3) * state * scalars * 8}
-        assert sent[cell + " cu_seqlens"] == packed, \
-            f"{cell}, cu_seqlens: sent {sent[cell + ' cu_seqlens']}, the formula says {packed}"
-        want = {"forward": 2 * (phi + state) * scalars * 8, "backward": 2 * 2 * state * scalars * 8}
-        assert sent[cell] == want, f"{cell}: sent {sent[cell]}, the formula says {want}"
-        m, xs, s0, _ = _case(cell, packed=False, given=True, T=2 * OFFSETS[-1])
-        T, rank, world = 2 * OFFSETS[-1], dist.get_rank(), dist.get_world_size()
-        sp = _module(cell)[1]
-        before = dict(sp.bytes_sent)
-        part = slice(rank * T // world, (rank + 1) * T // world)
-        y, _ = sp(**{k: v[:, part].requires_grad_() for k, v in xs.items()}, state=s0)
-        _dot(helpers._as_dict(m, y), _weights(helpers._as_dict(m, y))).backward()
-        now = _since(before, sp.bytes_sent)
-        assert now == want, f"{cell} at 2 x T: sent {now}, not {want}"
+        for key, want in ((f"dense T={T} state=True", dense),
+                          (f"dense T={2 * T} state=False", dense),
+                          (f"cu_seqlens T={T} state=True", packed),
+                          (f"cu_seqlens T={T} state=False", packed)):
+            got = sent[f"{cell} {key}"]
+            assert got == want, f"{cell} {key}: sent {got}, the formula says {want}"
 
 
 LEAKY = """
