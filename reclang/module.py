@@ -28,6 +28,10 @@ from .ir import IR
 from .parser import parse
 from .runtime import packing
 
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch built without distributed: no parameter is sharded
+    DTensor = ()
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 RESERVED_ARGS = ("self", "state", "lengths", "cu_seqlens", "cell")  # self: nn.Module.__call__
 
@@ -188,7 +192,7 @@ class RecModule(nn.Module):
         compute = torch.float32 if dtype in LOW_PRECISION else dtype
         xs = [x.to(compute) for x in xs]
         states = self._check_state(state, batch, compute, xs[0].device)
-        params = {d.name: _cast(getattr(self, d.name), compute) for d in self.ir.params}
+        params = {d.name: _cast(_whole(getattr(self, d.name)), compute) for d in self.ir.params}
         # every backend computes in `compute`: autocast would pick the dtype op by op,
         # so that each backend returned another dtype (and its states lost precision)
         with torch.autocast(device, enabled=False):
@@ -309,6 +313,12 @@ def _real(dtype):
 def _state_dtype(decl, dtype):
     # promote_types, not dtype.to_complex(): torch.compile traces the one, not the other
     return torch.promote_types(dtype, torch.complex64) if decl.dtype == "complex" else dtype
+
+
+def _whole(p: torch.Tensor) -> torch.Tensor:
+    """A parameter that FSDP's fully_shard left sharded (a call outside the forward it
+    hooks, such as `m.step`): its full value, all-gathered over its mesh."""
+    return p.full_tensor() if isinstance(p, DTensor) else p
 
 
 def _cast(p: torch.Tensor, dtype):
