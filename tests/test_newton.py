@@ -1,0 +1,175 @@
+"""The newton backend against the sequential one, in float64 to 1e-10: outputs, final
+states and the gradients of inputs, params and initial states, for every nonlinear
+catalogue cell it accepts, at T = 1, a prime, and one long T; variable lengths; the
+sequential finish past max_iter; quasi-Newton and damping; its Jacobian structures and
+its refusals."""
+
+import dataclasses
+import re
+
+import pytest
+import torch
+from helpers import SPECS, _grads, _loss, as_reference, cells_on, random_inputs, random_state, small
+
+import reclang
+from reclang.errors import RecError
+from reclang.functions import FUNCTIONS
+from reclang.runtime import newton
+from reclang.schedule import NewtonSchedule
+
+NAMES = cells_on("newton")
+TOL = 1e-10
+
+
+def pair(name, schedule=None, **hypers):
+    cell = reclang.load(SPECS / f"{name}.rec", **hypers) if hypers else small(name)
+    torch.manual_seed(0)
+    m = cell.module("newton", schedule=schedule).double()
+    return m, cell.module("sequential").double()
+
+
+def assert_same(m, reference, inputs, state=None, **varlen):
+    """Outputs, final states and every gradient equal to TOL (absolute, no rtol)."""
+    params = dict(m.named_parameters())
+    runs = []
+    for run in (lambda x, s0: m(state=s0, **x, **varlen),
+                lambda x, s0: reference({**x, **varlen}, params, s0)):
+        xs = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+        s0 = None if state is None else {k: v.clone().requires_grad_()
+                                         for k, v in state.items()}
+        y, final = run(xs, s0)
+        y = y if isinstance(y, dict) else {m.ir.outputs[0].arg: y}
+        runs.append((y, final, _grads(_loss(y, final), {**xs, **(s0 or {}), **params})))
+    for got, want in zip(*runs):
+        assert set(got) == set(want)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], atol=TOL, rtol=0,
+                                       msg=lambda e, k=k: f"{k}: {e}")
+
+
+def test_newton_runs_every_nonlinear_catalogue_cell():
+    nonlinear = {p.stem for p in SPECS.glob("*.rec")
+                 if reclang.load(p).plan.form == "nonlinear"}
+    assert set(NAMES) == nonlinear
+    assert {"para_gru", "para_lstm", "indrnn", "lstm", "gru", "elman", "slstm"} <= nonlinear
+
+
+@pytest.mark.parametrize("T", [1, 13])
+@pytest.mark.parametrize("name", NAMES)
+def test_matches_sequential(name, T):
+    m, s = pair(name)
+    x = random_inputs(m, 2, T)
+    assert_same(m, as_reference(s), x, random_state(m, 2))
+    assert_same(m, as_reference(s), x, None)
+    assert newton.last_report.steps == T
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_variable_lengths(name):
+    m, s = pair(name)
+    x = random_inputs(m, 3, 7)
+    assert_same(m, as_reference(s), x, random_state(m, 3), lengths=[7, 2, 5])
+    packed = {k: v[:1, :] for k, v in random_inputs(m, 1, 9).items()}
+    assert_same(m, as_reference(s), packed, random_state(m, 3),
+                cu_seqlens=torch.tensor([0, 4, 5, 9]))
+
+
+def test_a_long_sequence():
+    """T = 4096 for a small diagonal cell: still a handful of iterations."""
+    m, s = pair("para_gru", D=2, N=3)
+    x = random_inputs(m, 1, 4096)
+    assert_same(m, as_reference(s), x, random_state(m, 1))
+    assert newton.last_report.converged and newton.last_report.iterations < 12
+
+
+@pytest.mark.parametrize("name", ["para_lstm", "gru"])
+def test_max_iter_reached_finishes_sequentially_and_stays_exact(name):
+    m, s = pair(name, NewtonSchedule(max_iter=2))
+    x = random_inputs(m, 2, 29)
+    assert_same(m, as_reference(s), x, random_state(m, 2))
+    report = newton.last_report
+    assert (report.iterations, report.converged) == (2, False)
+    assert report.sequential_from == 2  # the first two steps are exact after two iterations
+
+
+def test_a_tolerance_too_tight_to_reach_still_gives_the_loop():
+    """Newton's iterates stall at the scan's rounding; the steps from the first that still
+    moves run one by one."""
+    m, s = pair("para_gru", NewtonSchedule(max_iter=6, tol=1e-300))
+    assert_same(m, as_reference(s), random_inputs(m, 2, 11), None)
+    assert not newton.last_report.converged and newton.last_report.sequential_from >= 6
+
+
+def test_diverging_iterates_stop_and_finish_sequentially():
+    """h = tanh(50 h + x) is bounded, but from the first guess its Jacobian is about 50
+    at every step: the linear recurrence of the first iteration overflows to inf. The
+    iteration stops there and the steps run one by one from the first that moved."""
+    cell = reclang.loads("cell c(N = 2):\n    input x[N]\n    state h[N] = 0\n"
+                         "    h[n] <- tanh(50 * h[n] + x[n])\n    out y[n] = h[n]\n", "c.rec")
+    m, s = cell.module("newton").double(), cell.module("sequential").double()
+    assert_same(m, as_reference(s), random_inputs(m, 1, 300), None)
+    report = newton.last_report
+    assert report.iterations < 5 and not report.converged and report.sequential_from < 5
+
+
+@pytest.mark.parametrize("name", ["gru", "para_lstm"])
+def test_quasi_newton_and_damping_keep_the_result(name):
+    m, s = pair(name)
+    x = random_inputs(m, 2, 19)
+    assert_same(m, as_reference(s), x, None)
+    exact = newton.last_report.iterations
+    for schedule in (NewtonSchedule(jacobian="diagonal"), NewtonSchedule(damping=1.0)):
+        m, s = pair(name, schedule)
+        assert_same(m, as_reference(s), x, None)
+        assert newton.last_report.iterations > exact
+
+
+@pytest.mark.parametrize("name, kind, size", [
+    ("para_gru", "diagonal", 1), ("indrnn", "diagonal", 1),
+    ("para_lstm", "block-diagonal", 2),   # h and c of one unit
+    ("slstm", "block-diagonal", 32),      # per head: 8 units x 4 states
+    ("gru", "dense", 4), ("lstm", "dense", 8),
+    ("lmu", "dense", 10),                 # states of two shapes: no lane form
+])
+def test_jacobian_structure(name, kind, size):
+    jac = small(name).form("newton")
+    assert (jac.kind, jac.size) == (kind, size)
+    assert jac.describe() in small(name).verdict("newton").reason
+
+
+def test_inspect_names_the_structure(capsys):
+    from reclang.cli import main
+    main(["inspect", str(SPECS / "para_lstm.rec"), "--backend", "newton"])
+    out = capsys.readouterr().out
+    assert "newton     yes  runs nonlinear: Newton with a block-diagonal Jacobian (2x2 " \
+        "blocks): each unit of h, c reads only its own unit of every state" in out
+    assert "kind: block-diagonal" in out and "NewtonSchedule(max_iter=32" in out
+
+
+def test_a_jacobian_too_large_for_the_dense_scan():
+    """GRU at N = 65: a 65x65 dense block. The default is quasi-Newton (said in the
+    verdict); the exact Jacobian, asked for, is a RecError at the state's update."""
+    cell = reclang.load(SPECS / "gru.rec", D=2, N=65)
+    assert "quasi-Newton by default" in cell.verdict("newton").reason
+    assert "quasi=True" in cell.source("newton") and "adjoint='loop'" in cell.source("newton")
+    with pytest.raises(RecError, match=r"gru\.rec:\d+:\d+: the newton backend's exact "
+                       r"Jacobian has 65x65 blocks .* NewtonSchedule\(jacobian='diagonal'\)"):
+        cell.module("newton", schedule=NewtonSchedule(jacobian="exact"))
+    m, s = pair("gru", D=2, N=65)
+    assert_same(m, as_reference(s), random_inputs(m, 1, 5), None)
+
+
+def test_a_function_without_a_derivative_is_refused_at_its_use(monkeypatch):
+    monkeypatch.setitem(FUNCTIONS, "tanh", dataclasses.replace(FUNCTIONS["tanh"],
+                                                               derivative=None))
+    verdict = small("elman").verdict("newton")
+    assert not verdict.supported
+    assert re.fullmatch(r"elman\.rec:\d+:\d+: tanh has no derivative in the function "
+                        r"table; the newton backend needs ∂f/∂h of the step", verdict.reason)
+
+
+@pytest.mark.parametrize("bad", [{"max_iter": 0}, {"tol": -1.0}, {"tol": float("nan")},
+                                 {"jacobian": "dense"}, {"damping": -0.5}])
+def test_nonsense_schedules_are_errors(bad):
+    with pytest.raises(RecError, match="NewtonSchedule"):
+        NewtonSchedule(**bad)
