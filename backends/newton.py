@@ -146,7 +146,7 @@ def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str) -> str:
     names = tuple(d.name for d in ir.states)
     solver = (f"SOLVER = newton.Solver(newton.Layout({shapes!r}, {jac.block_dims}), {names!r}, "
               f"max_iter={schedule.max_iter}, tol={schedule.tol!r}, quasi={quasi}, "
-              f"damping={schedule.damping!r}, adjoint={adjoint!r})")
+              f"damping={schedule.damping!r}, adjoint={adjoint!r}, columns={schedule.columns})")
     xs = "".join(f"{py_name(d.name)}, " for d in ir.inputs)
     h0 = "".join(f"{py_name(d.name)}, " for d in ir.states)
     params = ", ".join(f'"{py_name(d.name)}": {py_name(d.name)}' for d in ir.params)

@@ -136,18 +136,21 @@ class NewtonSchedule(Schedule):
     `jacobian`: "exact" (the structure the plan proves: diagonal, block-diagonal or
     dense) or "diagonal" (quasi-Newton: its diagonal only; None: exact unless the dense
     blocks are too large for the scan). `damping` ≥ 0 scales the Jacobian by
-    1 / (1 + damping): 0 is Newton, larger values move towards Picard iteration."""
+    1 / (1 + damping): 0 is Newton, larger values move towards Picard iteration.
+    `columns`: the Jacobian's columns (forward-mode derivatives) evaluated at once, each
+    the size of all the states of all tokens: memory against fewer, larger calls."""
 
     max_iter: int = 32
     tol: float | None = None
     jacobian: str | None = None
     damping: float = 0.0
+    columns: int = 16
 
     def __post_init__(self):
-        if not isinstance(self.max_iter, int) or isinstance(self.max_iter, bool) or \
-                self.max_iter < 1:
-            raise RecError(f"NewtonSchedule: max_iter={self.max_iter!r} must be a positive "
-                           "integer")
+        for name in ("max_iter", "columns"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise RecError(f"NewtonSchedule: {name}={value!r} must be a positive integer")
         if self.tol is not None and not _positive_number(self.tol):
             raise RecError(f"NewtonSchedule: tol={self.tol!r} must be a positive number or "
                            "None")

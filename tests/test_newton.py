@@ -64,7 +64,9 @@ def test_matches_sequential(name, T):
     assert newton.last_report.steps == T
 
 
-@pytest.mark.parametrize("name", NAMES)
+# one cell per Jacobian structure: variable lengths run through the module's grouping
+# (reclang/runtime/packing.py), one Newton solve per group of equal lengths
+@pytest.mark.parametrize("name", ["para_gru", "para_lstm", "slstm", "gru", "lmu"])
 def test_variable_lengths(name):
     m, s = pair(name)
     x = random_inputs(m, 3, 7)
@@ -124,6 +126,19 @@ def test_quasi_newton_and_damping_keep_the_result(name):
         assert newton.last_report.iterations > exact
 
 
+@pytest.mark.parametrize("jacobian", ["exact", "diagonal"])
+def test_jacobian_columns_in_groups_change_nothing(jacobian):
+    """LSTM's 8x8 block, its columns 3 at a time (3 + 3 + 2): the same iterates."""
+    x = random_inputs(pair("lstm")[0], 2, 11)
+    runs = []
+    for columns in (16, 3):
+        m, s = pair("lstm", NewtonSchedule(jacobian=jacobian, columns=columns))
+        assert_same(m, as_reference(s), x, None)
+        runs.append((newton.last_report.iterations, m(**x)[0]))
+    assert runs[0][0] == runs[1][0]
+    torch.testing.assert_close(runs[0][1], runs[1][1], atol=1e-15, rtol=0)
+
+
 @pytest.mark.parametrize("name, kind, size", [
     ("para_gru", "diagonal", 1), ("indrnn", "diagonal", 1),
     ("para_lstm", "block-diagonal", 2),   # h and c of one unit
@@ -169,7 +184,7 @@ def test_a_function_without_a_derivative_is_refused_at_its_use(monkeypatch):
 
 
 @pytest.mark.parametrize("bad", [{"max_iter": 0}, {"tol": -1.0}, {"tol": float("nan")},
-                                 {"jacobian": "dense"}, {"damping": -0.5}])
+                                 {"jacobian": "dense"}, {"damping": -0.5}, {"columns": 0}])
 def test_nonsense_schedules_are_errors(bad):
     with pytest.raises(RecError, match="NewtonSchedule"):
         NewtonSchedule(**bad)

@@ -81,6 +81,7 @@ class Solver:
     quasi: bool = False
     damping: float = 0.0
     adjoint: str = "scan"           # "scan" | "loop"
+    columns: int = 16               # Jacobian columns (tangents) evaluated at once
 
     def run(self, step, xs: tuple, h0: tuple, params: dict):
         """(outputs, final states) of the cell over inputs [B, T, ...] from h0."""
@@ -115,15 +116,19 @@ class _Cell:
 
     def linearize(self, xs, z: torch.Tensor, diagonal: bool):
         """f(z) and J = ∂f/∂z: [N, *R, m, m] (J[.., j, i] = ∂f_j/∂z_i), or its
-        diagonal [N, *R, m] when `diagonal`."""
-        m = z.shape[-1]
-        basis = torch.eye(m, dtype=z.dtype, device=z.device)
-        basis = basis.reshape(m, *[1] * (z.dim() - 1), m).expand(m, *z.shape)
-        value, columns = torch.func.vmap(
-            lambda v: torch.func.jvp(lambda y: self(xs, y), (z,), (v,)),
-            out_dims=(None, 0))(basis)
-        J = columns.movedim(0, -1)
-        return value, (J.diagonal(dim1=-2, dim2=-1) if diagonal else J)
+        diagonal [N, *R, m] when `diagonal`; `solver.columns` columns at a time."""
+        m, columns = z.shape[-1], self.solver.columns
+        eye = torch.eye(m, dtype=z.dtype, device=z.device)
+        parts = []
+        for start in range(0, m, columns):
+            basis = eye[start:start + columns]
+            basis = basis.reshape(len(basis), *[1] * (z.dim() - 1), m).expand(-1, *z.shape)
+            value, part = torch.func.vmap(
+                lambda v: torch.func.jvp(lambda y: self(xs, y), (z,), (v,)),
+                out_dims=(None, 0))(basis)
+            parts.append(torch.stack([part[j, ..., start + j] for j in range(len(basis))], -1)
+                         if diagonal else part.movedim(0, -1))
+        return value, torch.cat(parts, -1)
 
 
 def _scan(J, b, z0, reverse=False):
