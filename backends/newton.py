@@ -4,7 +4,7 @@ the whole sequence solved at once by Newton's method, as DEER and ParaRNN do.
 Recurrence: h_t = f(h_{t-1}, x_t), t = 0 .. T-1, the cell's step as the spec says.
 Algorithm:  Newton on the T equations together (reclang/runtime/newton.py): at every
             iteration, f and its Jacobian J_t = ∂f/∂h_{t-1} on all B·T tokens at once
-            (the cell's step function, and forward-mode derivatives of it at the
+            (the cell's step function, and reverse-mode derivatives of it at the
             basis vectors of one block), then the linear recurrence
             h_t = J_t h_{t-1} + (f − J_t h^k_{t-1}) by the parallel scan of
             reclang/runtime/scan.py: elementwise for a diagonal Jacobian, with small
@@ -14,9 +14,9 @@ Algorithm:  Newton on the T equations together (reclang/runtime/newton.py): at e
             `max_iter` the rest run one by one. The outputs are the step on all
             tokens at the solution. Backward by implicit differentiation: the adjoint
             recurrence at the solution, the same scan in reverse.
-Cost:       per iteration about (m + 1) evaluations of the step on all tokens (m: the
-            Jacobian's block size) and a scan of O(B·T·m³) (m = 1: O(B·T·state));
-            a few iterations for contracting cells, up to T in the worst case.
+Cost:       per iteration the step and its backward pass on m copies of all tokens
+            (m: the Jacobian's block size; `rows` at a time) and a scan of O(B·T·m³)
+            (m = 1: O(B·T·state)); a few iterations for contracting cells, up to T in the worst case.
 Numerics:   converged to eps^(3/4) of the dtype (the iterate after that is at about
             eps^(3/2)); diverging iterates (inf, nan) stop the iteration, and the steps
             from the first that moved run one by one, so the result is the loop's.
@@ -146,7 +146,7 @@ def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str) -> str:
     names = tuple(d.name for d in ir.states)
     solver = (f"SOLVER = newton.Solver(newton.Layout({shapes!r}, {jac.block_dims}), {names!r}, "
               f"max_iter={schedule.max_iter}, tol={schedule.tol!r}, quasi={quasi}, "
-              f"damping={schedule.damping!r}, adjoint={adjoint!r}, columns={schedule.columns})")
+              f"damping={schedule.damping!r}, adjoint={adjoint!r}, rows={schedule.rows})")
     xs = "".join(f"{py_name(d.name)}, " for d in ir.inputs)
     h0 = "".join(f"{py_name(d.name)}, " for d in ir.states)
     params = ", ".join(f'"{py_name(d.name)}": {py_name(d.name)}' for d in ir.params)

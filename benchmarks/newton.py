@@ -1,13 +1,15 @@
 """Time the newton backend against the sequential loop, on the CPU.
 
     python benchmarks/newton.py [--T 256 1024 4096 16384] [--N 16 64] [--B 1] [--repeat 2]
-                                [--cells para_gru para_lstm indrnn elman gru]
+                                [--cells para_gru para_lstm indrnn elman gru] [--threads 1]
 
 Per cell, state size N (inputs of D = N) and length T: Newton iterations to converge
 (reclang.runtime.newton.last_report), forward (no autograd) and forward+backward times
 (best of --repeat, float32) of both backends and the speed-up of newton over the loop,
 as rows of a Markdown table. Both modules share parameters and inputs; the script
-first checks that their outputs agree (float32: 1e-4).
+first checks that their outputs agree (float32: 1e-4). `--threads`: torch's intra-op
+threads (default: torch's own); on a shared 2-core machine one thread per process
+avoids BLAS threads spinning against other processes (a 4x4 bmm took 10 ms with two).
 """
 
 from __future__ import annotations
@@ -60,7 +62,10 @@ def main():
     parser.add_argument("--B", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--cells", nargs="+", default=list(CELLS))
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, float32, B={args.B}, best of {args.repeat} (ms); load "

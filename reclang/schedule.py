@@ -137,17 +137,18 @@ class NewtonSchedule(Schedule):
     dense) or "diagonal" (quasi-Newton: its diagonal only; None: exact unless the dense
     blocks are too large for the scan). `damping` ≥ 0 scales the Jacobian by
     1 / (1 + damping): 0 is Newton, larger values move towards Picard iteration.
-    `columns`: the Jacobian's columns (forward-mode derivatives) evaluated at once, each
-    the size of all the states of all tokens: memory against fewer, larger calls."""
+    `rows`: the Jacobian's rows found per backward pass, from one evaluation of the step
+    on that many copies of all tokens: memory (rows x the step's activations) against
+    the number of passes (per pass, a call of the autograd engine)."""
 
     max_iter: int = 32
     tol: float | None = None
     jacobian: str | None = None
     damping: float = 0.0
-    columns: int = 16
+    rows: int = 16
 
     def __post_init__(self):
-        for name in ("max_iter", "columns"):
+        for name in ("max_iter", "rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise RecError(f"NewtonSchedule: {name}={value!r} must be a positive integer")

@@ -18,6 +18,16 @@ import reclang
 B = 2
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The cases are tiny: on a shared 2-core machine a second intra-op thread only
+    contends (BLAS threads spinning: a 4x4 bmm took 10 ms with two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def para_gru(x, p, state):
     """z, r, candidate with diagonal recurrent weights a (Danieli et al., 2025)."""
     h, ys = state["h"], []
