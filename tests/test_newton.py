@@ -198,3 +198,19 @@ def test_a_function_without_a_derivative_is_refused_at_its_use(monkeypatch):
 def test_nonsense_schedules_are_errors(bad):
     with pytest.raises(RecError, match="NewtonSchedule"):
         NewtonSchedule(**bad)
+
+
+def test_low_precision_inputs_and_pickling():
+    """bf16 inputs are computed in float32 (outputs bf16, states float32), to the
+    float32 tolerance; a pickled module runs the same."""
+    import pickle
+
+    cell = small("para_lstm")
+    torch.manual_seed(0)
+    m, s = cell.module("newton"), cell.module("sequential")
+    s.load_state_dict(m.state_dict())
+    x = random_inputs(m, 2, 17)["x"].to(torch.bfloat16)
+    (y, final), (want, _) = m(x=x), s(x=x)
+    assert y.dtype == torch.bfloat16 and final["c"].dtype == torch.float32
+    torch.testing.assert_close(y, want, atol=1e-2, rtol=0)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(m))(x=x)[0], y, atol=0, rtol=0)
