@@ -62,8 +62,9 @@ class Layout:
 
     def pack(self, states) -> torch.Tensor:
         d = self.block_dims
-        return torch.cat([s.reshape(*s.shape[:s.dim() - len(shape)], *shape[:d], -1)
-                          for s, shape in zip(states, self.shapes)], -1)
+        parts = [s.reshape(*s.shape[:s.dim() - len(shape)], *shape[:d], -1)
+                 for s, shape in zip(states, self.shapes)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, -1)  # one state: a view
 
     def unpack(self, z: torch.Tensor) -> list[torch.Tensor]:
         lead = z.shape[:z.dim() - 1 - self.block_dims]
