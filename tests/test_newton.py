@@ -10,6 +10,8 @@ import re
 import pytest
 import torch
 from helpers import SPECS, _grads, _loss, as_reference, cells_on, random_inputs, random_state, small
+from hypothesis import HealthCheck, given, settings
+from test_fused_random_cells import cells as nonlinear_cells
 
 import reclang
 from reclang.errors import RecError
@@ -214,3 +216,15 @@ def test_low_precision_inputs_and_pickling():
     assert y.dtype == torch.bfloat16 and final["c"].dtype == torch.float32
     torch.testing.assert_close(y, want, atol=1e-2, rtol=0)
     torch.testing.assert_close(pickle.loads(pickle.dumps(m))(x=x)[0], y, atol=0, rtol=0)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nonlinear_cells())
+def test_random_nonlinear_cells(text):
+    """Any mix of the language's functions (floor, %, // included: zero derivatives,
+    discontinuous steps), a weighted sum over the units, a `for` block: the loop's
+    values and gradients, to 1e-10."""
+    cell = reclang.loads(text, "random.rec")
+    torch.manual_seed(0)
+    m, s = cell.module("newton").double(), cell.module("sequential").double()
+    assert_same(m, as_reference(s), random_inputs(m, 2, 7), random_state(m, 2))
