@@ -228,3 +228,18 @@ def test_random_nonlinear_cells(text):
     torch.manual_seed(0)
     m, s = cell.module("newton").double(), cell.module("sequential").double()
     assert_same(m, as_reference(s), random_inputs(m, 2, 7), random_state(m, 2))
+
+
+@pytest.mark.parametrize("name", ["para_lstm", "gru"])
+def test_a_non_finite_input_at_step_t_reaches_no_earlier_output(name):
+    """A NaN or inf at step t: the iterate is not finite from t on, the iteration stops
+    and the steps from the first that moved run one by one; outputs before t are the
+    loop's, and the rest is what the loop gives too (NaN included)."""
+    m, s = pair(name)
+    s.load_state_dict(m.state_dict())
+    for bad in (float("nan"), float("inf")):
+        x = random_inputs(m, 2, 20)
+        x["x"][:, 11] = bad
+        y, want = m(**x)[0], s(**x)[0]
+        assert torch.isfinite(want[:, :11]).all()
+        torch.testing.assert_close(y, want, atol=TOL, rtol=0, equal_nan=True)
