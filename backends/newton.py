@@ -140,7 +140,7 @@ def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str) -> str:
     header = program.header([
         f"Newton backend: the whole sequence by {method}, each iteration a parallel scan",
         f"(reclang/runtime/newton.py); plan: {plan.summary}.",
-        f"Jacobian: {jac.describe()}.",
+        f"Structure: {jac.describe()}.",
         f"Adjoint (backward): {'a scan' if adjoint == 'scan' else 'one vjp per step'}."])
     shapes = tuple(d.shape for d in ir.states)
     names = tuple(d.name for d in ir.states)
