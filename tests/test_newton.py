@@ -242,3 +242,14 @@ def test_a_non_finite_input_at_step_t_reaches_no_earlier_output(name):
         y, want = m(**x)[0], s(**x)[0]
         assert torch.isfinite(want[:, :11]).all()
         torch.testing.assert_close(y, want, atol=TOL, rtol=0, equal_nan=True)
+
+
+def test_an_initial_state_computed_from_params():
+    """h_0 = tanh(w): w's gradient comes through the initial state as well (J_0ᵀ λ_0)."""
+    cell = reclang.loads("cell c(N = 3):\n    input x[N]\n    param w[N] ~ normal(0, 1)\n"
+                         "    param U[N, N] ~ normal(0, 0.5)\n    state h[N] = tanh(w)\n"
+                         "    h[n] <- tanh(sum(m: U[n, m] * h[m]) + x[n])\n"
+                         "    out y[n] = h[n] * w[n]\n", "c.rec")
+    torch.manual_seed(0)
+    m, s = cell.module("newton").double(), cell.module("sequential").double()
+    assert_same(m, as_reference(s), random_inputs(m, 2, 9), None)
