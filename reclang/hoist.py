@@ -1,0 +1,163 @@
+"""Hoisting offsets out of the recurrence: every `lag(e, k)`, every `t` and every read
+with an integer expression in its subscripts (`x[i + 1]`, `k[h // G, i]`) of a value
+that depends on no state becomes a *derived leaf* of the IR that the analysis and the
+backends see: a derived input (time-varying, [B, T, ...]) or, for a gather of params
+alone, a derived param. The plan of the recurrence is the same as if the user passed
+those values in, so every backend runs the cell unchanged.
+
+The prologue (reclang/codegen/prologue.py) computes the derived leaves from the real
+inputs and params over the whole sequence, from the original IR; the module
+(reclang/module.py) runs it before the backend. What it carries between calls is part
+of the module's `state`:
+
+    lag_<name>   [B, K, *dims]  the last K values of a lagged expression (K its deepest
+                                offset; <name> the first tensor it reads, numbered 2, 3,
+                                ... when several lagged expressions read the same one)
+    t            [B]            the number of steps before this call (with `t`)
+
+A read of a state (or of a value computed from one) with an index expression stays in
+the IR: the sequential loop gathers it, the analysis refuses it for the other backends.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import networkx as nx
+
+from .ir import IR, Decl, IndexExpr, Node, Op
+
+TIME_STATE = "t"
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A derived leaf: its name in the hoisted IR, the node it stands for in the
+    original IR, and whether it is an input (time-varying) or a param."""
+
+    name: str
+    node: int
+    kind: str  # "input" | "param"
+
+
+@dataclass(frozen=True)
+class History:
+    """The carried history of one lagged expression (`node`, in the original IR)."""
+
+    name: str
+    node: int
+    depth: int
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Prologue:
+    derived: tuple[Derived, ...]
+    histories: tuple[History, ...]
+    time: bool  # whether the cell reads t: the counter state TIME_STATE
+
+    def carried(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """The states the prologue carries between calls: (name, dims, dtype)."""
+        found = [(h.name, (h.depth, *h.shape), h.dtype) for h in self.histories]
+        return found + ([(TIME_STATE, (), "real")] if self.time else [])
+
+
+def hoist(ir: IR) -> tuple[IR, Prologue | None]:
+    """The IR with its offsets replaced by derived leaves, and the prologue computing
+    them (None, and the IR itself, when the cell has none)."""
+    free = _state_free(ir)
+    targets = [i for i in nx.topological_sort(ir.graph) if i in free and _offset(ir.node(i))]
+    if not targets:
+        return ir, None
+    out = copy.copy(ir)
+    out.graph, out.decls, out.leaves = ir.graph.copy(), dict(ir.decls), dict(ir.leaves)
+    derived = [_replace(ir, out, i, _derived_name(ir, i, k)) for k, i in enumerate(targets)]
+    _prune(out)
+    derived = tuple(d for d in derived if d.name in out.leaves)
+    return out, Prologue(derived, _histories(ir), any(ir.node(i).op == Op.TIME for i in ir.graph))
+
+
+def _offset(node: Node) -> bool:
+    return node.op in (Op.LAG, Op.TIME) or node.op == Op.READ and any(
+        isinstance(s, IndexExpr) for s in node.arg)
+
+
+def _state_free(ir: IR) -> set[int]:
+    reads_state: set[int] = set()
+    for i in nx.topological_sort(ir.graph):
+        node = ir.node(i)
+        if node.op in (Op.STATE, Op.UPDATE) or any(a in reads_state for a in node.args):
+            reads_state.add(i)
+    return set(ir.graph) - reads_state
+
+
+def _derived_name(ir: IR, i: int, k: int) -> str:
+    """A name no spec name can take (those start with a letter) nor a temporary."""
+    node = ir.node(i)
+    stem = "t" if node.op == Op.TIME else _first_tensor(ir, i) or "value"
+    return f"_d{k}_{node.op.name.lower()}_{stem}"
+
+
+def _first_tensor(ir: IR, i: int) -> str | None:
+    node = ir.node(i)
+    if node.op == Op.READ:
+        return str(ir.node(node.args[0]).arg)
+    return next(filter(None, (_first_tensor(ir, a) for a in node.args)), None)
+
+
+def _replace(ir: IR, out: IR, i: int, name: str) -> Derived:
+    """Node i becomes a READ of a new leaf holding its value (same id, so its readers
+    are unchanged)."""
+    node = ir.node(i)
+    kind = "input" if _time_varying(ir, i) else "param"
+    leaf = max(out.graph.nodes) + 1
+    axes = tuple(f"#{k}" for k in range(len(node.axes)))
+    op = Op.INPUT if kind == "input" else Op.PARAM
+    out.graph.add_node(leaf, node=Node(leaf, op, (), axes, node.sizes, node.dtype, name,
+                                       node.loc))
+    out.graph.remove_edges_from(list(out.graph.in_edges(i)))
+    out.graph.add_edge(leaf, i)
+    out.graph.nodes[i]["node"] = Node(i, Op.READ, (leaf,), node.axes, node.sizes, node.dtype,
+                                      node.axes, node.loc, node.stmt)
+    out.decls[name] = Decl(name, kind, node.sizes, node.dtype, node.loc)
+    out.leaves[name] = leaf
+    return Derived(name, i, kind)
+
+
+def _time_varying(ir: IR, i: int) -> bool:
+    return any(ir.node(a).op in (Op.INPUT, Op.TIME, Op.LAG)
+               for a in nx.ancestors(ir.graph, i) | {i})
+
+
+def _prune(out: IR):
+    """Drops what no statement reads any more (the insides of hoisted values), and the
+    derived leaves nothing reads (those inside another hoisted value)."""
+    keep = set(out.stmts) | {i for s in out.stmts for i in nx.ancestors(out.graph, s)}
+    declared = {out.leaves[d] for d in out.decls if not d.startswith("_d")}
+    out.graph.remove_nodes_from([i for i in list(out.graph) if i not in keep | declared])
+    for name in [n for n, i in out.leaves.items() if i not in out.graph]:
+        del out.leaves[name], out.decls[name]
+
+
+def _histories(ir: IR) -> tuple[History, ...]:
+    """One history per lagged expression, as deep as its deepest lag."""
+    depth: dict[int, int] = {}
+    for i in ir.graph:
+        node = ir.node(i)
+        if node.op == Op.LAG:
+            depth[node.args[0]] = max(depth.get(node.args[0], 0), node.arg.depth)
+    names = {d for d in ir.decls} | {TIME_STATE}
+    found = []
+    for e, k in sorted(depth.items()):
+        stem = f"lag_{_first_tensor(ir, e) or 'value'}"
+        name, n = stem, 1
+        while name in names:
+            n += 1
+            name = f"{stem}_{n}"
+        names.add(name)
+        node = ir.node(e)
+        found.append(History(name, e, k, node.sizes, node.dtype))
+    return tuple(found)
+
