@@ -43,10 +43,10 @@ class Derived:
 
 @dataclass(frozen=True)
 class History:
-    """The carried history of one lagged expression (`node`, in the original IR)."""
+    """The carried history of one lagged expression (its nodes in the original IR)."""
 
     name: str
-    node: int
+    nodes: tuple[int, ...]
     depth: int
     shape: tuple[int, ...]
     dtype: str
@@ -142,15 +142,20 @@ def _prune(out: IR):
 
 
 def _histories(ir: IR) -> tuple[History, ...]:
-    """One history per lagged expression, as deep as its deepest lag."""
-    depth: dict[int, int] = {}
-    for i in ir.graph:
+    """One history per lagged expression (equal ones share it: `lag(x[d], 1)` in two
+    statements), as deep as its deepest lag; `nodes` holds every node it stands for."""
+    depth: dict[tuple, int] = {}
+    nodes: dict[tuple, list[int]] = {}
+    for i in sorted(ir.graph):
         node = ir.node(i)
         if node.op == Op.LAG:
-            depth[node.args[0]] = max(depth.get(node.args[0], 0), node.arg.depth)
-    names = {d for d in ir.decls} | {TIME_STATE}
+            key = _key(ir, node.args[0])
+            depth[key] = max(depth.get(key, 0), node.arg.depth)
+            nodes.setdefault(key, []).append(node.args[0])
+    names = set(ir.decls) | {TIME_STATE}
     found = []
-    for e, k in sorted(depth.items()):
+    for key, k in depth.items():
+        e = nodes[key][0]
         stem = f"lag_{_first_tensor(ir, e) or 'value'}"
         name, n = stem, 1
         while name in names:
@@ -158,6 +163,14 @@ def _histories(ir: IR) -> tuple[History, ...]:
             name = f"{stem}_{n}"
         names.add(name)
         node = ir.node(e)
-        found.append(History(name, e, k, node.sizes, node.dtype))
+        found.append(History(name, tuple(nodes[key]), k, node.sizes, node.dtype))
     return tuple(found)
 
+
+def _key(ir: IR, i: int) -> tuple:
+    """A value's structure, equal for two nodes that compute the same thing."""
+    node = ir.node(i)
+    if node.op in (Op.INPUT, Op.PARAM):
+        return (node.op, node.arg)
+    return (node.op, str(node.arg), node.axes, node.sizes,
+            tuple(_key(ir, a) for a in node.args))

@@ -42,7 +42,7 @@ class PrologueLowering(ExprLowering):
 
     def extended(self, e: int) -> str:
         """The lagged expression e after its history, [B, K + T, ...], made once."""
-        key = ("extended", e)
+        key = ("extended", self.histories[e])
         if key not in self.names.memo:
             node = self.ir.node(e)
             value = align(self.code(e, Place.HOIST), node.axes)
@@ -60,7 +60,7 @@ def source(ir: IR, prologue: Prologue) -> str:
     time, lengths = names.fresh("_t"), names.fresh("_lengths")
     place = _placements(ir, prologue)
     blocks = {p: [] for p in Place}
-    histories = {h.node: py_name(h.name) for h in prologue.histories}
+    histories = {i: py_name(h.name) for h in prologue.histories for i in h.nodes}
     counter = py_name("t") if prologue.time else None
     lower = PrologueLowering(ir, place, blocks, names, histories, time)
     names.memo["runtime", "lag"] = "_lag"  # imported at the top of the function
@@ -71,12 +71,12 @@ def source(ir: IR, prologue: Prologue) -> str:
         lower.emit(place[i], node, f"{py_name(node.arg)} = {text}")
     derived = [f'"{d.name}": {lower.code(d.node, place[d.node]).text}'
                for d in prologue.derived]
-    carried = [f'"{h.name}": _lag.history({lower.extended(h.node)}, {h.depth}, {lengths})'
-               for h in prologue.histories]
+    carried = [f'"{h.name}": _lag.history({lower.extended(h.nodes[0])}, {h.depth}, '
+               f'{lengths})' for h in prologue.histories]
     if counter:
         carried.append(f'"t": _lag.advanced({counter}, T, {lengths})')
     first = py_name(ir.inputs[0].name)
-    args = [py_name(d.name) for d in ir.inputs] + list(histories.values()) + \
+    args = [py_name(d.name) for d in ir.inputs] + [py_name(h.name) for h in prologue.histories] + \
         ([counter] if counter else []) + [lengths]
     params = [py_name(d.name) for d in ir.params]
     lines = ["from reclang.runtime import lag as _lag",
@@ -102,7 +102,7 @@ def source(ir: IR, prologue: Prologue) -> str:
 
 
 def _needed(ir: IR, prologue: Prologue) -> set[int]:
-    nodes = {d.node for d in prologue.derived} | {h.node for h in prologue.histories}
+    nodes = {d.node for d in prologue.derived} | {i for h in prologue.histories for i in h.nodes}
     return nodes | {a for i in nodes for a in nx.ancestors(ir.graph, i)}
 
 
