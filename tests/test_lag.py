@@ -3,6 +3,8 @@ here from their definitions, and every backend against the sequential one in flo
 (outputs, final states with the carried histories and counter, gradients of inputs,
 params and initial states); two halves, step by step, lengths and cu_seqlens."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ import reclang
 from reclang.errors import RecError
 
 F = torch.nn.functional
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # else triton's interpreter
 
 CONV = """
 cell conv(D = 3, W = 4):
@@ -30,6 +33,24 @@ cell token_shift(K = 2, V = 3):
     kk[i] = k[i] + mu[i] * (lag(k[i], 1) - k[i])
     S[i, j] <- exp(-softplus(g[i])) * S[i, j] + kk[i] * v[j]
     out o[j] = sum(i: q[i] * S[i, j])
+"""
+
+LTI = """
+cell lti_conv(D = 3):
+    input x[D]
+    param a[D] ~ uniform(0.5, 0.9)
+    state h[D] = 0
+    h[d] <- a[d] * h[d] + lag(x[d], 1) - lag(x[d], 3) + x[d]
+    out y[d] = h[d]
+"""
+
+ELMAN = """
+cell elman_shift(D = 3):
+    input x[D]
+    param W[D, D] ~ normal(0, 0.5)
+    state h[D] = 0
+    h[d] <- tanh(sum(e: W[d, e] * h[e]) + lag(x[d], 1) + x[D - 1 - d])
+    out y[d] = h[d]
 """
 
 ROLL = """
@@ -69,7 +90,8 @@ def run(m, xs: dict, state: dict | None, **varlen):
     outs = y if isinstance(y, dict) else {"y": y}
     gen = torch.Generator().manual_seed(3)
     values = list(outs.values()) + [final[k] for k in sorted(final) if k != "t"]
-    loss = sum((v * torch.randn(v.shape, generator=gen, dtype=v.dtype)).sum() for v in values)
+    loss = sum((v * torch.randn(v.shape, generator=gen, dtype=v.dtype).to(v.device)).sum()
+               for v in values)
     leaves = {**xs, **{k: v for k, v in (state or {}).items() if v.requires_grad},
               **dict(m.named_parameters())}
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
@@ -87,7 +109,7 @@ def assert_same(got, want):
 def conv_reference(xs: dict, p: dict, state: dict):
     """CONV from its definition: a loop over steps reading the histories by hand."""
     x, g = xs["x"], xs["g"]
-    B, T, D = x.shape
+    T = x.shape[1]
     xe = torch.cat([state["lag_x"], x], 1)                  # [B, 3 + T, D]
     ge = torch.cat([state["lag_g"], torch.tanh(g)], 1)      # [B, 2 + T, D]
     h, ys = state["h"], []
@@ -124,7 +146,7 @@ def test_lag_t_and_subscripts_match_their_definition(T):
                                [0]["y"])
 
 
-@pytest.mark.parametrize("spec", [CONV, SHIFT, ROLL])
+@pytest.mark.parametrize("spec", [CONV, SHIFT, ROLL, ELMAN])
 def test_two_halves_and_step_by_step_equal_one_call(spec):
     m = module(spec)
     xs, state = inputs(m, 2, 7), random_state(m, 2)
@@ -145,13 +167,27 @@ def test_two_halves_and_step_by_step_equal_one_call(spec):
         torch.testing.assert_close(s[k], final[k])
 
 
-@pytest.mark.parametrize("spec, backend", [(CONV, "scan"), (SHIFT, "chunk")])
+@pytest.mark.parametrize("spec, backend", [(CONV, "scan"), (SHIFT, "chunk"), (LTI, "fft")])
 @pytest.mark.parametrize("T", [1, 5, 13])
 def test_parallel_backends_equal_the_sequential_one(spec, backend, T):
     ref, other = module(spec), module(spec, backend)
     xs, state = inputs(ref, 2, T), random_state(ref, 2)
     assert_same(run(other, xs, state), run(ref, xs, state))
     assert_same(run(other, xs, None), run(ref, xs, None))
+
+
+@pytest.mark.parametrize("spec", [CONV, SHIFT, ELMAN])
+def test_triton_equals_the_sequential_backend_with_packed_sequences(spec):
+    """One small case per kernel (diagonal scan, matrix state, fused loop): the packed
+    sequences go to the kernels in one call, their prologue right-padded."""
+    ref, tri = module(spec).to(DEVICE), module(spec, "triton").to(DEVICE)
+    def on(tensors):
+        return {k: v.to(DEVICE) for k, v in tensors.items()}
+
+    xs, state = on(inputs(ref, 2, 5)), on(random_state(ref, 2))
+    assert_same(run(tri, xs, state), run(ref, xs, state))
+    xs, state, cu = on(inputs(ref, 1, 9)), on(random_state(ref, 3)), torch.tensor([0, 4, 5, 9])
+    assert_same(run(tri, xs, state, cu_seqlens=cu), run(ref, xs, state, cu_seqlens=cu))
 
 
 def test_lengths_keep_the_history_of_each_sequence_s_end():
@@ -173,7 +209,7 @@ def test_packed_sequences_do_not_lag_across_their_boundaries():
     xs, state = inputs(m, 1, 9), random_state(m, 3)
     cu = [0, 4, 5, 9]
     y, final = m(**xs, state=state, cu_seqlens=torch.tensor(cu))
-    for n, (a, b) in enumerate(zip(cu[:-1], cu[1:])):
+    for n, (a, b) in enumerate(itertools.pairwise(cu)):
         y_n, final_n = m(**{k: v[:, a:b] for k, v in xs.items()},
                          state={k: v[n:n + 1] for k, v in state.items()})
         torch.testing.assert_close(y[:, a:b], y_n)
