@@ -29,12 +29,20 @@ def expression(terms, depth):
     )
 
 
+# lag, t and subscript expressions (history carried across calls: full, step and split
+# agree only if the module keeps the last values of each lagged expression)
+LAG_TERMS = ["lag(g[n], 1)", "lag(tanh(g[n]), 2)", "sum(d: W[n, d] * lag(x[d], 1))",
+             "sum(w: Z[w, n] * lag(g[n], w))", "0.1 * t", "lag(sum(d: x[d]), 3) * u[n]",
+             "g[1 - n]", "g[n + 1]", "lag(g[n + 1], 1)", "x[2 * n]", "lag(0.1 * t, 1)"]
+ND_LAG_TERMS = ["lag(x[d], 1) * g[n]", "x[2 - d] * g[n]", "lag(g[n] * x[d], 2)"]
+
+
 @st.composite
-def cells(draw):
-    a = draw(expression([t for t in N_TERMS if "a[n]" not in t and "hp" not in t], 2))
-    h_new = draw(expression(N_TERMS, 2))
-    s_new = draw(expression(ND_TERMS, 1))
-    y = draw(expression(N_TERMS, 2))
+def cells(draw, n_terms=tuple(N_TERMS), nd_terms=tuple(ND_TERMS)):
+    a = draw(expression([t for t in n_terms if "a[n]" not in t and "hp" not in t], 2))
+    h_new = draw(expression(list(n_terms), 2))
+    s_new = draw(expression(list(nd_terms), 1))
+    y = draw(expression(list(n_terms), 2))
     order = draw(st.permutations(["h", "S"]))
     updates = {"h": f"    h[n] <- tanh({h_new})\n",
                "S": f"    S[n, d] <- 0.5 * S[n, d] + tanh({s_new})\n"}
@@ -54,6 +62,16 @@ def cells(draw):
 @settings(max_examples=int(__import__("os").environ.get("RANDOM_CELLS", 60)), deadline=None)
 @given(cells(), st.integers(1, 9))
 def test_random_cells_forward_step_and_split_agree(text, T):
+    check_forward_step_and_split(text, T)
+
+
+@settings(max_examples=int(__import__("os").environ.get("RANDOM_CELLS", 30)), deadline=None)
+@given(cells(tuple(N_TERMS + LAG_TERMS), tuple(ND_TERMS + ND_LAG_TERMS)), st.integers(1, 9))
+def test_random_cells_with_lag_t_and_subscripts_forward_step_and_split_agree(text, T):
+    check_forward_step_and_split(text, T)
+
+
+def check_forward_step_and_split(text: str, T: int):
     torch.manual_seed(0)
     cell = reclang.loads(text, "random.rec")
     assert cell.plan.form in ("diag", "diag-lti", "mat-decay", "dplr", "dense", "coupled",
@@ -74,6 +92,8 @@ def test_random_cells_forward_step_and_split_agree(text, T):
     cut = T // 2
     if cut:
         y1, s1 = m(**{k: v[:, :cut] for k, v in x.items()})
-        y2, _ = m(state=s1, **{k: v[:, cut:] for k, v in x.items()})
+        y2, s2 = m(state=s1, **{k: v[:, cut:] for k, v in x.items()})
         for name in y:
             torch.testing.assert_close(torch.cat([y1[name], y2[name]], 1), y[name])
+        for k in final:
+            torch.testing.assert_close(s2[k], final[k])
