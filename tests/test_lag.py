@@ -240,3 +240,26 @@ def test_a_gather_of_params_is_computed_once_as_a_derived_param():
     assert sorted(kinds.values()) == ["input", "input", "input", "input", "input", "param"]
     assert cell.plan.form == "diag"  # the shifts leave the recurrence diagonal
     assert "lag_x" in cell._prologue()[1] and ".unfold" not in cell.source("scan")
+
+
+def test_subscript_expressions_read_zero_outside_the_tensor():
+    spec = """
+cell subscripts(N = 4, H = 2, K = 3):
+    input x[N], y[N], S[H, K, K]
+    out next[i: N] = x[i + 1]
+    out rev[i: N] = x[N - 1 - i]
+    out even[i: 2] = x[2 * i]
+    out pad[i: N + 2] = x[i - 1]
+    out cat[i: 2 * N] = x[i - 0] + y[i - N]
+    out diag[h, i] = S[h, i, i]
+"""
+    m = module(spec)
+    xs = inputs(m, 2, 3)
+    x, y, S = xs["x"], xs["y"], xs["S"]
+    out, _ = m(**xs)
+    want = {"next": F.pad(x[..., 1:], (0, 1)), "rev": x.flip(-1), "even": x[..., ::2],
+            "pad": F.pad(x, (1, 1)), "cat": torch.cat([x, y], -1),
+            "diag": torch.diagonal(S, dim1=-2, dim2=-1)}
+    for k, v in want.items():
+        torch.testing.assert_close(out[k], v, msg=k)
+    assert reclang.loads(spec, "s.rec").prologue is not None
