@@ -53,6 +53,14 @@ cell elman_shift(D = 3):
     out y[d] = h[d]
 """
 
+READOUT = """
+cell gathered_readout(D = 3):
+    input x[D], g[D]
+    state h[D] = 0
+    h[d] <- sigmoid(g[d]) * h[d] + x[d]
+    out y[d] = h[d + 1] * x[d]
+"""
+
 ROLL = """
 cell roll(D = 4):
     input x[D]
@@ -167,7 +175,8 @@ def test_two_halves_and_step_by_step_equal_one_call(spec):
         torch.testing.assert_close(s[k], final[k])
 
 
-@pytest.mark.parametrize("spec, backend", [(CONV, "scan"), (SHIFT, "chunk"), (LTI, "fft")])
+@pytest.mark.parametrize("spec, backend", [(CONV, "scan"), (SHIFT, "chunk"), (LTI, "fft"),
+                                           (READOUT, "scan")])
 @pytest.mark.parametrize("T", [1, 5, 13])
 def test_parallel_backends_equal_the_sequential_one(spec, backend, T):
     ref, other = module(spec), module(spec, backend)
@@ -176,7 +185,7 @@ def test_parallel_backends_equal_the_sequential_one(spec, backend, T):
     assert_same(run(other, xs, None), run(ref, xs, None))
 
 
-@pytest.mark.parametrize("spec", [CONV, SHIFT, ELMAN])
+@pytest.mark.parametrize("spec", [CONV, SHIFT, ELMAN, READOUT])
 def test_triton_equals_the_sequential_backend_with_packed_sequences(spec):
     """One small case per kernel (diagonal scan, matrix state, fused loop): the packed
     sequences go to the kernels in one call, their prologue right-padded."""
@@ -232,6 +241,46 @@ def test_a_state_read_at_a_computed_subscript_runs_on_the_loop_alone():
         assert "computed subscript" in reason, reason
     with pytest.raises(RecError, match="computed subscript h\\[\\(d \\+ 1\\)\\]"):
         cell.module("scan")
+
+
+@pytest.mark.parametrize("update, jacobian", [
+    ("a[d] <- 0.5 * a[d] + x[d]\n    b[d] <- 0.5 * b[d] + a[D - 1 - d]", "b: dense"),
+    ("u[d] = a[d] * 2\n    a[d] <- 0.5 * u[d + 1] + x[d]\n    b[d] <- b[d]", "a: dense")])
+def test_a_computed_subscript_through_an_intermediate_is_a_mixing_read(update, jacobian):
+    """Read through a new state or a let, a shift of state elements is neither affine
+    nor diagonal: every parallel backend refuses it at the read."""
+    spec = f"""
+cell c(D = 3):
+    input x[D]
+    state a[D] = 0, b[D] = 0
+    {update}
+    out y[d] = a[d] + b[d]
+"""
+    cell = reclang.loads(spec, "c.rec")
+    assert f"Jacobian {jacobian}" in cell.plan.summary
+    assert cell.supports("sequential")
+    for backend in ("scan", "chunk", "fft", "triton"):
+        assert "computed subscript" in cell.verdict(backend).reason
+
+
+def test_a_diagonal_readout_of_a_matrix_state_is_refused_with_a_reason():
+    spec = """
+cell m(K = 3):
+    input q[K], k[K], v[K], g[K]
+    state S[K, K] = 0
+    S[i, j] <- exp(-softplus(g[i])) * S[i, j] + k[i] * v[j]
+    out o[i] = S[i, i] + sum(j: q[j] * S[j, i])
+"""
+    cell = reclang.loads(spec, "m.rec")
+    assert "S is read without contracting its key axis i" in cell.verdict("chunk").reason
+    m, x = module(spec), inputs(module(spec), 1, 4)
+    S, want = torch.zeros(1, 3, 3, dtype=torch.float64), []
+    for t in range(4):
+        S = torch.exp(-F.softplus(x["g"][:, t]))[..., None] * S + \
+            x["k"][:, t, :, None] * x["v"][:, t, None, :]
+        want.append(torch.diagonal(S, dim1=-2, dim2=-1) + torch.einsum("bj,bji->bi",
+                                                                       x["q"][:, t], S))
+    torch.testing.assert_close(m(**x)[0], torch.stack(want, 1))
 
 
 def test_a_gather_of_params_is_computed_once_as_a_derived_param():
