@@ -36,7 +36,8 @@ class Cell:
 
     def __init__(self, ir: IR):
         self.ir = ir
-        self.hoisted, self.prologue = hoist(ir)  # what the plan and the backends see
+        with at(Loc(0, 0, ir.source), "hoisting"):  # what the plan and the backends see
+            self.hoisted, self.prologue = hoist(ir)
         self.name = ir.name
         self.hypers = dict(ir.hypers)
         self._sources: dict[tuple, str] = {}
@@ -209,14 +210,23 @@ class Cell:
             print(source)
         return source, generated
 
-    def _prologue(self):
-        """(Prologue, its source, its module): what the module runs before the backend
-        for lag, t and subscript expressions (reclang/hoist.py); None without them."""
+    def prologue_source(self) -> str | None:
+        """The generated prologue every backend's module runs first: the values of lag,
+        t and subscript expressions over whole sequences (reclang/hoist.py); None when
+        the cell has none."""
         if self.prologue is None:
             return None
-        from .codegen.prologue import source
-        with at(Loc(0, 0, self.ir.source), "lowering (prologue)"):
-            text = source(self.ir, self.prologue)
+        if "prologue" not in self._sources:
+            from .codegen.prologue import source
+            with at(Loc(0, 0, self.ir.source), "lowering (prologue)"):
+                self._sources["prologue"] = source(self.ir, self.prologue)
+        return self._sources["prologue"]
+
+    def _prologue(self):
+        """(Prologue, its source, its module) for RecModule, or None."""
+        text = self.prologue_source()
+        if text is None:
+            return None
         return self.prologue, text, load_source(text, f"{self.name}_prologue", self.ir.source)
 
     def _backend(self, backend: str) -> str:
