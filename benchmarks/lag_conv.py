@@ -24,7 +24,7 @@ import torch
 import reclang
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
-HYPERS = dict(D=64, N=16, R=4)
+HYPERS = {"D": 64, "N": 16, "R": 4}
 W = 4
 CONV = f"""    param Wconv[D, {W}] ~ uniform(-0.5, 0.5)
     xc[d] = silu(sum(w: Wconv[d, w] * lag(x[d], w)))
@@ -53,7 +53,7 @@ def modules(B: int, T: int):
 
 def check_conv(m, x):
     """The prologue's window equals a depthwise causal F.conv1d."""
-    info, _, code = m._prologue
+    code = m._prologue[2]
     derived, _ = code.prologue(x, torch.zeros(x.shape[0], W - 1, x.shape[2]), None,
                                **dict(m.named_parameters()))
     (window,) = derived.values()                           # lag(x[d], w): [B, T, D, W]
@@ -114,13 +114,13 @@ def main():
     for step in ("fwd", "fwd+bwd"):
         grad = step == "fwd+bwd"
 
-        def prologue():
+        def prologue(grad=grad):
             window = next(iter(code.prologue(x, history, None, **params)[0].values()))
             y = torch.einsum("btdw,dw->btd", window, conv.Wconv)
             if grad:
                 y.square().mean().backward()
 
-        def hand():
+        def hand(grad=grad):
             y = depthwise(x, conv.Wconv)
             if grad:
                 y.square().mean().backward()

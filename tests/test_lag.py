@@ -3,7 +3,9 @@ here from their definitions, and every backend against the sequential one in flo
 (outputs, final states with the carried histories and counter, gradients of inputs,
 params and initial states); two halves, step by step, lengths and cu_seqlens."""
 
+import copy
 import itertools
+import pickle
 
 import pytest
 import torch
@@ -314,3 +316,13 @@ cell subscripts(N = 4, H = 2, K = 3):
     for k, v in want.items():
         torch.testing.assert_close(out[k], v, msg=k)
     assert reclang.loads(spec, "s.rec").prologue is not None
+
+
+def test_a_module_with_a_prologue_pickles_and_copies():
+    m = module(CONV)
+    xs, state = inputs(m, 2, 4), random_state(m, 2)
+    y, final = m(**xs, state=state)
+    for other in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
+        y2, final2 = other(**xs, state=state)
+        torch.testing.assert_close(y2, y)
+        assert all(torch.equal(final2[k], final[k]) for k in final)
