@@ -227,6 +227,8 @@ class Cell:
         text = self.prologue_source()
         if text is None:
             return None
+        if config.debug_level() >= 4:
+            print(text)
         return self.prologue, text, load_source(text, f"{self.name}_prologue", self.ir.source)
 
     def _backend(self, backend: str) -> str:
