@@ -73,7 +73,15 @@ def hoist(ir: IR) -> tuple[IR, Prologue | None]:
         return ir, None
     out = copy.copy(ir)
     out.graph, out.decls, out.leaves = ir.graph.copy(), dict(ir.decls), dict(ir.leaves)
-    derived = [_replace(ir, out, i, _derived_name(ir, i, k)) for k, i in enumerate(targets)]
+    shared: dict[tuple, Derived] = {}  # equal values (`t` twice) share one leaf
+    derived = []
+    for i in targets:
+        key = _key(ir, i)
+        if key in shared:
+            _read_leaf(ir, out, i, out.leaves[shared[key].name])
+            continue
+        shared[key] = _replace(ir, out, i, _derived_name(ir, i, len(derived)))
+        derived.append(shared[key])
     _prune(out)
     derived = tuple(d for d in derived if d.name in out.leaves)
     return out, Prologue(derived, _histories(ir), any(ir.node(i).op == Op.TIME for i in ir.graph))
@@ -117,13 +125,18 @@ def _replace(ir: IR, out: IR, i: int, name: str) -> Derived:
     op = Op.INPUT if kind == "input" else Op.PARAM
     out.graph.add_node(leaf, node=Node(leaf, op, (), axes, node.sizes, node.dtype, name,
                                        node.loc))
+    _read_leaf(ir, out, i, leaf)
+    out.decls[name] = Decl(name, kind, node.sizes, node.dtype, node.loc)
+    out.leaves[name] = leaf
+    return Derived(name, i, kind)
+
+
+def _read_leaf(ir: IR, out: IR, i: int, leaf: int):
+    node = ir.node(i)
     out.graph.remove_edges_from(list(out.graph.in_edges(i)))
     out.graph.add_edge(leaf, i)
     out.graph.nodes[i]["node"] = Node(i, Op.READ, (leaf,), node.axes, node.sizes, node.dtype,
                                       node.axes, node.loc, node.stmt)
-    out.decls[name] = Decl(name, kind, node.sizes, node.dtype, node.loc)
-    out.leaves[name] = leaf
-    return Derived(name, i, kind)
 
 
 def _time_varying(ir: IR, i: int) -> bool:

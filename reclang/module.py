@@ -179,7 +179,8 @@ class RecModule(nn.Module):
                             f"{'s' * (len(args) != 1)}")
 
     def initial_state(self, batch: int, dtype=torch.float32, device=None) -> dict:
-        """The states a sequence starts from when no state is given, [B, *dims]."""
+        """The states a sequence starts from when no state is given, [B, *dims], with
+        what lag and t carry (zeros: `lag_<name>` [B, K, *dims], `t` [B]; hoist.py)."""
         params = {d.name: _cast(getattr(self, d.name), dtype) for d in self.ir.params}
         states = {d.name: init.evaluate(self.ir, d, params, dtype, device)
                   .expand(batch, *d.shape).clone() if d.init is not None
