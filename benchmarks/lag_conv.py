@@ -2,13 +2,14 @@
 the CPU: Mamba's S6 scan (specs/mamba_s6.rec) alone and with the convolution and SiLU
 that the Mamba block runs before it, side by side, as ratios.
 
-    python benchmarks/lag_conv.py [--T 1024] [--B 4] [--repeat 3]
+    python benchmarks/lag_conv.py [--T 1024] [--B 4] [--repeat 5]
 
 Forward and forward+backward, float32, on the sequential and scan backends, in CPU time
 of one thread (best of --repeat, ms: on a shared machine wall-clock times varied tenfold
-between runs, while the process's own CPU time did not); the last rows time the convolution alone: the cell's prologue (which
-computes the window of lag(x[d], w), reclang/codegen/prologue.py) and PyTorch's
-depthwise F.conv1d on the same input, the way a hand-written Mamba block computes it.
+between runs, while the process's own CPU time did not). The last rows time the
+convolution alone: the cell's prologue, which computes sum(w: Wconv[d, w] * lag(x[d], w))
+(reclang/codegen/prologue.py), and PyTorch's depthwise F.conv1d on the same input, the
+way a hand-written Mamba block computes it.
 The script first checks that the two spellings of the convolution agree.
 """
 
@@ -51,15 +52,18 @@ def modules(B: int, T: int):
             (("plain", plain), ("conv", conv)) for backend in ("sequential", "scan")}, x
 
 
+def prologue_conv(m, x, history):
+    """The convolution as the cell's prologue computes it: sum(w: Wconv * lag(x, w))."""
+    derived, _ = m._prologue[2].prologue(x, history, None, **dict(m.named_parameters()))
+    (conv,) = derived.values()                             # [B, T, D]
+    return conv
+
+
 def check_conv(m, x):
-    """The prologue's window equals a depthwise causal F.conv1d."""
-    code = m._prologue[2]
-    derived, _ = code.prologue(x, torch.zeros(x.shape[0], W - 1, x.shape[2]), None,
-                               **dict(m.named_parameters()))
-    (window,) = derived.values()                           # lag(x[d], w): [B, T, D, W]
-    ours = torch.einsum("btdw,dw->btd", window, m.Wconv)
-    theirs = depthwise(x, m.Wconv)
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    """The prologue's convolution equals a depthwise causal F.conv1d."""
+    history = torch.zeros(x.shape[0], W - 1, x.shape[2])
+    torch.testing.assert_close(prologue_conv(m, x, history), depthwise(x, m.Wconv),
+                               atol=1e-5, rtol=1e-5)
 
 
 def depthwise(x, weight):
@@ -109,14 +113,11 @@ def main():
             a, b = result[("plain", backend), step], result[("conv", backend), step]
             print(f"{backend:<11} {step:<8} {a * 1e3:>8.1f}ms {b * 1e3:>8.1f}ms {b / a:>5.2f}x")
     history = torch.zeros(args.B, W - 1, HYPERS["D"])
-    params = dict(conv.named_parameters())
-    code = conv._prologue[2]
     for step in ("fwd", "fwd+bwd"):
         grad = step == "fwd+bwd"
 
         def prologue(grad=grad):
-            window = next(iter(code.prologue(x, history, None, **params)[0].values()))
-            y = torch.einsum("btdw,dw->btd", window, conv.Wconv)
+            y = prologue_conv(conv, x, history)
             if grad:
                 y.square().mean().backward()
 

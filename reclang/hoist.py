@@ -68,7 +68,8 @@ def hoist(ir: IR) -> tuple[IR, Prologue | None]:
     """The IR with its offsets replaced by derived leaves, and the prologue computing
     them (None, and the IR itself, when the cell has none)."""
     free = _state_free(ir)
-    targets = [i for i in nx.topological_sort(ir.graph) if i in free and _offset(ir.node(i))]
+    offsets = {_window_sum(ir, i, free) for i in ir.graph if i in free and _offset(ir.node(i))}
+    targets = [i for i in nx.topological_sort(ir.graph) if i in offsets]
     if not targets:
         return ir, None
     out = copy.copy(ir)
@@ -90,6 +91,24 @@ def hoist(ir: IR) -> tuple[IR, Prologue | None]:
 def _offset(node: Node) -> bool:
     return node.op in (Op.LAG, Op.TIME) or node.op == Op.READ and any(
         isinstance(s, IndexExpr) for s in node.arg)
+
+
+def _window_sum(ir: IR, i: int, free: set[int]) -> int:
+    """For a window of lags (`lag(x[d], w)`, w bound by a sum), the sum that binds w
+    when it reads no state: hoisted whole, the backends get the convolution [B, T, ...]
+    rather than its W shifted values. Else node i itself."""
+    node = ir.node(i)
+    if node.op != Op.LAG or not isinstance(node.arg.offset, str):
+        return i
+    w, frontier = node.arg.offset, [i]
+    while frontier:
+        for j in ir.graph.successors(frontier.pop()):
+            reader = ir.node(j)
+            if reader.op == Op.REDUCE and w in reader.arg[1]:
+                return j if j in free else i
+            if w in reader.axes:
+                frontier.append(j)
+    return i
 
 
 def _state_free(ir: IR) -> set[int]:

@@ -290,6 +290,8 @@ def test_a_gather_of_params_is_computed_once_as_a_derived_param():
     kinds = {d.name: d.kind for d in cell.prologue.derived}
     assert sorted(kinds.values()) == ["input", "input", "input", "input", "input", "param"]
     assert cell.plan.form == "diag"  # the shifts leave the recurrence diagonal
+    sizes = [cell.hoisted.decls[d.name].shape for d in cell.prologue.derived]
+    assert (3,) in sizes and (3, 4) not in sizes  # the convolution, not its window
     twice = reclang.loads(CONV.replace("out y[d] = h[d]", "out y[d] = t * h[d]"), "c.rec")
     assert len(twice.prologue.derived) == len(cell.prologue.derived)  # one t for both
     assert "_lag.window(" in cell.prologue_source() and "_lag." not in cell.source("scan")

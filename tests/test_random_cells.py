@@ -32,7 +32,7 @@ def expression(terms, depth):
 # lag, t and subscript expressions (history carried across calls: full, step and split
 # agree only if the module keeps the last values of each lagged expression)
 LAG_TERMS = ["lag(g[n], 1)", "lag(tanh(g[n]), 2)", "sum(d: W[n, d] * lag(x[d], 1))",
-             "sum(w: Z[w, n] * lag(g[n], w))", "0.1 * t", "lag(sum(d: x[d]), 3) * u[n]",
+             "sum(w: Z[w, n] * lag(g[n], w))", "sum(w: Z[w, n] * h[n] * lag(g[n], w))", "0.1 * t", "lag(sum(d: x[d]), 3) * u[n]",
              "g[1 - n]", "g[n + 1]", "lag(g[n + 1], 1)", "x[2 * n]", "lag(0.1 * t, 1)"]
 ND_LAG_TERMS = ["lag(x[d], 1) * g[n]", "x[2 - d] * g[n]", "lag(g[n] * x[d], 2)"]
 
