@@ -55,6 +55,18 @@ cell elman_shift(D = 3):
     out y[d] = h[d]
 """
 
+DELTA = """
+cell delta_conv(H = 2, K = 4, V = 3, W = 3):
+    input q[H, K], k[H, K], v[H, V], g[H], beta[H]
+    param Wk[H, K, W] ~ normal(0, 0.5)
+    state S[H, K, V] = 0
+    kn[h, i] = sum(w: Wk[h, i, w] * lag(k[h, i], w)) * 0.5
+    kS[h, j] = sum(l: kn[h, l] * S[h, l, j])
+    S[h, i, j] <- exp(-softplus(g[h])) * (S[h, i, j] - beta[h] * kn[h, i] * kS[h, j])
+                  + beta[h] * kn[h, i] * v[h, j]
+    out o[h, j] = sum(i: q[h, i] * S[h, i, j]) + lag(v[h, j], 1)
+"""
+
 READOUT = """
 cell gathered_readout(D = 3):
     input x[D], g[D]
@@ -178,7 +190,7 @@ def test_two_halves_and_step_by_step_equal_one_call(spec):
 
 
 @pytest.mark.parametrize("spec, backend", [(CONV, "scan"), (SHIFT, "chunk"), (LTI, "fft"),
-                                           (READOUT, "scan")])
+                                           (READOUT, "scan"), (DELTA, "chunk")])
 @pytest.mark.parametrize("T", [1, 5, 13])
 def test_parallel_backends_equal_the_sequential_one(spec, backend, T):
     ref, other = module(spec), module(spec, backend)
@@ -290,6 +302,7 @@ def test_a_gather_of_params_is_computed_once_as_a_derived_param():
     kinds = {d.name: d.kind for d in cell.prologue.derived}
     assert sorted(kinds.values()) == ["input", "input", "input", "input", "input", "param"]
     assert cell.plan.form == "diag"  # the shifts leave the recurrence diagonal
+    assert [reclang.loads(s, "x.rec").plan.form for s in (SHIFT, DELTA)] == ["mat-decay", "dplr"]
     sizes = [cell.hoisted.decls[d.name].shape for d in cell.prologue.derived]
     assert (3,) in sizes and (3, 4) not in sizes  # the convolution, not its window
     twice = reclang.loads(CONV.replace("out y[d] = h[d]", "out y[d] = t * h[d]"), "c.rec")
