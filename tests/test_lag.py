@@ -211,6 +211,8 @@ def test_triton_equals_the_sequential_backend_with_packed_sequences(spec):
     assert_same(run(tri, xs, state), run(ref, xs, state))
     xs, state, cu = on(inputs(ref, 1, 9)), on(random_state(ref, 3)), torch.tensor([0, 4, 5, 9])
     assert_same(run(tri, xs, state, cu_seqlens=cu), run(ref, xs, state, cu_seqlens=cu))
+    xs, state, lengths = on(inputs(ref, 3, 6)), on(random_state(ref, 3)), torch.tensor([6, 2, 4])
+    assert_same(run(tri, xs, state, lengths=lengths), run(ref, xs, state, lengths=lengths))
 
 
 def test_lengths_keep_the_history_of_each_sequence_s_end():
