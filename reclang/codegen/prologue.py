@@ -69,8 +69,12 @@ def source(ir: IR, prologue: Prologue) -> str:
         value = lower.code(node.args[0], place[i])
         text = _broadcast(lower, value, node, place[i], place[node.args[0]])
         lower.emit(place[i], node, f"{py_name(node.arg)} = {text}")
-    derived = [f'"{d.name}": {lower.code(d.node, place[d.node]).text}'
-               for d in prologue.derived]
+    derived = []
+    for d in prologue.derived:  # each after the spec line it comes from
+        var = names.fresh(d.name)
+        lower.emit(place[d.node], ir.node(d.node),
+                   f"{var} = {lower.code(d.node, place[d.node]).text}")
+        derived.append(f'"{d.name}": {var}')
     carried = [f'"{h.name}": _lag.history({lower.extended(h.nodes[0])}, {h.depth}, '
                f'{lengths})' for h in prologue.histories]
     if counter:
@@ -79,9 +83,9 @@ def source(ir: IR, prologue: Prologue) -> str:
     args = [py_name(d.name) for d in ir.inputs] + [py_name(h.name) for h in prologue.histories] + \
         ([counter] if counter else []) + [lengths]
     params = [py_name(d.name) for d in ir.params]
-    lines = ["from reclang.runtime import lag as _lag",
-             f"_dtype, _device = {first}.dtype, {first}.device",
-             f"B, T = {first}.shape[:2]"]
+    lines = ["from reclang.runtime import lag as _lag", f"B, T = {first}.shape[:2]"]
+    if "dtype" in lower.needs:
+        lines.append(f"_dtype, _device = {first}.dtype, {first}.device")
     if "complex" in lower.needs:
         lines.append(f"_cdtype = torch.promote_types({first}.dtype, torch.complex64)")
     if counter:
