@@ -316,10 +316,12 @@ def test_a_gather_of_params_is_computed_once_as_a_derived_param():
 
 def test_subscript_expressions_read_zero_outside_the_tensor():
     spec = """
-cell subscripts(N = 4, H = 2, K = 3):
-    input x[N], y[N], S[H, K, K]
+cell subscripts(N = 4, H = 2, K = 3, G = 2):
+    input x[N], y[N], S[H, K, K], k[H, K]
     out next[i: N] = x[i + 1]
+    out roll[i: N] = x[(i + 1) % N]
     out rev[i: N] = x[N - 1 - i]
+    out grouped[h: H * G, i] = k[h // G, i]
     out even[i: 2] = x[2 * i]
     out pad[i: N + 2] = x[i - 1]
     out cat[i: 2 * N] = x[i - 0] + y[i - N]
@@ -327,9 +329,10 @@ cell subscripts(N = 4, H = 2, K = 3):
 """
     m = module(spec)
     xs = inputs(m, 2, 3)
-    x, y, S = xs["x"], xs["y"], xs["S"]
+    x, y, S, k = xs["x"], xs["y"], xs["S"], xs["k"]
     out, _ = m(**xs)
     want = {"next": F.pad(x[..., 1:], (0, 1)), "rev": x.flip(-1), "even": x[..., ::2],
+            "roll": x.roll(-1, -1), "grouped": k.repeat_interleave(2, dim=-2),
             "pad": F.pad(x, (1, 1)), "cat": torch.cat([x, y], -1),
             "diag": torch.diagonal(S, dim1=-2, dim2=-1)}
     for k, v in want.items():
