@@ -75,15 +75,15 @@ def hoist(ir: IR) -> tuple[IR, Prologue | None]:
     out = copy.copy(ir)
     out.graph, out.decls, out.leaves = ir.graph.copy(), dict(ir.decls), dict(ir.leaves)
     shared: dict[tuple, Derived] = {}  # equal values (`t` twice) share one leaf
-    derived = []
+    derived, taken = [], _spec_names(ir)
     for i in targets:
         key = _key(ir, i)
         if key in shared:
             _read_leaf(ir, out, i, out.leaves[shared[key].name])
             continue
-        shared[key] = _replace(ir, out, i, _derived_name(ir, i, len(derived)))
+        shared[key] = _replace(ir, out, i, _unique(_derived_name(ir, i), taken))
         derived.append(shared[key])
-    _prune(out)
+    _prune(out, {d.name for d in derived})
     derived = tuple(d for d in derived if d.name in out.leaves)
     return out, Prologue(derived, _histories(ir), any(ir.node(i).op == Op.TIME for i in ir.graph))
 
@@ -120,11 +120,36 @@ def _state_free(ir: IR) -> set[int]:
     return set(ir.graph) - reads_state
 
 
-def _derived_name(ir: IR, i: int, k: int) -> str:
-    """A name no spec name can take (those start with a letter) nor a temporary."""
+def _derived_name(ir: IR, i: int) -> str:
+    """A name that reads like what it stands for, in the plan and the generated code:
+    `t`, `lag2_g` (lag(g[d], 2)), `window_x` (a sum over lag(x[d], w)), `x_at` (x read
+    at computed subscripts)."""
     node = ir.node(i)
-    stem = "t" if node.op == Op.TIME else _first_tensor(ir, i) or "value"
-    return f"_d{k}_{node.op.name.lower()}_{stem}"
+    first = _first_tensor(ir, i) or "value"
+    if node.op == Op.TIME:
+        return "t"
+    if node.op == Op.REDUCE:
+        lag = next(n for n in nx.ancestors(ir.graph, i) if ir.node(n).op == Op.LAG)
+        return f"window_{_first_tensor(ir, lag) or 'value'}"
+    if node.op == Op.LAG:
+        offset = node.arg.offset
+        return f"lag{offset}_{first}" if isinstance(offset, int) else f"lags_{first}"
+    return f"{first}_at"
+
+
+def _spec_names(ir: IR) -> set[str]:
+    """Every name the spec uses (t only where it is not the step index)."""
+    names = set(ir.decls) | set(ir.hypers) | {str(ir.node(i).arg) for i in ir.stmts}
+    return names | {a for i in ir.graph for a in ir.node(i).axes}
+
+
+def _unique(stem: str, taken: set[str]) -> str:
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}_{n}"
+    taken.add(name)
+    return name
 
 
 def _first_tensor(ir: IR, i: int) -> str | None:
@@ -163,11 +188,11 @@ def _time_varying(ir: IR, i: int) -> bool:
                for a in nx.ancestors(ir.graph, i) | {i})
 
 
-def _prune(out: IR):
+def _prune(out: IR, derived: set[str]):
     """Drops what no statement reads any more (the insides of hoisted values), and the
     derived leaves nothing reads (those inside another hoisted value)."""
     keep = set(out.stmts) | {i for s in out.stmts for i in nx.ancestors(out.graph, s)}
-    declared = {out.leaves[d] for d in out.decls if not d.startswith("_d")}
+    declared = {out.leaves[d] for d in out.decls if d not in derived}
     out.graph.remove_nodes_from([i for i in list(out.graph) if i not in keep | declared])
     for name in [n for n, i in out.leaves.items() if i not in out.graph]:
         del out.leaves[name], out.decls[name]
@@ -188,12 +213,7 @@ def _histories(ir: IR) -> tuple[History, ...]:
     found = []
     for key, k in depth.items():
         e = nodes[key][0]
-        stem = f"lag_{_first_tensor(ir, e) or 'value'}"
-        name, n = stem, 1
-        while name in names:
-            n += 1
-            name = f"{stem}_{n}"
-        names.add(name)
+        name = _unique(f"lag_{_first_tensor(ir, e) or 'value'}", names)
         node = ir.node(e)
         found.append(History(name, tuple(nodes[key]), k, node.sizes, node.dtype))
     return tuple(found)

@@ -71,7 +71,7 @@ def source(ir: IR, prologue: Prologue) -> str:
         lower.emit(place[i], node, f"{py_name(node.arg)} = {text}")
     derived = []
     for d in prologue.derived:  # each after the spec line it comes from
-        var = names.fresh(d.name)
+        var = names.fresh(f"_{d.name}")
         lower.emit(place[d.node], ir.node(d.node),
                    f"{var} = {lower.code(d.node, place[d.node]).text}")
         derived.append(f'"{d.name}": {var}')
