@@ -348,3 +348,22 @@ def test_a_module_with_a_prologue_pickles_and_copies():
         y2, final2 = other(**xs, state=state)
         torch.testing.assert_close(y2, y)
         assert all(torch.equal(final2[k], final[k]) for k in final)
+
+
+def test_the_function_form_returns_the_carried_states_with_the_others():
+    """cell.function() (flash-linear-attention's convention): with a history to carry,
+    the final state is the dict, so that a next call can continue from it."""
+    spec = """
+cell f(D = 3):
+    input x[D]
+    state h[D] = 0
+    h[d] <- 0.5 * h[d] + lag(x[d], 1) + x[d]
+    out y[d] = h[d]
+"""
+    f = reclang.loads(spec, "f.rec").function("sequential")
+    x = torch.randn(1, 6, 3, dtype=torch.float64)
+    y, final = f(x, output_final_state=True)
+    assert sorted(final) == ["h", "lag_x"]
+    y1, s1 = f(x[:, :4], output_final_state=True)
+    y2, _ = f(x[:, 4:], initial_state=s1, output_final_state=True)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y)
