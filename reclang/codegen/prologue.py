@@ -16,7 +16,6 @@ from __future__ import annotations
 import networkx as nx
 
 from reclang.config import VERSION
-from reclang.hoist import Prologue
 from reclang.ir import IR, Op
 
 from .ir_to_torch import ATOM, Code, ExprLowering, Names, Place, align, comment, py_name
@@ -54,11 +53,12 @@ class PrologueLowering(ExprLowering):
         return self.names.memo[key]
 
 
-def source(ir: IR, prologue: Prologue) -> str:
-    """The prologue's generated module."""
+def source(ir: IR, prologue) -> str:
+    """The prologue's generated module, for reclang/hoist.py's `Prologue` (not imported:
+    the driver's layer is above this one)."""
     names = Names(ir)
     time, lengths = names.fresh("_t"), names.fresh("_lengths")
-    place = _placements(ir, prologue)
+    place = _placements(ir)
     blocks = {p: [] for p in Place}
     histories = {i: py_name(h.name) for h in prologue.histories for i in h.nodes}
     counter = py_name("t") if prologue.time else None
@@ -105,18 +105,18 @@ def source(ir: IR, prologue: Prologue) -> str:
         *(INDENT + line for line in lines)]) + "\n"
 
 
-def _needed(ir: IR, prologue: Prologue) -> set[int]:
+def _needed(ir: IR, prologue) -> set[int]:
     nodes = {d.node for d in prologue.derived} | {i for h in prologue.histories for i in h.nodes}
     return nodes | {a for i in nodes for a in nx.ancestors(ir.graph, i)}
 
 
-def _statements(ir: IR, prologue: Prologue) -> list[int]:
+def _statements(ir: IR, prologue) -> list[int]:
     """The lets and outputs the derived values read, in spec order."""
     needed = _needed(ir, prologue)
     return [i for i in ir.stmts if i in needed]
 
 
-def _placements(ir: IR, prologue: Prologue) -> dict[int, Place]:
+def _placements(ir: IR) -> dict[int, Place]:
     """HOIST for what varies in time (reads an input, t or a lag), ONCE for the rest."""
     place: dict[int, Place] = {}
     for i in nx.topological_sort(ir.graph):
