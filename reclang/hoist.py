@@ -74,10 +74,10 @@ def hoist(ir: IR) -> tuple[IR, Prologue | None]:
         return ir, None
     out = copy.copy(ir)
     out.graph, out.decls, out.leaves = ir.graph.copy(), dict(ir.decls), dict(ir.leaves)
-    shared: dict[tuple, Derived] = {}  # equal values (`t` twice) share one leaf
-    derived, taken = [], _spec_names(ir)
+    shared: dict[int, Derived] = {}  # equal values (`t` twice) share one leaf
+    derived, taken, classes = [], _spec_names(ir), _classes(ir)
     for i in targets:
-        key = _key(ir, i)
+        key = classes[i]
         if key in shared:
             _read_leaf(ir, out, i, out.leaves[shared[key].name])
             continue
@@ -85,7 +85,8 @@ def hoist(ir: IR) -> tuple[IR, Prologue | None]:
         derived.append(shared[key])
     _prune(out, {d.name for d in derived})
     derived = tuple(d for d in derived if d.name in out.leaves)
-    return out, Prologue(derived, _histories(ir), any(ir.node(i).op == Op.TIME for i in ir.graph))
+    time = any(ir.node(i).op == Op.TIME for i in ir.graph)
+    return out, Prologue(derived, _histories(ir, classes), time)
 
 
 def _offset(node: Node) -> bool:
@@ -191,22 +192,27 @@ def _time_varying(ir: IR, i: int) -> bool:
 def _prune(out: IR, derived: set[str]):
     """Drops what no statement reads any more (the insides of hoisted values), and the
     derived leaves nothing reads (those inside another hoisted value)."""
-    keep = set(out.stmts) | {i for s in out.stmts for i in nx.ancestors(out.graph, s)}
-    declared = {out.leaves[d] for d in out.decls if d not in derived}
-    out.graph.remove_nodes_from([i for i in list(out.graph) if i not in keep | declared])
+    keep, stack = set(out.stmts), list(out.stmts)  # what some statement reads: one walk
+    while stack:
+        for a in out.graph.predecessors(stack.pop()):
+            if a not in keep:
+                keep.add(a)
+                stack.append(a)
+    keep |= {out.leaves[d] for d in out.decls if d not in derived}
+    out.graph.remove_nodes_from([i for i in list(out.graph) if i not in keep])
     for name in [n for n, i in out.leaves.items() if i not in out.graph]:
         del out.leaves[name], out.decls[name]
 
 
-def _histories(ir: IR) -> tuple[History, ...]:
+def _histories(ir: IR, classes: dict[int, int]) -> tuple[History, ...]:
     """One history per lagged expression (equal ones share it: `lag(x[d], 1)` in two
     statements), as deep as its deepest lag; `nodes` holds every node it stands for."""
-    depth: dict[tuple, int] = {}
-    nodes: dict[tuple, list[int]] = {}
+    depth: dict[int, int] = {}
+    nodes: dict[int, list[int]] = {}
     for i in sorted(ir.graph):
         node = ir.node(i)
         if node.op == Op.LAG:
-            key = _key(ir, node.args[0])
+            key = classes[node.args[0]]
             depth[key] = max(depth.get(key, 0), node.arg.depth)
             nodes.setdefault(key, []).append(node.args[0])
     names = set(ir.decls) | {TIME_STATE}
@@ -219,10 +225,14 @@ def _histories(ir: IR) -> tuple[History, ...]:
     return tuple(found)
 
 
-def _key(ir: IR, i: int) -> tuple:
-    """A value's structure, equal for two nodes that compute the same thing."""
-    node = ir.node(i)
-    if node.op in (Op.INPUT, Op.PARAM):
-        return (node.op, node.arg)
-    return (node.op, str(node.arg), node.axes, node.sizes,
-            tuple(_key(ir, a) for a in node.args))
+def _classes(ir: IR) -> dict[int, int]:
+    """Each node's class: equal for two nodes that compute the same thing (one pass in
+    topological order, so a value read many times is not walked many times)."""
+    seen: dict[tuple, int] = {}
+    found: dict[int, int] = {}
+    for i in nx.topological_sort(ir.graph):
+        node = ir.node(i)
+        key = (node.op, str(node.arg)) if node.op in (Op.INPUT, Op.PARAM) else (
+            node.op, str(node.arg), node.axes, node.sizes, tuple(found[a] for a in node.args))
+        found[i] = seen.setdefault(key, len(seen))
+    return found
