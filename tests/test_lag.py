@@ -67,6 +67,14 @@ cell delta_conv(H = 2, K = 4, V = 3, W = 3):
     out o[h, j] = sum(i: q[h, i] * S[h, i, j]) + lag(v[h, j], 1)
 """
 
+GROUPED = """
+cell grouped_keys(H = 4, G = 2, K = 2, V = 3):
+    input q[H, K], k[H // G, K], v[H, V], g[H, K]
+    state S[H, K, V] = 0
+    S[h, i, j] <- exp(-softplus(g[h, i])) * S[h, i, j] + k[h // G, i] * v[h, j]
+    out o[h, j] = sum(i: q[h, i] * S[h, i, j])
+"""
+
 READOUT = """
 cell gathered_readout(D = 3):
     input x[D], g[D]
@@ -190,7 +198,8 @@ def test_two_halves_and_step_by_step_equal_one_call(spec):
 
 
 @pytest.mark.parametrize("spec, backend", [(CONV, "scan"), (SHIFT, "chunk"), (LTI, "fft"),
-                                           (READOUT, "scan"), (DELTA, "chunk")])
+                                           (READOUT, "scan"), (DELTA, "chunk"),
+                                           (GROUPED, "chunk")])
 @pytest.mark.parametrize("T", [1, 5, 13])
 def test_parallel_backends_equal_the_sequential_one(spec, backend, T):
     ref, other = module(spec), module(spec, backend)
@@ -304,7 +313,8 @@ def test_a_gather_of_params_is_computed_once_as_a_derived_param():
     kinds = {d.name: d.kind for d in cell.prologue.derived}
     assert sorted(kinds.values()) == ["input", "input", "input", "input", "input", "param"]
     assert cell.plan.form == "diag"  # the shifts leave the recurrence diagonal
-    assert [reclang.loads(s, "x.rec").plan.form for s in (SHIFT, DELTA)] == ["mat-decay", "dplr"]
+    forms = [reclang.loads(s, "x.rec").plan.form for s in (SHIFT, DELTA, GROUPED)]
+    assert forms == ["mat-decay", "dplr", "mat-decay"]
     sizes = [cell.hoisted.decls[d.name].shape for d in cell.prologue.derived]
     assert (3,) in sizes and (3, 4) not in sizes  # the convolution, not its window
     twice = reclang.loads(CONV.replace("out y[d] = h[d]", "out y[d] = t * h[d]"), "c.rec")
