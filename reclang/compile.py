@@ -25,6 +25,7 @@ from .ast_to_ir import build_ir
 from .backends import base as registry
 from .errors import Loc, RecError, Source, at
 from .generated import load_source
+from .hoist import hoist
 from .ir import IR
 from .module import RecModule
 from .parser import parse
@@ -36,6 +37,8 @@ class Cell:
 
     def __init__(self, ir: IR):
         self.ir = ir
+        with at(Loc(0, 0, ir.source), "hoisting"):  # what the plan and the backends see
+            self.hoisted, self.prologue = hoist(ir)
         self.name = ir.name
         self.hypers = dict(ir.hypers)
         self._sources: dict[tuple, str] = {}
@@ -51,7 +54,7 @@ class Cell:
         """The analyzer's plan: the recurrence's partition, structure and form."""
         if self._plan is None:
             from .analysis.plan import make_plan
-            self._plan = make_plan(self.ir)
+            self._plan = make_plan(self.hoisted)
         return self._plan
 
     @property
@@ -135,7 +138,7 @@ class Cell:
             backend, on_cuda = self.auto_backends()
         backend = self._backend(backend)
         m = RecModule(self.ir, backend, *self._generated(backend, chunk_size, schedule),
-                      device=device, dtype=dtype)
+                      device=device, dtype=dtype, prologue=self._prologue())
         if on_cuda not in (None, backend):
             m.use_on("cuda", on_cuda, build=Deferred(self, on_cuda, chunk_size))
         return m
@@ -150,13 +153,9 @@ class Cell:
     def auto_backends(self) -> tuple[str, str]:
         """The backends `auto` runs on the CPU and on CUDA, from the plan:
 
-        - `chunk` when the plan allows it (mat-decay, dplr: 4-12x faster than the loop
-          on a 2-core CPU from T = 512, docs/benchmarks.md);
-        - `scan` for diag and diag-lti plans: at the catalogue's sizes (B = 4,
-          T = 1024) 2.6-12x the loop's speed forward and 1.3-19x forward+backward on
-          that CPU; with large per-step states (B·state of 8K floats) it is 0.4-1.5x
-          forward, as the loop's small steps stay in cache; on an accelerator the loop
-          pays kernel launches at every step. `fft` is slower than `scan` on the CPU.
+        - on CPU tensors the first of reclang/cost.py's ranking (chunk, the compiled
+          cpu loop, scan, sequential) that the plan proves, with the figures behind it
+          (docs/benchmarks.md); RECLANG_AUTO_COMPILED=0 leaves out the compiled loop;
         - on CUDA tensors, `triton` where its plan allows it (diag, diag-lti, mat-decay,
           dplr, nonlinear) and triton is installed: on an H100 diagonal cells ran
           1.2-2.5x faster than on `scan` and 36-136x faster than the loop, the kernel at
@@ -170,7 +169,7 @@ class Cell:
           not yet timed on a GPU either: it runs T steps in one launch where the loop
           launches several kernels per step. The reason triton is not used shows in
           `cell.verdicts`;
-        - else `sequential`;
+        - else the CPU ranking without the compiled loop;
         - only a backend the plan proves runs the cell on any inputs (`Plan.proves`):
           not one that checks a condition at run time (the chunkwise form's positive
           decays, where the analyzer cannot prove them)."""
@@ -203,6 +202,27 @@ class Cell:
         if config.debug_level() >= 4:
             print(source)
         return source, generated
+
+    def prologue_source(self) -> str | None:
+        """The generated prologue every backend's module runs first: the values of lag,
+        t and subscript expressions over whole sequences (reclang/hoist.py); None when
+        the cell has none."""
+        if self.prologue is None:
+            return None
+        if "prologue" not in self._sources:
+            from .codegen.prologue import source
+            with at(Loc(0, 0, self.ir.source), "lowering (prologue)"):
+                self._sources["prologue"] = source(self.ir, self.prologue)
+        return self._sources["prologue"]
+
+    def _prologue(self):
+        """(Prologue, its source, its module) for RecModule, or None."""
+        text = self.prologue_source()
+        if text is None:
+            return None
+        if config.debug_level() >= 4:
+            print(text)
+        return self.prologue, text, load_source(text, f"{self.name}_prologue", self.ir.source)
 
     def _backend(self, backend: str) -> str:
         """The backend to use; an explicit one must be able to run the plan."""

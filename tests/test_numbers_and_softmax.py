@@ -83,7 +83,8 @@ def test_a_running_max_from_minus_inf_has_no_nan(backend):
     if backend == "triton":
         pytest.importorskip("triton")
     cell = reclang.loads(RUNNING_MAX, "c.rec")
-    assert [v.backend for v in cell.verdicts if v.supported] == ["sequential", "triton", "cpu"]
+    assert [v.backend for v in cell.verdicts if v.supported] == ["sequential", "triton", "newton",
+                                                                  "cpu"]
     torch.manual_seed(0)
     m = cell.module(backend).double()
     x = {k: v.requires_grad_() for k, v in random_inputs(m, 2, 6).items()}
