@@ -142,7 +142,7 @@ def test_a_cached_library_is_trusted_only_after_its_hash_is_checked(tmp_path, mo
 
 
 @pytest.mark.parametrize("name, compiled, pytorch", [
-    ("lstm", "cpu", "sequential"), ("min_gru", "cpu", "scan"), ("gla", "chunk", "chunk"),
+    ("lstm", "cpu", "sequential"), ("min_gru", "scan", "scan"), ("gla", "chunk", "chunk"),
     ("mamba_s6", "scan", "scan"), ("lmu", "sequential", "sequential")])
 def test_what_auto_picks_on_the_cpu(name, compiled, pytorch, monkeypatch):
     cell = reclang.load(SPECS / f"{name}.rec")
