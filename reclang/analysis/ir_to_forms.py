@@ -94,6 +94,9 @@ def lanes(plan) -> Lanes | Unfit:
 def loop_lanes(plan) -> Lanes | Unfit:
     """The lane form for a loop that keeps its states in memory, not registers (the cpu
     backend): any number of units per head."""
+    if not plan.ir.states:  # lane_form's refusal would name no line
+        return unfit(f"{plan.file}:{plan.ir.node(plan.ir.stmts[0]).loc}: the compiled loop "
+                     "runs cells with states; this one has none")
     try:
         form = lane_form(plan.ir, gates=True, lane_limit=None, kernel="the compiled loop")
     except Unsupported as err:
