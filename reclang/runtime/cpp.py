@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import shutil
@@ -76,6 +77,7 @@ def _key(source: str, cxx: str) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
+@functools.cache  # per process: a compiler or CPU that changes under it is not looked for
 def _version(cxx: str) -> str:
     try:
         return subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False,
@@ -84,6 +86,7 @@ def _version(cxx: str) -> str:
         return ""
 
 
+@functools.cache
 def _cpu_flags() -> str:
     """The CPU's feature flags (-march=native compiles for them), where Linux says."""
     with contextlib.suppress(OSError):
