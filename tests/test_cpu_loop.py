@@ -106,6 +106,17 @@ def test_float32_is_the_float_kernel():
     torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-5)
 
 
+def test_calls_after_the_first_neither_build_nor_check_the_library(monkeypatch):
+    """Every call looked the library up, running `g++ --version` for its key."""
+    ours, _ = modules("elman")
+    x = random_inputs(ours, 2, 3)
+    ours(**x)
+    monkeypatch.setattr(cpp, "build", lambda *a: pytest.fail("looked up again"))
+    monkeypatch.setattr(ours._generated, "build", cpp.build)
+    y, _ = ours(**{k: v.requires_grad_() for k, v in x.items()})
+    y.sum().backward()
+
+
 def test_every_kernel_spelling_is_defined_in_cpp():
     """The C++ spellings are a view of the Triton ones: each has a definition."""
     heads = {spelling.split("(")[0] for spelling in TRITON.values()}
