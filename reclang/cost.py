@@ -20,7 +20,7 @@ CPU_RANKING = (  # (backend, the plan forms it is ranked for (None: all), why)
     ("chunk", None, "matrix states: the chunkwise form's matmuls, 4-12x the loop from T = 512"),
     # diagonal cells: the compiled loop's scan is fast, but its operands (stacked in
     # PyTorch) made minGRU's and HGRN's forward slower than scan's or the loop's
-    ("cpu", ("nonlinear",), ("the whole time loop compiled (C++): 1.7-17x the PyTorch "
+    ("cpu", ("nonlinear",), ("the whole time loop compiled (C++): 1.3-22x the PyTorch "
                              "loop, GRU and RNN faster than torch.nn")),
     ("scan", None, "a chunked scan in PyTorch: fewer, larger ops than the loop"),
     ("sequential", None, "the PyTorch loop: the one backend that runs every cell"),
