@@ -43,6 +43,7 @@ def test_spec_has_the_documented_form(name):
     (["aaren"], "associative"),
     (["titans"], "coupled"),
     (["lstm", "gru", "elman", "slstm", "lmu"], "nonlinear"),
+    (["rwkv4"], "nonlinear"),  # issue 18's layers
 ])
 def test_forms_the_issue_asks_for(names, form):
     assert {n: plan(n).form for n in names} == {n: form for n in names}
