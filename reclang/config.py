@@ -79,4 +79,5 @@ DEPTH = 100                # nesting of one expression (brackets, operators, cal
 CHAIN = 300                # operations a value passes through, across the lets it reads
 NUMBER = sys.float_info.max  # largest constant magnitude: finite in float64
 INDICES = 26               # distinct indices in one statement (einsum letters)
+LAG = 4096                 # the most steps lag(e, k) looks back
 ELEMENTS = 2 ** 31 - 1     # elements of one tensor or one statement's index space (int32)

@@ -11,8 +11,9 @@ Node attributes (the `Node` dataclass, stored under the graph attribute "node"):
     sizes   the size of each axis
     dtype   "real" | "complex" | "bool"
     arg     op-specific: a number (CONST), an index name (INDEX), a function name
-            (FN), (kind, reduced axes) (REDUCE), subscripts (READ), a tensor name
-            (INPUT, PARAM, STATE, LET, UPDATE, OUT)
+            (FN), (kind, reduced axes) (REDUCE), subscripts (READ: per axis of the source
+            an index name, an integer, or an `IndexExpr`), a `Lag` (LAG), None (TIME), a
+            tensor name (INPUT, PARAM, STATE, LET, UPDATE, OUT)
     loc     where in the spec the value is written
     stmt    the statement it belongs to (index into IR.stmts), -1 for declarations
 """
@@ -40,6 +41,8 @@ class Op(Enum):
     READ = auto()    # a tensor read with subscripts: relabels axes, picks constants
     FN = auto()      # an elementwise function of its args (add, mul, exp, where, ...)
     REDUCE = auto()  # sum / max / min / logsumexp over some axes
+    LAG = auto()     # lag(e, k): the state-free value e, k steps earlier (0 before the start)
+    TIME = auto()    # t: the index of the current step, from the start of the sequence
     # definitions: one per statement
     LET = auto()     # name[...] = value
     UPDATE = auto()  # state[...] <- value
@@ -48,6 +51,56 @@ class Op(Enum):
 
 LEAVES = (Op.INPUT, Op.PARAM, Op.STATE)
 DEFINITIONS = (Op.LET, Op.UPDATE, Op.OUT)
+
+
+@dataclass(frozen=True)
+class IndexExpr:
+    """An integer expression of index names in a subscript: `h // G`, `i + 1`, `(i + 1) % N`.
+
+    `op` is one of + - * // % (floor division and floor modulo, as Python's), and each
+    operand an index name, an integer or another IndexExpr. A read whose subscript
+    falls outside [0, size) is 0.
+    """
+
+    op: str
+    left: str | int | IndexExpr
+    right: str | int | IndexExpr
+
+    def names(self) -> list[str]:
+        """The index names it reads, in order of first appearance."""
+        found: list[str] = []
+        for side in (self.left, self.right):
+            for n in side.names() if isinstance(side, IndexExpr) else \
+                    [side] if isinstance(side, str) else []:
+                if n not in found:
+                    found.append(n)
+        return found
+
+    def evaluate(self, env: dict):
+        """Its value with each index name replaced by env[name]: ints, torch integer
+        tensors or sympy integer symbols (// and % are floor operations on all three)."""
+        a, b = (evaluate_index(side, env) for side in (self.left, self.right))
+        return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b,
+                "//": lambda: a // b, "%": lambda: a % b}[self.op]()
+
+    def __str__(self) -> str:
+        return f"({self.left} {self.op} {self.right})"
+
+
+def evaluate_index(sub: str | int | IndexExpr, env: dict):
+    """A subscript's value: env[name] for an index name, the integer, or the expression's."""
+    if isinstance(sub, IndexExpr):
+        return sub.evaluate(env)
+    return env[sub] if isinstance(sub, str) else sub
+
+
+@dataclass(frozen=True)
+class Lag:
+    """The arg of a LAG node: the offset (an integer, or the name of an index whose values
+    0 .. size - 1 are the offsets, an axis of the result) and the deepest offset."""
+
+    offset: int | str
+    depth: int
 
 
 @dataclass(frozen=True)

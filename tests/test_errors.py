@@ -162,12 +162,17 @@ def test_unknown_backend():
         cell.module("fast")
 
 
-def test_diagonal_subscript_is_rejected():
+def test_a_repeated_subscript_reads_the_diagonal():
+    from reclang.compile import build_ir
+    from reclang.ir import IndexExpr, Op
+    from reclang.parser import parse
+
     body = UPDATE + "    out o[h, i] = S[h, i, i]\n"
-    with pytest.raises(RecError) as info:
-        reclang.loads(spec(body), "c.rec", V=4)
-    assert "index i appears twice in S[...]" in info.value.message
-    assert (info.value.loc.line, info.value.loc.col) == (6, 27)
+    ir = build_ir(parse(spec(body), "c.rec"), {"V": 4})
+    reads = [ir.node(i) for i in ir.graph if ir.node(i).op == Op.READ
+             and ir.node(ir.node(i).args[0]).op == Op.UPDATE]
+    assert reads[0].arg == ("h", "i", IndexExpr("+", "i", 0))
+    assert reads[0].axes == ("h", "i")
 
 
 def test_duplicate_hyperparameter_and_wording():

@@ -14,11 +14,12 @@ from .common import STAGE, _Bad
 from .declarations import Declarations
 from .expressions import Expressions
 from .indices import Indices
+from .offsets import Offsets
 
 
-class Builder(Declarations, Indices, Expressions):
+class Builder(Declarations, Indices, Expressions, Offsets):
     """One cell's IR under construction; the parts it is made of (declarations.py,
-    indices.py, expressions.py) read and write the state set up here."""
+    indices.py, expressions.py, offsets.py) read and write the state set up here."""
 
     def __init__(self, cell: ast.Cell, hypers: dict):
         self.cell, self.hypers = cell, hypers
@@ -28,6 +29,7 @@ class Builder(Declarations, Indices, Expressions):
         self.leaves: dict[str, int] = {}
         self.defined: dict[str, int] = {}   # let/out name -> definition node
         self.updated: dict[str, int] = {}   # state name -> UPDATE node
+        self.failed: set[str] = set()        # names whose statement had an error
         self.stmts: list[int] = []
         self.stmt = -1
         self.depth: dict[int, int] = {}     # node -> longest path of nodes up to it
@@ -85,7 +87,7 @@ class Builder(Declarations, Indices, Expressions):
                     with at(stmt, STAGE, expected=(_Bad,)):
                         self.statement(stmt)
                 except _Bad:
-                    pass
+                    self.failed.add(stmt.name)  # its readers report nothing more
         self.check_complete()
         self.errors.raise_if_any()
         return IR(self.cell.name, self.cell.source, dict(self.hypers), self.graph,

@@ -9,7 +9,7 @@ from ..functions import FUNCTIONS, INIT_ONLY, REDUCTIONS
 from ..ir import Node
 
 KEYWORDS = {"cell", "input", "param", "state", "out", "real", "complex"}
-RESERVED = KEYWORDS | set(REDUCTIONS) | set(FUNCTIONS) | set(INIT_ONLY)
+RESERVED = KEYWORDS | set(REDUCTIONS) | set(FUNCTIONS) | set(INIT_ONLY) | {"lag"}
 STAGE = "ast_to_ir"  # how an internal error names this pass
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from .. import ast
 from ..errors import RecError
 from ..functions import BINARY_OPS, CALLABLE, FUNCTIONS, INIT_ONLY, REDUCTIONS
-from ..ir import Op
+from ..ir import IndexExpr, Op
 from ..rewrite import fold
 from .common import STAGE, _Bad, _suggest, _union
 from .hypers import _eval_scalar
@@ -44,6 +44,8 @@ class Expressions:
             return self.add(Op.INDEX, (), (e.name,), (scope[e.name],), "real", e.name, e.loc)
         if e.name in self.hypers:
             return self.const(self.hypers[e.name], e.loc)
+        if e.name == "t" and not self._named("t"):
+            return self.time_value(e)
         return self.read(ast.Subscript(e.name, (), e.loc), scope)
 
     def expr_subscript(self, e, scope):
@@ -63,18 +65,20 @@ class Expressions:
                       f"given: {usage}", e.loc)
         subs, axes, sizes = [], [], []
         for k, sub in enumerate(e.indices):
-            if isinstance(sub, ast.Name) and sub.name in scope:
-                if sub.name in axes:
-                    self.fail(f"index {sub.name} appears twice in {e.name}[...]; "
-                              "diagonals are not supported", sub.loc)
-                if scope[sub.name] != src.sizes[k]:
-                    self.fail(f"index {sub.name} ranges over {scope[sub.name]} but axis {k} of "
-                              f"{e.name} has size {src.sizes[k]}", sub.loc)
-                subs.append(sub.name)
-                axes.append(sub.name)
-                sizes.append(scope[sub.name])
-            else:
-                subs.append(self._constant_subscript(sub, e.name, k, src.sizes[k]))
+            ix = self.index_expr(sub, scope)
+            if isinstance(ix, str) and ix in axes:  # a repeated index: the diagonal
+                ix = IndexExpr("+", ix, 0)
+            if isinstance(ix, str) and scope[ix] != src.sizes[k]:
+                self.fail(f"index {ix} ranges over {scope[ix]} but axis {k} of "
+                          f"{e.name} has size {src.sizes[k]}", sub.loc)
+            if ix is None:
+                ix = self._constant_subscript(sub, e.name, k, src.sizes[k])
+            subs.append(ix)
+            for name in [ix] if isinstance(ix, str) else \
+                    ix.names() if isinstance(ix, IndexExpr) else []:
+                if name not in axes:
+                    axes.append(name)
+                    sizes.append(scope[name])
         return self.add(Op.READ, (source,), axes, sizes, src.dtype, tuple(subs), e.loc)
 
     def _resolve(self, name, loc, scope) -> int:
@@ -85,6 +89,8 @@ class Expressions:
             return self.defined[name]
         if name in self.leaves:
             return self.leaves[name]
+        if name in self.failed:
+            raise _Bad
         later = [s for s in self.cell.body if isinstance(s, ast.Assign) and s.name == name]
         if later and later[0].kind != "update":
             self.fail(f"{name} is used before it is defined (line {later[0].loc.line})", loc)
@@ -98,6 +104,11 @@ class Expressions:
                       f"sum({name}: ...)", loc)
         self.fail(f"unknown name '{name}'{_suggest(name, candidates)}", loc)
 
+    def _named(self, name) -> bool:
+        """Whether a tensor, let or output of this name exists (it hides a built-in)."""
+        return name in self.decls or name in self.defined or name in self.leaves or any(
+            isinstance(s, ast.Assign) and s.name == name for s in self.cell.body)
+
     def _constant_subscript(self, sub, name, k, size) -> int:
         try:
             value = _eval_scalar(sub, self.hypers, "a subscript")
@@ -105,7 +116,8 @@ class Expressions:
             if isinstance(sub, ast.Name):
                 self.fail(f"index {sub.name} is neither on the left of '=' nor bound by "
                           f"sum({sub.name}: ...)", sub.loc)
-            self.fail("a subscript must be an index name or a constant integer", sub.loc)
+            self.fail("a subscript must be an index, a constant integer, or an integer "
+                      "expression of indices and constants", sub.loc)
         if not isinstance(value, int) or not 0 <= value < size:
             self.fail(f"subscript {value!r} is out of range for axis {k} of {name} "
                       f"(size {size})", sub.loc)
@@ -118,6 +130,8 @@ class Expressions:
         return self.function(BINARY_OPS[e.op], [e.left, e.right], e.loc, scope)
 
     def expr_call(self, e, scope):
+        if e.fn == "lag":
+            return self.lag(e, scope)
         if e.fn in INIT_ONLY:
             self.fail(f"{e.fn}(...) can only appear in the initializer of a param or state",
                       e.loc)

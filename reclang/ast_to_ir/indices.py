@@ -79,6 +79,9 @@ class Indices:
             used = any(isinstance(e, ast.Name) and e.name == index for e in ast.walk(expr))
             if reduced and not used:
                 message = f"index {index} is reduced but not used in the reduction's body"
+            elif _in_index_expression(index, expr):
+                message = (f"index {index} appears only in subscript expressions, which do "
+                           f"not give its size: give it as `{index}: N`")
             elif used:
                 message = (f"cannot tell the size of index {index}: use it as a subscript "
                            f"of a tensor on the right, or give it as `{index}: N`")
@@ -114,3 +117,11 @@ class Indices:
         if name in self.defined:
             return self.node(self.defined[name]).sizes
         return None
+
+
+def _in_index_expression(index: str, expr: ast.Expr) -> bool:
+    """Whether `index` is read inside a subscript that is more than a name."""
+    return any(isinstance(e, ast.Subscript) and any(
+        not isinstance(sub, ast.Name) and any(isinstance(x, ast.Name) and x.name == index
+                                              for x in ast.walk(sub)) for sub in e.indices)
+        for e in ast.walk(expr))
