@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from helpers import SPECS, _compare, _grads, _leaves, _loss, random_inputs, random_state
+from helpers import SPECS, _compare, _grads, _leaves, _loss, random_inputs, random_state, unit
 
 import reclang
 
@@ -304,8 +304,7 @@ def rwkv6_tokenshift(x, p, s):
     g = F.silu(xg @ p["Wg"].flatten(0, 1).T)
     d = p["decay"].flatten() + torch.tanh(xw @ p["decay_A"]) @ p["decay_B"].flatten(1)
     w = torch.exp(-torch.exp(d))
-    heads = lambda y: y.unflatten(-1, (H, K))
-    r, k, v, w = heads(r), heads(k), heads(v), heads(w)
+    r, k, v, w = (y.unflatten(-1, (H, K)) for y in (r, k, v, w))
     S, ys = s["S"], []
     for t in range(steps_of(x)):
         kv = outer(k[:, t], v[:, t])
@@ -346,7 +345,6 @@ def kda(x, p, s):
 
 
 def kda_inputs(module):
-    unit = lambda y: F.normalize(y, dim=-1)
     return random_inputs(module, B, T, k=unit, g=F.logsigmoid, beta=torch.sigmoid)
 
 
