@@ -1,7 +1,7 @@
 """The typed syntax tree of a spec: frozen dataclasses, each with its source `Loc`.
 
 Expressions:  Num, Imag, Name, Subscript, Call, Reduce, Unary, Binary.
-Statements:   InputDecl, ParamDecl, StateDecl, Assign (kinds let / update / out).
+Statements:   InputDecl, ParamDecl, StateDecl, Assign (kinds let / update / out), For.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class Unary:
 
 @dataclass(frozen=True)
 class Binary:
-    op: str  # + - * / ** < <= > >= == !=
+    op: str  # + - * / // % ** < <= > >= == !=
     left: Expr
     right: Expr
     loc: Loc = field(compare=False)
@@ -140,7 +140,17 @@ class Assign:
     loc: Loc = field(compare=False)
 
 
-Stmt = InputDecl | ParamDecl | StateDecl | Assign
+@dataclass(frozen=True)
+class For:
+    """`for r in R:` and an indented block, unrolled R times (ast_to_ir/unroll.py)."""
+
+    var: Name
+    count: Expr
+    body: tuple[Stmt, ...]
+    loc: Loc = field(compare=False)
+
+
+Stmt = InputDecl | ParamDecl | StateDecl | Assign | For
 
 
 @dataclass(frozen=True)

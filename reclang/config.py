@@ -76,6 +76,7 @@ def _int(name: str, default: int) -> int:
 # memory; within them, checking and compiling a spec takes time about linear in its size
 NAME_LENGTH = 100          # characters in a name: generated file names stay valid
 DEPTH = 100                # nesting of one expression (brackets, operators, calls)
+UNROLLED = 1000            # statements of the for blocks, unrolled (see ast_to_ir/unroll.py)
 CHAIN = 300                # operations a value passes through, across the lets it reads
 NUMBER = sys.float_info.max  # largest constant magnitude: finite in float64
 INDICES = 26               # distinct indices in one statement (einsum letters)

@@ -130,6 +130,14 @@ def _operators() -> list[Fn]:
            derivative=lambda a, b: (b, a)),
         Fn("div", 2, "{0} / {1}", lambda a, b: a / b, sympy=lambda a, b: a / b,
            derivative=lambda a, b: (1 / b, -a / b ** 2)),
+        # floor division and its remainder, with Python's and torch.remainder's signs (the
+        # remainder has the divisor's sign); the kernels write both with floor
+        Fn("floordiv", 2, 'torch.div({0}, {1}, rounding_mode="floor")', lambda a, b: a // b,
+           real_only=True, sympy=lambda a, b: sympy.floor(a / b),
+           kernel=lambda a, b: _kernel_of("floor")(a / b), derivative=lambda a, b: (0, 0)),
+        Fn("mod", 2, "torch.remainder({0}, {1})", lambda a, b: a % b, real_only=True,
+           sympy=sympy.Mod, kernel=lambda a, b: a - b * _kernel_of("floor")(a / b),
+           derivative=lambda a, b: (1, -_kernel_of("floor")(a / b))),
         Fn("pow", 2, "{0} ** {1}", _pow, sympy=lambda a, b: a ** b,
            derivative=lambda a, b: (b * a ** (b - 1), a ** b * sympy.log(a))),
         Fn("neg", 1, "-{0}", lambda a: -a, sympy=lambda a: -a, derivative=lambda a: (-1,)),
@@ -162,6 +170,9 @@ def _elementary() -> list[Fn]:
         # |x| by name in kernels: sympy would differentiate it into sign(x), a distribution
         Fn("abs", 1, "torch.abs({0})", abs, "real", sympy=sympy.Abs, named=True,
            triton="tl.abs({0})", derivative=lambda x: (_kernel_of("sign")(x),)),
+        # floor' = 0, as torch's (sympy leaves it unevaluated)
+        Fn("floor", 1, "torch.floor({0})", math.floor, real_only=True, sympy=sympy.floor,
+           named=True, triton="tl.floor({0})", derivative=lambda x: (0,)),
         # sign' = 0, as torch's (sympy's 2·δ(x) has no value to print)
         Fn("sign", 1, "torch.sign({0})", lambda x: float((x > 0) - (x < 0)), real_only=True,
            sympy=sympy.sign, named=True, triton="_sign({0})", derivative=lambda x: (0,)),
@@ -257,11 +268,18 @@ FUNCTIONS: dict[str, Fn] = {f.name: f for f in [
     *_operators(), *_elementary(), *_gates(), *_smooth(), *_choices(), *_complex()]}
 
 # ---- views of the table
-BINARY_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow",
-              "<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
+BINARY_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "floordiv", "%": "mod",
+              "**": "pow", "<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}
 
 REDUCTIONS = {"sum": "torch.sum", "max": "torch.amax", "min": "torch.amin",
               "logsumexp": "torch.logsumexp"}
+
+# Normalizations over an index that stays free (`softmax(i: e)`, lowered by the IR
+# builder to max, exp, sum and a division).
+NORMALIZATIONS = {"softmax"}
+
+# Named numbers: a name that folds to its value wherever a number may be written.
+CONSTANTS = {"inf": math.inf, "pi": math.pi}
 
 # Only in initializers of params and states: random draws and ranges.
 INIT_ONLY = {"uniform": 2, "normal": 2, "arange": 1}

@@ -13,7 +13,7 @@ import torch
 
 from . import ast
 from .errors import RecError
-from .functions import BINARY_OPS, FUNCTIONS
+from .functions import BINARY_OPS, CONSTANTS, FUNCTIONS
 from .ir import IR, Decl
 from .rewrite import fold
 
@@ -66,6 +66,8 @@ class _Env:
                 return self.indices[e.name]
             if e.name in self.ir.hypers:
                 return self.ir.hypers[e.name]
+            if e.name in CONSTANTS:
+                return CONSTANTS[e.name]
             if e.name in self.params:
                 return self.params[e.name]
             raise RecError(f"'{e.name}' is not known in this initializer (params are "

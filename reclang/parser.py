@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,11 +14,15 @@ from .errors import Loc, RecError, Source, at
 
 
 class LineJoiner:
-    """Decides which newlines end a statement.
+    """Decides which newlines end a statement, and where `for` blocks open and close.
 
-    A newline inside brackets never does; nor does one followed by a line indented
-    deeper than the line that began the statement (a continuation). The newline after
-    the `cell ...:` header always does, and sets the body's indentation.
+    A newline inside brackets never ends a statement; nor does one followed by a line
+    indented deeper than the line that began the statement (a continuation). The newline
+    after the `cell ...:` header always does, and sets the body's indentation. The
+    newline after a `for ...:` header opens a block (_INDENT) whose lines are indented
+    deeper than the header; the first line indented less than the block closes it
+    (_DEDENT, then the newline that ends the `for` statement), as in Python. Inside a
+    block, the lines' indentation must match exactly (no mixing of tabs and spaces).
     """
 
     always_accept = ("_NL",)
@@ -26,24 +31,68 @@ class LineJoiner:
         self.open: list[Token] = []  # brackets not yet closed, for error messages
 
     def process(self, stream):
-        stmt_indent, prev = 0, None
         self.open = []
+        blocks: list[str] = []  # the indentation of each open `for` block, innermost last
+        body = None  # the indentation of the cell's body
+        stmt_indent, prev, first = "", None, None  # first: the statement's first token
+        misplaced = None  # a line's indentation problem, raised if a statement follows
         for tok in stream:
-            if tok.type == "_NL":
-                # the indentation of the next line: what follows the last line break
-                indent = len(tok.value.rsplit("\n", 1)[-1])
-                header_end = prev is not None and prev.type == "COLON" and not self.open
-                if prev is not None and not self.open and (header_end or indent <= stmt_indent):
-                    stmt_indent = indent
-                    prev = tok
-                    yield tok
+            if tok.type != "_NL":
+                if misplaced:
+                    raise misplaced
+                if tok.type in ("LPAR", "LSQB"):
+                    self.open.append(tok)
+                elif tok.type in ("RPAR", "RSQB") and self.open:
+                    self.open.pop()
+                first = first or tok
+                prev = tok
+                yield tok
                 continue
-            if tok.type in ("LPAR", "LSQB"):
-                self.open.append(tok)
-            elif tok.type in ("RPAR", "RSQB") and self.open:
-                self.open.pop()
-            prev = tok
-            yield tok
+            if prev is None or self.open:
+                continue
+            indent = re.match(r"[\t ]*", tok.value.rsplit("\n", 1)[-1]).group()
+            header = prev.type == "COLON"
+            if header and first.type == "FOR":
+                if len(indent) <= len(stmt_indent):  # raised unless the file ends here
+                    misplaced = _LayoutProblem("the body of a for block is indented deeper "
+                                               "than its `for` line", first.line, first.column)
+                blocks.append(indent)
+                prev, opened = _token("_INDENT", tok), first
+            elif header or len(indent) <= len(stmt_indent):
+                body = indent if body is None else body
+                closed, misplaced = _close(blocks, body, indent, tok)
+                yield from (_token("_DEDENT", tok) for _ in range(closed))
+                prev = tok
+            else:
+                continue  # a continuation line
+            stmt_indent, first = indent, None
+            yield prev
+        if prev is not None and prev.type == "_INDENT":
+            raise _LayoutProblem("the for block has no body", opened.line, opened.column)
+        yield from (_token("_DEDENT", prev) for _ in blocks)
+
+
+def _close(blocks: list[str], body: str, indent: str, tok: Token):
+    """How many blocks a line at `indent` closes, and its problem if it starts
+    elsewhere than its block's lines (or, after a block, than the cell's body)."""
+    closed = 0
+    while blocks and len(indent) < len(blocks[-1]):
+        blocks.pop()
+        closed += 1
+    level = blocks[-1] if blocks else body
+    if (blocks or closed) and indent != level:
+        how = ("mixes tabs and spaces differently from the lines around it"
+               if indent and level and set(indent) != set(level) or len(indent) == len(level)
+               else "matches no enclosing block")
+        return closed, _LayoutProblem(f"the indentation of this line {how}", tok.end_line,
+                                      len(indent) + 1)
+    return closed, None
+
+
+def _token(kind: str, at: Token) -> Token:
+    """A layout token placed at `at` (the newline it stands for: an error there points
+    at the end of the statement's line)."""
+    return Token(kind, "", at.start_pos, at.line, at.column, at.line, at.column, at.start_pos)
 
 
 @lru_cache(maxsize=1)
@@ -113,6 +162,7 @@ class ToAst(Transformer):
         return rule
 
     add, sub, mul, div, pow = _binary("+"), _binary("-"), _binary("*"), _binary("/"), _binary("**")
+    floordiv, mod = _binary("//"), _binary("%")
 
     def compare(self, meta, children):
         left, op, right = children
@@ -169,7 +219,21 @@ class ToAst(Transformer):
                              self._loc(meta))
 
     def target_index(self, meta, children):
-        return ast.TargetIndex(str(children[0]), children[1], self._loc(meta))
+        index, size = children
+        if not isinstance(index, ast.Name):
+            raise _SyntaxProblem("the left side of a statement names its indices (`y[i, j] = "
+                                 "...`); a constant or an expression such as `i + 1` can only "
+                                 "subscript a value that is read, on the right", index.loc)
+        return ast.TargetIndex(index.name, size, index.loc)
+
+    def for_block(self, meta, children):
+        var, count, *body = children
+        for stmt in body:
+            if isinstance(stmt, (ast.InputDecl, ast.ParamDecl, ast.StateDecl)):
+                raise _SyntaxProblem("declarations belong at the top of the cell, not inside "
+                                     "a for block", stmt.loc)
+        return ast.For(ast.Name(str(var), _loc(var, self.source)), count, tuple(body),
+                       self._loc(meta))
 
     def target(self, meta, children):
         name, *indices = children
@@ -212,6 +276,15 @@ def _clip(text: str, n: int = 20) -> str:
     return text if len(text) <= n else text[:n] + "..."
 
 
+class _LayoutProblem(Exception):
+    """A line whose indentation no block accepts, found by the LineJoiner (which has
+    no source to locate it in)."""
+
+    def __init__(self, message, line, col):
+        super().__init__(message)
+        self.message, self.line, self.col = message, line, col
+
+
 class _SyntaxProblem(Exception):
     """A syntax rule the grammar cannot express, found while building the AST."""
 
@@ -225,12 +298,13 @@ _TOKEN_WORDS = {
     "RSQB": "']'", "LSQB": "'['", "RPAR": "')'", "LPAR": "'('", "COMMA": "','",
     "COLON": "':'", "EQUAL": "'='", "NAME": "a name", "NUMBER": "a number",
     "_NL": "the end of the line", "$END": "the end of the file", "TYPE": "'real' or 'complex'",
-    "COMPARE": "a comparison", "IMAG": "a number",
+    "COMPARE": "a comparison", "IMAG": "a number", "_INDENT": "an indented block",
+    "_DEDENT": "the end of the block",
 }
 
 
 def _describe(token) -> str:
-    if token.type in ("$END", "_NL"):
+    if token.type in ("$END", "_NL", "_INDENT", "_DEDENT"):
         return _TOKEN_WORDS[token.type]
     return repr(str(token.value))
 
@@ -252,16 +326,26 @@ def _friendly(err: lark.exceptions.UnexpectedInput, source: Source) -> tuple[str
         return f"this '{bracket.value}' is never closed", _loc(bracket, source)
     if token.type == "$END":
         loc = _end_loc(source)
+    if _in_for_header(err) and token.type not in ("_INDENT", "$END"):
+        return "a for line ends with ':' (`for r in R:`)", loc
     if token.type == "EQUAL" and opened:
         return "'=' inside an expression: write '==' to compare", loc
     for close, word in (("RSQB", "']'"), ("RPAR", "')'")):
         if close in expected and token.type in ("RPAR", "RSQB", "EQUAL", "_NL", "$END"):
             return f"missing {word} before {got}", loc
-    if token.type in ("_NL", "$END"):
+    if token.type in ("_NL", "$END", "_DEDENT"):
         return "the statement is incomplete: an expression is missing", loc
     words = sorted({_TOKEN_WORDS.get(e) or f"'{_literal(e)}'" for e in expected})
     shown = ", ".join(words[:6]) + (", ..." if len(words) > 6 else "")
     return f"unexpected {got}; expected {shown}", loc
+
+
+def _in_for_header(err) -> bool:
+    """Whether the parser stopped between `for` and the ':' of its line."""
+    state = getattr(getattr(err, "interactive_parser", None), "parser_state", None)
+    types = [getattr(v, "type", None) for v in (state.value_stack if state else [])]
+    after = types[len(types) - types[::-1].index("FOR"):] if "FOR" in types else []
+    return after[:2] == ["NAME", "IN"] and len(after) > 2 and "COLON" not in after
 
 
 def _literal(terminal: str) -> str:
@@ -296,6 +380,8 @@ def _transform(text: str, source: Source) -> ast.Cell:
         raise RecError(message, source, loc) from None
     except _SyntaxProblem as err:
         raise RecError(err.message, source, err.loc) from None
+    except _LayoutProblem as err:
+        raise RecError(err.message, source, Loc(err.line, err.col, source)) from None
     except lark.exceptions.VisitError as err:
         if isinstance(err.orig_exc, _SyntaxProblem):
             raise RecError(err.orig_exc.message, source, err.orig_exc.loc) from None
@@ -325,5 +411,5 @@ def _check_limits(tree: lark.Tree, source: Source) -> None:
 
 
 # The rules that nest expressions: each counts one level towards config.DEPTH.
-_EXPRESSIONS = {"add", "sub", "mul", "div", "pow", "neg", "pos", "compare", "call",
-                "subscript"}
+_EXPRESSIONS = {"add", "sub", "mul", "div", "floordiv", "mod", "pow", "neg", "pos", "compare",
+                "call", "subscript"}

@@ -10,7 +10,7 @@ from . import ast
 
 # binding strength of each operator (higher binds tighter), as in grammar.lark
 PRECEDENCE = {"<": 1, "<=": 1, ">": 1, ">=": 1, "==": 1, "!=": 1,
-              "+": 2, "-": 2, "*": 3, "/": 3, "neg": 4, "**": 5}
+              "+": 2, "-": 2, "*": 3, "/": 3, "//": 3, "%": 3, "neg": 4, "**": 5}
 ATOM = 6
 
 
@@ -78,8 +78,19 @@ def format_stmt(s: ast.Stmt) -> str:
     return f"{prefix}{target} {op} {format_expr(s.value)}"
 
 
+def _lines(s: ast.Stmt, indent: str):
+    """A statement's lines; a for block's body is indented one level more."""
+    if not isinstance(s, ast.For):
+        yield indent + format_stmt(s)
+        return
+    yield f"{indent}for {s.var.name} in {format_expr(s.count)}:"
+    for inner in s.body:
+        yield from _lines(inner, indent + "    ")
+
+
 def format_cell(cell: ast.Cell) -> str:
     hypers = ", ".join(h.name + (f" = {format_expr(h.default)}" if h.default else "")
                        for h in cell.hypers)
-    lines = [f"cell {cell.name}({hypers}):"] + ["    " + format_stmt(s) for s in cell.body]
+    lines = [f"cell {cell.name}({hypers}):"] + [line for s in cell.body
+                                                for line in _lines(s, "    ")]
     return "\n".join(lines) + "\n"

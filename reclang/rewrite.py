@@ -56,10 +56,16 @@ def fold(fn, values: list, loc: Loc):
     else:
         finite = (not isinstance(value, float) or math.isfinite(value)) and \
             abs(value) <= config.NUMBER
+    if not finite and _infinite(value) and any(_infinite(v) for v in values):
+        return value  # inf in, inf out: `-inf` is a constant (a max's starting value)
     if not finite:
         raise RecError(f"{fn.name} of constants is not finite in float64 (magnitude above "
                        f"{config.NUMBER:.3g})", loc=loc)
     return value
+
+
+def _infinite(value) -> bool:
+    return isinstance(value, float) and math.isinf(value)
 
 
 def _power_too_large(base, exponent) -> bool:

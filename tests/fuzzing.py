@@ -37,11 +37,24 @@ EXTRA = """cell mix(D = 4, N = 3, scale = 0.5):
     z[n] <- exp(1j * g[n]) * z[n] + complex(h[n], 0)
     out y[n] = real(z[n]) + clamp(h[n], -1, 1)
 """
+# issue 18's constructs: for blocks (nested, a state updated per iteration), // and %,
+# floor, inf and pi, softmax over an index
+EXTRA_18 = """cell sub_steps(D = 4, N = 3, R = 2):
+    input x[D], g[N], k[R, N]
+    param W[N, D] ~ normal(0, 0.1)
+    state h[N] = 0, m[N] = -inf
+    for r in R:
+        a[n] = softmax(n: k[r, n] * g[n]) + (g[n] % 1.5) * 0.1 + r
+        for q in 2:
+            h[n] <- 0.5 * h[n] + tanh(a[n] + sum(d: W[n, d] * x[d])) * 0.5 ** q
+    m[n] <- max(m[n], floor(g[n] * 4) / 4 + (g[n] // 2))
+    out y[n] = h[n] + sin(pi * a[n]) + exp(g[n] - m[n])
+"""
 FILENAME = "fuzz.rec"
 RUN_ELEMENTS = 10 ** 6  # larger cells are checked and generated, not run: size is no bug
 
 # Tokens of the language plus ones that probe limits and odd characters.
-TOKEN = re.compile(r"[ \t]+|\n|#[^\n]*|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?j?|[A-Za-z_]\w*|<-|\*\*|"
+TOKEN = re.compile(r"[ \t]+|\n|#[^\n]*|\d+(?:\.\d*)?(?:[eE][-+]?\d+)?j?|[A-Za-z_]\w*|<-|\*\*|//|"
                    r"<=|>=|==|!=|.", re.DOTALL)
 POOL = ["[", "]", "(", ")", ",", ":", "=", "<-", "~", "sum(i: ", "sum(", "max(j: ", "i", "j",
         "x", "1j", "**", "*", "/", "-", "+", "<", "==", "\n", "    ", "\t", "out ", "state ",
@@ -50,14 +63,16 @@ POOL = ["[", "]", "(", ")", ",", ":", "=", "<-", "~", "sum(i: ", "sum(", "max(j:
         "exp(1000)", "1 / 0", "0 ** -1", "sqrt(-1)", "exp", "log", "tanh", "where(",
         "complex(", "real", "normal(0, 1)", "uniform(0, 1)", "arange(", ": complex",
         "\x0b", "\x0c", "\x85", "\u2028", "\u2029", "\ufeff", "\r", "\\\n", "é", "\x00",
-        "a" * 300, "(" * 60, "-" * 60]
+        "a" * 300, "(" * 60, "-" * 60, "for r in 2:\n", "for ", " in ", "        ", "//", "%",
+        "floor(", "softmax(n: ", "pi", "-inf", "r"]
 
 
 NUMBERS = ["0", "1", "2", "0.5", "1e-30", "1e30", "1e308", "3", "4300", "65536", "2 ** 31",
            "1j", "(0 - 1)", "nan", "inf"]
-OPERATORS = ["+", "-", "*", "/", "**", "<", "==", ">="]
+OPERATORS = ["+", "-", "*", "/", "**", "<", "==", ">=", "//", "%"]
 FUNCTIONS = ["exp", "log", "tanh", "sigmoid", "sqrt", "abs", "softplus", "real", "conj",
-             "max", "sum", "logsumexp", "where", "clamp", "complex", "normal", "arange"]
+             "max", "sum", "logsumexp", "where", "clamp", "complex", "normal", "arange",
+             "floor", "softmax", "pi", "inf"]
 
 
 def mutate(text: str, rng: random.Random) -> str:
@@ -125,7 +140,7 @@ def _char_edit(text, rng):
 def cases(n: int, seed: int):
     """`n` mutated specs (str), with a few undecodable files (bytes) among them."""
     rng = random.Random(seed)
-    bases = [p.read_text() for p in SPECS] + [EXTRA]
+    bases = [p.read_text() for p in SPECS] + [EXTRA, EXTRA_18]
     for k in range(n):
         text = mutate(rng.choice(bases), rng)
         if k % 50 == 49:  # not UTF-8 (Latin-1 bytes), or a BOM

@@ -19,8 +19,8 @@ def table() -> dict[str, tuple[str, str]]:
             if (m := ROW.match(line))}
 
 
-def plan(name):
-    return reclang.load(ROOT / "specs" / f"{name}.rec").plan
+def plan(name, **hypers):
+    return reclang.load(ROOT / "specs" / f"{name}.rec", **hypers).plan
 
 
 def test_table_lists_every_spec():
@@ -53,6 +53,7 @@ def test_key_structural_facts():
     assert plan("lstm").states[0].jacobian == "dense"
     assert plan("slstm").states[0].jacobian.startswith("block-diagonal")
     assert plan("delta_product").states[0].transition.rank == 2
+    assert plan("delta_product", NH=3).states[0].transition.rank == 3
     assert [s.transition.rank for s in plan("rwkv7").states] == [1]
     assert plan("gla").states[0].transition.decay_axes == ("h", "i")
     assert plan("retnet").states[0].transition.time_invariant

@@ -32,13 +32,14 @@ leaves = st.one_of(
 
 
 def extend(children):
-    binary = st.tuples(st.sampled_from(["+", "-", "*", "/", "**", "<", "=="]), children,
+    binary = st.tuples(st.sampled_from(["+", "-", "*", "/", "//", "%", "**", "<", "=="]), children,
                        children).map(lambda t: ast.Binary(t[0], t[1], t[2], NOWHERE))
     unary = children.map(lambda c: ast.Unary("-", c, NOWHERE))
     call = st.tuples(st.sampled_from(["exp", "max", "where"]),
                      st.lists(children, min_size=1, max_size=3)).map(
         lambda t: ast.Call(t[0], tuple(t[1]), NOWHERE))
-    reduce = st.tuples(st.sampled_from(["sum", "max"]), st.lists(names, min_size=1, max_size=2),
+    reduce = st.tuples(st.sampled_from(["sum", "max", "softmax"]),
+                       st.lists(names, min_size=1, max_size=2),
                        children).map(lambda t: ast.Reduce(t[0], tuple(t[1]), t[2], NOWHERE))
     return st.one_of(binary, unary, call, reduce)
 

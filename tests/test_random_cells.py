@@ -1,6 +1,8 @@
 """Random valid cells (hypothesis): the full-sequence code (which hoists state-free work
 out of its loop) and the step code (which computes everything per step) must agree, for
-any mix of prelude, core and epilogue statements; so must a sequence split in two."""
+any mix of prelude, core and epilogue statements; so must a sequence split in two. The
+cells have a state updated in a `for` block (its counter as a subscript and a value), a
+running max from -inf, and the terms use //, %, floor, pi and softmax."""
 
 import torch
 from hypothesis import given, settings
@@ -11,7 +13,9 @@ import reclang
 # expressions over the index n (size N); d (size D) is reduced where it appears
 N_TERMS = ["g[n]", "u[n]", "h[n]", "sum(d: W[n, d] * x[d])", "sum(d: S[n, d] * x[d])",
            "0.5", "sum(d: x[d]) * u[n]", "a[n]", "Z[1, n]", "m * u[n]", "hp[n]",
-           "max(d: S[n, d])", "sum(d: bc[n, d])"]
+           "max(d: S[n, d])", "sum(d: bc[n, d])", "g[n] % 0.7", "(u[n] // 0.5) * 0.1",
+           "floor(2 * g[n])", "softmax(n: g[n] * u[n])", "sum(d: softmax(d: x[d]) * W[n, d])",
+           "sin(pi * g[n])"]
 ND_TERMS = ["S[n, d]", "W[n, d]", "x[d]", "g[n] * x[d]", "h[n] * W[n, d]", "bc[n, d]",
             "hp[n] * x[d]"]
 FUNCTIONS = ["tanh({})", "sigmoid({})", "exp(-abs({}))", "({})", "-{}", "softplus({}) * 0.1"]
@@ -35,20 +39,23 @@ def cells(draw):
     h_new = draw(expression(N_TERMS, 2))
     s_new = draw(expression(ND_TERMS, 1))
     y = draw(expression(N_TERMS, 2))
-    order = draw(st.permutations(["h", "S"]))
+    c_new = draw(expression(N_TERMS + ["c[n]", "r * c[n]", "Z[r, n] * c[n]"], 2))
+    order = draw(st.permutations(["h", "S", "c", "mx"]))
     updates = {"h": f"    h[n] <- tanh({h_new})\n",
-               "S": f"    S[n, d] <- 0.5 * S[n, d] + tanh({s_new})\n"}
+               "S": f"    S[n, d] <- 0.5 * S[n, d] + tanh({s_new})\n",
+               "c": f"    for r in 2:\n        c[n] <- 0.5 * c[n] + tanh({c_new})\n",
+               "mx": "    mx[n] <- max(mx[n], g[n])\n"}
     return ("cell r(D = 3, N = 2):\n"
             "    input x[D], g[N]\n"
             "    param W[N, D] ~ normal(0, 0.5)\n    param u[N] ~ normal(0, 1)\n"
             "    param Z[2, N] ~ normal(0, 1)\n"
-            "    state h[N] = 0, S[N, D] = 0\n"
+            "    state h[N] = 0, S[N, D] = 0, c[N] = 0, mx[N] = -inf\n"
             "    m = max(d: x[d])\n"
             "    hp[n] = h[n] + 0.1 * u[n]\n"                  # the previous h
             "    bc[n: N, d: D] = g[n] * 0.5\n"                # broadcast along d
             "    out early[n] = hp[n] * g[n]\n"
             f"    a[n] = g[n] * ({a})\n" + "".join(updates[k] for k in order) +
-            f"    out y[n] = u[n] * ({y})\n")
+            f"    out y[n] = u[n] * ({y}) + c[n] + mx[n]\n")
 
 
 @settings(max_examples=int(__import__("os").environ.get("RANDOM_CELLS", 60)), deadline=None)

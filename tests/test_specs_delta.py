@@ -11,8 +11,10 @@ import math
 
 import pytest
 import torch
-from helpers import (LENGTHS, assert_matches_reference, assert_step_matches_forward, load,
-                     outer, random_inputs, random_state)
+from helpers import (LENGTHS, SPECS, assert_matches_reference, assert_step_matches_forward,
+                     load, outer, random_inputs, random_state)
+
+import reclang
 
 F = torch.nn.functional
 H, K, V, B = 2, 4, 3, 2
@@ -62,12 +64,14 @@ def gated_delta_net(S, x):
 
 
 def delta_product(S, x):
-    """Two delta steps as one affine map: the transition is the Householder product
-    H₂H₁, the input H₂ β₁k₁v₁ᵀ + β₂k₂v₂ᵀ."""
+    """n_h delta steps as one affine map A S + b: the transition is the Householder
+    product A = H_n ⋯ H₁, the input b = Σ_r H_n ⋯ H_{r+1} β_r k_r v_rᵀ."""
     k, v, beta = x["k"], x["v"], x["beta"]
-    H1, H2 = householder(k[:, :, 0], beta[:, :, 0]), householder(k[:, :, 1], beta[:, :, 1])
-    write = [beta[:, :, r, None, None] * outer(k[:, :, r], v[:, :, r]) for r in range(2)]
-    return H2 @ H1 @ S + H2 @ write[0] + write[1]
+    A, b = torch.eye(k.shape[-1], dtype=k.dtype), torch.zeros_like(S)
+    for r in range(k.shape[2]):
+        Hr = householder(k[:, :, r], beta[:, :, r])
+        A, b = Hr @ A, Hr @ b + beta[:, :, r, None, None] * outer(k[:, :, r], v[:, :, r])
+    return A @ S + b
 
 
 def rwkv7(S, x):
@@ -169,6 +173,19 @@ def test_against_reference(name, T, with_state):
     x = random_inputs(m, B, T, **transforms)
     s = random_state(m, B, **state_transforms) if with_state else None
     assert_matches_reference(m, reference, x, s)
+    assert_step_matches_forward(m, x, s)
+
+
+@pytest.mark.parametrize("NH", [1, 3])
+def test_delta_product_with_any_number_of_householder_steps(NH):
+    """One spec for every n_h (a `for` block): n_h = 1, 3 against the reference, whole
+    sequences, state passed, step by step; the analysis reports dplr with rank n_h."""
+    assert reclang.load(SPECS / "delta_product.rec", NH=NH).plan.summary == \
+        f"dplr, rank {NH} (diagonal part: no decay)"
+    m = load("delta_product", **ATTENTION, NH=NH)
+    x = random_inputs(m, B, 5, k=unit, beta=lambda b: 2 * torch.sigmoid(b))
+    s = random_state(m, B)
+    assert_matches_reference(m, matrix_state_loop(delta_product), x, s)
     assert_step_matches_forward(m, x, s)
 
 

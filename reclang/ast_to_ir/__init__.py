@@ -6,6 +6,7 @@ bound by an enclosing `sum(i: ...)`. An index's size comes from the declared sha
 the tensors it subscripts (or from `i: N` on the left); every use must agree.
 
 The stages, one module each:
+    unroll.py        for blocks, unrolled into plain statements
     hypers.py        hyperparameters (defaults, load-time overrides), constant expressions
     declarations.py  inputs, params, states: names, shapes, initializers
     indices.py       a statement's left-hand side and the sizes of its indices
@@ -23,6 +24,7 @@ from ..rewrite import fold, rewrite
 from .builder import Builder
 from .common import STAGE
 from .hypers import resolve_hypers
+from .unroll import unroll
 
 __all__ = ["Builder", "build_ir", "fold", "resolve_hypers"]
 
@@ -32,4 +34,4 @@ def build_ir(cell: ast.Cell, overrides: dict | None = None) -> IR:
     Raises RecError listing every problem."""
     with at(cell, STAGE):  # what no statement's own wrapping covers: hypers, whole-cell checks
         hypers = resolve_hypers(cell, overrides or {})
-        return rewrite(Builder(cell, hypers).build())
+        return rewrite(Builder(unroll(cell, hypers), hypers).build())

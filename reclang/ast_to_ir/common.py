@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import difflib
 
-from ..functions import FUNCTIONS, INIT_ONLY, REDUCTIONS
+from ..functions import CONSTANTS, FUNCTIONS, INIT_ONLY, NORMALIZATIONS, REDUCTIONS
 from ..ir import Node
 
-KEYWORDS = {"cell", "input", "param", "state", "out", "real", "complex"}
-RESERVED = KEYWORDS | set(REDUCTIONS) | set(FUNCTIONS) | set(INIT_ONLY) | {"lag"}
+KEYWORDS = {"cell", "input", "param", "state", "out", "real", "complex", "for", "in"}
+RESERVED = KEYWORDS | set(REDUCTIONS) | set(FUNCTIONS) | set(INIT_ONLY) | set(CONSTANTS) \
+    | NORMALIZATIONS | {"lag"}
 STAGE = "ast_to_ir"  # how an internal error names this pass
 
 

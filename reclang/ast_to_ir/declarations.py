@@ -6,7 +6,7 @@ import math
 
 from .. import ast, config
 from ..errors import RecError
-from ..functions import CALLABLE, FUNCTIONS, INIT_ONLY, REDUCTIONS
+from ..functions import CALLABLE, CONSTANTS, FUNCTIONS, INIT_ONLY, REDUCTIONS
 from ..ir import Decl, Op
 from .common import KEYWORDS, RESERVED, _a, _axes, _suggest
 from .hypers import _eval_scalar
@@ -79,7 +79,8 @@ class Declarations:
         index names, elementwise functions and uniform / normal / arange."""
         indices = {d.index for d in decl.dims if d.index}
         for e in ast.walk(expr):
-            if isinstance(e, ast.Name) and e.name not in self.hypers | dict.fromkeys(indices):
+            if isinstance(e, ast.Name) and e.name not in self.hypers | dict.fromkeys(indices) \
+                    and e.name not in CONSTANTS:
                 other = self.decls.get(e.name)
                 if other is None or other.kind != "param":
                     what = f"{other.kind} " if other else ""

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from .. import ast
 from ..errors import RecError
-from ..functions import BINARY_OPS, CALLABLE, FUNCTIONS, INIT_ONLY, REDUCTIONS
+from ..functions import (BINARY_OPS, CALLABLE, CONSTANTS, FUNCTIONS, INIT_ONLY,
+                         NORMALIZATIONS, REDUCTIONS)
 from ..ir import IndexExpr, Op
 from ..rewrite import fold
 from .common import STAGE, _Bad, _suggest, _union
@@ -46,6 +47,8 @@ class Expressions:
             return self.const(self.hypers[e.name], e.loc)
         if e.name == "t" and not self._named("t"):
             return self.time_value(e)
+        if e.name in CONSTANTS:
+            return self.const(CONSTANTS[e.name], e.loc)
         return self.read(ast.Subscript(e.name, (), e.loc), scope)
 
     def expr_subscript(self, e, scope):
@@ -94,7 +97,7 @@ class Expressions:
         later = [s for s in self.cell.body if isinstance(s, ast.Assign) and s.name == name]
         if later and later[0].kind != "update":
             self.fail(f"{name} is used before it is defined (line {later[0].loc.line})", loc)
-        if name in FUNCTIONS or name in REDUCTIONS:
+        if name in FUNCTIONS or name in REDUCTIONS or name in NORMALIZATIONS:
             self.fail(f"{name} is a function: call it as {name}(...)", loc)
         if name in self.decls:  # declared, but its declaration had an error
             raise _Bad
@@ -135,7 +138,7 @@ class Expressions:
         if e.fn in INIT_ONLY:
             self.fail(f"{e.fn}(...) can only appear in the initializer of a param or state",
                       e.loc)
-        if e.fn in REDUCTIONS and e.fn not in FUNCTIONS:
+        if e.fn in REDUCTIONS.keys() - FUNCTIONS.keys() | NORMALIZATIONS:
             self.fail(f"{e.fn} needs the index it reduces: {e.fn}(i: ...)", e.loc)
         if e.fn not in CALLABLE:
             self._unknown_function(e)
@@ -174,6 +177,8 @@ class Expressions:
         return self.const(value, loc)
 
     def expr_reduce(self, e, scope):
+        if e.fn in NORMALIZATIONS:
+            return self.softmax(e, scope)
         if e.fn not in REDUCTIONS:
             self.fail(f"{e.fn}(i: ...) is not a reduction; use one of "
                       f"{', '.join(REDUCTIONS)}", e.loc)
@@ -192,3 +197,37 @@ class Expressions:
         keep = [(a, s) for a, s in zip(node.axes, node.sizes) if a not in reduced]
         return self.add(Op.REDUCE, (body,), [a for a, _ in keep], [s for _, s in keep],
                         node.dtype, (e.fn, reduced), e.loc)
+
+    def softmax(self, e, scope):
+        """softmax(i: body) = exp(body - m) / sum(i: exp(body - m)), m = max(i: body): the
+        stable form, in ops every backend knows. i stays an index of the result."""
+        for b in e.binders:
+            if b.name not in scope:
+                self.fail(f"softmax({b.name}: ...) normalizes along {b.name}, which stays an "
+                          f"index of the result: put {b.name} on the left (`y[{b.name}] = "
+                          f"softmax({b.name}: ...)`) or bind it in an enclosing reduction",
+                          b.loc)
+        body = self.expr(e.body, scope)
+        node = self.node(body)
+        reduced = tuple(b.name for b in e.binders)
+        if node.dtype == "complex":
+            self.fail("softmax is not defined for complex values", e.loc)
+        missing = [a for a in reduced if a not in node.axes]
+        if missing:
+            self.fail(f"the body of softmax does not depend on {missing[0]}, so it is "
+                      f"1/size along it; write that instead", e.loc)
+        peak = self._reduced("max", body, reduced, e.loc)
+        shifted = self._elementwise("exp", [self._elementwise("sub", [body, peak], e.loc)],
+                                    e.loc)
+        total = self._reduced("sum", shifted, reduced, e.loc)
+        return self._elementwise("div", [shifted, total], e.loc)
+
+    def _reduced(self, kind, i, reduced, loc) -> int:
+        node = self.node(i)
+        keep = [(a, s) for a, s in zip(node.axes, node.sizes) if a not in reduced]
+        return self.add(Op.REDUCE, (i,), [a for a, _ in keep], [s for _, s in keep],
+                        node.dtype, (kind, reduced), loc)
+
+    def _elementwise(self, name, args, loc) -> int:
+        axes, sizes = _union([self.node(a) for a in args])
+        return self.add(Op.FN, args, axes, sizes, "real", name, loc)

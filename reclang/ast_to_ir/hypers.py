@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .. import ast, config
 from ..errors import RecError
-from ..functions import BINARY_OPS, CALLABLE, FUNCTIONS
+from ..functions import BINARY_OPS, CALLABLE, CONSTANTS, FUNCTIONS
 from ..rewrite import clip, fold
 
 
@@ -17,6 +17,12 @@ def _eval_scalar(expr: ast.Expr, hypers: dict, what: str) -> int | float | compl
     if isinstance(expr, ast.Name):
         if expr.name in hypers:
             return hypers[expr.name]
+        if expr.name in CONSTANTS:
+            return CONSTANTS[expr.name]
+        if expr.name == "t":
+            raise RecError(f"{what} must be known when the cell is loaded, so it cannot use "
+                           "t, the index of the step (it varies along the sequence)",
+                           loc=expr.loc)
         raise RecError(f"{what} may only use numbers and hyperparameters; "
                        f"'{expr.name}' is not a hyperparameter", loc=expr.loc)
     if isinstance(expr, ast.Unary):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .. import ast
 from ..errors import Loc
+from ..functions import NORMALIZATIONS
 from .common import RESERVED, _a, _axes
 
 
@@ -55,7 +56,8 @@ class Indices:
         if s.name in self.updated:
             first = self.node(self.updated[s.name]).loc
             self.fail(f"state {s.name} is updated twice (first at line {first.line}); "
-                      "a state has one update per step", s.loc)
+                      "a state has one update per step (one per iteration of a for block)",
+                      s.loc)
         if len(s.indices) != len(decl.shape):
             self.fail(f"{s.name} has {_axes(len(decl.shape))} but {len(s.indices)} "
                       f"{'index is' if len(s.indices) == 1 else 'indices are'} given", s.loc)
@@ -68,8 +70,7 @@ class Indices:
     def _infer_size(self, index: str, expr: ast.Expr, loc: Loc, reduced=False) -> int:
         """The size of an index from the tensors it subscripts in `expr`."""
         found = self._subscript_sizes(index, expr)
-        rebound = any(isinstance(e, ast.Reduce) and index in [n.name for n in e.binders]
-                      for e in ast.walk(expr))
+        rebound = any(_rebinds(e, index) for e in ast.walk(expr))
         unknown = any(isinstance(e, ast.Subscript) and self._shape_of(e.name) is None and
                       any(isinstance(s, ast.Name) and s.name == index for s in e.indices)
                       for e in ast.walk(expr))
@@ -99,7 +100,7 @@ class Indices:
 
     def _subscript_sizes(self, index, expr) -> list[tuple[int, Loc, str]]:
         found = []
-        if isinstance(expr, ast.Reduce) and any(b.name == index for b in expr.binders):
+        if _rebinds(expr, index):
             return found  # rebound inside: a different index
         if isinstance(expr, ast.Subscript):
             shape = self._shape_of(expr.name)
@@ -125,3 +126,10 @@ def _in_index_expression(index: str, expr: ast.Expr) -> bool:
         not isinstance(sub, ast.Name) and any(isinstance(x, ast.Name) and x.name == index
                                               for x in ast.walk(sub)) for sub in e.indices)
         for e in ast.walk(expr))
+
+
+def _rebinds(e: ast.Expr, index: str) -> bool:
+    """Whether e is a reduction that binds its own `index` (softmax(i: ...) normalizes
+    along the enclosing i: it binds none)."""
+    return isinstance(e, ast.Reduce) and e.fn not in NORMALIZATIONS and \
+        any(b.name == index for b in e.binders)

@@ -235,6 +235,8 @@ class ExprLowering:
             return Code(f"{a.wrap(SUM + 1)} + 1j * {b.wrap(PRODUCT + 1)}", SUM, target)
         if node.arg == "where" and args[1].const and args[2].const:
             args[1] = self.typed(args[1], node.dtype)
+        if node.arg in ("mod", "floordiv") and args[0].const:  # (number, tensor) has no backward
+            args[0] = self.typed(args[0], node.dtype)
         texts = [align(x, target).text for x in args]
         return Code(FUNCTIONS[node.arg].torch.format(*texts), ATOM, target)
 

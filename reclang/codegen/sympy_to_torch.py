@@ -78,6 +78,10 @@ class SympyLowering:
             return self.number(expr)
         if expr.func in FUNCTIONS:
             args = [self._lower(a) for a in expr.args]
+            if expr.func is sympy.Mod and args[0].const:  # (number, tensor) has no backward
+                self.needs.add("dtype")
+                args[0] = Code(f"torch.tensor({args[0].text}, dtype=_dtype, device=_device)",
+                               ATOM, ())
             axes = _union(args)
             text = FUNCTIONS[expr.func].format(*(align(a, axes).text for a in args))
             return Code(text, ATOM, axes)
@@ -91,7 +95,7 @@ class SympyLowering:
             return Code("1j", ATOM, (), True)
         if expr.is_Integer:
             value = int(expr)
-        elif expr.is_real or expr is sympy.nan:
+        elif expr.is_extended_real or expr is sympy.nan:  # oo is not `real` in sympy
             value = float(expr)
         else:
             value = complex(expr)
