@@ -377,7 +377,6 @@ def test_ttt_linear(BT, state):
           {"H": 2, "K": 3, "V": 2, "BT": BT}, state=state)
 
 
-@pytest.mark.xfail(reason="needs inf (the spec starts p at -1e30 until then)", strict=True)
 def test_rwkv4_first_step_has_no_nan():
     """From the spec's initial state (p = −inf: nothing seen yet) the first step's output
     and every gradient are finite: e^{p − q} is 0, not NaN, and so is its derivative."""
