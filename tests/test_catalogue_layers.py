@@ -177,13 +177,15 @@ def ssm(A, B, alpha):
 
 
 def s4(x, p, s):
-    """A and B are the learned params; A's upper triangle is not part of the model."""
-    return ssm(torch.tril(p["A"]), p["B"], 0.5)(x, p, s)
+    """A from its learned factors: −p_n q_k below the diagonal, −λ_n on it."""
+    A = torch.tril(-p["p"][:, None] * p["q"][None, :], -1) - torch.diag(p["lam"])
+    return ssm(A, p["B"], 0.5)(x, p, s)
 
 
 def larger_steps(module):
-    """Steps Δ up to 1 (the init's are at most 0.1), so that A's dynamics show in 7 steps."""
-    module.log_dt.copy_(torch.linspace(-3, 0, module.log_dt.numel(), dtype=torch.float64))
+    """Steps Δ up to 0.9 (the init's are at most 0.1), so that A's dynamics show in 7
+    steps, and some factors 1 − αΔj of the closed-form inverse are negative."""
+    module.log_dt.copy_(torch.linspace(-3, -0.1, module.log_dt.numel(), dtype=torch.float64))
 
 
 def any_state(module):
@@ -191,8 +193,17 @@ def any_state(module):
 
 
 @pending("s4", "for blocks")
+def trained_s4(module):
+    """Larger steps, and factors of A away from HiPPO-LegS, as training moves them."""
+    larger_steps(module)
+    gen = torch.Generator().manual_seed(4)
+    for name in ("p", "q", "lam"):
+        param = getattr(module, name)
+        param.mul_(1 + 0.3 * torch.rand(param.shape, generator=gen, dtype=param.dtype))
+
+
 def test_s4():
-    check("s4", s4, {"D": 3, "N": 5}, state=any_state, tune=larger_steps)
+    check("s4", s4, {"D": 3, "N": 5}, state=any_state, tune=trained_s4)
 
 
 @pending("lssl", "for blocks")

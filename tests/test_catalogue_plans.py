@@ -44,6 +44,7 @@ def test_spec_has_the_documented_form(name):
     (["titans"], "coupled"),
     (["lstm", "gru", "elman", "slstm", "lmu"], "nonlinear"),
     (["rwkv4"], "nonlinear"),  # issue 18's layers
+    (["s4", "lssl"], "dense"),
 ])
 def test_forms_the_issue_asks_for(names, form):
     assert {n: plan(n).form for n in names} == {n: form for n in names}
