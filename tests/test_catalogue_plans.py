@@ -42,7 +42,7 @@ def test_spec_has_the_documented_form(name):
     (["delta_net", "gated_delta_net", "delta_product", "rwkv7"], "dplr"),
     (["aaren"], "associative"),
     (["titans"], "coupled"),
-    (["lstm", "gru", "elman", "slstm", "lmu"], "nonlinear"),
+    (["lstm", "gru", "elman", "slstm", "lmu", "para_gru", "para_lstm", "indrnn"], "nonlinear"),
     (["rwkv4"], "nonlinear"),  # issue 18's layers
     (["s4", "lssl"], "dense"),
 ])
