@@ -17,20 +17,6 @@ import reclang
 
 F = torch.nn.functional
 B, T = 2, 7  # T odd: the halves are 3 and 4 steps
-# specs written before the language features they need run: kept out of the catalogue
-# (which every stage's tests load) until they do; their tests are strict xfails
-PENDING = SPECS / "pending"
-
-
-def spec(name: str):
-    path = SPECS / f"{name}.rec"
-    return path if path.exists() else PENDING / f"{name}.rec"
-
-
-def pending(name: str, feature: str):
-    """xfail(strict) while the spec waits in specs/pending/ for a feature."""
-    waiting = not (SPECS / f"{name}.rec").exists()
-    return pytest.mark.xfail(waiting, reason=f"needs {feature}", strict=True)
 
 
 def backends(cell) -> list[str]:
@@ -71,7 +57,7 @@ def check(name: str, reference, hypers: dict, inputs=None, state=None, tune=None
     functional of both with respect to inputs, params and the initial state.
     `inputs(module)` and `state(module)` draw them (default: standard normal, and the
     spec's own initial state); `tune(module)` sets params where the init is too tame."""
-    cell = reclang.load(spec(name), **hypers)
+    cell = reclang.load(SPECS / f"{name}.rec", **hypers)
     for backend in backends(cell):
         torch.manual_seed(0)
         module = cell.module(backend).double()
@@ -192,7 +178,6 @@ def any_state(module):
     return random_state(module, B)
 
 
-@pending("s4", "for blocks")
 def trained_s4(module):
     """Larger steps, and factors of A away from HiPPO-LegS, as training moves them."""
     larger_steps(module)
@@ -206,7 +191,6 @@ def test_s4():
     check("s4", s4, {"D": 3, "N": 5}, state=any_state, tune=trained_s4)
 
 
-@pending("lssl", "for blocks")
 @pytest.mark.parametrize("alpha", [0.5, 1.0])
 def test_lssl(alpha):
     A, Bv = legs(5)
@@ -238,7 +222,6 @@ def qrnn(x, p, s):
     return {"h": torch.stack(hs, 1)}, {"c": c}
 
 
-@pending("qrnn", "lag in the backends")
 def test_qrnn():
     check("qrnn", qrnn, {"D": 3, "N": 4, "W": 3}, state=any_state)
 
@@ -259,7 +242,6 @@ def mamba_block(x, p, s):
     return {"o": y @ p["Wout"].T}, {"s": state}
 
 
-@pending("mamba_block", "lag in the backends")
 def test_mamba_block():
     check("mamba_block", mamba_block, {"M": 3, "E": 4, "N": 3, "R": 2}, state=any_state)
 
@@ -296,7 +278,6 @@ def outer(a, b):
     return a[..., :, None] * b[..., None, :]
 
 
-@pending("gated_delta_net_layer", "lag in the backends")
 def test_gated_delta_net_layer():
     check("gated_delta_net_layer", gated_delta_net_layer,
           {"M": 3, "H": 2, "K": 3, "V": 2}, state=any_state)
@@ -333,7 +314,6 @@ def lively_loras(module):
         getattr(module, name).normal_(0, 0.5)
 
 
-@pending("rwkv6_tokenshift", "lag in the backends and % on values")
 def test_rwkv6_tokenshift():
     check("rwkv6_tokenshift", rwkv6_tokenshift, {"H": 2, "K": 2, "L": 2, "LD": 3},
           state=any_state, tune=lively_loras)
@@ -359,7 +339,6 @@ def kda_inputs(module):
     return random_inputs(module, B, T, k=unit, g=F.logsigmoid, beta=torch.sigmoid)
 
 
-@pending("kda", "// in subscripts")
 def test_kda():
     check("kda", kda, {"HK": 2, "G": 3, "K": 3, "V": 2}, inputs=kda_inputs, state=any_state)
 
@@ -379,7 +358,6 @@ def ttt_linear(x, p, s, BT):
     return {"z": torch.cat(outs, 1)}, {"W": W, "Wb": Wb}
 
 
-@pending("ttt_linear", "t and % on values")
 @pytest.mark.parametrize("BT, state", [(4, any_state), (4, None), (1, any_state)])
 def test_ttt_linear(BT, state):
     """BT = 4: the halves (3 + 4 steps) cut a mini-batch; BT = 1 is plain online GD; the
@@ -391,7 +369,7 @@ def test_ttt_linear(BT, state):
 def test_rwkv4_first_step_has_no_nan():
     """From the spec's initial state (p = −inf: nothing seen yet) the first step's output
     and every gradient are finite: e^{p − q} is 0, not NaN, and so is its derivative."""
-    cell = reclang.load(spec("rwkv4"), D=3)
+    cell = reclang.load(SPECS / "rwkv4.rec", D=3)
     assert cell.module().initial_state(1, torch.float64, "cpu")["p"].isneginf().all()
     for backend in backends(cell):
         module = cell.module(backend).double()
