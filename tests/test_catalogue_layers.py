@@ -340,7 +340,7 @@ def kda_inputs(module):
 
 
 def test_kda():
-    check("kda", kda, {"HK": 2, "G": 3, "K": 3, "V": 2}, inputs=kda_inputs, state=any_state)
+    check("kda", kda, {"HK": 2, "G": 2, "K": 2, "V": 2}, inputs=kda_inputs, state=any_state)
 
 
 def ttt_linear(x, p, s, BT):
