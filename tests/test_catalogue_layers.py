@@ -378,3 +378,21 @@ def test_rwkv4_first_step_has_no_nan():
         grads = torch.autograd.grad(o.sum() + final["a"].sum() + final["b"].sum(),
                                     [*x.values(), *module.parameters()])
         assert all(g.isfinite().all() for g in (o, *grads)), backend
+
+
+def test_rwkv_inits_are_the_reference_codes():
+    """RWKV-4's and RWKV-6's first-layer inits, as the reference code computes them."""
+    m4 = reclang.load(SPECS / "rwkv4.rec", D=5).module().double()
+    d = torch.arange(5, dtype=torch.float64)
+    torch.testing.assert_close(m4.time_decay.detach(), -5 + 8 * (d / 4) ** 0.7)
+    zigzag = torch.tensor([0.0, 1, -1, 0, 1], dtype=torch.float64)
+    torch.testing.assert_close(m4.time_first.detach(), math.log(0.3) + 0.5 * zigzag)
+    m6 = reclang.load(SPECS / "rwkv6_tokenshift.rec", H=2, K=3).module().double()
+    c = torch.arange(6, dtype=torch.float64)
+    ddd = c / 6
+    mixes = torch.stack([1 - ddd, 1 - ddd, 1 - ddd, 1 - ddd ** 0.5, 1 - ddd ** 0.5])
+    torch.testing.assert_close(m6.maa_x.detach(), 1 - ddd)
+    torch.testing.assert_close(m6.maa.detach(), mixes)  # w, k, v, r, g
+    torch.testing.assert_close(m6.decay.detach().flatten(), -6 + 5 * (c / 5) ** 0.7)
+    torch.testing.assert_close(m6.u.detach().flatten(), 0.1 * ((c + 1) % 3 - 1))
+    assert not m6.maa_A.detach().any() and not m6.decay_A.detach().any()
