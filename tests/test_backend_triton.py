@@ -37,7 +37,8 @@ def test_triton_runs_the_diagonal_matrix_state_and_nonlinear_cells():
                            "delta_net", "delta_product", "gated_delta_net", "rwkv7", "kda"}  # dplr
     odyssey = {f"lstm_odyssey_{v}" for v in ("cifg", "fgr", "nfg", "niaf", "nig", "noaf",
                                              "nog", "np", "vanilla")}
-    assert set(NONLINEAR) == {"elman", "gru", "lstm", "rwkv4", "slstm"} | odyssey
+    assert set(NONLINEAR) == {"elman", "gru", "lstm", "rwkv4", "slstm", "para_gru", "para_lstm",
+                              "indrnn"} | odyssey
 
 
 # the interpreter runs the kernels' steps in Python, slowly: lengths stay short here.
