@@ -3,11 +3,9 @@ expand used to multiply sigmoid's denominators out (1/((1 + e^-k_i)(1 + e^-k_l))
 denominator), so sigmoid and silu keys made the transition dense (issue 18)."""
 
 import pytest
-import torch
+from test_lag import assert_same, inputs, module, random_state, run
 
 import reclang
-
-from test_lag import assert_same, inputs, module, random_state, run
 
 DELTA = """
 cell delta_keys(H = 2, K = 4, V = 3):
