@@ -94,6 +94,7 @@ def test_a_stack_carries_each_layer_s_histories():
                          backend="chunk").double()
     x = torch.randn(2, 7, 4, 3, dtype=torch.float64)
     y, final = s(x=x)
+    assert [sorted(f) for f in final] == [["S", "lag_x", "t"]] * 2  # x[h, i], x[h, j]: one
     y1, s1 = s(x=x[:, :3])
     y2, _ = s(x=x[:, 3:], state=s1)
     torch.testing.assert_close(torch.cat([y1, y2], 1), y)
@@ -104,6 +105,27 @@ def test_a_stack_carries_each_layer_s_histories():
     torch.testing.assert_close(torch.stack(steps, 1), y)
     for a, b in zip(state, final):
         assert all(torch.allclose(a[k], b[k]) for k in b)
+
+
+def test_values_equal_up_to_axis_names_share_a_history_and_others_do_not():
+    spec = """
+cell shares(N = 3):
+    input X[N, N]
+    state h[N] = 0
+    h[i] <- 0.5 * h[i] + lag(X[0, i], 1) + lag(X[i, 0], 1)
+    out y[j] = h[j] + lag(X[0, j], 2)
+"""
+    ref = module(spec)
+    assert sorted(ref.initial_state(1, torch.float64)) == ["h", "lag_X", "lag_X_2"]
+    xs, state = inputs(ref, 2, 4), random_state(ref, 2)
+    deep, shallow = sorted((state[k] for k in ("lag_X", "lag_X_2")), key=lambda v: -v.shape[1])
+    rows = torch.cat([deep, xs["X"][:, :, 0]], 1)        # X[0, i] and X[0, j], 2 deep
+    cols = torch.cat([shallow, xs["X"][:, :, :, 0]], 1)  # X[i, 0], 1 deep
+    h, ys = state["h"], []
+    for t in range(4):
+        h = 0.5 * h + rows[:, 1 + t] + cols[:, t]
+        ys.append(h + rows[:, t])
+    torch.testing.assert_close(ref(**xs, state=state)[0], torch.stack(ys, 1))
 
 
 HOSTILE = {  # the declarations, the term, and whether t is the step index
