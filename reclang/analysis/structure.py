@@ -140,7 +140,7 @@ def _own_pieces(t: Term, symbols) -> list[tuple[str, object]]:
     if whole[0] == "mixing":
         return [whole]
     return [_classify(_contract_deltas(Term(c, t.state, t.index, t.sums)), symbols)
-            for c in sympy.Add.make_args(expand_numerators(t.coef))]
+            for c in sympy.Add.make_args(_expand_numerators(t.coef))]
 
 
 def _classify(t: Term, symbols) -> tuple[str, object]:
@@ -154,14 +154,14 @@ def _classify(t: Term, symbols) -> tuple[str, object]:
     return "dense", moved
 
 
-def expand_numerators(expr) -> sympy.Expr:
+def _expand_numerators(expr) -> sympy.Expr:
     """sympy.expand that keeps each denominator a factor of its own. sympy's expand
     multiplies denominators out: sigmoid(k_i) sigmoid(k_l) = 1/((1 + e^-k_i)(1 + e^-k_l))
     becomes 1/(1 + e^-k_i + e^-k_l + e^-k_i e^-k_l), which no longer splits into a(i) b(l)
     and turned a delta rule of sigmoid or silu keys dense. Each reciprocal stands in as an
     atom while the numerator is expanded."""
-    reciprocals = {p: sympy.Dummy() for p in sympy.sympify(expr).atoms(sympy.Pow)
-                   if p.exp.is_negative}
+    expr = sympy.sympify(expr)
+    reciprocals = {p: sympy.Dummy() for p in expr.atoms(sympy.Pow) if p.exp.is_negative}
     return sympy.expand(expr.xreplace(reciprocals)).xreplace(
         {d: p for p, d in reciprocals.items()})
 
@@ -171,7 +171,7 @@ def _contract_deltas(t: Term) -> Term:
     where(i == l, 1, 0) is recognized as such. A term without one is left as written."""
     if not sympy.sympify(t.coef).atoms(sympy.KroneckerDelta):
         return t
-    coef, index, sums = expand_numerators(t.coef), t.index, dict(t.sums)
+    coef, index, sums = _expand_numerators(t.coef), t.index, dict(t.sums)
     for delta in coef.atoms(sympy.KroneckerDelta):
         a, b = delta.args
         summed = b if b in sums else a if a in sums else None
