@@ -63,6 +63,8 @@ class Expressions:
         if len(e.indices) != len(src.sizes):
             n = len(src.sizes)
             usage = f"write {e.name}[{', '.join('ijklmn'[:n])}]" if n else f"write {e.name}"
+            if e.name == "t" and not e.indices:  # the step index, meant but shadowed
+                usage += " (a tensor named t hides the step index t: rename it to read both)"
             self.fail(f"{e.name} has {n} ax{'is' if n == 1 else 'es'} but "
                       f"{len(e.indices)} {'index is' if len(e.indices) == 1 else 'indices are'} "
                       f"given: {usage}", e.loc)
