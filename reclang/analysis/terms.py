@@ -56,6 +56,9 @@ class Expander:
                               else p) for i, p in self.phase.items()}
         self.fresh = itertools.count()
         self.time_varying: set[str] = {d.name for d in ir.inputs}
+        # node id -> index -> terms: statements whose normal form is given, not expanded
+        # (a state updated in sub-steps, composed once: see substeps.py)
+        self.given: dict = {}
 
     def _reads_free(self, i: int) -> bool:
         """Whether node i depends on a state that is not frozen."""
@@ -140,6 +143,8 @@ class Expander:
         index = tuple(env[s] if isinstance(s, str) else sympy.Integer(s) for s in node.arg)
         if source.op == Op.STATE:
             return [Term(sympy.Integer(1), source.arg, index)]
+        if source.id in self.given:
+            return self.given[source.id](index)
         # an intermediate or a new state that depends on a state: inline its value
         inner = {axis: value for axis, value in zip(source.axes, index)}
         return self.terms(source.args[0], inner)

@@ -134,6 +134,8 @@ class ChunkProgram(Program):
         (Hs, shared), (Kf, key), (Vf, value) = (self.flat(s, x) for x in (s.shared, s.key,
                                                                           s.value))
         hk = s.shared + s.key
+        if roles:
+            self.emit_definitions(s)
         if "w" in roles and s.log_decay == 0:
             self.lines.append(f"{v.w} = _like.new_zeros((B, T, {Hs}, 1))  # no decay")
         elif "w" in roles:
@@ -169,6 +171,17 @@ class ChunkProgram(Program):
                               "readout queries (of the previous state): "
                               + self.text(*queries))
             self.lines[-1] += flat_k
+
+    def emit_definitions(self, s: ChunkState) -> None:
+        """The vectors of a state updated in sub-steps, which its operands read, each
+        named once (analysis/substeps.py)."""
+        size = dict(zip(s.axes, self.ir.decls[s.name].shape))
+        for d in s.defs:
+            axes = tuple(str(x) for x in d.index)
+            shape = tuple(size[a] for a in axes)
+            var = self.names.fresh(d.name)
+            self.emit_operand(var, d.value, axes, shape, f"{d.name} = {self.text(d.value)}")
+            self.sympy.defined[d.name] = (var, shape)
 
     def initial(self, s: ChunkState) -> str:
         """The state as the passes take it: [B or N, shared, key, value]."""

@@ -56,6 +56,7 @@ class SympyLowering:
         self.named: dict[sympy.Symbol, Code] = {}  # symbols that stand for a variable
         self.names = None  # the function's Names: named constants print by name
         self.definitions: list[str] = []  # ... defined by these lines, first of the function
+        self.defined: dict[str, tuple] = {}  # a sub-step vector -> (its var, its shape)
 
     def lower(self, expr) -> Code:
         """The expression, rewritten by RULES, as PyTorch code."""
@@ -123,10 +124,14 @@ class SympyLowering:
 
     def indexed(self, expr: sympy.Indexed) -> Code:
         name = str(expr.base)
-        decl = self.ir.decls[name]
-        prefix = [":", ":"] if decl.kind == "input" else []
+        if name in self.defined:  # [B, T, ...], as operand() made it
+            var, shape, prefix = *self.defined[name], [":", ":"]
+        else:
+            decl = self.ir.decls[name]
+            var, shape = py_name(name), decl.shape
+            prefix = [":", ":"] if decl.kind == "input" else []
         parts, axes = list(prefix), []
-        for sub, size in zip(expr.indices, decl.shape):
+        for sub, size in zip(expr.indices, shape):
             if sub.is_Integer:
                 parts.append(str(int(sub)))
             else:
@@ -135,7 +140,7 @@ class SympyLowering:
                 self.sizes.setdefault(str(sub), size)
         while parts and parts[-1] == ":":
             parts.pop()
-        text = py_name(name) + (f"[{', '.join(parts)}]" if parts else "")
+        text = var + (f"[{', '.join(parts)}]" if parts else "")
         return Code(text, ATOM, tuple(axes))
 
     def symbol(self, expr: sympy.Symbol) -> Code:
