@@ -146,8 +146,7 @@ class Composer:
         on_l = self._at_l(self.decay)
         self.pairs += [(a, b * on_l) for a, b in t.low_rank]
         self.inputs += [self._split(term) for term in terms if term.state is None]
-        if t.decay != 1:
-            self.decay = self._define(f"d{m}", t.decay * self.decay)
+        self.decay = t.decay * self.decay  # a product, not named: its sign and bounds show
         return True
 
     def _apply(self, t, x, name: str):
