@@ -169,3 +169,15 @@ def test_the_new_operations_in_a_matrix_cell_run_on_chunk_and_triton():
         m = cell.module(backend).double()
         assert_matches_reference(m, as_reference(reference), random_inputs(m, 2, 5),
                                  random_state(m, 2))
+
+
+def test_a_state_through_softmax_is_refused_as_a_softmax_at_the_softmax():
+    """softmax lowers to a max, an exp, a sum and a division; a refusal names the
+    softmax (the nodes' origin), not the max it starts with, with the caret on it."""
+    text = ("cell c(N = 4):\n    input x[N]\n    state s[N] = 0\n"
+            "    s[i] <- 0.5 * s[i] + softmax(i: s[i] + x[i])\n    out y[i] = s[i]\n")
+    verdicts = {v.backend: v.reason for v in reclang.loads(text, "c.rec").verdicts}
+    for backend in ("scan", "chunk", "fft", "triton"):
+        assert "c.rec:4:26: " in verdicts[backend], verdicts[backend]
+        assert "read through softmax" in verdicts[backend]
+        assert "reduced with max" not in verdicts[backend]

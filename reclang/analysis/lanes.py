@@ -122,7 +122,9 @@ class _Lowering:
                          for d in (self.ir.states if states is None else states))
 
     def fail(self, node: Node, why: str):
-        loc = node.loc if node.stmt < 0 else self.ir.node(self.ir.stmts[node.stmt]).loc
+        # at the statement, unless the node lowers a construct of its own (a softmax)
+        loc = node.loc if node.stmt < 0 or node.origin else \
+            self.ir.node(self.ir.stmts[node.stmt]).loc
         raise Unsupported(f"{self.file}:{loc}: {why}")
 
     def run(self) -> LaneForm:
@@ -211,7 +213,8 @@ class _Lowering:
         try:
             terms = self.expander.terms(node.id, env)
         except NotAffine as err:
-            self.fail(node, f"a sum over the units of a state that is {err.reason}: "
+            self.fail(err.node if err.node.origin else node,
+                      f"a sum over the units of a state that is {err.reason}: "
                       f"{self.kernel} mixes units only through weighted sums")
         total = sympy.Integer(0)
         for t in terms:

@@ -164,7 +164,7 @@ class Expander:
             return [t.scaled(1 / _collapse(args[1])) for t in args[0]]
         if name == "pow" and _state_free(args[1]) and _collapse(args[1]) == 1:
             return args[0]
-        raise NotAffine(f"read through {name}", node)
+        raise NotAffine(f"read through {node.origin or name}", node)
 
     def _product(self, node, left, right) -> list[Term]:
         if not _state_free(left) and not _state_free(right):
@@ -178,7 +178,8 @@ class Expander:
     def terms_reduce(self, node: Node, env: dict) -> list[Term]:
         kind, reduced = node.arg
         if kind != "sum":
-            raise NotAffine(f"reduced with {kind}", node)
+            raise NotAffine(f"read through {node.origin}" if node.origin else
+                            f"reduced with {kind}", node)
         inner = dict(env)
         new = [self._new_index(r) for r in reduced]
         inner.update(zip(reduced, new))

@@ -32,6 +32,7 @@ class Builder(Declarations, Indices, Expressions, Offsets):
         self.failed: set[str] = set()        # names whose statement had an error
         self.stmts: list[int] = []
         self.stmt = -1
+        self.origin = ""  # the construct the nodes being added lower (see Node.origin)
         self.depth: dict[int, int] = {}     # node -> longest path of nodes up to it
 
     # ---- nodes
@@ -45,7 +46,8 @@ class Builder(Declarations, Indices, Expressions, Offsets):
                       "follow a value through every let", loc)
         i = self.graph.number_of_nodes()
         self.depth[i] = depth
-        node = Node(i, op, tuple(args), tuple(axes), tuple(sizes), dtype, arg, loc, self.stmt)
+        node = Node(i, op, tuple(args), tuple(axes), tuple(sizes), dtype, arg, loc, self.stmt,
+                    self.origin)
         self.graph.add_node(i, node=node)
         for a in args:
             self.graph.add_edge(a, i)
