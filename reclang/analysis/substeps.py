@@ -107,7 +107,8 @@ class Composer:
 
     def compose(self, chain: list[int]) -> tuple[list[Term], tuple[Definition, ...]] | None:
         """The composed terms of the update and their definitions, or None when a
-        sub-step is not diagonal plus low rank along one axis (the caller expands)."""
+        sub-step is not diagonal plus low rank along one axis, or none has a low-rank
+        part (each sub-step then reads the previous once): the caller expands."""
         given, composed = self.expander.given, {}
         for m, i in enumerate(chain):
             if m:  # the previous sub-step, read as the state itself
@@ -122,6 +123,10 @@ class Composer:
             if not ok:
                 return None
             composed[i] = given[i] = reader(self.expander, self.symbols, self.terms())
+        if self.mix is None:
+            for i in chain:
+                given.pop(i)
+            return None
         return self.terms(), tuple(self.defs)
 
     def _as_state(self, index) -> list[Term]:
@@ -151,16 +156,15 @@ class Composer:
 
     def _apply(self, t, x, name: str):
         """The step's transition applied to a vector x (over the state's symbols)."""
-        if not t.low_rank and t.decay == 1:
-            return x
         value = t.decay * x
-        if t.low_rank:
-            mix = self.symbols[self.mix]
-            inner = self.expander._new_index(self.axes[self.mix])
-            size = self.sizes[self.mix]
-            for a, b in t.low_rank:
-                dot = b.subs(sympy.Symbol("l", integer=True), inner) * x.subs(mix, inner)
-                value += a * sympy.Sum(dot, (inner, 0, size - 1))
+        if not t.low_rank:  # a diagonal step reads x once: nothing to name
+            return value
+        mix = self.symbols[self.mix]
+        inner = self.expander._new_index(self.axes[self.mix])
+        size = self.sizes[self.mix]
+        for a, b in t.low_rank:
+            dot = b.subs(sympy.Symbol("l", integer=True), inner) * x.subs(mix, inner)
+            value += a * sympy.Sum(dot, (inner, 0, size - 1))
         return self._define(name, value)
 
     def _at_l(self, x):
