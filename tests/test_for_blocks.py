@@ -169,3 +169,17 @@ def test_a_reduction_index_named_as_the_counter_is_the_reductions_own():
     total = x["x"].sum()
     want = 0.5 * (0.5 * 0 + total + 0) + total + 1
     torch.testing.assert_close(final["S"], want.expand(1, 3))
+
+
+def test_one_load_lists_the_blocks_problems_with_the_others_in_line_order():
+    """A block's problem does not hide the others: the statements it drops are left
+    out silently (a state updated only there is not also 'never updated')."""
+    text = (HEAD + "    b[i] = x[i] + nowhere1[i]\n" + BLOCK + "        out z[i] = S[i]\n"
+            "    for q in 0:\n        S[i] <- S[i]\n" + "    c[i] = x[i] * nowhere2[i]\n" + OUT)
+    with pytest.raises(RecError) as info:
+        reclang.loads(text, "c.rec")
+    found = [(d.loc.line, d.message.split(":")[0]) for d in info.value.diagnostics]
+    assert found == [(4, "unknown name 'nowhere1'"),
+                     (8, "an output is written once per step, so not inside a for block"),
+                     (9, "a for block runs a positive integer number of times; 0 is not one"),
+                     (11, "unknown name 'nowhere2'")], str(info.value)
