@@ -23,7 +23,7 @@ import sympy
 from sympy.printing.str import StrPrinter
 
 from reclang import config
-from reclang.functions import NAMED, REDUCTIONS, SYMPY_TORCH
+from reclang.functions import NAMED, REDUCTIONS, SYMPY_TORCH, Quotient
 from reclang.ir import IR
 
 from .constants import spec_constants
@@ -69,6 +69,7 @@ class SympyLowering:
                 (sympy.Indexed, self.indexed), (sympy.Symbol, self.symbol),
                 (sympy.Add, self.add), (sympy.Mul, self.mul), (sympy.Pow, self.pow),
                 (sympy.Sum, self.sum), (sympy.Piecewise, self.piecewise),
+                (Quotient, self.quotient),
                 (sympy.KroneckerDelta, self.delta), (sympy.Max, self.extreme),
                 (sympy.Min, self.extreme), (sympy.core.relational.Relational, self.compare)):
             if isinstance(expr, cls):
@@ -180,6 +181,10 @@ class SympyLowering:
         axes = _union([num, den])
         return Code(f"{align(num, axes).wrap(PRODUCT)} / {align(den, axes).wrap(PRODUCT + 1)}",
                     PRODUCT, axes)
+
+    def quotient(self, expr) -> Code:
+        num, den = (self._lower(a) for a in expr.args)
+        return Code(f"{num.wrap(PRODUCT)} / {den.wrap(PRODUCT + 1)}", PRODUCT, num.axes)
 
     def product(self, codes: list[Code]) -> Code:
         if not codes:
@@ -339,6 +344,9 @@ class SpecText(StrPrinter):
         name = expr.func.__name__
         args = ", ".join(self._print(a) for a in expr.args)
         return f"{name[0].lower() + name[1:]}({args})"
+
+    def _print_Quotient(self, expr):
+        return f"{self.parenthesize(expr.args[0], 50)} / {self._print(expr.args[1])}"
 
     def _print_ImaginaryUnit(self, expr):
         return "1j"
