@@ -183,3 +183,20 @@ def test_one_load_lists_the_blocks_problems_with_the_others_in_line_order():
                      (8, "an output is written once per step, so not inside a for block"),
                      (9, "a for block runs a positive integer number of times; 0 is not one"),
                      (11, "unknown name 'nowhere2'")], str(info.value)
+
+
+def test_the_fused_kernel_refuses_a_sum_over_an_earlier_sub_step_by_name():
+    """A sub-step's weighted sum over the units of the previous sub-step needs that
+    value at every unit within the step: the refusal says so, naming the sub-step."""
+    text = ("cell c(N = 4, R = 2):\n    input x[N]\n    param W[N, N] ~ normal(0, 0.3)\n"
+            "    state h[N] = 0\n    for r in R:\n"
+            "        h[i] <- tanh(sum(m: W[i, m] * h[m]) + x[i])\n    out y[i] = h[i]\n")
+    cell = reclang.loads(text, "c.rec")
+    reason = next(v.reason for v in cell.verdicts if v.backend == "triton")
+    assert reason == (
+        "c.rec:6:9: a sum over the units of h_0, the value of h after iteration 0 of its "
+        "for block (line 6), which this step computes from the states: the fused kernel "
+        "mixes units only through weighted sums of the previous step's states")
+    torch.manual_seed(0)
+    m = cell.module("sequential")
+    assert m(x=torch.randn(2, 3, 4))[0].shape == (2, 3, 4)
