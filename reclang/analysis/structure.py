@@ -190,12 +190,23 @@ def _group_rank(mixing) -> tuple:
     groups: list[list] = []
     for _, (a, b) in mixing:
         for g in groups:
-            if sympy.simplify(g[1] - b) == 0:
+            if _equal(g[1], b):
                 g[0] += a
                 break
         else:
             groups.append([a, b])
     return tuple((a, b) for a, b in groups)
+
+
+def _equal(x, y) -> bool:
+    """x == y as values: a polynomial difference (in the indexed inputs) is zero exactly
+    when it expands to zero, so only the others take sympy's slow simplify."""
+    d = sympy.expand(x - y)
+    if d == 0:
+        return True
+    if d.is_polynomial(*d.atoms(sympy.Indexed, sympy.Symbol)):
+        return False
+    return sympy.simplify(d) == 0
 
 
 def _time_varying(expander: Expander, exprs) -> bool:

@@ -175,13 +175,12 @@ class ChunkProgram(Program):
     def emit_definitions(self, s: ChunkState) -> None:
         """The vectors of a state updated in sub-steps, which its operands read, each
         named once (analysis/substeps.py)."""
-        size = dict(zip(s.axes, self.ir.decls[s.name].shape))
         for d in s.defs:
             axes = tuple(str(x) for x in d.index)
-            shape = tuple(size[a] for a in axes)
+            self.sympy.sizes.update(zip(axes, d.sizes))  # the rank index is used as a value
             var = self.names.fresh(d.name)
-            self.emit_operand(var, d.value, axes, shape, f"{d.name} = {self.text(d.value)}")
-            self.sympy.defined[d.name] = (var, shape)
+            self.emit_operand(var, d.value, axes, d.sizes, f"{d.name} = {self.text(d.value)}")
+            self.sympy.defined[d.name] = (var, d.sizes)
 
     def initial(self, s: ChunkState) -> str:
         """The state as the passes take it: [B or N, shared, key, value]."""
