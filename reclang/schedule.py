@@ -123,3 +123,45 @@ class FusedLoopSchedule(Schedule):
     def check(self) -> None:
         _power_of_2(self, "block_b", 16, "the fused loop's tl.dot products")
         _power_of_2(self, "warps", 1, "Triton programs")
+
+
+JACOBIANS = ("exact", "diagonal")
+
+
+@dataclass(frozen=True)
+class NewtonSchedule(Schedule):
+    """The newton backend (reclang/runtime/newton.py): at most `max_iter` Newton
+    iterations (then the steps from the first unconverged one run one by one), stopping
+    when no step moves by more than `tol`·(1 + |h_t|) (None: eps^(3/4) of the dtype).
+    `jacobian`: "exact" (the structure the plan proves: diagonal, block-diagonal or
+    dense) or "diagonal" (quasi-Newton: its diagonal only; None: exact unless the dense
+    blocks are too large for the scan). `damping` ≥ 0 scales the Jacobian by
+    1 / (1 + damping): 0 is Newton, larger values move towards Picard iteration.
+    `rows`: the Jacobian's rows found per backward pass, from one evaluation of the step
+    on that many copies of all tokens: memory (rows x the step's activations) against
+    the number of passes (per pass, a call of the autograd engine)."""
+
+    max_iter: int = 32
+    tol: float | None = None
+    jacobian: str | None = None
+    damping: float = 0.0
+    rows: int = 16
+
+    def __post_init__(self):
+        for name in ("max_iter", "rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise RecError(f"NewtonSchedule: {name}={value!r} must be a positive integer")
+        if self.tol is not None and not _positive_number(self.tol):
+            raise RecError(f"NewtonSchedule: tol={self.tol!r} must be a positive number or "
+                           "None")
+        if self.jacobian is not None and self.jacobian not in JACOBIANS:
+            raise RecError(f"NewtonSchedule: jacobian={self.jacobian!r} must be one of "
+                           f"{', '.join(JACOBIANS)} or None")
+        if not (_positive_number(self.damping) or self.damping == 0):
+            raise RecError(f"NewtonSchedule: damping={self.damping!r} must be a number ≥ 0")
+
+
+def _positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < \
+        float("inf")

@@ -42,7 +42,7 @@ def test_spec_has_the_documented_form(name):
     (["delta_net", "gated_delta_net", "delta_product", "rwkv7"], "dplr"),
     (["aaren"], "associative"),
     (["titans"], "coupled"),
-    (["lstm", "gru", "elman", "slstm", "lmu"], "nonlinear"),
+    (["lstm", "gru", "elman", "slstm", "lmu", "para_gru", "para_lstm", "indrnn"], "nonlinear"),
 ])
 def test_forms_the_issue_asks_for(names, form):
     assert {n: plan(n).form for n in names} == {n: form for n in names}

@@ -165,7 +165,8 @@ def _run_cli(command: str) -> str:
 
 
 @pytest.mark.parametrize("script, args", [("quickstart.py", []),
-                                          ("train_cell.py", ["--steps", "20"])])
+                                          ("train_cell.py", ["--steps", "20"]),
+                                          ("newton_training.py", ["--steps", "3", "--T", "64"])])
 def test_examples_run(script, args, tmp_path):
     env = dict(os.environ, RECLANG_CACHE=str(tmp_path))
     result = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args],
@@ -175,6 +176,8 @@ def test_examples_run(script, args, tmp_path):
     assert result.stdout.strip()
     if script == "train_cell.py":
         assert "baseline, chance" in result.stdout and "held-out" in result.stdout
+    if script == "newton_training.py":  # it asserts that the two loss curves agree
+        assert "largest relative difference between the two loss curves" in result.stdout
 
 
 def test_delta_net_parity_example_shows_what_negative_eigenvalues_buy(tmp_path):

@@ -1,0 +1,280 @@
+"""Newton's method over the whole sequence (DEER, Lim et al. 2024; ParaRNN, Danieli et
+al. 2025): the states h_1 … h_T of h_t = f(h_{t-1}, x_t) as the root of one system of
+equations, each Newton iteration a linear recurrence solved by a parallel scan
+(reclang/runtime/scan.py). What the newton backend's generated code imports.
+
+Iteration k, for all t at once (the step function on all B·T tokens):
+    J_t = ∂f/∂h (h^k_{t-1}, x_t),    b_t = f(h^k_{t-1}, x_t) − J_t h^k_{t-1}
+    h^{k+1}_t = J_t h^{k+1}_{t-1} + b_t                      (the scan, from h_0)
+Step 0 of every iterate is exact (f(h_0, x_0)) and an exact prefix grows by at least one
+step per iteration whatever J is, so after k iterations the first k steps are exact.
+The iteration stops when no step moved by more than tol·(1 + |h_t|); after `max_iter`
+the steps from the first that still moved are run one by one (`last_report` says so).
+
+The Jacobian's layout (`Layout`): every state [.., *S_i] as [.., *R, m_i], R its first
+`block_dims` axes (the blocks: the step never mixes them), the states' parts side by
+side: J is [.., *R, m, m] (m = Σ m_i), or elementwise [.., *R, m] when m = 1 or when
+`quasi` (quasi-DEER: the diagonal of J only; more iterations, O(m) per step). Its
+rows are reverse-mode derivatives of f at the basis vectors e_j (the same e_j in
+every block), `rows` of them per evaluation of f on as many copies of the tokens. `damping` d scales J by 1 / (1 + d): between Newton (0) and
+Picard iteration (J = 0, one exact step per iteration), for cells whose Newton
+iterates overshoot; the exact prefix still grows.
+
+Backward (implicit differentiation, not through the iterations): with g_t = ∂L/∂h_t,
+the adjoint λ_t = g_t + J_{t+1}ᵀ λ_{t+1} at the solution is the same scan in reverse
+(or, `adjoint="loop"`, one vjp per step, when J is too large to hold); then one vjp of
+f on all tokens with λ gives the gradients of the inputs, the params and, through
+J_0ᵀ λ_0, the initial states.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .scan import dense_scan, linear_scan
+
+
+@dataclass
+class Report:
+    """What the last solve did: Newton iterations, whether they converged, and the
+    first step run one by one after them (None: none was)."""
+    iterations: int
+    converged: bool
+    sequential_from: int | None
+    steps: int
+
+
+last_report: Report | None = None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The states [.., *S_i] as one tensor [.., *R, m] (see the module's docstring)."""
+    shapes: tuple[tuple[int, ...], ...]
+    block_dims: int
+
+    def sizes(self) -> list[int]:
+        return [math.prod(s[self.block_dims:]) for s in self.shapes]
+
+    def pack(self, states) -> torch.Tensor:
+        d = self.block_dims
+        parts = [s.reshape(*s.shape[:s.dim() - len(shape)], *shape[:d], -1)
+                 for s, shape in zip(states, self.shapes)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, -1)  # one state: a view
+
+    def unpack(self, z: torch.Tensor) -> list[torch.Tensor]:
+        lead = z.shape[:z.dim() - 1 - self.block_dims]
+        return [part.reshape(*lead, *shape)
+                for part, shape in zip(z.split(self.sizes(), -1), self.shapes)]
+
+
+@dataclass(frozen=True)
+class Solver:
+    """The newton backend's settings for one cell, as the generated file holds them."""
+    layout: Layout
+    names: tuple[str, ...]          # the states, in the step's order
+    max_iter: int = 32
+    tol: float | None = None        # None: tied to the dtype (`tolerance`)
+    quasi: bool = False
+    damping: float = 0.0
+    adjoint: str = "scan"           # "scan" | "loop"
+    rows: int = 16                  # Jacobian rows per backward pass
+
+    def run(self, step, xs: tuple, h0: tuple, params: dict):
+        """(outputs, final states) of the cell over inputs [B, T, ...] from h0."""
+        states = _Solve.apply(self, step, tuple(params), len(xs), len(h0), *xs, *h0,
+                              *params.values())
+        B, T = xs[0].shape[:2]
+        prev = [torch.cat([s0[:, None], s[:, :-1]], 1).flatten(0, 1)
+                for s0, s in zip(h0, states)]
+        outs, new = step(*(x.flatten(0, 1) for x in xs), *prev, **params)
+        outs = {k: v.unflatten(0, (B, T)) for k, v in outs.items()}
+        return outs, {k: v.unflatten(0, (B, T))[:, -1] for k, v in new.items()}
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """eps^(3/4): 1.8e-12 in float64, 6.4e-6 in float32. Newton converges quadratically,
+    so an iterate that moved by δ is within about δ² of the solution; the scan's own
+    rounding (a few eps) stays well below it."""
+    return torch.finfo(dtype).eps ** 0.75
+
+
+class _Cell:
+    """f on packed states: z [N, *R, m] -> f(z) [N, *R, m], inputs [N, ...] given."""
+
+    def __init__(self, solver: Solver, step, param_names, params):
+        self.solver, self.step = solver, step
+        self.params = {k: p.detach() for k, p in zip(param_names, params)}
+
+    def __call__(self, xs, z: torch.Tensor) -> torch.Tensor:
+        layout = self.solver.layout
+        _, new = self.step(*xs, *layout.unpack(z), **self.params)
+        return layout.pack([new[n] for n in self.solver.names])
+
+    def linearize(self, xs, z: torch.Tensor, diagonal: bool):
+        """f(z) and J = ∂f/∂z: [N, *R, m, m] (J[.., j, i] = ∂f_j/∂z_i), or its
+        diagonal [N, *R, m] when `diagonal`. Row j is the reverse-mode derivative at
+        the basis vector e_j (the same e_j in every block); `solver.rows` rows at a
+        time, from one evaluation of f on that many copies of the tokens and one
+        backward pass (on the CPU reverse mode is 3-4x faster than forward mode,
+        torch.func.jvp under vmap, and one pass per row costs an engine call each)."""
+        m, N = z.shape[-1], z.shape[0]
+        eye = torch.eye(m, dtype=z.dtype, device=z.device)
+        value, rows = None, []
+        for start in range(0, m, self.solver.rows):
+            e = eye[start:start + self.solver.rows]
+            k = len(e)
+            copies = z.detach().expand(k, *z.shape).flatten(0, 1).requires_grad_()
+            with torch.enable_grad():
+                out = self([x.expand(k, *x.shape).flatten(0, 1) for x in xs], copies)
+                seed = e.reshape(k, *[1] * (z.dim() - 1), m).expand(k, *z.shape).flatten(0, 1)
+                grad = torch.autograd.grad(out, copies, seed, materialize_grads=True)[0] \
+                    if out.requires_grad else torch.zeros_like(copies)
+            value = out.detach().unflatten(0, (k, N))[0]
+            grad = grad.unflatten(0, (k, N))
+            rows += [grad[j, ..., start + j] if diagonal else grad[j] for j in range(k)]
+        return value, torch.stack(rows, -1 if diagonal else -2)
+
+
+def _scan(J, b, z0, reverse=False):
+    """z_t = J_t z_{t∓1} + b_t: elementwise when J has b's shape, else with matrices."""
+    if J.shape == b.shape:
+        return linear_scan(J, b, z0, reverse=reverse)
+    return dense_scan(J, b, z0, reverse=reverse)
+
+
+def _apply(J, z):
+    return J * z if J.shape == z.shape else (J @ z.unsqueeze(-1)).squeeze(-1)
+
+
+def _shifted(z0, Z):
+    """The previous states of every step: [z0, Z_0, …, Z_{T-2}]."""
+    return torch.cat([z0[:, None], Z[:, :-1]], 1)
+
+
+def solve(solver: Solver, cell: _Cell, xs, z0: torch.Tensor) -> torch.Tensor:
+    """All states Z [B, T, *R, m] (see the module's docstring)."""
+    global last_report
+    B, T = xs[0].shape[:2]
+    flat = [x.flatten(0, 1) for x in xs]
+    tol = solver.tol or tolerance(z0.dtype)
+    diagonal = solver.quasi or z0.shape[-1] == 1
+    Z = z0[:, None].expand(B, T, *z0.shape[1:])   # the first guess: h_0 at every step
+    moved = torch.ones(T, dtype=torch.bool, device=z0.device)
+    iterations = 0
+    while iterations < min(solver.max_iter, T) and bool(moved.any()):
+        prev = _shifted(z0, Z)
+        F, J = cell.linearize(flat, prev.flatten(0, 1), diagonal)
+        F, J = F.unflatten(0, (B, T)), J.unflatten(0, (B, T)) / (1 + solver.damping)
+        new = _scan(J, F - _apply(J, prev), z0)
+        moved = _moved(new, Z, tol)
+        Z, iterations = new, iterations + 1
+        if not bool(torch.isfinite(new).all()):
+            break
+    # after k iterations the first k steps are exact, whether they moved or not
+    first = max(int(moved.nonzero()[0]), iterations) if bool(moved.any()) else T
+    first = None if first >= T else first
+    if first is not None:
+        Z = _finish(cell, xs, z0, Z, first)
+    last_report = Report(iterations, first is None, first, T)
+    return Z
+
+
+def _moved(new, old, tol) -> torch.Tensor:
+    """[T]: whether a step moved by more than tol·(1 + |h_t|) anywhere (or is not finite)."""
+    dims = [0] + list(range(2, new.dim()))
+    delta = (new - old).abs().amax(dims)
+    scale = 1 + new.abs().amax(dims)
+    return ~(delta <= tol * scale)
+
+
+def _finish(cell, xs, z0, Z, first: int) -> torch.Tensor:
+    """Z with the steps from `first` on computed one by one from Z_{first-1}."""
+    z = Z[:, first - 1] if first else z0
+    steps = []
+    for t in range(first, Z.shape[1]):
+        z = cell([x[:, t] for x in xs], z)
+        steps.append(z)
+    return torch.cat([Z[:, :first], torch.stack(steps, 1)], 1)
+
+
+class _Solve(torch.autograd.Function):
+    """The states of every step [B, T, *S_i] per state; backward by the adjoint."""
+
+    @staticmethod
+    def forward(ctx, solver, step, param_names, n_x, n_h, *tensors):
+        xs, h0, params = tensors[:n_x], tensors[n_x:n_x + n_h], tensors[n_x + n_h:]
+        cell = _Cell(solver, step, param_names, params)
+        Z = solve(solver, cell, xs, solver.layout.pack(h0))
+        ctx.solver, ctx.step, ctx.param_names, ctx.n_x, ctx.n_h = \
+            solver, step, param_names, n_x, n_h
+        ctx.save_for_backward(*tensors, Z)
+        return tuple(solver.layout.unpack(Z))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        *tensors, Z = ctx.saved_tensors
+        n_x, n_h, solver = ctx.n_x, ctx.n_h, ctx.solver
+        xs, h0, params = tensors[:n_x], tensors[n_x:n_x + n_h], tensors[n_x + n_h:]
+        layout = solver.layout
+        g = layout.pack([torch.zeros_like(s) if d is None else d
+                         for d, s in zip(grads, layout.unpack(Z))])
+        prev = _shifted(layout.pack(h0), Z)
+        cell = _Cell(solver, ctx.step, ctx.param_names, params)
+        lam = _adjoint(solver, cell, xs, prev, g)
+        return (None,) * 5 + _vjp(ctx, cell, xs, h0, params, prev, lam)
+
+
+def _adjoint(solver, cell, xs, prev, g) -> torch.Tensor:
+    """λ_t = g_t + J_{t+1}ᵀ λ_{t+1} at the solution, λ_{T-1} = g_{T-1}."""
+    B, T = prev.shape[:2]
+    if solver.adjoint == "loop":
+        return _adjoint_loop(cell, xs, prev, g)
+    flat = [x.flatten(0, 1) for x in xs]
+    _, J = cell.linearize(flat, prev.flatten(0, 1), prev.shape[-1] == 1)
+    J = J.unflatten(0, (B, T))
+    Jt = J if J.shape == g.shape else J.mT
+    A = torch.cat([Jt[:, 1:], torch.zeros_like(Jt[:, :1])], 1)
+    return _scan(A, g, torch.zeros_like(g[:, 0]), reverse=True)
+
+
+def _adjoint_loop(cell, xs, prev, g) -> torch.Tensor:
+    """The adjoint one step at a time: J_{t+1}ᵀ λ_{t+1} as a vjp of f at prev_{t+1}."""
+    lam = [g[:, -1]]
+    for t in range(prev.shape[1] - 1, 0, -1):
+        z = prev[:, t]
+        _, vjp = torch.func.vjp(lambda y, t=t: cell([x[:, t] for x in xs], y), z)
+        lam.append(g[:, t - 1] + vjp(lam[-1])[0])
+    return torch.stack(lam[::-1], 1)
+
+
+def _vjp(ctx, cell, xs, h0, params, prev, lam) -> tuple:
+    """(∂f/∂x)ᵀλ per token, Σ_t (∂f/∂θ)ᵀλ_t and J_0ᵀλ_0 for h0, as the inputs came."""
+    n_x, n_h = ctx.n_x, ctx.n_h
+    wanted = ctx.needs_input_grad[5:]
+    B, T = prev.shape[:2]
+    with torch.enable_grad():
+        leaves_x = [x.detach().flatten(0, 1).requires_grad_(w)
+                    for x, w in zip(xs, wanted[:n_x])]
+        leaves_p = [p.detach().requires_grad_(w) for p, w in zip(params, wanted[n_x + n_h:])]
+        z = prev.detach().flatten(0, 1).requires_grad_(any(wanted[n_x:n_x + n_h]))
+        cell.params = dict(zip(ctx.param_names, leaves_p))
+        value = cell(leaves_x, z)
+        leaves = [t for t in leaves_x + [z] + leaves_p if t.requires_grad]
+        found = iter(torch.autograd.grad(value, leaves, lam.flatten(0, 1), allow_unused=True))
+    out = [next(found) if t.requires_grad else None for t in leaves_x + [z] + leaves_p]
+    gx, gz, gp = out[:n_x], out[n_x], out[n_x + 1:]
+    gx = [None if d is None else d.unflatten(0, (B, T)) for d in gx]
+    gh = [None] * n_h if gz is None else [
+        s.reshape(h.shape) for s, h in
+        zip(ctx.solver.layout.unpack(gz.unflatten(0, (B, T))[:, 0]), h0)]
+    gh = [d if w else None for d, w in zip(gh, wanted[n_x:n_x + n_h])]
+    gp = [torch.zeros_like(p) if d is None and w else d
+          for d, p, w in zip(gp, params, wanted[n_x + n_h:])]
+    gx = [torch.zeros_like(x) if d is None and w else d for d, x, w in zip(gx, xs, wanted[:n_x])]
+    return (*gx, *gh, *gp)

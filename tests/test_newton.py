@@ -1,0 +1,255 @@
+"""The newton backend against the sequential one, in float64 to 1e-10: outputs, final
+states and the gradients of inputs, params and initial states, for every nonlinear
+catalogue cell it accepts, at T = 1, a prime, and one long T; variable lengths; the
+sequential finish past max_iter; quasi-Newton and damping; its Jacobian structures and
+its refusals."""
+
+import dataclasses
+import re
+
+import pytest
+import torch
+from helpers import SPECS, _grads, _loss, as_reference, cells_on, random_inputs, random_state, small
+from hypothesis import HealthCheck, given, settings
+from test_fused_random_cells import cells as nonlinear_cells
+
+import reclang
+from reclang.errors import RecError
+from reclang.functions import FUNCTIONS
+from reclang.runtime import newton
+from reclang.schedule import NewtonSchedule
+
+# the nonlinear catalogue cells, by their plan (cheaper than every backend's verdict)
+NAMES = sorted(p.stem for p in SPECS.glob("*.rec") if small(p.stem).plan.form == "nonlinear")
+TOL = 1e-10
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The cases are tiny: on a shared 2-core machine a second intra-op thread only
+    contends (BLAS threads spinning: a 4x4 bmm took 10 ms with two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def pair(name, schedule=None, **hypers):
+    cell = reclang.load(SPECS / f"{name}.rec", **hypers) if hypers else small(name)
+    torch.manual_seed(0)
+    m = cell.module("newton", schedule=schedule).double()
+    return m, cell.module("sequential").double()
+
+
+def assert_same(m, reference, inputs, state=None, **varlen):
+    """Outputs, final states and every gradient equal to TOL (absolute, no rtol)."""
+    params = dict(m.named_parameters())
+    runs = []
+    for run in (lambda x, s0: m(state=s0, **x, **varlen),
+                lambda x, s0: reference({**x, **varlen}, params, s0)):
+        xs = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+        s0 = None if state is None else {k: v.clone().requires_grad_()
+                                         for k, v in state.items()}
+        y, final = run(xs, s0)
+        y = y if isinstance(y, dict) else {m.ir.outputs[0].arg: y}
+        runs.append((y, final, _grads(_loss(y, final), {**xs, **(s0 or {}), **params})))
+    for got, want in zip(*runs):
+        assert set(got) == set(want)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], atol=TOL, rtol=0,
+                                       msg=lambda e, k=k: f"{k}: {e}")
+
+
+def test_newton_runs_every_nonlinear_catalogue_cell():
+    assert set(cells_on("newton")) == set(NAMES)
+    assert {"para_gru", "para_lstm", "indrnn", "lstm", "gru", "elman", "slstm"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("T", [1, 13])
+@pytest.mark.parametrize("name", NAMES)
+def test_matches_sequential(name, T):
+    m, s = pair(name)
+    x = random_inputs(m, 2, T)
+    assert_same(m, as_reference(s), x, random_state(m, 2))
+    assert_same(m, as_reference(s), x, None)
+    assert newton.last_report.steps == T
+
+
+# one cell per Jacobian structure: variable lengths run through the module's grouping
+# (reclang/runtime/packing.py), one Newton solve per group of equal lengths
+@pytest.mark.parametrize("name", ["para_gru", "para_lstm", "slstm", "gru", "lmu"])
+def test_variable_lengths(name):
+    m, s = pair(name)
+    x = random_inputs(m, 3, 7)
+    assert_same(m, as_reference(s), x, random_state(m, 3), lengths=[7, 2, 5])
+    packed = {k: v[:1, :] for k, v in random_inputs(m, 1, 9).items()}
+    assert_same(m, as_reference(s), packed, random_state(m, 3),
+                cu_seqlens=torch.tensor([0, 4, 5, 9]))
+
+
+def test_a_long_sequence():
+    """T = 4096 for a small diagonal cell: still a handful of iterations."""
+    m, s = pair("para_gru", D=2, N=3)
+    x = random_inputs(m, 1, 4096)
+    assert_same(m, as_reference(s), x, random_state(m, 1))
+    assert newton.last_report.converged and newton.last_report.iterations < 12
+
+
+@pytest.mark.parametrize("name", ["para_lstm", "gru"])
+def test_max_iter_reached_finishes_sequentially_and_stays_exact(name):
+    m, s = pair(name, NewtonSchedule(max_iter=2))
+    x = random_inputs(m, 2, 29)
+    assert_same(m, as_reference(s), x, random_state(m, 2))
+    report = newton.last_report
+    assert (report.iterations, report.converged) == (2, False)
+    assert report.sequential_from == 2  # the first two steps are exact after two iterations
+
+
+def test_a_tolerance_too_tight_to_reach_still_gives_the_loop():
+    """Newton's iterates stall at the scan's rounding; the steps from the first that still
+    moves run one by one."""
+    m, s = pair("para_gru", NewtonSchedule(max_iter=6, tol=1e-300))
+    assert_same(m, as_reference(s), random_inputs(m, 2, 11), None)
+    assert not newton.last_report.converged and newton.last_report.sequential_from >= 6
+
+
+def test_diverging_iterates_stop_and_finish_sequentially():
+    """h = tanh(50 h + x) is bounded, but from the first guess its Jacobian is about 50
+    at every step: the linear recurrence of the first iteration overflows to inf. The
+    iteration stops there and the steps run one by one from the first that moved."""
+    cell = reclang.loads("cell c(N = 2):\n    input x[N]\n    state h[N] = 0\n"
+                         "    h[n] <- tanh(50 * h[n] + x[n])\n    out y[n] = h[n]\n", "c.rec")
+    m, s = cell.module("newton").double(), cell.module("sequential").double()
+    assert_same(m, as_reference(s), random_inputs(m, 1, 300), None)
+    report = newton.last_report
+    assert report.iterations < 5 and not report.converged and report.sequential_from < 5
+
+
+@pytest.mark.parametrize("name", ["gru", "para_lstm"])
+def test_quasi_newton_and_damping_keep_the_result(name):
+    m, s = pair(name)
+    x = random_inputs(m, 2, 19)
+    assert_same(m, as_reference(s), x, None)
+    exact = newton.last_report.iterations
+    for schedule in (NewtonSchedule(jacobian="diagonal"), NewtonSchedule(damping=1.0)):
+        m, s = pair(name, schedule)
+        assert_same(m, as_reference(s), x, None)
+        assert newton.last_report.iterations > exact
+
+
+@pytest.mark.parametrize("jacobian", ["exact", "diagonal"])
+def test_jacobian_rows_in_groups_change_nothing(jacobian):
+    """LSTM's 8x8 block, its rows 3 at a time (3 + 3 + 2): the same iterates."""
+    x = random_inputs(pair("lstm")[0], 2, 11)
+    runs = []
+    for rows in (16, 3):
+        m, s = pair("lstm", NewtonSchedule(jacobian=jacobian, rows=rows))
+        assert_same(m, as_reference(s), x, None)
+        runs.append((newton.last_report.iterations, m(**x)[0]))
+    assert runs[0][0] == runs[1][0]
+    torch.testing.assert_close(runs[0][1], runs[1][1], atol=1e-15, rtol=0)
+
+
+@pytest.mark.parametrize("name, kind, size", [
+    ("para_gru", "diagonal", 1), ("indrnn", "diagonal", 1),
+    ("para_lstm", "block-diagonal", 2),   # h and c of one unit
+    ("slstm", "block-diagonal", 32),      # per head: 8 units x 4 states
+    ("gru", "dense", 4), ("lstm", "dense", 8),
+    ("lmu", "dense", 10),                 # states of two shapes: no lane form
+])
+def test_jacobian_structure(name, kind, size):
+    jac = small(name).form("newton")
+    assert (jac.kind, jac.size) == (kind, size)
+    assert jac.describe() in small(name).verdict("newton").reason
+
+
+def test_inspect_names_the_structure(capsys):
+    from reclang.cli import main
+    main(["inspect", str(SPECS / "para_lstm.rec"), "--backend", "newton"])
+    out = capsys.readouterr().out
+    assert "newton     yes  runs nonlinear: Newton with a block-diagonal Jacobian (2x2 " \
+        "blocks): each unit of h, c reads only its own unit of every state" in out
+    assert "kind: block-diagonal" in out and "NewtonSchedule(max_iter=32" in out
+
+
+def test_a_jacobian_too_large_for_the_dense_scan():
+    """GRU at N = 65: a 65x65 dense block. The default is quasi-Newton (said in the
+    verdict); the exact Jacobian, asked for, is a RecError at the state's update."""
+    cell = reclang.load(SPECS / "gru.rec", D=2, N=65)
+    assert "quasi-Newton by default" in cell.verdict("newton").reason
+    assert "quasi=True" in cell.source("newton") and "adjoint='loop'" in cell.source("newton")
+    with pytest.raises(RecError, match=r"gru\.rec:\d+:\d+: the newton backend's exact "
+                       r"Jacobian has 65x65 blocks .* NewtonSchedule\(jacobian='diagonal'\)"):
+        cell.module("newton", schedule=NewtonSchedule(jacobian="exact"))
+    m, s = pair("gru", D=2, N=65)
+    assert_same(m, as_reference(s), random_inputs(m, 1, 5), None)
+
+
+def test_a_function_without_a_derivative_is_refused_at_its_use(monkeypatch):
+    monkeypatch.setitem(FUNCTIONS, "tanh", dataclasses.replace(FUNCTIONS["tanh"],
+                                                               derivative=None))
+    verdict = small("elman").verdict("newton")
+    assert not verdict.supported
+    assert re.fullmatch(r"elman\.rec:\d+:\d+: tanh has no derivative in the function "
+                        r"table; the newton backend needs ∂f/∂h of the step", verdict.reason)
+
+
+@pytest.mark.parametrize("bad", [{"max_iter": 0}, {"tol": -1.0}, {"tol": float("nan")},
+                                 {"jacobian": "dense"}, {"damping": -0.5}, {"rows": 0}])
+def test_nonsense_schedules_are_errors(bad):
+    with pytest.raises(RecError, match="NewtonSchedule"):
+        NewtonSchedule(**bad)
+
+
+def test_low_precision_inputs_and_pickling():
+    """bf16 inputs are computed in float32 (outputs bf16, states float32), to the
+    float32 tolerance; a pickled module runs the same."""
+    import pickle
+
+    cell = small("para_lstm")
+    torch.manual_seed(0)
+    m, s = cell.module("newton"), cell.module("sequential")
+    s.load_state_dict(m.state_dict())
+    x = random_inputs(m, 2, 17)["x"].to(torch.bfloat16)
+    (y, final), (want, _) = m(x=x), s(x=x)
+    assert y.dtype == torch.bfloat16 and final["c"].dtype == torch.float32
+    torch.testing.assert_close(y, want, atol=1e-2, rtol=0)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(m))(x=x)[0], y, atol=0, rtol=0)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nonlinear_cells())
+def test_random_nonlinear_cells(text):
+    """Any mix of the language's functions (floor, %, // included: zero derivatives,
+    discontinuous steps), a weighted sum over the units, a `for` block: the loop's
+    values and gradients, to 1e-10."""
+    cell = reclang.loads(text, "random.rec")
+    torch.manual_seed(0)
+    m, s = cell.module("newton").double(), cell.module("sequential").double()
+    assert_same(m, as_reference(s), random_inputs(m, 2, 7), random_state(m, 2))
+
+
+@pytest.mark.parametrize("name", ["para_lstm", "gru"])
+def test_a_non_finite_input_at_step_t_reaches_no_earlier_output(name):
+    """A NaN or inf at step t: the iterate is not finite from t on, the iteration stops
+    and the steps from the first that moved run one by one; outputs before t are the
+    loop's, and the rest is what the loop gives too (NaN included)."""
+    m, s = pair(name)
+    s.load_state_dict(m.state_dict())
+    for bad in (float("nan"), float("inf")):
+        x = random_inputs(m, 2, 20)
+        x["x"][:, 11] = bad
+        y, want = m(**x)[0], s(**x)[0]
+        assert torch.isfinite(want[:, :11]).all()
+        torch.testing.assert_close(y, want, atol=TOL, rtol=0, equal_nan=True)
+
+
+def test_an_initial_state_computed_from_params():
+    """h_0 = tanh(w): w's gradient comes through the initial state as well (J_0ᵀ λ_0)."""
+    cell = reclang.loads("cell c(N = 3):\n    input x[N]\n    param w[N] ~ normal(0, 1)\n"
+                         "    param U[N, N] ~ normal(0, 0.5)\n    state h[N] = tanh(w)\n"
+                         "    h[n] <- tanh(sum(m: U[n, m] * h[m]) + x[n])\n"
+                         "    out y[n] = h[n] * w[n]\n", "c.rec")
+    torch.manual_seed(0)
+    m, s = cell.module("newton").double(), cell.module("sequential").double()
+    assert_same(m, as_reference(s), random_inputs(m, 2, 9), None)
