@@ -169,7 +169,7 @@ class Composer:
         if not vectors:
             return None
         pieces = [(v, sympy.Eq(self.rank, r)) for r, v in enumerate(vectors[:-1])]
-        return self._define(f"{side}", sympy.Piecewise(*pieces, (vectors[-1], True)),
+        return self._define(side, sympy.Piecewise(*pieces, (vectors[-1], True)),
                             len(vectors))
 
     def _apply(self, t, stack: Definition, before: int, role: str) -> Definition:
