@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 import sympy
 
 from ..ir import IR, IndexExpr, Op
+from .substeps import Composer, Definition, substeps
 from .terms import Expander, NotAffine, Term, _collapse
 
 
@@ -65,6 +66,7 @@ class StateStructure:
     recurrence: str = ""                # the update in mathematical form, elementwise
     matrix: str = ""                    # ... and as S' = A S + B
     terms: tuple[Term, ...] = field(default=(), repr=False)
+    defs: tuple[Definition, ...] = field(default=(), repr=False)  # vectors the terms read
 
 
 def analyze_state(ir: IR, expander: Expander, update: int,
@@ -83,8 +85,10 @@ def _analyze(ir: IR, expander: Expander, update: int) -> StateStructure:
     symbols = tuple(sympy.Symbol(a, integer=True) for a in node.axes)
     env = dict(zip(node.axes, symbols))
     name = node.arg
+    chain = substeps(ir, update)
+    composed = Composer(ir, expander, update, _transition).compose(chain) if chain else None
     try:
-        terms = expander.terms(node.args[0], env)
+        terms, defs = composed or (expander.terms(node.args[0], env), ())
     except NotAffine as err:
         monoid = _running_extreme(ir, node)
         read = ", ".join(sorted({r[0] for r in _state_reads(ir, err.node.id)})) or name
@@ -99,7 +103,7 @@ def _analyze(ir: IR, expander: Expander, update: int) -> StateStructure:
     input_term = _input_term(free, symbols, node.axes)
     return StateStructure(name, node.axes, True, transition, input_term, tuple(cross),
                           loc=node.loc, recurrence=_pretty(name, symbols, terms),
-                          terms=tuple(terms))
+                          terms=tuple(terms), defs=defs)
 
 
 # ---- the transition -------------------------------------------------------------------
@@ -216,12 +220,23 @@ def _group_rank(mixing) -> tuple:
     groups: list[list] = []
     for _, (a, b) in mixing:
         for g in groups:
-            if sympy.simplify(g[1] - b) == 0:
+            if _equal(g[1], b):
                 g[0] += a
                 break
         else:
             groups.append([a, b])
     return tuple((a, b) for a, b in groups)
+
+
+def _equal(x, y) -> bool:
+    """x == y as values: a polynomial difference (in the indexed inputs) is zero exactly
+    when it expands to zero, so only the others take sympy's slow simplify."""
+    d = sympy.expand(x - y)
+    if d == 0:
+        return True
+    if d.is_polynomial(*d.atoms(sympy.Indexed, sympy.Symbol)):
+        return False
+    return sympy.simplify(d) == 0
 
 
 def _time_varying(expander: Expander, exprs) -> bool:
