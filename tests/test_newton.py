@@ -5,6 +5,7 @@ sequential finish past max_iter; quasi-Newton and damping; its Jacobian structur
 its refusals."""
 
 import dataclasses
+import inspect
 import re
 
 import pytest
@@ -253,3 +254,15 @@ def test_an_initial_state_computed_from_params():
     torch.manual_seed(0)
     m, s = cell.module("newton").double(), cell.module("sequential").double()
     assert_same(m, as_reference(s), random_inputs(m, 2, 9), None)
+
+
+def test_the_state_free_prelude_runs_once_per_call_not_per_iteration(monkeypatch):
+    """W x + b reads no state: computed once on all tokens; an iteration evaluates the core."""
+    m, s = pair("para_gru")
+    generated, calls = m._generated, []
+    prelude = generated.prelude
+    monkeypatch.setattr(generated, "prelude", lambda *a, **k: calls.append(1) or prelude(*a, **k))
+    assert_same(m, as_reference(s), random_inputs(m, 2, 13), random_state(m, 2))
+    assert len(calls) == 1 and newton.last_report.iterations > 1
+    assert "einsum" in inspect.getsource(prelude)
+    assert "einsum" not in inspect.getsource(generated.core)

@@ -3,8 +3,9 @@ al. 2025): the states h_1 … h_T of h_t = f(h_{t-1}, x_t) as the root of one sy
 equations, each Newton iteration a linear recurrence solved by a parallel scan
 (reclang/runtime/scan.py). What the newton backend's generated code imports.
 
-Iteration k, for all t at once (the step function on all B·T tokens):
-    J_t = ∂f/∂h (h^k_{t-1}, x_t),    b_t = f(h^k_{t-1}, x_t) − J_t h^k_{t-1}
+Iteration k, for all t at once (f: the core, the step less its state-free prelude,
+on all B·T tokens, with the prelude's values s_t computed once per call):
+    J_t = ∂f/∂h (h^k_{t-1}, s_t),    b_t = f(h^k_{t-1}, s_t) − J_t h^k_{t-1}
     h^{k+1}_t = J_t h^{k+1}_{t-1} + b_t                      (the scan, from h_0)
 Step 0 of every iterate is exact (f(h_0, x_0)) and an exact prefix grows by at least one
 step per iteration whatever J is, so after k iterations the first k steps are exact.
@@ -84,15 +85,18 @@ class Solver:
     adjoint: str = "scan"           # "scan" | "loop"
     rows: int = 16                  # Jacobian rows per backward pass
 
-    def run(self, step, xs: tuple, h0: tuple, params: dict):
-        """(outputs, final states) of the cell over inputs [B, T, ...] from h0."""
-        states = _Solve.apply(self, step, tuple(params), len(xs), len(h0), *xs, *h0,
-                              *params.values())
+    def run(self, prelude, core, xs: tuple, h0: tuple, params: dict):
+        """(outputs, final states) of the cell over inputs [B, T, ...] from h0. The
+        state-free values (`prelude`) are computed once, under autograd; Newton solves
+        h_t = core(s_t, h_{t-1}) for the prelude's sequences s."""
         B, T = xs[0].shape[:2]
+        outs, seqs = prelude(*xs, **params)
+        states = _Solve.apply(self, core, tuple(params), len(seqs), len(h0), *seqs, *h0,
+                              *params.values())
         prev = [torch.cat([s0[:, None], s[:, :-1]], 1).flatten(0, 1)
                 for s0, s in zip(h0, states)]
-        outs, new = step(*(x.flatten(0, 1) for x in xs), *prev, **params)
-        outs = {k: v.unflatten(0, (B, T)) for k, v in outs.items()}
+        more, new = core(*(s.flatten(0, 1) for s in seqs), *prev, **params)
+        outs |= {k: v.unflatten(0, (B, T)) for k, v in more.items()}
         return outs, {k: v.unflatten(0, (B, T))[:, -1] for k, v in new.items()}
 
 
