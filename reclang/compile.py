@@ -25,6 +25,7 @@ from .ast_to_ir import build_ir
 from .backends import base as registry
 from .errors import Loc, RecError, Source, at
 from .generated import load_source
+from .hoist import hoist
 from .ir import IR
 from .module import RecModule
 from .parser import parse
@@ -35,6 +36,8 @@ class Cell:
 
     def __init__(self, ir: IR):
         self.ir = ir
+        with at(Loc(0, 0, ir.source), "hoisting"):  # what the plan and the backends see
+            self.hoisted, self.prologue = hoist(ir)
         self.name = ir.name
         self.hypers = dict(ir.hypers)
         self._sources: dict[tuple, str] = {}
@@ -50,7 +53,7 @@ class Cell:
         """The analyzer's plan: the recurrence's partition, structure and form."""
         if self._plan is None:
             from .analysis.plan import make_plan
-            self._plan = make_plan(self.ir)
+            self._plan = make_plan(self.hoisted)
         return self._plan
 
     @property
@@ -134,7 +137,7 @@ class Cell:
             backend, on_cuda = self.auto_backends()
         backend = self._backend(backend)
         m = RecModule(self.ir, backend, *self._generated(backend, chunk_size, schedule),
-                      device=device, dtype=dtype)
+                      device=device, dtype=dtype, prologue=self._prologue())
         if on_cuda not in (None, backend):
             m.use_on("cuda", on_cuda, build=Deferred(self, on_cuda, chunk_size))
         return m
@@ -206,6 +209,27 @@ class Cell:
         if config.debug_level() >= 4:
             print(source)
         return source, generated
+
+    def prologue_source(self) -> str | None:
+        """The generated prologue every backend's module runs first: the values of lag,
+        t and subscript expressions over whole sequences (reclang/hoist.py); None when
+        the cell has none."""
+        if self.prologue is None:
+            return None
+        if "prologue" not in self._sources:
+            from .codegen.prologue import source
+            with at(Loc(0, 0, self.ir.source), "lowering (prologue)"):
+                self._sources["prologue"] = source(self.ir, self.prologue)
+        return self._sources["prologue"]
+
+    def _prologue(self):
+        """(Prologue, its source, its module) for RecModule, or None."""
+        text = self.prologue_source()
+        if text is None:
+            return None
+        if config.debug_level() >= 4:
+            print(text)
+        return self.prologue, text, load_source(text, f"{self.name}_prologue", self.ir.source)
 
     def _backend(self, backend: str) -> str:
         """The backend to use; an explicit one must be able to run the plan."""

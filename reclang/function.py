@@ -35,7 +35,8 @@ class CellFunction:
                            "weights; use cell.module()", cell.ir.source, cell.ir.params[0].loc)
         self.cell, self.backend, self._loads = cell, backend, loads
         self.inputs = [d.name for d in cell.ir.inputs]
-        self.states = [d.name for d in cell.ir.states]
+        self.states = [d.name for d in cell.ir.states] + [  # and what lag / t carry
+            name for name, _, _ in (cell.prologue.carried() if cell.prologue else ())]
         self._modules: dict = {}
         if "scale" not in cell.hypers:  # the spec's own scale: build (and check) it now
             self._module(None)

@@ -24,7 +24,7 @@ from .ast_to_ir import build_ir
 from .codegen.names import py_name
 from .errors import RecError
 from .generated import load_source, note_origin
-from .ir import IR
+from .ir import IR, Decl
 from .parser import parse
 from .runtime import packing
 
@@ -37,14 +37,18 @@ RESERVED_ARGS = ("self", "state", "lengths", "cu_seqlens", "cell")  # self: nn.M
 
 
 class RecModule(nn.Module):
-    def __init__(self, ir: IR, backend: str, source: str, generated, device=None, dtype=None):
-        """`device`, `dtype`: the parameters', as nn.Linear's (complex params: complex)."""
+    def __init__(self, ir: IR, backend: str, source: str, generated, device=None, dtype=None,
+                 prologue=None):
+        """`device`, `dtype`: the parameters', as nn.Linear's (complex params: complex).
+        `prologue`: (Prologue, source, module) of reclang/hoist.py and codegen/prologue.py,
+        run before the backend when the cell has lag, t or subscript expressions."""
         super().__init__()
         dtype = dtype or torch.get_default_dtype()
         if not dtype.is_floating_point:
             raise TypeError(f"the parameters' dtype must be a real floating-point one, got {dtype}")
         self.ir, self.backend, self.source = ir, backend, source
         self._generated = generated
+        self._prologue = prologue
         self._on_device: dict[str, tuple] = {}  # device type -> (backend, source, code)
         self._builders: dict = {}  # device type -> what makes its (source, code), once
         for decl in ir.inputs:
@@ -79,6 +83,7 @@ class RecModule(nn.Module):
         state = self.__dict__.copy()
         state["ir"] = (self.ir.source, dict(self.ir.hypers))
         state["_generated"] = None
+        state["_prologue"] = self._prologue and self._prologue[:2]
         state["_on_device"] = {k: v[:2] for k, v in self._on_device.items()}
         return state
 
@@ -88,6 +93,9 @@ class RecModule(nn.Module):
         self.ir = build_ir(parse(source.text, source.filename), hypers)
         stem = self.ir.name + "_"  # + the backend, as compile.Cell names the files
         self._generated = load_source(self.source, stem + self.backend, source)
+        if self._prologue is not None:
+            info, text = self._prologue
+            self._prologue = info, text, load_source(text, stem + "prologue", source)
         self._on_device = {k: (b, text, text and load_source(text, stem + b, source))
                            for k, (b, text) in self._on_device.items()}  # None: deferred
 
@@ -147,7 +155,8 @@ class RecModule(nn.Module):
         if cu_seqlens is not None and packs:  # the backend packs by itself
             packed = functools.partial(code.forward, cu_seqlens=torch.tensor(
                 cu_seqlens, dtype=torch.int64, device=first.device))
-            return self._run(packed, inputs, state, sequence=True, batch=len(cu_seqlens) - 1)
+            return self._run(packed, inputs, state, sequence=True, batch=len(cu_seqlens) - 1,
+                             cu_seqlens=cu_seqlens)
 
         def run(part, part_state):
             y, s = self._run(code.forward, part, part_state, sequence=True)
@@ -174,16 +183,27 @@ class RecModule(nn.Module):
                             f"{'s' * (len(args) != 1)}")
 
     def initial_state(self, batch: int, dtype=torch.float32, device=None) -> dict:
-        """The states a sequence starts from when no state is given, [B, *dims]."""
+        """The states a sequence starts from when no state is given, [B, *dims], with
+        what lag and t carry (zeros: `lag_<name>` [B, K, *dims], `t` [B]; hoist.py)."""
         params = {d.name: _cast(getattr(self, d.name), dtype) for d in self.ir.params}
-        return {d.name: init.evaluate(self.ir, d, params, dtype, device)
-                .expand(batch, *d.shape).clone() if d.init is not None
-                else torch.zeros(batch, *d.shape, dtype=_state_dtype(d, dtype), device=device)
-                for d in self.ir.states}
+        states = {d.name: init.evaluate(self.ir, d, params, dtype, device)
+                  .expand(batch, *d.shape).clone() if d.init is not None
+                  else torch.zeros(batch, *d.shape, dtype=_state_dtype(d, dtype), device=device)
+                  for d in self.ir.states}
+        return states | {d.name: torch.zeros(batch, *d.shape, dtype=_state_dtype(d, dtype),
+                                             device=device) for d in self._carried()}
+
+    def _carried(self) -> list:
+        """The states the prologue carries (lag histories, the step counter), as Decls."""
+        if self._prologue is None:
+            return []
+        return [Decl(name, "state", shape, dtype, None)
+                for name, shape, dtype in self._prologue[0].carried()]
 
     def _run(self, fn, inputs: dict, state: dict | None, sequence: bool,
-             batch: int | None = None):
-        """`batch`: the number of states, when it is not the inputs' (packed sequences)."""
+             batch: int | None = None, cu_seqlens=None):
+        """`batch`: the number of states, when it is not the inputs' (packed sequences
+        at `cu_seqlens`)."""
         xs, inputs_batch, dtype = self._check_inputs(inputs, sequence)
         batch = batch or inputs_batch
         device = xs[0].device.type
@@ -193,6 +213,11 @@ class RecModule(nn.Module):
         xs = [x.to(compute) for x in xs]
         states = self._check_state(state, batch, compute, xs[0].device)
         params = {d.name: _cast(_whole(getattr(self, d.name)), compute) for d in self.ir.params}
+        carried = {}
+        if self._prologue is not None:
+            with torch.autocast(device, enabled=False):
+                xs, params, carried = self._before(xs, states, params, sequence, cu_seqlens)
+        states = states[:len(self.ir.states)]
         # every backend computes in `compute`: autocast would pick the dtype op by op,
         # so that each backend returned another dtype (and its states lost precision)
         with torch.autocast(device, enabled=False):
@@ -204,7 +229,33 @@ class RecModule(nn.Module):
         if dtype in LOW_PRECISION:
             outs = {k: v if v.is_complex() else v.to(dtype) for k, v in outs.items()}
         y = next(iter(outs.values())) if len(outs) == 1 else outs
-        return y, final
+        return y, final | carried
+
+    def _before(self, xs: list, states: list, params: dict, sequence: bool, cu_seqlens):
+        """Runs the prologue: the inputs and params with the derived ones after them, and
+        the carried states after the call. A step is a sequence of one; packed sequences
+        run it right-padded, so that no lag crosses from one sequence into the next."""
+        info, _, code = self._prologue
+        seqs, lengths = xs if sequence else [x[:, None] for x in xs], None
+        if cu_seqlens is not None:
+            offsets = torch.tensor(cu_seqlens, device=xs[0].device)
+            lengths = offsets[1:] - offsets[:-1]
+            seqs = [packing.unpack(x, lengths, int(lengths.max())) for x in seqs]
+        carried = states[len(self.ir.states):]
+        try:
+            derived, final = code.prologue(*seqs, *carried, lengths,
+                                           **{py_name(k): v for k, v in params.items()})
+        except Exception as err:  # raised in generated code: name the spec line
+            note_origin(err)
+            raise
+        extra = []
+        for d in (d for d in info.derived if d.kind == "input"):
+            x = derived[d.name]
+            if cu_seqlens is not None:
+                x = packing.pack({"x": x}, lengths.tolist())[0]["x"]
+            extra.append(x if sequence else x[:, 0])
+        params = params | {d.name: derived[d.name] for d in info.derived if d.kind == "param"}
+        return xs + extra, params, final
 
     def _check_inputs(self, inputs: dict, sequence: bool):
         names = [d.name for d in self.ir.inputs]
@@ -256,7 +307,8 @@ class RecModule(nn.Module):
 
     def _check_state_arg(self, state, batch: int):
         """The `state=` argument: None, or a dict of some states -> [batch, *dims]."""
-        names = [d.name for d in self.ir.states]
+        decls = self.ir.states + self._carried()
+        names = [d.name for d in decls]
         if state is None:
             return
         if not isinstance(state, dict):
@@ -267,7 +319,7 @@ class RecModule(nn.Module):
         if unknown:
             raise TypeError(f"{self.ir.name} has no state {unknown[0]!r}; its states are "
                             f"{', '.join(names)}")
-        for d in self.ir.states:
+        for d in decls:
             if d.name not in state:
                 continue
             s, expected = state[d.name], [batch, *d.shape]
@@ -285,7 +337,7 @@ class RecModule(nn.Module):
         state = state or {}
         result = []
         initial = None
-        for d in self.ir.states:
+        for d in self.ir.states + self._carried():
             if d.name not in state:
                 initial = initial or self.initial_state(batch, dtype, device)
                 result.append(initial[d.name])

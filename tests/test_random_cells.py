@@ -2,7 +2,8 @@
 out of its loop) and the step code (which computes everything per step) must agree, for
 any mix of prelude, core and epilogue statements; so must a sequence split in two. The
 cells have a state updated in a `for` block (its counter as a subscript and a value), a
-running max from -inf, and the terms use //, %, floor, pi and softmax."""
+running max from -inf, and the terms use //, %, floor, pi and softmax; a second strategy
+adds lag, t and subscript expressions (the module carries histories across calls)."""
 
 import torch
 from hypothesis import given, settings
@@ -33,13 +34,24 @@ def expression(terms, depth):
     )
 
 
+# lag, t and subscript expressions (history carried across calls: full, step and split
+# agree only if the module keeps the last values of each lagged expression)
+LAG_TERMS = ["lag(g[n], 1)", "lag(tanh(g[n]), 2)", "sum(d: W[n, d] * lag(x[d], 1))",
+             "sum(w: Z[w, n] * lag(g[n], w))", "sum(w: Z[w, n] * h[n] * lag(g[n], w))",
+             "0.1 * t", "lag(sum(d: x[d]), 3) * u[n]", "g[1 - n]", "g[n + 1]",
+             "lag(g[n + 1], 1)", "x[2 * n]", "lag(0.1 * t, 1)", "g[(n + 1) % 2]",
+             "sum(d: W[n, d] * x[d // 2])", "t % 3", "lag(floor(t / 2), 1)"]
+ND_LAG_TERMS = ["lag(x[d], 1) * g[n]", "x[2 - d] * g[n]", "lag(g[n] * x[d], 2)"]
+
+
 @st.composite
-def cells(draw):
-    a = draw(expression([t for t in N_TERMS if "a[n]" not in t and "hp" not in t], 2))
-    h_new = draw(expression(N_TERMS, 2))
-    s_new = draw(expression(ND_TERMS, 1))
-    y = draw(expression(N_TERMS, 2))
-    c_new = draw(expression(N_TERMS + ["c[n]", "r * c[n]", "Z[r, n] * c[n]"], 2))
+def cells(draw, n_terms=tuple(N_TERMS), nd_terms=tuple(ND_TERMS)):
+    n_terms, nd_terms = list(n_terms), list(nd_terms)
+    a = draw(expression([t for t in n_terms if "a[n]" not in t and "hp" not in t], 2))
+    h_new = draw(expression(n_terms, 2))
+    s_new = draw(expression(nd_terms, 1))
+    y = draw(expression(n_terms, 2))
+    c_new = draw(expression(n_terms + ["c[n]", "r * c[n]", "Z[r, n] * c[n]"], 2))
     order = draw(st.permutations(["h", "S", "c", "mx"]))
     updates = {"h": f"    h[n] <- tanh({h_new})\n",
                "S": f"    S[n, d] <- 0.5 * S[n, d] + tanh({s_new})\n",
@@ -61,6 +73,16 @@ def cells(draw):
 @settings(max_examples=int(__import__("os").environ.get("RANDOM_CELLS", 60)), deadline=None)
 @given(cells(), st.integers(1, 9))
 def test_random_cells_forward_step_and_split_agree(text, T):
+    check_forward_step_and_split(text, T)
+
+
+@settings(max_examples=int(__import__("os").environ.get("RANDOM_CELLS", 30)), deadline=None)
+@given(cells(tuple(N_TERMS + LAG_TERMS), tuple(ND_TERMS + ND_LAG_TERMS)), st.integers(1, 9))
+def test_random_cells_with_lag_t_and_subscripts_forward_step_and_split_agree(text, T):
+    check_forward_step_and_split(text, T)
+
+
+def check_forward_step_and_split(text: str, T: int):
     torch.manual_seed(0)
     cell = reclang.loads(text, "random.rec")
     assert cell.plan.form in ("diag", "diag-lti", "mat-decay", "dplr", "dense", "coupled",
@@ -81,6 +103,8 @@ def test_random_cells_forward_step_and_split_agree(text, T):
     cut = T // 2
     if cut:
         y1, s1 = m(**{k: v[:, :cut] for k, v in x.items()})
-        y2, _ = m(state=s1, **{k: v[:, cut:] for k, v in x.items()})
+        y2, s2 = m(state=s1, **{k: v[:, cut:] for k, v in x.items()})
         for name in y:
             torch.testing.assert_close(torch.cat([y1[name], y2[name]], 1), y[name])
+        for k in final:
+            torch.testing.assert_close(s2[k], final[k])

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from ..functions import KERNEL, derivative, has_triton
-from ..ir import IR, Node, Op
+from ..ir import IR, IndexExpr, Node, Op
 from .partition import Phase
 from .terms import Expander, NotAffine
 
@@ -195,6 +195,10 @@ class _Lowering:
 
     def read(self, node: Node, env: dict) -> sympy.Expr:
         source = self.ir.node(node.args[0])
+        computed = next((s for s in node.arg if isinstance(s, IndexExpr)), None)
+        if computed is not None:
+            self.fail(node, f"reads {source.arg} at the computed subscript {computed}: "
+                      f"{self.kernel} reads each unit's own values")
         index = tuple(env[s] if isinstance(s, str) else sympy.Integer(s) for s in node.arg)
         if source.op == Op.STATE:
             if index != self.full:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import sympy
 
 from ..errors import at
-from ..ir import IR, Op
+from ..ir import IR, IndexExpr, Op
 from . import ir_to_forms
 from .partition import Phase, phases
 from .structure import StateStructure, analyze_state, key_axes, matrix_form
@@ -293,7 +293,8 @@ def _pointwise_of_linear(ir, expander, i, env) -> bool:
         node = ir.node(i)
         if node.op == Op.FN:
             return all(_pointwise_of_linear(ir, expander, a, env) for a in node.args)
-        if node.op == Op.READ and ir.node(node.args[0]).op in (Op.LET, Op.UPDATE):
+        if node.op == Op.READ and ir.node(node.args[0]).op in (Op.LET, Op.UPDATE) and \
+                not any(isinstance(s, IndexExpr) for s in node.arg):  # a gather: general
             source = ir.node(node.args[0])
             inner = {a: env.get(s, s) if isinstance(s, str) else s
                      for a, s in zip(source.axes, node.arg)}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import sympy
 
-from ..ir import IR, Op
+from ..ir import IR, IndexExpr, Op
 from .terms import Expander, NotAffine, Term, _collapse
 
 
@@ -325,7 +325,10 @@ def _state_reads(ir: IR, root: int):
                 continue
             seen.add(a)
             n = ir.node(a)
-            if n.op == Op.READ and ir.node(n.args[0]).op == Op.STATE:
+            # a computed subscript of a state-dependent value (the others are hoisted)
+            # moves state elements even through intermediates: a mixing read
+            if n.op == Op.READ and (ir.node(n.args[0]).op == Op.STATE or
+                                    any(isinstance(sub, IndexExpr) for sub in n.arg)):
                 owner = ir.node(ir.stmts[n.stmt])
                 found.append((ir.node(n.args[0]).arg, n.arg, owner.axes))
             stack.append(a)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import sympy
 
 from ..functions import SYMPY  # IR functions as sympy ones, for state-free coefficients
-from ..ir import IR, Node, Op
+from ..ir import IR, IndexExpr, Node, Op
 from .partition import Phase, phases
 
 
@@ -100,7 +100,7 @@ class Expander:
 
     def _read_symbol(self, node: Node, env: dict):
         source = self.ir.node(node.args[0])
-        index = tuple(env[s] if isinstance(s, str) else sympy.Integer(s) for s in node.arg)
+        index = state_index(node, source, env)  # a computed one: of a state (hoist.py)
         if source.op in (Op.LET, Op.OUT) and (self.inline or self.phase[source.id] == Phase.CORE):
             # inline intermediates, so that the form does not depend on how it is spelled
             return self.symbolic(source.args[0], dict(zip(source.axes, index)))
@@ -112,7 +112,7 @@ class Expander:
         """A frozen state: `m_prev[...]` before its update, `m_new[...]` after."""
         source = self.ir.node(node.args[0])
         suffix = "prev" if source.op == Op.STATE else "new"
-        index = tuple(env[s] if isinstance(s, str) else sympy.Integer(s) for s in node.arg)
+        index = state_index(node, source, env)
         name = f"{source.arg}_{suffix}"
         self.time_varying.add(name)
         return sympy.IndexedBase(name, real=True)[index] if index else sympy.Symbol(name, real=True)
@@ -137,7 +137,7 @@ class Expander:
 
     def terms_read(self, node: Node, env: dict) -> list[Term]:
         source = self.ir.node(node.args[0])
-        index = tuple(env[s] if isinstance(s, str) else sympy.Integer(s) for s in node.arg)
+        index = state_index(node, source, env)
         if source.op == Op.STATE:
             return [Term(sympy.Integer(1), source.arg, index)]
         # an intermediate or a new state that depends on a state: inline its value
@@ -200,3 +200,14 @@ def _collapse(terms: list[Term]) -> sympy.Expr:
     for t in terms:
         total += sympy.Sum(t.coef, *[(s, 0, n - 1) for s, n in t.sums]) if t.sums else t.coef
     return total
+
+
+def state_index(node: Node, source: Node, env: dict) -> tuple:
+    """The subscripts of a read of a value that depends on a state. A computed one (a
+    shift, a gather: reclang/hoist.py hoists those of state-free values) has no affine
+    rule: the form is refused at the read."""
+    computed = next((s for s in node.arg if isinstance(s, IndexExpr)), None)
+    if computed is not None:
+        raise NotAffine(f"read at the computed subscript {source.arg}[{computed}], which "
+                        "only the sequential loop runs", node)
+    return tuple(env[s] if isinstance(s, str) else sympy.Integer(s) for s in node.arg)

@@ -20,7 +20,7 @@ from enum import IntEnum
 
 from reclang import errors
 from reclang.functions import FUNCTIONS, REDUCTIONS
-from reclang.ir import IR, Node, Op
+from reclang.ir import IR, IndexExpr, Node, Op
 
 from .constants import Constant, spec_constants
 from .names import Names, py_name
@@ -208,12 +208,29 @@ class ExprLowering:
         var = self.var(source)
         if home == Place.HOIST and at == Place.LOOP:
             var, home = self.at_step(var), Place.LOOP
+        if any(isinstance(s, IndexExpr) for s in node.arg):
+            return self.gather(var, node)
         prefix = {Place.ONCE: [], Place.LOOP: [":"], Place.HOIST: [":", ":"]}[home]
         parts = prefix + [":" if isinstance(s, str) else str(s) for s in node.arg]
         while parts and parts[-1] == ":":
             parts.pop()
         text = var + (f"[{', '.join(parts)}]" if parts else "")
         return Code(text, ATOM, node.axes)
+
+    def gather(self, var: str, node: Node) -> Code:
+        """A read with integer expressions in its subscripts (`x[i + 1]`, `k[h // G, i]`):
+        the runtime's gather over the result's axes, 0 outside the tensor."""
+        self.runtime()
+        axes = ", ".join(py_name(a) for a in node.axes)
+        subs = "".join(index_text(s) + ", " for s in node.arg)
+        sizes = "".join(f"{n}, " for n in node.sizes)
+        return Code(f"_lag.gather({var}, lambda {axes}: ({subs}), ({sizes}))", ATOM, node.axes)
+
+    def runtime(self):
+        """The runtime helpers of reclang/runtime/lag.py, imported once per function."""
+        if ("runtime", "lag") not in self.names.memo:
+            self.names.memo["runtime", "lag"] = "_lag"
+            self.blocks[Place.ONCE].insert(0, "from reclang.runtime import lag as _lag")
 
     def lower_fn(self, node: Node, at: Place) -> Code:
         args = [self.code(a, at) for a in node.args]
@@ -293,6 +310,13 @@ class ExprLowering:
         for c in scale:
             text += f" * {c.wrap(PRODUCT + 1)}"
         return Code(text, PRODUCT if scale else ATOM, out_axes)
+
+def index_text(sub) -> str:
+    """A subscript as Python over the index variables: `i`, `3`, `(i + 1) % N`."""
+    if isinstance(sub, IndexExpr):
+        return f"({index_text(sub.left)} {sub.op} {index_text(sub.right)})"
+    return py_name(sub) if isinstance(sub, str) else str(sub)
+
 
 def constant_line(name: str, c: Constant) -> str:
     """`scale = 0.125  # K ** -0.5, line 11`."""

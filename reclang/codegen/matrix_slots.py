@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import sympy
 
 from reclang.analysis.operands import ChunkState, LinearPart, Unsupported, _linear_parts
-from reclang.analysis.terms import Expander, Term
+from reclang.analysis.terms import Expander, Term, state_index
 from reclang.ir import IR, Op
 
 from .fused_loop import TritonPrinter
@@ -123,8 +123,7 @@ class NewStateExpander(Expander):
         source = self.ir.node(node.args[0])
         if source.op != Op.UPDATE:
             return super().terms_read(node, env)
-        index = tuple(env[s] if isinstance(s, str) else sympy.Integer(s) for s in node.arg)
-        return [Term(sympy.Integer(1), NewState(source.arg), index)]
+        return [Term(sympy.Integer(1), NewState(source.arg), state_index(node, source, env))]
 
 
 def new_state_parts(ir: IR) -> tuple[LinearPart, ...] | None:

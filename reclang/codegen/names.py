@@ -26,7 +26,7 @@ RESERVED = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | \
 
 
 # The generated code's own `_` names that are not made by `Names.fresh`.
-OWN = {"_", "_dtype", "_device", "_cdtype", "_like", "_tokens", "_from0", "_from1", "_a",
+OWN = {"_", "_lag", "_dtype", "_device", "_cdtype", "_like", "_tokens", "_from0", "_from1", "_a",
        "_b", "_e", "_outs", "_h0", "_starts", "_ops", "_consts", "_w", "_out", "_last"}
 
 
