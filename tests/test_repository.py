@@ -4,7 +4,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 10400  # issue 18 (language) and 20 (newton) grow the compiler
+LINE_BUDGET = 10450  # issue 18 (language) and 20 (newton) grow the compiler
+# (10400 -> 10450: newton follow-ups, ~35 lines: the step split into prelude and core,
+# torch.func support in the solver)
 # (5000 -> 5300: the lane form and the fused loop for nonlinear cells, ~520 lines;
 # 5300 -> 5500: the gated scan of diagonal cells, ~170 lines;
 # 5500 -> 6100: hardening (issue 16), ~520 lines: the checking loader and private cache
