@@ -26,6 +26,7 @@ Numerics:   converged to eps^(3/4) of the dtype (the iterate after that is at ab
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from reclang.analysis.lanes import Unsupported, lane_form
@@ -188,21 +189,37 @@ class _Program(Program):
         ins = [py_name(d.name) for d in ir.inputs]
         params = [py_name(d.name) for d in ir.params]
         star = ["*"] + params if params else []
+        body = [*blocks[Place.HOIST], "return {" + ", ".join(
+            f'"{n.arg}": {py_name(n.arg)}' for n, _ in before) + f"}}, ({seqs})"]
+        body = _needed(blocks[Place.ONCE] + [f"T = {first}.shape[1]"], body) + body
         prelude = [f"def prelude({', '.join(ins + star)}):",
                    ('"""The state-free values: inputs [B, T, ...]; returns (the outputs '
                     'computed here, the sequences the core reads)."""'),
-                   *self.defines(lower, first), *blocks[Place.ONCE],
-                   f"T = {first}.shape[1]", *blocks[Place.HOIST],
-                   "return {" + ", ".join(f'"{n.arg}": {py_name(n.arg)}' for n, _ in before) +
-                   f"}}, ({seqs})"]
+                   *_needed(self.defines(lower, first), body), *body]
         states = [py_name(d.name) for d in ir.states]
+        body = [*blocks[Place.LOOP], self.returns([(n, h) for n, h in outputs
+                                                   if h == Place.LOOP])]
         core = [f"def core({', '.join(list(lower.unbound.values()) + states + star)}):",
                 ('"""The step on tokens [N, ...], given the prelude\'s sequences at them; '
                  'returns (the other outputs, new states)."""'),
-                *self.defines(lower, states[0]), *blocks[Place.ONCE], *blocks[Place.LOOP],
-                self.returns([(n, h) for n, h in outputs if h == Place.LOOP])]
+                *_needed(self.defines(lower, states[0]) + blocks[Place.ONCE], body), *body]
         return tuple(f[0] + "\n" + "\n".join(INDENT + line for line in f[1:])
                      for f in (prelude, core))
+
+
+def _needed(lines: list[str], rest: list[str]) -> list[str]:
+    """The assignments among `lines` (with their origin comments) that `rest` or a kept
+    later one reads: the prelude and the core share the blocks of param-only values."""
+    kept, reads = [], "\n".join(rest)
+    for line in reversed(lines):
+        names = line.split(" = ", 1)[0].split(", ")
+        if line.startswith("#"):
+            if kept and not kept[-1].startswith("#"):
+                kept.append(line)
+        elif any(re.search(rf"\b{re.escape(n)}\b", reads) for n in names):
+            kept.append(line)
+            reads += "\n" + line
+    return kept[::-1]
 
 
 register(Newton())

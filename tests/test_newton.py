@@ -306,3 +306,11 @@ def test_vmap_is_refused_with_a_reason():
     x = random_inputs(m, 2, 5)["x"]
     with pytest.raises(RuntimeError, match="newton backend does not run under torch.func.vmap"):
         torch.func.vmap(lambda x: m(x=x)[0])(x[None])
+
+
+@pytest.mark.parametrize("name", ["para_gru", "lmu"])
+def test_prelude_and_core_bind_no_name_they_do_not_read(name):
+    """Each prints only the param-only values (lmu's A, B) and sizes (T) it reads."""
+    from test_generated_code import unused
+
+    assert unused(small(name).source("newton")) == []
