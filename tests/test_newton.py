@@ -314,3 +314,20 @@ def test_prelude_and_core_bind_no_name_they_do_not_read(name):
     from test_generated_code import unused
 
     assert unused(small(name).source("newton")) == []
+
+
+def test_an_infinite_initial_state_meets_no_zero_times_infinity():
+    """A running max from -inf: step 0 is f(h_0) itself (the linearization's 0 · inf
+    would be NaN), the first guess is finite, and the result is the loop's."""
+    cell = reclang.loads("""cell c(N = 2):
+    input x[N]
+    state m[N] = -inf
+    m[n] <- max(m[n] - 1, x[n])
+    out y[n] = m[n]
+""", "c.rec")
+    x = torch.randn(3, 7, 2, dtype=torch.float64, requires_grad=True)
+    (ys, ss), (yn, sn) = (cell.module(b).double()(x=x) for b in ("sequential", "newton"))
+    assert newton.last_report.sequential_from is None
+    torch.testing.assert_close(yn, ys, rtol=0, atol=1e-12)
+    gs, gn = (torch.autograd.grad(y.sum(), x)[0] for y in (ys, yn))
+    torch.testing.assert_close(gn, gs, rtol=0, atol=1e-12)

@@ -76,14 +76,14 @@ RUNNING_MAX = """cell c(N = 3):
 """
 
 
-@pytest.mark.parametrize("backend", ["sequential", "triton"])
+@pytest.mark.parametrize("backend", ["sequential", "triton", "newton"])
 def test_a_running_max_from_minus_inf_has_no_nan(backend):
     """From the declared initial state (-inf): finite outputs, final states and
     gradients of inputs, on every backend that runs the cell (the fused loop too)."""
     if backend == "triton":
         pytest.importorskip("triton")
     cell = reclang.loads(RUNNING_MAX, "c.rec")
-    assert [v.backend for v in cell.verdicts if v.supported] == ["sequential", "triton"]
+    assert [v.backend for v in cell.verdicts if v.supported] == ["sequential", "triton", "newton"]
     torch.manual_seed(0)
     m = cell.module(backend).double()
     x = {k: v.requires_grad_() for k, v in random_inputs(m, 2, 6).items()}

@@ -170,25 +170,44 @@ def solve(solver: Solver, cell: _Cell, xs, z0: torch.Tensor) -> torch.Tensor:
     flat = [x.flatten(0, 1) for x in xs]
     tol = solver.tol or tolerance(z0.dtype)
     diagonal = solver.quasi or z0.shape[-1] == 1
-    Z = z0[:, None].expand(B, T, *z0.shape[1:])   # the first guess: h_0 at every step
+    # the first guess: h_0 at every step (0 where h_0 is infinite: a running max from -inf)
+    guess = torch.where(torch.isfinite(z0), z0, torch.zeros_like(z0))
+    Z = guess[:, None].expand(B, T, *z0.shape[1:])
     moved = torch.ones(T, dtype=torch.bool, device=z0.device)
     iterations = 0
     while iterations < min(solver.max_iter, T) and bool(moved.any()):
         prev = _shifted(z0, Z)
         F, J = cell.linearize(flat, prev.flatten(0, 1), diagonal)
         F, J = F.unflatten(0, (B, T)), J.unflatten(0, (B, T)) / (1 + solver.damping)
-        new = _scan(J, F - _apply(J, prev), z0)
+        new = _scan(*_first_exact(J, F - _apply(J, prev), F), torch.zeros_like(z0))
         moved = _moved(new, Z, tol)
         Z, iterations = new, iterations + 1
         if not bool(torch.isfinite(new).all()):
             break
-    # after k iterations the first k steps are exact, whether they moved or not
-    first = max(int(moved.nonzero()[0]), iterations) if bool(moved.any()) else T
-    first = None if first >= T else first
+    first = _first_inexact(new if iterations else Z, moved, iterations)
     if first is not None:
         Z = _finish(cell, xs, z0, Z, first)
     last_report = Report(iterations, first is None, first, T)
     return Z
+
+
+def _first_exact(J, b, F):
+    """Step 0 is f(h_0) itself, which the linearization has computed exactly: with J_0 = 0
+    the scan starts from 0, so an infinite h_0 never meets J_0 (0 · inf is NaN)."""
+    J, b = J.clone(), b.clone()
+    J[:, 0], b[:, 0] = 0, F[:, 0]
+    return J, b
+
+
+def _first_inexact(Z, moved, iterations: int) -> int | None:
+    """The first step the sequential finish must compute, or None. After k iterations
+    the first k steps are exact, whether they moved or not, unless a value is not
+    finite: from the first such step on, the arithmetic of the scan proves nothing."""
+    first = max(int(moved.nonzero()[0]), iterations) if bool(moved.any()) else Z.shape[1]
+    bad = (~torch.isfinite(Z)).flatten(2).any(-1).any(0).nonzero()
+    if bad.numel():
+        first = min(first, int(bad[0]))
+    return None if first >= Z.shape[1] else first
 
 
 def _moved(new, old, tol) -> torch.Tensor:
