@@ -27,6 +27,7 @@ import sympy
 from reclang.analysis.forms import Unfit
 from reclang.analysis.lanes import SCALAR
 from reclang.codegen.fused_loop import TritonPrinter
+from reclang.functions import Quotient
 from reclang.ir import Op
 from reclang.schedule import LoopSchedule, Schedule
 
@@ -145,8 +146,8 @@ def triton_refusal(plan, exprs, kernel: str) -> str:
 
 def _printable(func) -> bool:
     """A Triton spelling for the function and for every function of its derivative."""
-    if func is sympy.Piecewise:
-        return True  # its pieces are checked themselves, and differentiated piecewise
+    if func in (sympy.Piecewise, Quotient):
+        return True  # pieces and a division's operands are checked themselves
     if not TritonPrinter.spells(func):
         return False
     x = sympy.Symbol("x", real=True)

@@ -4,8 +4,9 @@ the whole sequence solved at once by Newton's method, as DEER and ParaRNN do.
 Recurrence: h_t = f(h_{t-1}, x_t), t = 0 .. T-1, the cell's step as the spec says.
 Algorithm:  Newton on the T equations together (reclang/runtime/newton.py): at every
             iteration, f and its Jacobian J_t = ∂f/∂h_{t-1} on all B·T tokens at once
-            (the cell's step function, and reverse-mode derivatives of it at the
-            basis vectors of one block), then the linear recurrence
+            (the step's state-dependent part, `core`, and reverse-mode derivatives of
+            it at the basis vectors of one block; its state-free part, `prelude`,
+            such as W x + b, runs once per call), then the linear recurrence
             h_t = J_t h_{t-1} + (f − J_t h^k_{t-1}) by the parallel scan of
             reclang/runtime/scan.py: elementwise for a diagonal Jacobian, with small
             matrices for a block-diagonal one (an LSTM whose recurrence is diagonal: a
@@ -25,10 +26,12 @@ Numerics:   converged to eps^(3/4) of the dtype (the iterate after that is at ab
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from reclang.analysis.lanes import Unsupported, lane_form
 from reclang.analysis.partition import Phase, phases
+from reclang.codegen.ir_to_torch import Place
 from reclang.codegen.loop import INDENT, Program
 from reclang.codegen.names import py_name
 from reclang.errors import RecError
@@ -135,13 +138,15 @@ class Newton(Backend):
 
 def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str) -> str:
     ir = plan.ir
-    program = Program(ir, schedule)
+    program = _Program(ir, schedule)
     method = "quasi-Newton (the Jacobian's diagonal)" if quasi else "Newton"
     header = program.header([
         f"Newton backend: the whole sequence by {method}, each iteration a parallel scan",
         f"(reclang/runtime/newton.py); plan: {plan.summary}.",
         f"Structure: {jac.describe()}.",
-        f"Adjoint (backward): {'a scan' if adjoint == 'scan' else 'one vjp per step'}."])
+        f"Adjoint (backward): {'a scan' if adjoint == 'scan' else 'one vjp per step'}.",
+        "prelude: the state-free values on all tokens, once; core: the rest of the step,",
+        "on tokens, what every iteration evaluates; step: one step, for `module.step`."])
     shapes = tuple(d.shape for d in ir.states)
     names = tuple(d.name for d in ir.states)
     solver = (f"SOLVER = newton.Solver(newton.Layout({shapes!r}, {jac.block_dims}), {names!r}, "
@@ -154,9 +159,67 @@ def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str) -> str:
         program.signature("forward"),
         INDENT + f'"""Runs {ir.name} over whole sequences by Newton\'s method: inputs '
         '[B, T, ...], states are the initial ones; returns (outputs, final states)."""',
-        INDENT + f"return SOLVER.run(step, ({xs}), ({h0}), {{{params}}})"])
+        INDENT + f"return SOLVER.run(prelude, core, ({xs}), ({h0}), {{{params}}})"])
+    functions = [solver, forward, *program.split(), program.step_function()]
     return "\n".join(header + ["import torch", "", "from reclang.runtime import newton"]) + \
-        "\n\n" + solver + "\n\n\n" + forward + "\n\n\n" + program.step_function() + "\n"
+        "\n\n" + "\n\n\n".join(functions) + "\n"
+
+
+class _Lowering(Program.Lowering):
+    """The sequential loop's lowering, with the loop's body as a function on tokens: a
+    sequence the loop reads at step t is an argument of the core, read whole."""
+
+    def at_step(self, var: str) -> str:
+        if var not in self.unbound:
+            self.unbound[var] = self.names.fresh(f"_{var.strip('_')}_t")
+        return self.unbound[var]
+
+
+class _Program(Program):
+    Lowering = _Lowering
+
+    def split(self) -> tuple[str, str]:
+        """The sequential loop's forward as two functions: `prelude` (what it computes
+        before the loop, on inputs [B, T, ...]) returns its outputs and the sequences
+        the loop reads; `core` (the loop's body) takes those on tokens [N, ...]."""
+        blocks, outputs, lower = self.lowered(step=False)
+        ir, first = self.ir, py_name(self.ir.inputs[0].name)
+        before = [(n, h) for n, h in outputs if h != Place.LOOP]
+        seqs = "".join(f"{var}, " for var in lower.unbound)
+        ins = [py_name(d.name) for d in ir.inputs]
+        params = [py_name(d.name) for d in ir.params]
+        star = ["*"] + params if params else []
+        body = [*blocks[Place.HOIST], "return {" + ", ".join(
+            f'"{n.arg}": {py_name(n.arg)}' for n, _ in before) + f"}}, ({seqs})"]
+        body = _needed(blocks[Place.ONCE] + [f"T = {first}.shape[1]"], body) + body
+        prelude = [f"def prelude({', '.join(ins + star)}):",
+                   ('"""The state-free values: inputs [B, T, ...]; returns (the outputs '
+                    'computed here, the sequences the core reads)."""'),
+                   *_needed(self.defines(lower, first), body), *body]
+        states = [py_name(d.name) for d in ir.states]
+        body = [*blocks[Place.LOOP], self.returns([(n, h) for n, h in outputs
+                                                   if h == Place.LOOP])]
+        core = [f"def core({', '.join(list(lower.unbound.values()) + states + star)}):",
+                ('"""The step on tokens [N, ...], given the prelude\'s sequences at them; '
+                 'returns (the other outputs, new states)."""'),
+                *_needed(self.defines(lower, states[0]) + blocks[Place.ONCE], body), *body]
+        return tuple(f[0] + "\n" + "\n".join(INDENT + line for line in f[1:])
+                     for f in (prelude, core))
+
+
+def _needed(lines: list[str], rest: list[str]) -> list[str]:
+    """The assignments among `lines` (with their origin comments) that `rest` or a kept
+    later one reads: the prelude and the core share the blocks of param-only values."""
+    kept, reads = [], "\n".join(rest)
+    for line in reversed(lines):
+        names = line.split(" = ", 1)[0].split(", ")
+        if line.startswith("#"):
+            if kept and not kept[-1].startswith("#"):
+                kept.append(line)
+        elif any(re.search(rf"\b{re.escape(n)}\b", reads) for n in names):
+            kept.append(line)
+            reads += "\n" + line
+    return kept[::-1]
 
 
 register(Newton())

@@ -8,9 +8,11 @@ Forward and forward+backward, float32, on the sequential and scan backends, in C
 of one thread (best of --repeat, ms: on a shared machine wall-clock times varied tenfold
 between runs, while the process's own CPU time did not). The last rows time the
 convolution alone: the cell's prologue, which computes sum(w: Wconv[d, w] * lag(x[d], w))
-(reclang/codegen/prologue.py), and PyTorch's depthwise F.conv1d on the same input, the
-way a hand-written Mamba block computes it.
-The script first checks that the two spellings of the convolution agree.
+(reclang/codegen/prologue.py: one depthwise conv1d over x after its history), the window
+of lags contracted with the weights (what the prologue printed before: an unfold of the
+same sequence flipped into offset order, then an einsum), and PyTorch's depthwise
+F.conv1d on the same input, the way a hand-written Mamba block computes it.
+The script first checks that the three spellings of the convolution agree.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 import reclang
+from reclang.runtime import lag
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 HYPERS = {"D": 64, "N": 16, "R": 4}
@@ -73,6 +76,12 @@ def depthwise(x, weight):
     return torch.nn.functional.conv1d(padded, kernel, groups=x.shape[2]).transpose(1, 2)
 
 
+def windowed(x, weight, history):
+    """The same sum over the window of lags: W copies of x, then an einsum."""
+    extended = lag.extend(history, x, x.shape[1])
+    return torch.einsum("...dw,...dw->...d", weight, lag.window(extended, W, x.shape[1]))
+
+
 def best_of(fn, repeat: int) -> float:
     """The least CPU time of this process over `repeat` runs of fn(), in seconds."""
     times = []
@@ -103,6 +112,9 @@ def main():
     ms, x = modules(args.B, args.T)
     conv = ms["conv", "sequential"]
     check_conv(conv, x)
+    history = torch.zeros(args.B, W - 1, HYPERS["D"])
+    torch.testing.assert_close(windowed(x, conv.Wconv, history), depthwise(x, conv.Wconv),
+                               atol=1e-5, rtol=1e-5)
     result = timings(ms, x, args.repeat)
     print(f"machine: {platform.machine()}, 1 thread (CPU time), torch "
           f"{torch.__version__}, B={args.B}, T={args.T}, D={HYPERS['D']}, N={HYPERS['N']}, "
@@ -112,7 +124,6 @@ def main():
         for step in ("fwd", "fwd+bwd"):
             a, b = result[("plain", backend), step], result[("conv", backend), step]
             print(f"{backend:<11} {step:<8} {a * 1e3:>8.1f}ms {b * 1e3:>8.1f}ms {b / a:>5.2f}x")
-    history = torch.zeros(args.B, W - 1, HYPERS["D"])
     for step in ("fwd", "fwd+bwd"):
         grad = step == "fwd+bwd"
 
@@ -125,10 +136,17 @@ def main():
             y = depthwise(x, conv.Wconv)
             if grad:
                 y.square().mean().backward()
+
+        def window(grad=grad):
+            y = windowed(x, conv.Wconv, history)
+            if grad:
+                y.square().mean().backward()
         with torch.set_grad_enabled(grad):
             ours, theirs = best_of(prologue, args.repeat), best_of(hand, args.repeat)
-        print(f"conv alone  {step:<8} prologue {ours * 1e3:.2f}ms, F.conv1d "
-              f"{theirs * 1e3:.2f}ms ({ours / theirs:.1f}x)")
+            einsum = best_of(window, args.repeat)
+        print(f"conv alone  {step:<8} prologue {ours * 1e3:.2f}ms ({ours / theirs:.1f}x), "
+              f"window + einsum {einsum * 1e3:.2f}ms ({einsum / theirs:.1f}x), F.conv1d "
+              f"{theirs * 1e3:.2f}ms (1x)")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,32 @@ class Named(sympy.Function):
         return self.row.derivative(*self.args)[argindex - 1]
 
 
+class Quotient(sympy.Function):
+    """a / b kept a division where sympy would multiply by 1/b: a float divisor whose
+    reciprocal rounds (x / 0.1 would become 10.0 * x, which differs from the division
+    by an ulp, and so at the integers that floor, %, // and comparisons jump at)."""
+
+    @classmethod
+    def eval(cls, a, b):
+        if not _inexact_reciprocal(b):
+            return a / b
+        if a.is_Number:
+            return sympy.Float(float(a) / float(b))
+        return None
+
+    def _eval_is_real(self):
+        return all(a.is_real for a in self.args)
+
+    def fdiff(self, argindex=1):
+        a, b = self.args
+        return 1 / b if argindex == 1 else -a / b ** 2
+
+
+def _inexact_reciprocal(b) -> bool:
+    """Whether b is a float number whose reciprocal is not exact (not ± a power of 2)."""
+    return isinstance(b, sympy.Float) and b != 0 and math.frexp(abs(float(b)))[0] != 0.5
+
+
 def _kernel_of(name: str) -> Callable:
     """The kernel form of a built-in, looked up when called (rows name each other)."""
     return lambda *args: KERNEL[name](*args)
@@ -128,16 +154,17 @@ def _operators() -> list[Fn]:
            derivative=lambda a, b: (1, -1)),
         Fn("mul", 2, "{0} * {1}", lambda a, b: a * b, sympy=lambda a, b: a * b,
            derivative=lambda a, b: (b, a)),
-        Fn("div", 2, "{0} / {1}", lambda a, b: a / b, sympy=lambda a, b: a / b,
+        Fn("div", 2, "{0} / {1}", lambda a, b: a / b, sympy=Quotient,
            derivative=lambda a, b: (1 / b, -a / b ** 2)),
         # floor division and its remainder, with Python's and torch.remainder's signs (the
         # remainder has the divisor's sign); the kernels write both with floor
         Fn("floordiv", 2, 'torch.div({0}, {1}, rounding_mode="floor")', lambda a, b: a // b,
-           real_only=True, sympy=lambda a, b: sympy.floor(a / b),
-           kernel=lambda a, b: _kernel_of("floor")(a / b), derivative=lambda a, b: (0, 0)),
+           real_only=True, sympy=lambda a, b: sympy.floor(Quotient(a, b)),
+           kernel=lambda a, b: _kernel_of("floor")(Quotient(a, b)),
+           derivative=lambda a, b: (0, 0)),
         Fn("mod", 2, "torch.remainder({0}, {1})", lambda a, b: a % b, real_only=True,
-           sympy=sympy.Mod, kernel=lambda a, b: a - b * _kernel_of("floor")(a / b),
-           derivative=lambda a, b: (1, -_kernel_of("floor")(a / b))),
+           sympy=sympy.Mod, kernel=lambda a, b: a - b * _kernel_of("floor")(Quotient(a, b)),
+           derivative=lambda a, b: (1, -_kernel_of("floor")(Quotient(a, b)))),
         Fn("pow", 2, "{0} ** {1}", _pow, sympy=lambda a, b: a ** b,
            derivative=lambda a, b: (b * a ** (b - 1), a ** b * sympy.log(a))),
         Fn("neg", 1, "-{0}", lambda a: -a, sympy=lambda a: -a, derivative=lambda a: (-1,)),
@@ -334,6 +361,7 @@ SYMPY_TORCH = _spelled("torch", lambda fn: (fn.sympy, NAMED.get(fn.name)))
 # sympy function -> Triton spelling, for the kernels' forms and the sympy functions that
 # simplifications and derivatives turn them into (|x| from sqrt(x²), sign(x))
 TRITON = _spelled("triton", lambda fn: (fn.sympy, KERNEL.get(fn.name)))
+TRITON[Quotient] = "(({0}) / {1})"  # its divisor is a number
 # what the Triton printer prints itself (the arithmetic aside)
 PRINTED = (sympy.Max, sympy.Min, sympy.Piecewise, sympy.Heaviside)
 

@@ -227,12 +227,37 @@ def _histories(ir: IR, classes: dict[int, int]) -> tuple[History, ...]:
 
 def _classes(ir: IR) -> dict[int, int]:
     """Each node's class: equal for two nodes that compute the same thing (one pass in
-    topological order, so a value read many times is not walked many times)."""
+    topological order, so a value read many times is not walked many times). Axes count
+    by position, not name: x[h, i] and x[h, j] are one value, and `lag(x[h, i], w)` and
+    `lag(x[h, j], 1)` share one history."""
     seen: dict[tuple, int] = {}
     found: dict[int, int] = {}
     for i in nx.topological_sort(ir.graph):
         node = ir.node(i)
         key = (node.op, str(node.arg)) if node.op in (Op.INPUT, Op.PARAM) else (
-            node.op, str(node.arg), node.axes, node.sizes, tuple(found[a] for a in node.args))
+            node.op, _positional_arg(node), node.sizes,
+            tuple((found[a], _positions(node, ir.node(a).axes)) for a in node.args))
         found[i] = seen.setdefault(key, len(seen))
     return found
+
+
+def _positions(node: Node, names) -> tuple:
+    """Names of axes as their places in `node`: its own axes, then the ones it reduces.
+    A name that is neither stays a name (a finer class), an integer subscript itself."""
+    bound = node.arg[1] if node.op == Op.REDUCE else ()
+    return tuple(("axis", node.axes.index(a)) if a in node.axes else
+                 ("reduced", bound.index(a)) if a in bound else a for a in names)
+
+
+def _positional_arg(node: Node):
+    if node.op == Op.READ:  # subscripts: a READ's arg says how its source's axes map
+        if any(isinstance(s, IndexExpr) for s in node.arg):
+            return str(node.arg), node.axes
+        return _positions(node, node.arg), len(node.axes)
+    if node.op == Op.REDUCE:
+        return node.arg[0], len(node.arg[1]), len(node.axes)
+    if node.op == Op.LAG and isinstance(node.arg.offset, str):
+        return "window", _positions(node, (node.arg.offset,)), node.arg.depth
+    if node.op == Op.INDEX:
+        return "index", _positions(node, (node.arg,))
+    return str(node.arg), _positions(node, node.axes)

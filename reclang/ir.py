@@ -114,6 +114,7 @@ class Node:
     arg: object
     loc: Loc
     stmt: int = -1
+    origin: str = ""  # the construct a lowering built it for (softmax), for messages
 
     @property
     def numel(self) -> int:

@@ -222,7 +222,7 @@ def add_node(ir: IR, like: Node, op: Op, args, axes, sizes, dtype, arg) -> int:
     """A new node written where `like` is (its location and statement)."""
     i = max(ir.graph.nodes) + 1
     ir.graph.add_node(i, node=Node(i, op, tuple(args), tuple(axes), tuple(sizes), dtype, arg,
-                                   like.loc, like.stmt))
+                                   like.loc, like.stmt, like.origin))
     for a in args:
         ir.graph.add_edge(a, i)
     return i

@@ -31,13 +31,14 @@ DIAGONAL = [name for name in CELLS if name not in MATRIX + NONLINEAR]
 
 def test_triton_runs_the_diagonal_matrix_state_and_nonlinear_cells():
     assert set(DIAGONAL) == {"hgrn", "lru", "lsrl_parity", "mamba_s6", "min_gru",
-                             "min_lstm", "rg_lru", "s4d"}
+                             "min_lstm", "rg_lru", "s4d", "qrnn", "mamba_block"}
     assert set(MATRIX) == {"gla", "hgrn2", "linear_attn", "mamba2", "mlstm", "retnet",
                            "rwkv6", "simple_gla",                                # mat-decay
-                           "delta_net", "delta_product", "gated_delta_net", "rwkv7"}  # dplr
+                           "delta_net", "delta_product", "gated_delta_net", "rwkv7", "kda"}  # dplr
     odyssey = {f"lstm_odyssey_{v}" for v in ("cifg", "fgr", "nfg", "niaf", "nig", "noaf",
                                              "nog", "np", "vanilla")}
-    assert set(NONLINEAR) == {"elman", "gru", "lstm", "slstm"} | odyssey
+    assert set(NONLINEAR) == {"elman", "gru", "lstm", "rwkv4", "slstm", "para_gru", "para_lstm",
+                              "indrnn"} | odyssey
 
 
 # the interpreter runs the kernels' steps in Python, slowly: lengths stay short here.

@@ -43,6 +43,11 @@ def test_spec_has_the_documented_form(name):
     (["aaren"], "associative"),
     (["titans"], "coupled"),
     (["lstm", "gru", "elman", "slstm", "lmu", "para_gru", "para_lstm", "indrnn"], "nonlinear"),
+    (["rwkv4"], "nonlinear"),  # issue 18's layers
+    (["s4", "lssl"], "dense"),
+    (["qrnn", "mamba_block"], "diag"),
+    (["rwkv6_tokenshift"], "mat-decay"),
+    (["kda"], "dplr"),
 ])
 def test_forms_the_issue_asks_for(names, form):
     assert {n: plan(n).form for n in names} == {n: form for n in names}

@@ -169,3 +169,34 @@ def test_a_reduction_index_named_as_the_counter_is_the_reductions_own():
     total = x["x"].sum()
     want = 0.5 * (0.5 * 0 + total + 0) + total + 1
     torch.testing.assert_close(final["S"], want.expand(1, 3))
+
+
+def test_one_load_lists_the_blocks_problems_with_the_others_in_line_order():
+    """A block's problem does not hide the others: the statements it drops are left
+    out silently (a state updated only there is not also 'never updated')."""
+    text = (HEAD + "    b[i] = x[i] + nowhere1[i]\n" + BLOCK + "        out z[i] = S[i]\n"
+            "    for q in 0:\n        S[i] <- S[i]\n" + "    c[i] = x[i] * nowhere2[i]\n" + OUT)
+    with pytest.raises(RecError) as info:
+        reclang.loads(text, "c.rec")
+    found = [(d.loc.line, d.message.split(":")[0]) for d in info.value.diagnostics]
+    assert found == [(4, "unknown name 'nowhere1'"),
+                     (8, "an output is written once per step, so not inside a for block"),
+                     (9, "a for block runs a positive integer number of times; 0 is not one"),
+                     (11, "unknown name 'nowhere2'")], str(info.value)
+
+
+def test_the_fused_kernel_refuses_a_sum_over_an_earlier_sub_step_by_name():
+    """A sub-step's weighted sum over the units of the previous sub-step needs that
+    value at every unit within the step: the refusal says so, naming the sub-step."""
+    text = ("cell c(N = 4, R = 2):\n    input x[N]\n    param W[N, N] ~ normal(0, 0.3)\n"
+            "    state h[N] = 0\n    for r in R:\n"
+            "        h[i] <- tanh(sum(m: W[i, m] * h[m]) + x[i])\n    out y[i] = h[i]\n")
+    cell = reclang.loads(text, "c.rec")
+    reason = next(v.reason for v in cell.verdicts if v.backend == "triton")
+    assert reason == (
+        "c.rec:6:9: a sum over the units of h_0, the value of h after iteration 0 of its "
+        "for block (line 6), which this step computes from the states: the fused kernel "
+        "mixes units only through weighted sums of the previous step's states")
+    torch.manual_seed(0)
+    m = cell.module("sequential")
+    assert m(x=torch.randn(2, 3, 4))[0].shape == (2, 3, 4)

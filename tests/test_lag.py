@@ -319,9 +319,40 @@ def test_a_gather_of_params_is_computed_once_as_a_derived_param():
     assert (3,) in sizes and (3, 4) not in sizes  # the convolution, not its window
     twice = reclang.loads(CONV.replace("out y[d] = h[d]", "out y[d] = t * h[d]"), "c.rec")
     assert len(twice.prologue.derived) == len(cell.prologue.derived)  # one t for both
-    assert "_lag.window(" in cell.prologue_source() and "_lag." not in cell.source("scan")
+    assert "_lag.convolved(" in cell.prologue_source() and "_lag." not in cell.source("scan")
     assert reclang.loads(ELMAN.replace("lag(x[d], 1)", "x[d]").replace("x[D - 1 - d]", "0"),
                          "e.rec").prologue_source() is None
+
+
+VARYING = """
+cell varying_weights(D = 3, W = 3):
+    input x[D], a[D, W]
+    param Wc[D, W] ~ normal(0, 1)
+    param z[W] ~ normal(0, 1)
+    state h[D] = 0
+    h[d] <- 0.5 * h[d] + sum(w: a[d, w] * lag(x[d], w)) + sum(w: lag(x[d], w) * 2 * Wc[d, w])
+    out y[d] = h[d] + sum(w: Wc[d, w] * lag(x[d], w)) + lag(x[d], 4) + sum(w: z[w] * lag(x[d], w))
+"""
+
+
+def test_a_short_convolution_is_one_depthwise_conv1d():
+    """A window read only by a sum with time-invariant weights is one conv1d over the
+    extended sequence (a history deeper than the window: lag(x, 4)), whatever the order
+    of the product, a kernel shared by every d too; weights that vary in time keep the
+    window and its einsum."""
+    text = reclang.loads(VARYING, "v.rec").prologue_source()
+    assert text.count("_lag.convolved(") == 3 and text.count("_lag.window(") == 1
+    assert "_lag.window(" not in reclang.loads(DELTA, "d.rec").prologue_source()
+    ref = module(VARYING)
+    xs, state = inputs(ref, 2, 5), random_state(ref, 2)
+    p = dict(ref.named_parameters())
+    ext = torch.cat([state["lag_x"], xs["x"]], 1)
+    steps = [torch.stack([ext[:, 4 + t - w] for w in range(3)], -1) for t in range(5)]
+    h, want = state["h"], []
+    for t, win in enumerate(steps):
+        h = 0.5 * h + (xs["a"][:, t] * win).sum(-1) + (win * 2 * p["Wc"]).sum(-1)
+        want.append(h + (p["Wc"] * win).sum(-1) + ext[:, t] + (p["z"] * win).sum(-1))
+    torch.testing.assert_close(ref(**xs, state=state)[0], torch.stack(want, 1))
 
 
 def test_subscript_expressions_read_zero_outside_the_tensor():

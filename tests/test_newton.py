@@ -5,6 +5,7 @@ sequential finish past max_iter; quasi-Newton and damping; its Jacobian structur
 its refusals."""
 
 import dataclasses
+import inspect
 import re
 
 import pytest
@@ -253,3 +254,80 @@ def test_an_initial_state_computed_from_params():
     torch.manual_seed(0)
     m, s = cell.module("newton").double(), cell.module("sequential").double()
     assert_same(m, as_reference(s), random_inputs(m, 2, 9), None)
+
+
+def test_the_state_free_prelude_runs_once_per_call_not_per_iteration(monkeypatch):
+    """W x + b reads no state: computed once on all tokens; an iteration evaluates the core."""
+    m, s = pair("para_gru")
+    generated, calls = m._generated, []
+    prelude = generated.prelude
+    monkeypatch.setattr(generated, "prelude", lambda *a, **k: calls.append(1) or prelude(*a, **k))
+    assert_same(m, as_reference(s), random_inputs(m, 2, 13), random_state(m, 2))
+    assert len(calls) == 1 and newton.last_report.iterations > 1
+    assert "einsum" in inspect.getsource(prelude)
+    assert "einsum" not in inspect.getsource(generated.core)
+
+
+def _grads_of(m, x):
+    """Outputs and the gradients of a loss in x and every param, by autograd."""
+    x = x.clone().requires_grad_()
+    y = m(x=x)[0]
+    params = dict(m.named_parameters())
+    return y, torch.autograd.grad(y.square().sum(), [x, *params.values()])
+
+
+def test_under_torch_compile_values_and_gradients():
+    """The solve is a graph break (it branches on convergence) and runs eagerly; dynamo
+    traces the rest ("eager": no kernels generated, which would take minutes here)."""
+    m, s = pair("para_gru")
+    s.load_state_dict(m.state_dict())
+    x = random_inputs(m, 2, 7)["x"]
+    for got, want in zip(_grads_of(torch.compile(m, backend="eager"), x), _grads_of(s, x)):
+        torch.testing.assert_close(got, want, atol=TOL, rtol=0)
+
+
+def test_torch_func_functional_call_and_grad():
+    m, s = pair("para_lstm")
+    s.load_state_dict(m.state_dict())
+    x = random_inputs(m, 2, 7)["x"]
+    params = {k: v.detach() for k, v in m.named_parameters()}
+
+    def loss(p, x):
+        return torch.func.functional_call(m, p, (), {"x": x})[0].square().sum()
+
+    got = torch.func.grad(loss, argnums=(0, 1))(params, x)
+    want = _grads_of(s, x)[1]
+    for g, w in zip([got[1], *got[0].values()], want):
+        torch.testing.assert_close(g, w, atol=TOL, rtol=0)
+
+
+def test_vmap_is_refused_with_a_reason():
+    m, _ = pair("para_gru")
+    x = random_inputs(m, 2, 5)["x"]
+    with pytest.raises(RuntimeError, match="newton backend does not run under torch.func.vmap"):
+        torch.func.vmap(lambda x: m(x=x)[0])(x[None])
+
+
+@pytest.mark.parametrize("name", ["para_gru", "lmu"])
+def test_prelude_and_core_bind_no_name_they_do_not_read(name):
+    """Each prints only the param-only values (lmu's A, B) and sizes (T) it reads."""
+    from test_generated_code import unused
+
+    assert unused(small(name).source("newton")) == []
+
+
+def test_an_infinite_initial_state_meets_no_zero_times_infinity():
+    """A running max from -inf: step 0 is f(h_0) itself (the linearization's 0 · inf
+    would be NaN), the first guess is finite, and the result is the loop's."""
+    cell = reclang.loads("""cell c(N = 2):
+    input x[N]
+    state m[N] = -inf
+    m[n] <- max(m[n] - 1, x[n])
+    out y[n] = m[n]
+""", "c.rec")
+    x = torch.randn(3, 7, 2, dtype=torch.float64, requires_grad=True)
+    (ys, ss), (yn, sn) = (cell.module(b).double()(x=x) for b in ("sequential", "newton"))
+    assert newton.last_report.sequential_from is None
+    torch.testing.assert_close(yn, ys, rtol=0, atol=1e-12)
+    gs, gn = (torch.autograd.grad(y.sum(), x)[0] for y in (ys, yn))
+    torch.testing.assert_close(gn, gs, rtol=0, atol=1e-12)

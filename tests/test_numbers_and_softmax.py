@@ -76,7 +76,7 @@ RUNNING_MAX = """cell c(N = 3):
 """
 
 
-@pytest.mark.parametrize("backend", ["sequential", "triton", "cpu"])
+@pytest.mark.parametrize("backend", ["sequential", "triton", "newton", "cpu"])
 def test_a_running_max_from_minus_inf_has_no_nan(backend):
     """From the declared initial state (-inf): finite outputs, final states and
     gradients of inputs, on every backend that runs the cell (the fused loop too)."""
@@ -170,3 +170,58 @@ def test_the_new_operations_in_a_matrix_cell_run_on_chunk_and_triton():
         m = cell.module(backend).double()
         assert_matches_reference(m, as_reference(reference), random_inputs(m, 2, 5),
                                  random_state(m, 2))
+
+
+def test_a_state_through_softmax_is_refused_as_a_softmax_at_the_softmax():
+    """softmax lowers to a max, an exp, a sum and a division; a refusal names the
+    softmax (the nodes' origin), not the max it starts with, with the caret on it."""
+    text = ("cell c(N = 4):\n    input x[N]\n    state s[N] = 0\n"
+            "    s[i] <- 0.5 * s[i] + softmax(i: s[i] + x[i])\n    out y[i] = s[i]\n")
+    verdicts = {v.backend: v.reason for v in reclang.loads(text, "c.rec").verdicts}
+    for backend in ("scan", "chunk", "fft", "triton"):
+        assert "c.rec:4:26: " in verdicts[backend], verdicts[backend]
+        assert "read through softmax" in verdicts[backend]
+        assert "reduced with max" not in verdicts[backend]
+
+
+BOUNDARY = {  # x / 0.1 falls just below the integer (0.3 / 0.1 = 2.9999999999999996),
+    # x * 10.0, what sympy made of it, on it: floor, //, % and >= jump there
+    "diagonal": """cell c(N = 4):
+    input x[N]
+    state h[N] = 0
+    h[i] <- 0.5 * h[i] + floor(x[i] / 0.1) + 10 * where(x[i] / 0.1 >= 3, 1, 0)
+            + 100 * (x[i] / 0.1) // 1 + (2 * x[i] / 0.1) % 3
+    out y[i] = h[i]
+""",
+    "matrix": """cell c(N = 4, V = 2):
+    input x[N], v[V], q[N]
+    state S[N, V] = 0
+    S[i, j] <- 0.5 * S[i, j] + (floor(x[i] / 0.1) + 10 * where(x[i] / 0.1 >= 3, 1, 0)) * v[j]
+    out o[j] = sum(i: q[i] * S[i, j])
+""",
+    "nonlinear": """cell c(N = 4):
+    input x[N]
+    param W[N, N] ~ normal(0, 0.3)
+    state h[N] = 0
+    h[i] <- tanh(sum(m: W[i, m] * h[m]) + floor(x[i] / 0.1) + where(x[i] / 0.1 >= 3, 1, 0))
+    out y[i] = h[i]
+""",
+}
+
+
+@pytest.mark.parametrize("kind", BOUNDARY)
+def test_a_division_under_floor_mod_and_comparisons_is_the_specs_on_every_backend(kind):
+    cell = reclang.loads(BOUNDARY[kind], "c.rec")
+    backends = [v.backend for v in cell.verdicts if v.supported and v.backend != "sequential"]
+    assert backends, backends
+    torch.manual_seed(0)
+    reference = cell.module("sequential").double()
+    x = random_inputs(reference, 1, 3)
+    x["x"] = torch.tensor([0.3, 0.6, 0.9, 1.2], dtype=torch.float64).expand(1, 3, 4)
+    want = reference(**x)[0]
+    for backend in backends:
+        torch.manual_seed(0)
+        got = cell.module(backend).double()(**x)[0]
+        # a value on the wrong side of a jump is off by 0.1 or more; the matrix kernels'
+        # dot products round at 1e-8 under the interpreter
+        assert torch.allclose(got, want, rtol=0, atol=1e-6), (backend, got, want)

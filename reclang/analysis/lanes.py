@@ -45,6 +45,7 @@ import sympy
 from ..functions import KERNEL, derivative, has_triton
 from ..ir import IR, IndexExpr, Node, Op
 from .partition import Phase
+from .substeps import substeps
 from .terms import Expander, NotAffine
 
 LANE = sympy.Symbol("lane", integer=True)   # the unit a scalar expression is about
@@ -122,7 +123,9 @@ class _Lowering:
                          for d in (self.ir.states if states is None else states))
 
     def fail(self, node: Node, why: str):
-        loc = node.loc if node.stmt < 0 else self.ir.node(self.ir.stmts[node.stmt]).loc
+        # at the statement, unless the node lowers a construct of its own (a softmax)
+        loc = node.loc if node.stmt < 0 or node.origin else \
+            self.ir.node(self.ir.stmts[node.stmt]).loc
         raise Unsupported(f"{self.file}:{loc}: {why}")
 
     def run(self) -> LaneForm:
@@ -215,7 +218,13 @@ class _Lowering:
         try:
             terms = self.expander.terms(node.id, env)
         except NotAffine as err:
-            self.fail(node, f"a sum over the units of a state that is {err.reason}: "
+            mixed = self.mixed_value(node)
+            if mixed:
+                self.fail(node, f"a sum over the units of {mixed}, which this step computes "
+                          f"from the states: {self.kernel} mixes units only through "
+                          "weighted sums of the previous step's states")
+            self.fail(err.node if err.node.origin else node,
+                      f"a sum over the units of a state that is {err.reason}: "
                       f"{self.kernel} mixes units only through weighted sums")
         total = sympy.Integer(0)
         for t in terms:
@@ -233,6 +242,28 @@ class _Lowering:
                           f"{self.kernel} takes weights computed once, before its loop")
             total += self.weight(t.coef.subs(k, KEY), t.state)
         return total
+
+    def mixed_value(self, node: Node) -> str:
+        """The value of this step that a sum reads along its summed index, in words
+        (a for block's sub-step by its state and iteration), or ""."""
+        reduced, stack = set(node.arg[1]), list(node.args)
+        while stack:
+            n = self.ir.node(stack.pop())
+            source = self.ir.node(n.args[0]) if n.op == Op.READ else None
+            if source is None:
+                stack.extend(n.args)
+            elif source.op in (Op.LET, Op.UPDATE) and self.expander.phase[source.id] == \
+                    Phase.CORE and reduced & {s for s in n.arg if isinstance(s, str)}:
+                return self.described(source)
+        return ""
+
+    def described(self, value: Node) -> str:
+        for s in self.ir.states:
+            chain = substeps(self.ir, self.ir.update(s.name).id) or []
+            if value.id in chain[:-1]:
+                return f"{value.arg}, the value of {s.name} after iteration " \
+                       f"{chain.index(value.id)} of its for block (line {value.loc.line})"
+        return f"{value.arg} (line {value.loc.line})"
 
     # ---- symbols for what the kernel loads
     def operand(self, expr: sympy.Expr, node: Node) -> sympy.Expr:

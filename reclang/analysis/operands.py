@@ -30,6 +30,7 @@ import sympy
 from ..ir import IR, Op
 from .partition import Phase, phases
 from .structure import StateStructure, key_axes
+from .substeps import Definition, reader
 from .terms import Expander, NotAffine, Term
 
 
@@ -49,6 +50,7 @@ class ChunkState:
     positive: bool                 # the decay is provably > 0
     low_rank: tuple[tuple[sympy.Expr, sympy.Expr], ...]  # (a_r, b_r), both over the key axis
     inputs: tuple[tuple[sympy.Expr, sympy.Expr], ...]    # (key side, value side)
+    defs: tuple[Definition, ...] = ()  # the vectors these read, in order (substeps.py)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,10 @@ def chunk_operands(ir: IR, structures) -> MatState:
     for s in structures:
         _check_state(ir, s)
     expander = Expander(ir)
+    for s in structures:  # a readout of a state updated in sub-steps reads its composed form
+        if s.defs:
+            symbols = tuple(sympy.Symbol(a, integer=True) for a in s.axes)
+            expander.given[ir.update(s.name).id] = reader(expander, symbols, list(s.terms))
     parts = _linear_parts(ir, expander)
     states = tuple(_chunk_state(ir, s, [t for p in parts for t in p.terms
                                         if t.state == s.name]) for s in structures)
@@ -151,7 +157,7 @@ def _chunk_state(ir: IR, s, reads: list[ReadTerm]) -> ChunkState:
     positive = bool(t.positive) or t.decay == 1
     decay_on_key = bool(sympy.sympify(t.decay).free_symbols & key_syms)
     return ChunkState(s.name, s.axes, shared_axes, keys, value, log_decay, decay_on_key,
-                      positive, low_rank, tuple(inputs))
+                      positive, low_rank, tuple(inputs), s.defs)
 
 
 def _factors(term: Term) -> list[sympy.Expr]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 import sympy
 
 from ..ir import IR, IndexExpr, Op
+from .substeps import Composer, Definition, substeps
 from .terms import Expander, NotAffine, Term, _collapse
 
 
@@ -65,6 +66,7 @@ class StateStructure:
     recurrence: str = ""                # the update in mathematical form, elementwise
     matrix: str = ""                    # ... and as S' = A S + B
     terms: tuple[Term, ...] = field(default=(), repr=False)
+    defs: tuple[Definition, ...] = field(default=(), repr=False)  # vectors the terms read
 
 
 def analyze_state(ir: IR, expander: Expander, update: int,
@@ -83,8 +85,10 @@ def _analyze(ir: IR, expander: Expander, update: int) -> StateStructure:
     symbols = tuple(sympy.Symbol(a, integer=True) for a in node.axes)
     env = dict(zip(node.axes, symbols))
     name = node.arg
+    chain = substeps(ir, update)
+    composed = Composer(ir, expander, update, _transition).compose(chain) if chain else None
     try:
-        terms = expander.terms(node.args[0], env)
+        terms, defs = composed or (expander.terms(node.args[0], env), ())
     except NotAffine as err:
         monoid = _running_extreme(ir, node)
         read = ", ".join(sorted({r[0] for r in _state_reads(ir, err.node.id)})) or name
@@ -99,27 +103,20 @@ def _analyze(ir: IR, expander: Expander, update: int) -> StateStructure:
     input_term = _input_term(free, symbols, node.axes)
     return StateStructure(name, node.axes, True, transition, input_term, tuple(cross),
                           loc=node.loc, recurrence=_pretty(name, symbols, terms),
-                          terms=tuple(terms))
+                          terms=tuple(terms), defs=defs)
 
 
 # ---- the transition -------------------------------------------------------------------
 def _transition(own: list[Term], symbols, axes, expander, sizes) -> Transition:
     diagonal, mixing, dense = sympy.Integer(0), [], set()
-    pieces = [Term(c, t.state, t.index, t.sums) for t in own
-              for c in sympy.Add.make_args(sympy.expand(t.coef))]
-    for t in map(_contract_deltas, pieces):
-        moved = [p for p, (s, L) in enumerate(zip(t.index, symbols)) if s != L]
-        summed = {s for s, _ in t.sums}
-        if not moved:
-            diagonal += _collapse([Term(t.coef, None, (), t.sums)])
-        elif all(t.index[p] in summed for p in moved) and len(moved) == 1:
-            pair = _factor_rank_one(t, moved[0], symbols)
-            if pair is None:
-                dense.add(axes[moved[0]])
+    for t in own:
+        for kind, value in _own_pieces(t, symbols):
+            if kind == "diagonal":
+                diagonal += value
+            elif kind == "mixing":
+                mixing.append(value)
             else:
-                mixing.append((moved[0], pair))
-        else:
-            dense.update(axes[p] for p in moved)
+                dense.update(axes[p] for p in value)
     if not own:
         return Transition("none", sympy.Integer(0))
     decay = diagonal
@@ -138,10 +135,47 @@ def _transition(own: list[Term], symbols, axes, expander, sizes) -> Transition:
     return Transition(kind, **info)
 
 
+def _own_pieces(t: Term, symbols) -> list[tuple[str, object]]:
+    """A self term as (diagonal, coefficient), (mixing, (position, (a, b))) and (dense,
+    positions) pieces. A mixing term is factored whole first: a function of the keys
+    (sigmoid(k_i) + k_i) stays one factor of rank one, where its expansion would read as
+    several terms, one per distinct piece of b."""
+    whole = _classify(_contract_deltas(t), symbols)
+    if whole[0] == "mixing":
+        return [whole]
+    return [_classify(_contract_deltas(Term(c, t.state, t.index, t.sums)), symbols)
+            for c in sympy.Add.make_args(_expand_numerators(t.coef))]
+
+
+def _classify(t: Term, symbols) -> tuple[str, object]:
+    moved = [p for p, (s, L) in enumerate(zip(t.index, symbols)) if s != L]
+    if not moved:
+        return "diagonal", _collapse([Term(t.coef, None, (), t.sums)])
+    if len(moved) == 1 and t.index[moved[0]] in {s for s, _ in t.sums}:
+        pair = _factor_rank_one(t, moved[0], symbols)
+        if pair is not None:
+            return "mixing", (moved[0], pair)
+    return "dense", moved
+
+
+def _expand_numerators(expr) -> sympy.Expr:
+    """sympy.expand that keeps each denominator a factor of its own. sympy's expand
+    multiplies denominators out: sigmoid(k_i) sigmoid(k_l) = 1/((1 + e^-k_i)(1 + e^-k_l))
+    becomes 1/(1 + e^-k_i + e^-k_l + e^-k_i e^-k_l), which no longer splits into a(i) b(l)
+    and turned a delta rule of sigmoid or silu keys dense. Each reciprocal stands in as an
+    atom while the numerator is expanded."""
+    expr = sympy.sympify(expr)
+    reciprocals = {p: sympy.Dummy() for p in expr.atoms(sympy.Pow) if p.exp.is_negative}
+    return sympy.expand(expr.xreplace(reciprocals)).xreplace(
+        {d: p for p, d in reciprocals.items()})
+
+
 def _contract_deltas(t: Term) -> Term:
     """Σ_l δ(i, l) · c · S[.., l, ..] = c · S[.., i, ..]: an identity written as
-    where(i == l, 1, 0) is recognized as such."""
-    coef, index, sums = sympy.expand(t.coef), t.index, dict(t.sums)
+    where(i == l, 1, 0) is recognized as such. A term without one is left as written."""
+    if not sympy.sympify(t.coef).atoms(sympy.KroneckerDelta):
+        return t
+    coef, index, sums = _expand_numerators(t.coef), t.index, dict(t.sums)
     for delta in coef.atoms(sympy.KroneckerDelta):
         a, b = delta.args
         summed = b if b in sums else a if a in sums else None
@@ -186,12 +220,23 @@ def _group_rank(mixing) -> tuple:
     groups: list[list] = []
     for _, (a, b) in mixing:
         for g in groups:
-            if sympy.simplify(g[1] - b) == 0:
+            if _equal(g[1], b):
                 g[0] += a
                 break
         else:
             groups.append([a, b])
     return tuple((a, b) for a, b in groups)
+
+
+def _equal(x, y) -> bool:
+    """x == y as values: a polynomial difference (in the indexed inputs) is zero exactly
+    when it expands to zero, so only the others take sympy's slow simplify."""
+    d = sympy.expand(x - y)
+    if d == 0:
+        return True
+    if d.is_polynomial(*d.atoms(sympy.Indexed, sympy.Symbol)):
+        return False
+    return sympy.simplify(d) == 0
 
 
 def _time_varying(expander: Expander, exprs) -> bool:

@@ -56,6 +56,9 @@ class Expander:
                               else p) for i, p in self.phase.items()}
         self.fresh = itertools.count()
         self.time_varying: set[str] = {d.name for d in ir.inputs}
+        # node id -> index -> terms: statements whose normal form is given, not expanded
+        # (a state updated in sub-steps, composed once: see substeps.py)
+        self.given: dict = {}
 
     def _reads_free(self, i: int) -> bool:
         """Whether node i depends on a state that is not frozen."""
@@ -140,6 +143,8 @@ class Expander:
         index = state_index(node, source, env)
         if source.op == Op.STATE:
             return [Term(sympy.Integer(1), source.arg, index)]
+        if source.id in self.given:
+            return self.given[source.id](index)
         # an intermediate or a new state that depends on a state: inline its value
         inner = {axis: value for axis, value in zip(source.axes, index)}
         return self.terms(source.args[0], inner)
@@ -159,7 +164,7 @@ class Expander:
             return [t.scaled(1 / _collapse(args[1])) for t in args[0]]
         if name == "pow" and _state_free(args[1]) and _collapse(args[1]) == 1:
             return args[0]
-        raise NotAffine(f"read through {name}", node)
+        raise NotAffine(f"read through {node.origin or name}", node)
 
     def _product(self, node, left, right) -> list[Term]:
         if not _state_free(left) and not _state_free(right):
@@ -173,7 +178,8 @@ class Expander:
     def terms_reduce(self, node: Node, env: dict) -> list[Term]:
         kind, reduced = node.arg
         if kind != "sum":
-            raise NotAffine(f"reduced with {kind}", node)
+            raise NotAffine(f"read through {node.origin}" if node.origin else
+                            f"reduced with {kind}", node)
         inner = dict(env)
         new = [self._new_index(r) for r in reduced]
         inner.update(zip(reduced, new))

@@ -18,7 +18,7 @@ The stages, one module each:
 from __future__ import annotations
 
 from .. import ast
-from ..errors import at
+from ..errors import Collector, at
 from ..ir import IR
 from ..rewrite import fold, rewrite
 from .builder import Builder
@@ -34,4 +34,6 @@ def build_ir(cell: ast.Cell, overrides: dict | None = None) -> IR:
     Raises RecError listing every problem."""
     with at(cell, STAGE):  # what no statement's own wrapping covers: hypers, whole-cell checks
         hypers = resolve_hypers(cell, overrides or {})
-        return rewrite(Builder(unroll(cell, hypers), hypers).build())
+        errors = Collector(cell.source)  # the for blocks' problems, then the statements'
+        unrolled, dropped = unroll(cell, hypers, errors)
+        return rewrite(Builder(unrolled, hypers, errors, dropped).build())

@@ -21,17 +21,19 @@ class Builder(Declarations, Indices, Expressions, Offsets):
     """One cell's IR under construction; the parts it is made of (declarations.py,
     indices.py, expressions.py, offsets.py) read and write the state set up here."""
 
-    def __init__(self, cell: ast.Cell, hypers: dict):
+    def __init__(self, cell: ast.Cell, hypers: dict, errors: Collector | None = None,
+                 failed: set[str] = frozenset()):
         self.cell, self.hypers = cell, hypers
-        self.errors = Collector(cell.source)
+        self.errors = errors or Collector(cell.source)  # with the unroller's problems
         self.graph = nx.DiGraph()
         self.decls: dict[str, Decl] = {}
         self.leaves: dict[str, int] = {}
         self.defined: dict[str, int] = {}   # let/out name -> definition node
         self.updated: dict[str, int] = {}   # state name -> UPDATE node
-        self.failed: set[str] = set()        # names whose statement had an error
+        self.failed: set[str] = set(failed)  # names whose statement had an error
         self.stmts: list[int] = []
         self.stmt = -1
+        self.origin = ""  # the construct the nodes being added lower (see Node.origin)
         self.depth: dict[int, int] = {}     # node -> longest path of nodes up to it
 
     # ---- nodes
@@ -45,7 +47,8 @@ class Builder(Declarations, Indices, Expressions, Offsets):
                       "follow a value through every let", loc)
         i = self.graph.number_of_nodes()
         self.depth[i] = depth
-        node = Node(i, op, tuple(args), tuple(axes), tuple(sizes), dtype, arg, loc, self.stmt)
+        node = Node(i, op, tuple(args), tuple(axes), tuple(sizes), dtype, arg, loc, self.stmt,
+                    self.origin)
         self.graph.add_node(i, node=node)
         for a in args:
             self.graph.add_edge(a, i)
@@ -123,7 +126,7 @@ class Builder(Declarations, Indices, Expressions, Offsets):
         assigned = {s.name for s in self.cell.body if isinstance(s, ast.Assign)}
         for d in self.decls.values():
             # a state whose update has an error was reported there already
-            if d.kind == "state" and d.name not in assigned:
+            if d.kind == "state" and d.name not in assigned | self.failed:
                 self.errors.error(f"state {d.name} is never updated: add "
                                   f"`{d.name}[...] <- ...`", d.loc)
         if not any(self.node(i).op == Op.OUT for i in self.stmts) and not self.errors.diagnostics:

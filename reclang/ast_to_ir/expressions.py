@@ -63,6 +63,8 @@ class Expressions:
         if len(e.indices) != len(src.sizes):
             n = len(src.sizes)
             usage = f"write {e.name}[{', '.join('ijklmn'[:n])}]" if n else f"write {e.name}"
+            if e.name == "t" and not e.indices:  # the step index, meant but shadowed
+                usage += " (a tensor named t hides the step index t: rename it to read both)"
             self.fail(f"{e.name} has {n} ax{'is' if n == 1 else 'es'} but "
                       f"{len(e.indices)} {'index is' if len(e.indices) == 1 else 'indices are'} "
                       f"given: {usage}", e.loc)
@@ -216,11 +218,15 @@ class Expressions:
         if missing:
             self.fail(f"the body of softmax does not depend on {missing[0]}, so it is "
                       f"1/size along it; write that instead", e.loc)
-        peak = self._reduced("max", body, reduced, e.loc)
-        shifted = self._elementwise("exp", [self._elementwise("sub", [body, peak], e.loc)],
-                                    e.loc)
-        total = self._reduced("sum", shifted, reduced, e.loc)
-        return self._elementwise("div", [shifted, total], e.loc)
+        self.origin = "softmax"  # a refusal at these nodes names the softmax, not a max
+        try:
+            peak = self._reduced("max", body, reduced, e.loc)
+            shifted = self._elementwise("exp", [self._elementwise("sub", [body, peak], e.loc)],
+                                        e.loc)
+            total = self._reduced("sum", shifted, reduced, e.loc)
+            return self._elementwise("div", [shifted, total], e.loc)
+        finally:
+            self.origin = ""
 
     def _reduced(self, kind, i, reduced, loc) -> int:
         node = self.node(i)

@@ -25,19 +25,21 @@ class _Skip(Exception):
     """Abandons a statement (or a block) after its problem was recorded."""
 
 
-def unroll(cell: ast.Cell, hypers: dict) -> ast.Cell:
-    """The cell with its for blocks unrolled. Raises RecError listing every problem."""
+def unroll(cell: ast.Cell, hypers: dict, errors: Collector) -> tuple[ast.Cell, set[str]]:
+    """The cell with its for blocks unrolled, and the names of the statements dropped
+    for a problem recorded in `errors`: the builder goes on with the rest, so that one
+    load reports the problems of the blocks and of the other statements together."""
     if not any(isinstance(s, ast.For) for s in cell.body):
-        return cell
-    unroller = _Unroller(cell, hypers)
+        return cell, set()
+    unroller = _Unroller(cell, hypers, errors)
     body = unroller.statements(cell.body, {}, {}, (), True)
-    unroller.errors.raise_if_any()
-    return dataclasses.replace(cell, body=tuple(body))
+    return dataclasses.replace(cell, body=tuple(body)), unroller.dropped
 
 
 class _Unroller:
-    def __init__(self, cell: ast.Cell, hypers: dict):
-        self.hypers, self.errors = hypers, Collector(cell.source)
+    def __init__(self, cell: ast.Cell, hypers: dict, errors: Collector):
+        self.hypers, self.errors = hypers, errors
+        self.dropped: set[str] = set()  # names of the statements left out for an error
         self.shapes = {t.name: t.dims for s in cell.body if isinstance(s, ast.StateDecl)
                        for t in s.tensors}
         self.named = _names(cell, reads=False) | set(hypers)  # what a counter may not be
@@ -57,8 +59,8 @@ class _Unroller:
                     out.append(self.assign(s, values, renamed, suffix, last, once))
                 else:
                     out.append(s)
-            except _Skip:
-                pass
+            except _Skip:  # its readers, and its state's completeness, report nothing more
+                self.dropped |= {x.name for x in _flat([s]) if isinstance(x, ast.Assign)}
         return out
 
     def block(self, s: ast.For, values, renamed, suffix, last):

@@ -134,6 +134,8 @@ class ChunkProgram(Program):
         (Hs, shared), (Kf, key), (Vf, value) = (self.flat(s, x) for x in (s.shared, s.key,
                                                                           s.value))
         hk = s.shared + s.key
+        if roles:
+            self.emit_definitions(s)
         if "w" in roles and s.log_decay == 0:
             self.lines.append(f"{v.w} = _like.new_zeros((B, T, {Hs}, 1))  # no decay")
         elif "w" in roles:
@@ -169,6 +171,16 @@ class ChunkProgram(Program):
                               "readout queries (of the previous state): "
                               + self.text(*queries))
             self.lines[-1] += flat_k
+
+    def emit_definitions(self, s: ChunkState) -> None:
+        """The vectors of a state updated in sub-steps, which its operands read, each
+        named once (analysis/substeps.py)."""
+        for d in s.defs:
+            axes = tuple(str(x) for x in d.index)
+            self.sympy.sizes.update(zip(axes, d.sizes))  # the rank index is used as a value
+            var = self.names.fresh(d.name)
+            self.emit_operand(var, d.value, axes, d.sizes, f"{d.name} = {self.text(d.value)}")
+            self.sympy.defined[d.name] = (var, d.sizes)
 
     def initial(self, s: ChunkState) -> str:
         """The state as the passes take it: [B or N, shared, key, value]."""

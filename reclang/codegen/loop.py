@@ -114,6 +114,19 @@ class Program:
         return signature, doc
 
     def body(self, step: bool) -> list[str]:
+        blocks, outputs, lower = self.lowered(step)
+        first = py_name(self.ir.inputs[0].name)
+        lines = self.defines(lower, first) + blocks[Place.ONCE]
+        if step:
+            lines += blocks[Place.LOOP]
+        else:
+            lines += self.loop(first, blocks, outputs, lower.unbound)
+        lines.append(self.returns(outputs))
+        return lines
+
+    def lowered(self, step: bool):
+        """The statements lowered into their places' blocks: (the blocks, the outputs
+        with their places, the lowering)."""
         place = placements(self.ir, step)
         blocks = {p: [] for p in Place}
         self.names = Names(self.ir)
@@ -130,7 +143,11 @@ class Program:
             lower.emit(home, node, f"{py_name(node.arg)} = {text}")
             if node.op == Op.OUT:
                 outputs.append((node, home))
-        first = py_name(self.ir.inputs[0].name)
+        return blocks, outputs, lower
+
+    @staticmethod
+    def defines(lower, first: str) -> list[str]:
+        """The lines that define what the lowered code needs, from the tensor `first`."""
         lines = []
         if lower.needs & {"dtype"}:
             lines.append(f"_dtype, _device = {first}.dtype, {first}.device")
@@ -139,12 +156,6 @@ class Program:
             lines.append(f"_cdtype = torch.promote_types({first}.dtype, torch.complex64)")
         if "batch" in lower.needs:
             lines.append(f"B = {first}.shape[0]")
-        lines += blocks[Place.ONCE]
-        if step:
-            lines += blocks[Place.LOOP]
-        else:
-            lines += self.loop(first, blocks, outputs, lower.unbound)
-        lines.append(self.returns(outputs))
         return lines
 
     def loop(self, first: str, blocks, outputs, unbound) -> list[str]:

@@ -173,7 +173,8 @@ def _printable(ir: IR, s: ChunkState, role: str, expr) -> bool:
     shared, columns = role_axes(s, role)
     axes = {sympy.Symbol(a, integer=True) for a in (*shared, *columns)}
     for x in expr.atoms(sympy.Indexed):
-        if ir.decls[str(x.base)].kind != "input" or not set(x.indices) <= axes or \
+        decl = ir.decls.get(str(x.base))  # None: a composed sub-step's vector
+        if decl is None or decl.kind != "input" or not set(x.indices) <= axes or \
                 len(set(x.indices)) != len(x.indices):
             return False
     loose = expr.xreplace({x: sympy.Integer(1) for x in expr.atoms(sympy.Indexed)})

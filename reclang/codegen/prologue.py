@@ -8,7 +8,8 @@ Inputs are [B, T, *dims] (a step is T = 1), `lengths` [B] or None: with lengths,
 history holds the last values before each sequence's end and the counter grows by the
 length. Every value is computed at the HOIST layout [B, T, ...] (ONCE for params alone).
 `lag(e, k)` extends e with its history ([B, K + T, ...]) and slices it; a window of
-offsets (`lag(e, w)`, w bound by a sum) is an unfold of the same tensor.
+offsets (`lag(e, w)`, w bound by a sum) is an unfold of the same tensor, and a sum over
+it with weights that do not vary in time one depthwise conv1d.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import networkx as nx
 from reclang.config import VERSION
 from reclang.ir import IR, Op
 
-from .ir_to_torch import ATOM, Code, ExprLowering, Names, Place, align, comment, py_name
+from .ir_to_torch import ATOM, PRODUCT, Code, ExprLowering, Names, Place, align, comment, py_name
 from .loop import INDENT, _broadcast
 
 
@@ -39,6 +40,38 @@ class PrologueLowering(ExprLowering):
             return Code(f"_lag.shifted({extended}, {offset}, T)", ATOM, node.axes)
         return Code(f"_lag.window({extended}, {node.arg.depth + 1}, T)", ATOM, node.axes)
 
+    def lower_reduce(self, node, at: Place) -> Code:
+        conv = self.convolution(node, at)
+        return conv if conv is not None else super().lower_reduce(node, at)
+
+    def convolution(self, node, at: Place) -> Code | None:
+        """sum(w: weight * lag(e, w)) with a weight that does not vary in time (the
+        short convolution of Mamba's and DeltaNet's blocks) as one depthwise conv1d over
+        the extended sequence, rather than an einsum with its window of W copies."""
+        kind, reduced = node.arg
+        if kind != "sum" or len(reduced) != 1 or node.dtype == "complex":
+            return None
+        factors = self.product(node.args[0], at)
+        lags = [f for f in factors if _is_window(self.ir.node(f), reduced[0])]
+        if len(lags) != 1:
+            return None
+        lag = self.ir.node(lags[0])
+        weights = [f for f in factors if f != lag.id]
+        if any(self.place[f] != Place.ONCE or not set(self.ir.node(f).axes) <= set(lag.axes)
+               for f in weights):
+            return None
+        weight = " * ".join(align(self.code(f, at), lag.axes).wrap(PRODUCT + 1)
+                            for f in weights) or "1"
+        return Code(f"_lag.convolved({self.extended(lag.args[0])}, {weight}, "
+                    f"{lag.arg.depth + 1}, T)", ATOM, node.axes)
+
+    def product(self, i: int, at: Place) -> list[int]:
+        """The factors of a product computed in place (the nodes, not their code)."""
+        node = self.ir.node(i)
+        if node.op == Op.FN and node.arg == "mul" and self.place[i] >= at:
+            return [f for a in node.args for f in self.product(a, at)]
+        return [i]
+
     def extended(self, e: int) -> str:
         """The lagged expression e after its history, [B, K + T, ...], made once."""
         key = ("extended", self.histories[e])
@@ -51,6 +84,12 @@ class PrologueLowering(ExprLowering):
             self.emit(Place.HOIST, node, f"{name} = _lag.extend("
                       f"{self.histories[e]}, {value.text}, T)")
         return self.names.memo[key]
+
+
+def _is_window(node, w: str) -> bool:
+    """lag(e, w) over the offsets 0 .. W-1 of a sum's index w, on the last axis."""
+    return node.op == Op.LAG and node.arg.offset == w and node.axes[-1:] == (w,) and \
+        node.sizes[-1] == node.arg.depth + 1
 
 
 def source(ir: IR, prologue) -> str:

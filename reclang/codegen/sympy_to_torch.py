@@ -23,7 +23,7 @@ import sympy
 from sympy.printing.str import StrPrinter
 
 from reclang import config
-from reclang.functions import NAMED, REDUCTIONS, SYMPY_TORCH
+from reclang.functions import NAMED, REDUCTIONS, SYMPY_TORCH, Quotient
 from reclang.ir import IR
 
 from .constants import spec_constants
@@ -56,6 +56,7 @@ class SympyLowering:
         self.named: dict[sympy.Symbol, Code] = {}  # symbols that stand for a variable
         self.names = None  # the function's Names: named constants print by name
         self.definitions: list[str] = []  # ... defined by these lines, first of the function
+        self.defined: dict[str, tuple] = {}  # a sub-step vector -> (its var, its shape)
 
     def lower(self, expr) -> Code:
         """The expression, rewritten by RULES, as PyTorch code."""
@@ -68,6 +69,7 @@ class SympyLowering:
                 (sympy.Indexed, self.indexed), (sympy.Symbol, self.symbol),
                 (sympy.Add, self.add), (sympy.Mul, self.mul), (sympy.Pow, self.pow),
                 (sympy.Sum, self.sum), (sympy.Piecewise, self.piecewise),
+                (Quotient, self.quotient),
                 (sympy.KroneckerDelta, self.delta), (sympy.Max, self.extreme),
                 (sympy.Min, self.extreme), (sympy.core.relational.Relational, self.compare)):
             if isinstance(expr, cls):
@@ -123,10 +125,14 @@ class SympyLowering:
 
     def indexed(self, expr: sympy.Indexed) -> Code:
         name = str(expr.base)
-        decl = self.ir.decls[name]
-        prefix = [":", ":"] if decl.kind == "input" else []
+        if name in self.defined:  # [B, T, ...], as operand() made it
+            var, shape, prefix = *self.defined[name], [":", ":"]
+        else:
+            decl = self.ir.decls[name]
+            var, shape = py_name(name), decl.shape
+            prefix = [":", ":"] if decl.kind == "input" else []
         parts, axes = list(prefix), []
-        for sub, size in zip(expr.indices, decl.shape):
+        for sub, size in zip(expr.indices, shape):
             if sub.is_Integer:
                 parts.append(str(int(sub)))
             else:
@@ -135,7 +141,7 @@ class SympyLowering:
                 self.sizes.setdefault(str(sub), size)
         while parts and parts[-1] == ":":
             parts.pop()
-        text = py_name(name) + (f"[{', '.join(parts)}]" if parts else "")
+        text = var + (f"[{', '.join(parts)}]" if parts else "")
         return Code(text, ATOM, tuple(axes))
 
     def symbol(self, expr: sympy.Symbol) -> Code:
@@ -175,6 +181,10 @@ class SympyLowering:
         axes = _union([num, den])
         return Code(f"{align(num, axes).wrap(PRODUCT)} / {align(den, axes).wrap(PRODUCT + 1)}",
                     PRODUCT, axes)
+
+    def quotient(self, expr) -> Code:
+        num, den = (self._lower(a) for a in expr.args)
+        return Code(f"{num.wrap(PRODUCT)} / {den.wrap(PRODUCT + 1)}", PRODUCT, num.axes)
 
     def product(self, codes: list[Code]) -> Code:
         if not codes:
@@ -334,6 +344,9 @@ class SpecText(StrPrinter):
         name = expr.func.__name__
         args = ", ".join(self._print(a) for a in expr.args)
         return f"{name[0].lower() + name[1:]}({args})"
+
+    def _print_Quotient(self, expr):
+        return f"{self.parenthesize(expr.args[0], 50)} / {self._print(expr.args[1])}"
 
     def _print_ImaginaryUnit(self, expr):
         return "1j"

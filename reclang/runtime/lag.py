@@ -8,6 +8,8 @@ lagged expression before the call, oldest first (zeros before the very start), s
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -30,6 +32,20 @@ def window(extended: torch.Tensor, W: int, T: int) -> torch.Tensor:
     W times (never per chunk or per step)."""
     start = extended.shape[1] - T - (W - 1)
     return extended[:, start:].unfold(1, W, 1).flip(-1)
+
+
+def convolved(extended: torch.Tensor, weight, W: int, T: int) -> torch.Tensor:
+    """Σ_w weight[..., w] · lag(e, w) for w = 0 .. W-1, [B, T, *dims]: a depthwise conv1d
+    (one group per element of dims) over the last W - 1 + T values of the extended
+    sequence, so the history is its left halo. `weight` broadcasts to [*dims, W]."""
+    start = extended.shape[1] - T - (W - 1)
+    seq = extended[:, start:]
+    B, L, dims = seq.shape[0], seq.shape[1], seq.shape[2:]
+    C = math.prod(dims)
+    kernel = torch.as_tensor(weight, dtype=seq.dtype, device=seq.device)
+    kernel = kernel.expand(*dims, W).reshape(C, 1, W).flip(-1)  # oldest first, as conv1d
+    y = torch.nn.functional.conv1d(seq.reshape(B, L, C).transpose(1, 2), kernel, groups=C)
+    return y.transpose(1, 2).reshape(B, T, *dims)
 
 
 def history(extended: torch.Tensor, K: int, lengths: torch.Tensor | None) -> torch.Tensor:

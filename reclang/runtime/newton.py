@@ -3,8 +3,9 @@ al. 2025): the states h_1 … h_T of h_t = f(h_{t-1}, x_t) as the root of one sy
 equations, each Newton iteration a linear recurrence solved by a parallel scan
 (reclang/runtime/scan.py). What the newton backend's generated code imports.
 
-Iteration k, for all t at once (the step function on all B·T tokens):
-    J_t = ∂f/∂h (h^k_{t-1}, x_t),    b_t = f(h^k_{t-1}, x_t) − J_t h^k_{t-1}
+Iteration k, for all t at once (f: the core, the step less its state-free prelude,
+on all B·T tokens, with the prelude's values s_t computed once per call):
+    J_t = ∂f/∂h (h^k_{t-1}, s_t),    b_t = f(h^k_{t-1}, s_t) − J_t h^k_{t-1}
     h^{k+1}_t = J_t h^{k+1}_{t-1} + b_t                      (the scan, from h_0)
 Step 0 of every iterate is exact (f(h_0, x_0)) and an exact prefix grows by at least one
 step per iteration whatever J is, so after k iterations the first k steps are exact.
@@ -84,15 +85,19 @@ class Solver:
     adjoint: str = "scan"           # "scan" | "loop"
     rows: int = 16                  # Jacobian rows per backward pass
 
-    def run(self, step, xs: tuple, h0: tuple, params: dict):
-        """(outputs, final states) of the cell over inputs [B, T, ...] from h0."""
-        states = _Solve.apply(self, step, tuple(params), len(xs), len(h0), *xs, *h0,
-                              *params.values())
+    @torch.compiler.disable  # a graph break: the solve branches on values (convergence)
+    def run(self, prelude, core, xs: tuple, h0: tuple, params: dict):
+        """(outputs, final states) of the cell over inputs [B, T, ...] from h0. The
+        state-free values (`prelude`) are computed once, under autograd; Newton solves
+        h_t = core(s_t, h_{t-1}) for the prelude's sequences s."""
         B, T = xs[0].shape[:2]
+        outs, seqs = prelude(*xs, **params)
+        states = _Solve.apply(self, core, tuple(params), len(seqs), len(h0), *seqs, *h0,
+                              *params.values())
         prev = [torch.cat([s0[:, None], s[:, :-1]], 1).flatten(0, 1)
                 for s0, s in zip(h0, states)]
-        outs, new = step(*(x.flatten(0, 1) for x in xs), *prev, **params)
-        outs = {k: v.unflatten(0, (B, T)) for k, v in outs.items()}
+        more, new = core(*(s.flatten(0, 1) for s in seqs), *prev, **params)
+        outs |= {k: v.unflatten(0, (B, T)) for k, v in more.items()}
         return outs, {k: v.unflatten(0, (B, T))[:, -1] for k, v in new.items()}
 
 
@@ -110,9 +115,9 @@ class _Cell:
         self.solver, self.step = solver, step
         self.params = {k: p.detach() for k, p in zip(param_names, params)}
 
-    def __call__(self, xs, z: torch.Tensor) -> torch.Tensor:
+    def __call__(self, xs, z: torch.Tensor, params: dict | None = None) -> torch.Tensor:
         layout = self.solver.layout
-        _, new = self.step(*xs, *layout.unpack(z), **self.params)
+        _, new = self.step(*xs, *layout.unpack(z), **(self.params if params is None else params))
         return layout.pack([new[n] for n in self.solver.names])
 
     def linearize(self, xs, z: torch.Tensor, diagonal: bool):
@@ -121,19 +126,21 @@ class _Cell:
         the basis vector e_j (the same e_j in every block); `solver.rows` rows at a
         time, from one evaluation of f on that many copies of the tokens and one
         backward pass (on the CPU reverse mode is 3-4x faster than forward mode,
-        torch.func.jvp under vmap, and one pass per row costs an engine call each)."""
+        torch.func.jvp under vmap, and one pass per row costs an engine call each);
+        torch.func.vjp, not torch.autograd.grad, so that it runs in the backward pass
+        under torch.func.grad too."""
         m, N = z.shape[-1], z.shape[0]
         eye = torch.eye(m, dtype=z.dtype, device=z.device)
         value, rows = None, []
         for start in range(0, m, self.solver.rows):
             e = eye[start:start + self.solver.rows]
             k = len(e)
-            copies = z.detach().expand(k, *z.shape).flatten(0, 1).requires_grad_()
+            copies = z.detach().expand(k, *z.shape).flatten(0, 1)
+            tokens = [x.detach().expand(k, *x.shape).flatten(0, 1) for x in xs]
+            seed = e.reshape(k, *[1] * (z.dim() - 1), m).expand(k, *z.shape).flatten(0, 1)
             with torch.enable_grad():
-                out = self([x.expand(k, *x.shape).flatten(0, 1) for x in xs], copies)
-                seed = e.reshape(k, *[1] * (z.dim() - 1), m).expand(k, *z.shape).flatten(0, 1)
-                grad = torch.autograd.grad(out, copies, seed, materialize_grads=True)[0] \
-                    if out.requires_grad else torch.zeros_like(copies)
+                out, pull = torch.func.vjp(lambda c, xs=tokens: self(xs, c), copies)
+                grad = pull(seed)[0]
             value = out.detach().unflatten(0, (k, N))[0]
             grad = grad.unflatten(0, (k, N))
             rows += [grad[j, ..., start + j] if diagonal else grad[j] for j in range(k)]
@@ -163,25 +170,44 @@ def solve(solver: Solver, cell: _Cell, xs, z0: torch.Tensor) -> torch.Tensor:
     flat = [x.flatten(0, 1) for x in xs]
     tol = solver.tol or tolerance(z0.dtype)
     diagonal = solver.quasi or z0.shape[-1] == 1
-    Z = z0[:, None].expand(B, T, *z0.shape[1:])   # the first guess: h_0 at every step
+    # the first guess: h_0 at every step (0 where h_0 is infinite: a running max from -inf)
+    guess = torch.where(torch.isfinite(z0), z0, torch.zeros_like(z0))
+    Z = guess[:, None].expand(B, T, *z0.shape[1:])
     moved = torch.ones(T, dtype=torch.bool, device=z0.device)
     iterations = 0
     while iterations < min(solver.max_iter, T) and bool(moved.any()):
         prev = _shifted(z0, Z)
         F, J = cell.linearize(flat, prev.flatten(0, 1), diagonal)
         F, J = F.unflatten(0, (B, T)), J.unflatten(0, (B, T)) / (1 + solver.damping)
-        new = _scan(J, F - _apply(J, prev), z0)
+        new = _scan(*_first_exact(J, F - _apply(J, prev), F), torch.zeros_like(z0))
         moved = _moved(new, Z, tol)
         Z, iterations = new, iterations + 1
         if not bool(torch.isfinite(new).all()):
             break
-    # after k iterations the first k steps are exact, whether they moved or not
-    first = max(int(moved.nonzero()[0]), iterations) if bool(moved.any()) else T
-    first = None if first >= T else first
+    first = _first_inexact(new if iterations else Z, moved, iterations)
     if first is not None:
         Z = _finish(cell, xs, z0, Z, first)
     last_report = Report(iterations, first is None, first, T)
     return Z
+
+
+def _first_exact(J, b, F):
+    """Step 0 is f(h_0) itself, which the linearization has computed exactly: with J_0 = 0
+    the scan starts from 0, so an infinite h_0 never meets J_0 (0 · inf is NaN)."""
+    J, b = J.clone(), b.clone()
+    J[:, 0], b[:, 0] = 0, F[:, 0]
+    return J, b
+
+
+def _first_inexact(Z, moved, iterations: int) -> int | None:
+    """The first step the sequential finish must compute, or None. After k iterations
+    the first k steps are exact, whether they moved or not, unless a value is not
+    finite: from the first such step on, the arithmetic of the scan proves nothing."""
+    first = max(int(moved.nonzero()[0]), iterations) if bool(moved.any()) else Z.shape[1]
+    bad = (~torch.isfinite(Z)).flatten(2).any(-1).any(0).nonzero()
+    if bad.numel():
+        first = min(first, int(bad[0]))
+    return None if first >= Z.shape[1] else first
 
 
 def _moved(new, old, tol) -> torch.Tensor:
@@ -203,25 +229,36 @@ def _finish(cell, xs, z0, Z, first: int) -> torch.Tensor:
 
 
 class _Solve(torch.autograd.Function):
-    """The states of every step [B, T, *S_i] per state; backward by the adjoint."""
+    """The states of every step [B, T, *S_i] per state; backward by the adjoint. In the
+    setup_context form, which torch.func.grad (and functional_call) requires."""
 
     @staticmethod
-    def forward(ctx, solver, step, param_names, n_x, n_h, *tensors):
+    def forward(solver, step, param_names, n_x, n_h, *tensors):
         xs, h0, params = tensors[:n_x], tensors[n_x:n_x + n_h], tensors[n_x + n_h:]
         cell = _Cell(solver, step, param_names, params)
-        Z = solve(solver, cell, xs, solver.layout.pack(h0))
+        return tuple(solver.layout.unpack(solve(solver, cell, xs, solver.layout.pack(h0))))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        solver, step, param_names, n_x, n_h, *tensors = inputs
         ctx.solver, ctx.step, ctx.param_names, ctx.n_x, ctx.n_h = \
             solver, step, param_names, n_x, n_h
-        ctx.save_for_backward(*tensors, Z)
-        return tuple(solver.layout.unpack(Z))
+        ctx.save_for_backward(*tensors, *output)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        raise RuntimeError(
+            "the newton backend does not run under torch.func.vmap: how many Newton "
+            "iterations run depends on the values, which vmap cannot branch on; it solves "
+            "every sequence of a batch [B, T, ...] at once, so give it the batch instead")
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):
-        *tensors, Z = ctx.saved_tensors
         n_x, n_h, solver = ctx.n_x, ctx.n_h, ctx.solver
-        xs, h0, params = tensors[:n_x], tensors[n_x:n_x + n_h], tensors[n_x + n_h:]
-        layout = solver.layout
+        tensors, layout = ctx.saved_tensors, solver.layout
+        xs, h0 = tensors[:n_x], tensors[n_x:n_x + n_h]
+        params, Z = tensors[n_x + n_h:-n_h], layout.pack(tensors[-n_h:])
         g = layout.pack([torch.zeros_like(s) if d is None else d
                          for d, s in zip(grads, layout.unpack(Z))])
         prev = _shifted(layout.pack(h0), Z)
@@ -255,26 +292,16 @@ def _adjoint_loop(cell, xs, prev, g) -> torch.Tensor:
 
 def _vjp(ctx, cell, xs, h0, params, prev, lam) -> tuple:
     """(∂f/∂x)ᵀλ per token, Σ_t (∂f/∂θ)ᵀλ_t and J_0ᵀλ_0 for h0, as the inputs came."""
-    n_x, n_h = ctx.n_x, ctx.n_h
     wanted = ctx.needs_input_grad[5:]
     B, T = prev.shape[:2]
+    names = ctx.param_names
     with torch.enable_grad():
-        leaves_x = [x.detach().flatten(0, 1).requires_grad_(w)
-                    for x, w in zip(xs, wanted[:n_x])]
-        leaves_p = [p.detach().requires_grad_(w) for p, w in zip(params, wanted[n_x + n_h:])]
-        z = prev.detach().flatten(0, 1).requires_grad_(any(wanted[n_x:n_x + n_h]))
-        cell.params = dict(zip(ctx.param_names, leaves_p))
-        value = cell(leaves_x, z)
-        leaves = [t for t in leaves_x + [z] + leaves_p if t.requires_grad]
-        found = iter(torch.autograd.grad(value, leaves, lam.flatten(0, 1), allow_unused=True))
-    out = [next(found) if t.requires_grad else None for t in leaves_x + [z] + leaves_p]
-    gx, gz, gp = out[:n_x], out[n_x], out[n_x + 1:]
-    gx = [None if d is None else d.unflatten(0, (B, T)) for d in gx]
-    gh = [None] * n_h if gz is None else [
-        s.reshape(h.shape) for s, h in
-        zip(ctx.solver.layout.unpack(gz.unflatten(0, (B, T))[:, 0]), h0)]
-    gh = [d if w else None for d, w in zip(gh, wanted[n_x:n_x + n_h])]
-    gp = [torch.zeros_like(p) if d is None and w else d
-          for d, p, w in zip(gp, params, wanted[n_x + n_h:])]
-    gx = [torch.zeros_like(x) if d is None and w else d for d, x, w in zip(gx, xs, wanted[:n_x])]
-    return (*gx, *gh, *gp)
+        _, pull = torch.func.vjp(lambda x, z, p: cell(x, z, dict(zip(names, p))),
+                                 [x.flatten(0, 1) for x in xs], prev.flatten(0, 1),
+                                 list(params))
+        gx, gz, gp = pull(lam.flatten(0, 1))
+    gx = [d.unflatten(0, (B, T)) for d in gx]
+    gh = [s.reshape(h.shape) for s, h in
+          zip(ctx.solver.layout.unpack(gz.unflatten(0, (B, T))[:, 0]), h0)]
+    grads = [*gx, *gh, *gp]
+    return tuple(d if w else None for d, w in zip(grads, wanted))
