@@ -4,9 +4,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 11150  # issue 18 (language), 20 (newton) and 25 (the cpu backend) grow it
-# (10800 -> 11150: issue 25's cpu backend, ~330 lines: backends/cpu_loop.py, codegen/cpp.py,
-# runtime/cpp.py, cost.py)
+LINE_BUDGET = 11250  # issue 18 (language), 20 (newton) and 25 (the cpu backend) grow it
+# (10800 -> 11250: main had 10878 when issue 25's cpu backend, ~330 lines, was merged:
+# backends/cpu_loop.py, codegen/cpp.py, runtime/cpp.py, cost.py)
 # (10400 -> 10800: issue 18's follow-ups, ~320 lines: sub-steps composed into named
 # stacks (analysis/substeps.py), divisions kept under floor/mod (functions.Quotient),
 # for-block errors collected with the builder's, origins of lowered nodes; newton's

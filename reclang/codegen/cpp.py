@@ -36,7 +36,8 @@ class CppPrinter(TritonPrinter):
 
     def _print_Function(self, expr):
         spelling = self.FUNCTIONS.get(expr.func)
-        if spelling is None or spelling.split("(")[0] not in CPP_FUNCTIONS:
+        head = spelling.split("(")[0] if spelling is not None else None
+        if head is None or head and head not in CPP_FUNCTIONS:  # "": arithmetic, C++ too
             raise NotImplementedError(f"cannot print {expr.func} in a C++ kernel")
         return spelling.replace("tl.", "tl_").format(*(self._print(a) for a in expr.args))
 
