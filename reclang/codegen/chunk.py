@@ -8,7 +8,7 @@ import math
 import re
 from types import SimpleNamespace
 
-from reclang.analysis.operands import MatState, ChunkState
+from reclang.analysis.operands import ChunkState, MatState
 from reclang.analysis.partition import Phase, phases
 from reclang.ir import IR, Op
 from reclang.schedule import ChunkSchedule, Schedule
