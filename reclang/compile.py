@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import fields, replace
 from pathlib import Path
 
-from . import config
+from . import config, cost
 from .ast_to_ir import build_ir
 from .backends import base as registry
 from .errors import Loc, RecError, Source, at
@@ -30,6 +30,7 @@ from .ir import IR
 from .module import RecModule
 from .parser import parse
 from .schedule import Schedule
+
 
 class Cell:
     """A checked cell with its hyperparameters fixed: what `load` returns."""
@@ -152,13 +153,9 @@ class Cell:
     def auto_backends(self) -> tuple[str, str]:
         """The backends `auto` runs on the CPU and on CUDA, from the plan:
 
-        - `chunk` when the plan allows it (mat-decay, dplr: 4-12x faster than the loop
-          on a 2-core CPU from T = 512, docs/benchmarks.md);
-        - `scan` for diag and diag-lti plans: at the catalogue's sizes (B = 4,
-          T = 1024) 2.6-12x the loop's speed forward and 1.3-19x forward+backward on
-          that CPU; with large per-step states (B·state of 8K floats) it is 0.4-1.5x
-          forward, as the loop's small steps stay in cache; on an accelerator the loop
-          pays kernel launches at every step. `fft` is slower than `scan` on the CPU.
+        - on CPU tensors the first of reclang/cost.py's ranking (chunk, the compiled
+          cpu loop, scan, sequential) that the plan proves, with the figures behind it
+          (docs/benchmarks.md); RECLANG_AUTO_COMPILED=0 leaves out the compiled loop;
         - on CUDA tensors, `triton` where its plan allows it (diag, diag-lti, mat-decay,
           dplr, nonlinear) and triton is installed: on an H100 diagonal cells ran
           1.2-2.5x faster than on `scan` and 36-136x faster than the loop, the kernel at
@@ -172,16 +169,12 @@ class Cell:
           not yet timed on a GPU either: it runs T steps in one launch where the loop
           launches several kernels per step. The reason triton is not used shows in
           `cell.verdicts`;
-        - else `sequential`;
+        - else the CPU ranking without the compiled loop;
         - only a backend the plan proves runs the cell on any inputs (`Plan.proves`):
           not one that checks a condition at run time (the chunkwise form's positive
           decays, where the analyzer cannot prove them)."""
-        cuda = "triton" if self.proves("triton") else None
-        if self.proves("chunk"):
-            return "chunk", cuda or "chunk"
-        if self.proves("scan"):
-            return "scan", cuda or "scan"
-        return "sequential", cuda or "sequential"
+        cuda = "triton" if self.proves("triton") else cost.cpu_choice(self, False)[0]
+        return cost.cpu_choice(self)[0], cuda
 
     def auto_summary(self) -> str:
         """What `auto` runs on each device, and why not triton on CUDA tensors."""

@@ -5,6 +5,9 @@ RECLANG_CACHE       where generated sources are written (default ~/.cache/reclan
 RECLANG_CACHE_MAX   how many generated files the cache keeps, the most recently used (1000)
 RECLANG_DEBUG       at load time, print: 2 the IR, 3 also the plan, 4 also the generated
                     source (when a module is built), 5 also every rewrite rule that fires
+RECLANG_AUTO_COMPILED  whether `auto` may choose the compiled cpu backend for CPU tensors
+                    (1, the default; 0: PyTorch backends only, as the test suite pins it:
+                    compiling every cell it builds would take minutes)
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ def cache_max_files() -> int:
 
 def debug_level() -> int:
     return _int("RECLANG_DEBUG", 0)
+
+
+def auto_compiled() -> bool:
+    return _int("RECLANG_AUTO_COMPILED", 1) != 0
 
 
 def _private_dir(path: Path, fallback: Path | None = None) -> Path:

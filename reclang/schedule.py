@@ -165,3 +165,19 @@ class NewtonSchedule(Schedule):
 def _positive_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < \
         float("inf")
+
+
+@dataclass(frozen=True)
+class CpuLoopSchedule(Schedule):
+    """The cpu backend's compiled loop: `block_b` sequences of one head run the time
+    loop together (each weight row read once for all of them, at most 16: a block's
+    products and states sit on the stack, [J or S, block_b, N]), blocks shared among
+    `threads` threads (None: torch.get_num_threads() at the call)."""
+
+    block_b: int = 4
+    threads: int | None = None
+
+    def check(self) -> None:
+        if self.block_b > 16:
+            raise RecError(f"CpuLoopSchedule: block_b={self.block_b}: at most 16 sequences "
+                           "run together (their products and states are on the stack)")

@@ -10,6 +10,9 @@ from hypothesis import settings
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# `auto` picks among the PyTorch backends (reclang/cost.py): a compile per cell it built
+# would take minutes; tests/test_cpu_loop.py checks what it picks with compiling allowed
+os.environ.setdefault("RECLANG_AUTO_COMPILED", "0")
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):

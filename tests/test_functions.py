@@ -172,8 +172,8 @@ MAT = """cell g(K = 3, V = 2):
 """
 
 
-@pytest.mark.parametrize("spec, backends", [(LOOP, ["triton", "newton"]),
-                                            (DIAG, ["scan", "triton"]),
+@pytest.mark.parametrize("spec, backends", [(LOOP, ["triton", "newton", "cpu"]),
+                                            (DIAG, ["scan", "triton", "cpu"]),
                                             (MAT, ["chunk", "triton"])])
 def test_erf_gelu_elu_run_on_every_backend_the_plan_allows(spec, backends):
     """New rows need nothing else: sequential, scan, chunk and the triton kernels (the

@@ -38,10 +38,10 @@ def test_a_remainder_of_a_number_by_a_param_has_a_gradient():
 """
     cell = reclang.loads(text, "c.rec")
     assert [v.backend for v in cell.verdicts if v.supported] == \
-        ["sequential", "scan", "fft", "triton"]
+        ["sequential", "scan", "fft", "triton", "cpu"]
     torch.manual_seed(0)
     reference = cell.module("sequential").double()
-    for backend in ("sequential", "scan", "fft", "triton"):
+    for backend in ("sequential", "scan", "fft", "triton", "cpu"):
         torch.manual_seed(0)
         m = cell.module(backend).double()
         assert_matches_reference(m, as_reference(reference), random_inputs(m, 2, 5),
@@ -70,14 +70,15 @@ RUNNING_MAX = """cell c(N = 3):
 """
 
 
-@pytest.mark.parametrize("backend", ["sequential", "triton", "newton"])
+@pytest.mark.parametrize("backend", ["sequential", "triton", "newton", "cpu"])
 def test_a_running_max_from_minus_inf_has_no_nan(backend):
     """From the declared initial state (-inf): finite outputs, final states and
     gradients of inputs, on every backend that runs the cell (the fused loop too)."""
     if backend == "triton":
         pytest.importorskip("triton")
     cell = reclang.loads(RUNNING_MAX, "c.rec")
-    assert [v.backend for v in cell.verdicts if v.supported] == ["sequential", "triton", "newton"]
+    assert [v.backend for v in cell.verdicts if v.supported] == ["sequential", "triton", "newton",
+                                                                  "cpu"]
     torch.manual_seed(0)
     m = cell.module(backend).double()
     x = {k: v.requires_grad_() for k, v in random_inputs(m, 2, 6).items()}

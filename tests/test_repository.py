@@ -4,7 +4,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 11000  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+LINE_BUDGET = 11250  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+# (11000 -> 11250: issue 25's cpu backend, ~330 lines: backends/cpu_loop.py, codegen/cpp.py,
+# runtime/cpp.py, cost.py)
 # (8650 -> 11000: issues 18, 20 and 22 in one session, ~2240 lines: lag, t and subscript
 # arithmetic (ast_to_ir/offsets.py, hoist.py, codegen/prologue.py, runtime/lag.py), for
 # blocks (ast_to_ir/unroll.py), sub-steps composed into named stacks (analysis/substeps.py),

@@ -1,6 +1,6 @@
 """A verdict and a lowering cannot disagree: for every catalogue spec and every backend,
 a yes lowers, loads and runs one small call (triton: lowers and loads, and runs under
-the interpreter for a few specs), and a no carries a reason with the spec's
+the interpreter for a few specs; cpu: lowers and loads, and compiles and runs for the same few), and a no carries a reason with the spec's
 file:line:col or names a missing package. The same over random cells (hypothesis).
 Each form is built at most once per cell."""
 
@@ -35,7 +35,7 @@ def check_verdicts(cell, run_triton: bool = False) -> list[str]:
         yes.append(v.backend)
         source = cell.source(v.backend)  # lower
         load_source(source, f"{cell.name}_{v.backend}")  # load
-        if v.backend != "triton" or run_triton:
+        if v.backend not in ("triton", "cpu") or run_triton:  # cpu: a compile per cell
             run_once(cell, v.backend)
     return yes
 

@@ -91,6 +91,20 @@ def lanes(plan) -> Lanes | Unfit:
     return Lanes(form)
 
 
+def loop_lanes(plan) -> Lanes | Unfit:
+    """The lane form for a loop that keeps its states in memory, not registers (the cpu
+    backend): any number of units per head."""
+    if not plan.ir.states:  # lane_form's refusal would name no line
+        return unfit(f"{plan.file}:{plan.ir.node(plan.ir.stmts[0]).loc}: the compiled loop "
+                     "runs cells with states; this one has none")
+    try:
+        form = lane_form(plan.ir, gates=True, lane_limit=None, kernel="the compiled loop")
+    except Unsupported as err:
+        return unfit(str(err))
+    merge_operands(form, plan.ir)
+    return Lanes(form)
+
+
 def gated(plan) -> GatedDiag | Unfit:
     """The lane form of a one-state diagonal cell's update with its gates inside, and
     a, b of its state (operands o_.. and constants c_.., named from the spec)."""
@@ -167,7 +181,8 @@ def _merged(e, operands: set, merged: dict):
     return e.func(*args)
 
 
-BUILDERS = {"diag": diag, "matrix": matrix, "lanes": lanes, "gated": gated}
+BUILDERS = {"diag": diag, "matrix": matrix, "lanes": lanes, "gated": gated,
+            "loop_lanes": loop_lanes}
 
 
 def build(plan, kind: str):

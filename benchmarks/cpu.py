@@ -1,0 +1,193 @@
+"""CPU benchmarks of issue 25, in one run: each backend against torch.nn (LSTM, GRU, RNN),
+against the PyTorch loop, and against this machine's limits (copy bandwidth, matmul
+rate), with the load of the machine beside the figures.
+
+    python benchmarks/cpu.py [--quick] [--repeat 3] [--threads N] [--clock cpu]
+                             [--only rnn|diag]
+
+Timings are the best of `repeat` runs, float32, side by side in one process; with
+`--clock cpu`, of the process's CPU time (time.process_time) instead of the wall clock:
+with one thread on a machine others load, that leaves out the time spent waiting for a
+core (multithreaded torch ops spin, so use it with --threads 1). `auto` is
+what cell.module("auto") runs (reclang/cost.py). For the kernels the fraction of a
+limit is: diagonal scans, the bytes the compiled loop must move (its operands read, its
+outputs and states written) over its time, against the copy bandwidth; nonlinear cells,
+the recurrent matmuls' FLOPs over the whole forward's time, against the matmul rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import reclang
+from reclang import timing
+
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCK["wall"]
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+NN = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "elman": torch.nn.RNN}
+RNN_SHAPES = [(4, 2048, 64), (16, 512, 128), (8, 1024, 256)]  # (B, T, N), D = N
+DIAG = [("min_gru", {"D": 512, "N": 512}, 8), ("hgrn", {"D": 512}, 8),
+        ("rg_lru", {"D": 512}, 8), ("mamba_s6", {"D": 512}, 2)]  # (spec, hypers, B)
+
+
+def best_of(fn, repeat: int) -> float:
+    if clock is time.perf_counter:
+        return timing.best_of(fn, repeat)
+    times = []
+    for _ in range(repeat):
+        start = clock()
+        fn()
+        times.append(clock() - start)
+    return min(times)
+
+
+def load_average() -> str:
+    with open("/proc/loadavg") as f:
+        return "load average " + " ".join(f.read().split()[:3])
+
+
+def limits(repeat: int) -> tuple[float, float, float]:
+    """(copy bandwidth in GB/s, bytes read + written: into a buffer, and into a fresh one
+    as an op's output is, whose pages the kernel maps on first write; matmul GFLOP/s),
+    float32."""
+    x = torch.randn(64 * 2 ** 20)
+    y = torch.empty_like(x)
+    copy = best_of(lambda: y.copy_(x), repeat)
+    fresh = best_of(lambda: x.clone(), repeat)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    mm = best_of(lambda: a @ b, repeat)
+    moved = 2 * x.numel() * 4 / 1e9
+    return moved / copy, moved / fresh, 2 * 2048 ** 3 / mm / 1e9
+
+
+def timed(fn, xs: dict, repeat: int) -> tuple[float, float]:
+    """(forward, forward+backward) in ms of fn(**xs) -> a tensor."""
+    with torch.no_grad():
+        fn(**xs)
+        forward = best_of(lambda: fn(**xs), repeat)
+    leaves = {k: v.detach().requires_grad_() for k, v in xs.items()}
+
+    def both():
+        fn(**leaves).sum().backward()
+    both()
+    return forward * 1e3, best_of(both, repeat) * 1e3
+
+
+def first(y) -> torch.Tensor:
+    return y if torch.is_tensor(y) else next(iter(y.values()))
+
+
+def rnn_rows(repeat: int, quick: bool, gflops: float):
+    print("\n## Nonlinear cells against torch.nn (float32; ms; ratio = ours / torch.nn)")
+    print(f"{'cell':7s} {'B':>3s} {'T':>5s} {'N':>4s} {'backend':10s} {'fwd':>8s} "
+          f"{'nn fwd':>8s} {'ratio':>6s} {'fwd+bwd':>8s} {'nn f+b':>8s} {'ratio':>6s} "
+          f"{'matmul %':>8s}")
+    for name, layer in NN.items():
+        for B, T, N in RNN_SHAPES:
+            T = min(T, 128) if quick else T
+            torch.manual_seed(0)
+            cell = reclang.load(SPECS / f"{name}.rec", D=N, N=N)
+            x = {"x": torch.randn(B, T, N)}
+            nn = layer(N, N, batch_first=True)
+            ref = timed(lambda x, nn=nn: nn(x)[0], x, repeat)
+            for backend in ("cpu", "sequential", "auto"):
+                m = cell.module(backend)
+                label = backend if backend != "auto" else f"auto={m.backend}"
+                fwd, both = timed(lambda m=m, **v: first(m(**v)[0]), x, repeat)
+                flops = 2 * B * T * N * N * len(cell.form("cpu").lanes.weights)
+                print(f"{name:7s} {B:3d} {T:5d} {N:4d} {label:10s} {fwd:8.1f} {ref[0]:8.1f} "
+                      f"{fwd / ref[0]:6.2f} {both:8.1f} {ref[1]:8.1f} {both / ref[1]:6.2f} "
+                      f"{100 * flops / (fwd * 1e-3) / 1e9 / gflops:7.1f}%")
+        sys.stdout.flush()
+
+
+def kernel_ms(m, xs: dict, repeat: int):
+    """The compiled loop's own forward time: fused_loop on the operands forward made."""
+    generated = m._generated
+    seen = {}
+    original = generated.fused_loop
+
+    def keep(*args):
+        seen["args"] = args
+        return original(*args)
+    generated.fused_loop = keep
+    try:
+        with torch.no_grad():
+            m(**xs)
+    finally:
+        generated.fused_loop = original
+    args = seen["args"]
+    with torch.no_grad():
+        return best_of(lambda: original(*args), repeat) * 1e3, args
+
+
+def diag_rows(repeat: int, quick: bool, bandwidth: float):
+    print("\n## Diagonal cells, forward (float32; ms; vs loop = loop time / ours; "
+          "kernel: the compiled loop alone)")
+    print(f"{'cell':9s} {'B':>2s} {'T':>5s} {'backend':14s} {'fwd':>8s} {'vs loop':>7s} "
+          f"{'f+b':>8s} {'kernel':>8s} {'GB/s':>6s} {'of copy':>7s}")
+    for name, hypers, B in DIAG:
+        T = 256 if quick else 4096
+        torch.manual_seed(0)
+        cell = reclang.load(SPECS / f"{name}.rec", **hypers)
+        x = {d.name: torch.randn(B, T, *d.shape) for d in cell.ir.inputs}
+        times = {}
+        for backend in ("sequential", "scan", "cpu", "auto"):
+            if backend != "auto" and not cell.supports(backend):
+                continue
+            m = cell.module(backend)
+            label = backend if backend != "auto" else f"auto={m.backend}"
+            fwd, both = timed(lambda m=m, **v: first(m(**v)[0]), x, repeat)
+            times[backend] = fwd
+            extra = ""
+            if backend == "cpu":
+                ms, (ops, _, _, h0, *_) = kernel_ms(m, x, repeat)
+                S, Y = h0.shape[0], len(cell.form("cpu").lanes.outputs)
+                per_step = h0.numel() // S  # B·HEADS·N
+                moved = 4 * (ops.numel() + ops.shape[0] * per_step * (Y + S))  # read, write
+                rate = moved / ms / 1e6
+                extra = f"{ms:8.1f} {rate:6.1f} {100 * rate / bandwidth:6.0f}%"
+            print(f"{name:9s} {B:2d} {T:5d} {label:14s} {fwd:8.1f} "
+                  f"{times['sequential'] / fwd:7.2f} {both:8.1f} {extra}")
+        sys.stdout.flush()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short sequences, a smoke run")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--clock", choices=sorted(CLOCK), default="wall")
+    parser.add_argument("--only", choices=("rnn", "diag"), default=None)
+    args = parser.parse_args()
+    global clock
+    clock = CLOCK[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f
+                    if line.startswith("model name")), platform.processor())
+    print(f"# {cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}, {args.clock} clock; {load_average()} (before)")
+    bandwidth, fresh, gflops = limits(args.repeat)
+    print(f"limits: copy {bandwidth:.1f} GB/s (read + write; {fresh:.1f} into a fresh "
+          f"tensor), float32 matmul 2048³ {gflops:.1f} GFLOP/s")
+    if args.only in (None, "rnn"):
+        rnn_rows(args.repeat, args.quick, gflops)
+    if args.only in (None, "diag"):
+        diag_rows(args.repeat, args.quick, bandwidth)
+    print(f"\n# {load_average()} (after)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

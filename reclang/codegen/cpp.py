@@ -1,0 +1,177 @@
+"""The program of the cpu backend (backends/cpu_loop.py): the fused loop's lane form
+(reclang/codegen/fused_loop.py) with its step and derivatives printed as C++ for
+backends/templates/cpu_loop.cpp.jinja, compiled by reclang/runtime/cpp.py.
+
+The C++ spellings are a view of the function table: a function's Triton spelling
+(tl.sigmoid, _softplus, ...) names a scalar template of the same name in the C++
+prelude (tl_sigmoid, _softplus, ...); `CPP_FUNCTIONS` lists those it defines."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import textwrap
+
+import sympy
+
+from reclang.analysis.forms import Lanes
+from reclang.ir import IR
+from reclang.schedule import CpuLoopSchedule
+
+from .fused_loop import FusedProgram, KernelCode, TritonPrinter
+from .render import render
+
+# the Triton spellings the C++ prelude of cpu_loop.cpp.jinja defines (with tl. as tl_)
+CPP_FUNCTIONS = ("tl.exp", "tl.log", "tl.sqrt", "tl.abs", "tl.floor", "tl.erf", "tl.sin",
+                 "tl.cos", "tl.sigmoid", "_softplus", "_logsigmoid", "_tanh", "_sign",
+                 "_heaviside")
+
+
+class CppPrinter(TritonPrinter):
+    """sympy scalar expressions as C++ over scalars of the kernel's type T (float or
+    double): every constant is a T, so float32 equations stay in float32."""
+
+    def __init__(self):
+        super().__init__("")
+
+    def _print_Function(self, expr):
+        spelling = self.FUNCTIONS.get(expr.func)
+        head = spelling.split("(")[0] if spelling is not None else None
+        if head is None or head and head not in CPP_FUNCTIONS:  # "": arithmetic, C++ too
+            raise NotImplementedError(f"cannot print {expr.func} in a C++ kernel")
+        return spelling.replace("tl.", "tl_").format(*(self._print(a) for a in expr.args))
+
+    def _print_Max(self, expr):
+        return self._nested("tl_maximum", expr.args)
+
+    def _print_Min(self, expr):
+        return self._nested("tl_minimum", expr.args)
+
+    def _print_Piecewise(self, expr):
+        text = self._print(expr.args[-1][0])
+        for value, cond in reversed(expr.args[:-1]):
+            text = f"({self._print(cond)} ? {self._print(value)} : {text})"
+        return text
+
+    def _print_ITE(self, expr):  # a condition sympy made of a piecewise one
+        cond, a, b = (self._print(x) for x in expr.args)
+        return f"({cond} ? {a} : {b})"
+
+    def _print_BooleanTrue(self, expr):
+        return "true"
+
+    def _print_BooleanFalse(self, expr):
+        return "false"
+
+    def _print_Not(self, expr):
+        return f"!({self._print(expr.args[0])})"
+
+    def _print_And(self, expr):
+        return "(" + " && ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Or(self, expr):
+        return "(" + " || ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Pow(self, expr, rational=False):
+        base, e = expr.args
+        if expr.is_number and expr.is_real:
+            return self._number(float(expr))
+        b = self.parenthesize(base, 1000)
+        if e == sympy.Rational(1, 2):
+            return f"tl_sqrt({self._print(base)})"
+        if e == -sympy.Rational(1, 2):
+            return f"(T(1) / tl_sqrt({self._print(base)}))"
+        if e.is_Integer and 0 < e <= 4:
+            return "(" + " * ".join([b] * int(e)) + ")"
+        if e.is_Integer and -4 <= e < 0:
+            return "(T(1) / (" + " * ".join([b] * int(-e)) + "))"
+        return f"std::pow({self._print(base)}, {self._print(e)})"
+
+    @staticmethod
+    def _number(value: float) -> str:
+        if math.isnan(value):
+            return "T(NAN)"
+        if math.isinf(value):
+            return "T(INFINITY)" if value > 0 else "T(-INFINITY)"
+        return f"T({value!r})"
+
+    def _print_Rational(self, expr):
+        return self._number(float(expr))
+
+    _print_Float = _print_Integer = _print_Rational
+
+    def _print_Infinity(self, expr):
+        return "T(INFINITY)"
+
+    def _print_NegativeInfinity(self, expr):
+        return "T(-INFINITY)"
+
+    def _print_NaN(self, expr):
+        return "T(NAN)"
+
+    def _print_Exp1(self, expr):
+        return self._number(math.e)
+
+    def _print_Pi(self, expr):
+        return self._number(math.pi)
+
+
+class CppCode(KernelCode):
+    """The cell's equations and their derivatives as C++ declarations."""
+
+    def __init__(self, form, ir: IR):
+        super().__init__(form, ir)
+        self.printer = CppPrinter()
+
+    def statements(self, named, prefix: str) -> list[str]:
+        return [f"const T {line};"
+                for line in super().statements(named, prefix)]
+
+    def slots(self, about: str) -> dict:
+        slots = super().slots(about)
+        slots["forward"] = _comments_as_cpp(slots["forward"])
+        slots["backward"] = _comments_as_cpp(slots["backward"])
+        slots["state_of_product_list"] = slots["state_of_product"]
+        slots["state_of_product"] = slots["state_of_product"].strip("[]")
+        slots["N"] = self.form.lanes
+        slots["heads"] = math.prod(self.form.heads)
+        return slots
+
+
+def _comments_as_cpp(text: str) -> str:
+    """`# spec.rec:3: ...` lines as `// ...` (a backslash at the end of a C++ comment
+    would continue it onto the next line)."""
+    return "\n".join("// " + line[2:].rstrip("\\") if line.startswith("# ") else line
+                     for line in text.split("\n"))
+
+
+def python_literal(text: str) -> str:
+    """The C++ source as a Python string literal: raw and triple-quoted, readable, when
+    the text allows it."""
+    if '"""' not in text and "\\" not in text and not text.endswith('"'):
+        return 'r"""' + text + '"""'
+    return repr(text)
+
+
+IMPORTS = ["import ctypes", "", "import torch", "",
+           "from reclang.runtime.cpp import build",
+           "from reclang.runtime.operands import constant, operand",
+           "from reclang.runtime.packing import pad_packed, unpad_packed"]
+
+
+def cpu_source(ir: IR, form: Lanes, schedule: CpuLoopSchedule, summary: str) -> str:
+    """The generated file of a nonlinear cell: its header, the C++ kernel as a string,
+    the autograd Function that calls it (cpu_loop.py.jinja), forward and step."""
+    program = FusedProgram(ir, form.lanes, schedule, summary)
+    code = CppCode(form.lanes, ir)
+    about = ("per unit, s_t = f(s_{t-1}, W s_{t-1}, o_t): the whole time loop in compiled "
+             "C++ (from backends/templates/cpu_loop.cpp.jinja); the operands o and the "
+             "weights W are computed before it")
+    slots = {**code.slots(about), "schedule": schedule, "name": ir.name}
+    cpp = render("cpu_loop.cpp.jinja", **slots)
+    digest = hashlib.sha256(ir.source.text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    header = program.header([f"Spec sha256 {digest}; plan: {summary}.",
+                             *textwrap.wrap("CPU backend, compiled loop: " + about, 88)])
+    wrapper = render("cpu_loop.py.jinja", cpp=python_literal(cpp), **slots)
+    return "\n".join(header + IMPORTS) + "\n\n\n" + wrapper + "\n\n" + program.forward() + \
+        "\n\n\n" + program.step_function() + "\n"

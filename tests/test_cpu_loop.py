@@ -1,0 +1,175 @@
+"""The cpu backend (backends/cpu_loop.py): the compiled loop equals the sequential
+backend in float64 (outputs, final states, gradients of inputs, params and initial
+states; T = 1 and primes; lengths and cu_seqlens), float32 runs the float entry points,
+and the compiled libraries are cached under the trust rules of reclang/runtime/cpp.py.
+Six small cells (four nonlinear, two diagonal): six compiles per session (about a second
+each), and `auto`'s choice with compiling allowed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from helpers import (
+    LENGTHS,
+    SPECS,
+    as_reference,
+    assert_matches_reference,
+    random_inputs,
+    random_state,
+)
+from test_varlen import alone
+
+import reclang
+from reclang.codegen.cpp import CPP_FUNCTIONS
+from reclang.codegen.render import TEMPLATES
+from reclang.functions import TRITON
+from reclang.runtime import cpp
+from reclang.schedule import CpuLoopSchedule
+
+CELLS = {"lstm": {"D": 3, "N": 4}, "gru": {"D": 3, "N": 5}, "elman": {"D": 3, "N": 4},
+         "slstm": {"D": 3, "NH": 2, "DH": 2}, "min_gru": {"D": 3, "N": 4}, "rg_lru": {"D": 5}}
+
+
+def modules(name: str):
+    """(cpu module, sequential module) of one cell, float64, the same parameters."""
+    torch.manual_seed(0)
+    cell = reclang.load(SPECS / f"{name}.rec", **CELLS[name])
+    ours = cell.module("cpu").double()
+    sequential = cell.module("sequential").double()
+    sequential.load_state_dict(ours.state_dict())
+    return ours, sequential
+
+
+@pytest.mark.parametrize("name", sorted(CELLS))
+def test_equals_sequential(name):
+    ours, sequential = modules(name)
+    for T in LENGTHS:
+        assert_matches_reference(ours, as_reference(sequential), random_inputs(ours, 3, T),
+                                 random_state(ours, 3), atol=1e-10, rtol=1e-9)
+
+
+def test_blocks_of_sequences_on_threads():
+    """Seven sequences in blocks of two (the last one short) on three threads."""
+    torch.manual_seed(0)
+    cell = reclang.load(SPECS / "slstm.rec", **CELLS["slstm"])
+    ours = cell.module("cpu", schedule=CpuLoopSchedule(block_b=2, threads=3)).double()
+    sequential = cell.module("sequential").double()
+    sequential.load_state_dict(ours.state_dict())
+    assert_matches_reference(ours, as_reference(sequential), random_inputs(ours, 7, 6),
+                             random_state(ours, 7), atol=1e-10, rtol=1e-9)
+
+
+def test_lengths_and_cu_seqlens():
+    ours, _ = modules("lstm")
+    x = {k: v.requires_grad_() for k, v in random_inputs(ours, 4, 9).items()}
+    s0 = random_state(ours, 4)
+    lengths = torch.tensor([5, 1, 9, 5])
+    y, final = ours(state=s0, lengths=lengths, **x)
+    for b, n in enumerate(lengths.tolist()):
+        want_y, want_s = alone(ours, {k: v[b:b + 1, :n] for k, v in x.items()},
+                               {k: v[b:b + 1] for k, v in s0.items()})
+        torch.testing.assert_close(y[b:b + 1, :n], want_y)
+        for k in final:
+            torch.testing.assert_close(final[k][b:b + 1], want_s[k])
+    y.sum().backward()
+    grad = x["x"].grad
+    assert grad[1, 1:].abs().sum() == 0 and grad[1, 0].abs().sum() > 0  # padding untouched
+    cu = torch.tensor([0, 4, 5, 12])
+    x1 = random_inputs(ours, 1, 12)
+    y, final = ours(state=random_state(ours, 3), cu_seqlens=cu, **x1)
+    want, _ = alone(ours, {"x": x1["x"][:, 5:12]}, {k: v[2:3] for k, v in
+                                                   random_state(ours, 3).items()})
+    torch.testing.assert_close(y[:, 5:12], want)
+
+
+def test_without_a_backward_two_steps_of_states_are_kept():
+    """Under no_grad the kernel keeps the states before and after a step, not all T."""
+    ours, sequential = modules("lstm")
+    for T in (1, 2, 7):
+        x, s0 = random_inputs(ours, 3, T), random_state(ours, 3)
+        with torch.no_grad():
+            y, final = ours(state=s0, **x)
+        want_y, want_final = sequential(state=s0, **x)
+        torch.testing.assert_close(y, want_y, atol=1e-12, rtol=1e-10)
+        for k in final:
+            torch.testing.assert_close(final[k], want_final[k], atol=1e-12, rtol=1e-10)
+
+
+def test_float32_is_the_float_kernel():
+    ours, sequential = modules("gru")
+    x = random_inputs(ours, 5, 11)
+    want, _ = sequential(**x)
+    got, _ = ours.float()(x=x["x"].float())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_calls_after_the_first_neither_build_nor_check_the_library(monkeypatch):
+    """Every call looked the library up, running `g++ --version` for its key."""
+    ours, _ = modules("elman")
+    x = random_inputs(ours, 2, 3)
+    ours(**x)
+    monkeypatch.setattr(cpp, "build", lambda *a: pytest.fail("looked up again"))
+    monkeypatch.setattr(ours._generated, "build", cpp.build)
+    y, _ = ours(**{k: v.requires_grad_() for k, v in x.items()})
+    y.sum().backward()
+
+
+def test_every_kernel_spelling_is_defined_in_cpp():
+    """The C++ spellings are a view of the Triton ones: each has a definition."""
+    heads = {spelling.split("(")[0] for spelling in TRITON.values()} - {""}  # "": arithmetic
+    assert heads <= set(CPP_FUNCTIONS), heads - set(CPP_FUNCTIONS)
+    template = (TEMPLATES / "cpu_loop.cpp.jinja").read_text()
+    for name in CPP_FUNCTIONS:
+        assert re.search(rf"inline T {name.replace('tl.', 'tl_')}\(", template), name
+
+
+SOURCE = 'extern "C" int answer() { return 42; }\n'
+
+
+def test_a_cached_library_is_trusted_only_after_its_hash_is_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECLANG_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpp, "_loaded", {})
+    assert cpp.build(SOURCE, "probe").answer() == 42
+    (library,) = (tmp_path / "cpp").glob("probe_*.so")
+    record = library.with_suffix(".sha256")
+    compiles = []
+    compile_ = cpp._compile
+    monkeypatch.setattr(cpp, "_compile", lambda *a: compiles.append(a) or compile_(*a))
+
+    def again():
+        return cpp._library(SOURCE, library.stem, cpp.compiler())
+    assert again() == library and not compiles  # intact: loaded as it is
+    planted = tmp_path / "planted"
+    planted.write_bytes(b"planted")
+    planted.replace(library)  # a library that does not match its record
+    assert again() == library and len(compiles) == 1
+    assert library.read_bytes() != b"planted"
+    assert record.read_text() == cpp._digest(library)
+    record.unlink()  # no record: not trusted either
+    assert again() == library and len(compiles) == 2 and record.exists()
+
+
+@pytest.mark.parametrize("name, compiled, pytorch", [
+    ("lstm", "cpu", "sequential"), ("min_gru", "scan", "scan"), ("gla", "chunk", "chunk"),
+    ("mamba_s6", "scan", "scan"), ("lmu", "sequential", "sequential")])
+def test_what_auto_picks_on_the_cpu(name, compiled, pytorch, monkeypatch):
+    cell = reclang.load(SPECS / f"{name}.rec")
+    monkeypatch.setenv("RECLANG_AUTO_COMPILED", "1")
+    assert cell.auto_backends()[0] == compiled
+    assert cell.auto_backends()[1] != "cpu"  # on CUDA tensors: never the CPU kernel
+    monkeypatch.setenv("RECLANG_AUTO_COMPILED", "0")  # the pin of the test suite
+    assert cell.auto_backends()[0] == pytorch
+
+
+def test_compiler_errors_and_a_missing_compiler(monkeypatch):
+    with pytest.raises(cpp.CompileError, match="a bug of reclang"):
+        cpp.build("this is not C++", "broken")
+    monkeypatch.setenv("RECLANG_AUTO_COMPILED", "1")
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    cell = reclang.load(SPECS / "lstm.rec", **CELLS["lstm"])
+    verdict = cell.verdict("cpu")
+    assert not verdict.supported and "needs a C++ compiler" in verdict.reason
+    assert cell.auto_backends()[0] == "sequential"
