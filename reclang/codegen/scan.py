@@ -209,9 +209,8 @@ class ScanProgram(Program):
         names = [self.scan_function] if elementwise else []  # else every state is dense
         if self.mixed:
             names += ["dense_scan", "dense_transition", "from_mixed_last", "mixed_last"]
-        imports = ["import torch", "",
-                   f"from reclang.runtime.{self.runtime} "
-                   f"import {', '.join(names)}"]
+        imports = ["import torch", ""] + ([f"from reclang.runtime.{self.runtime} "
+                                           f"import {', '.join(names)}"] if names else [])
         if self.printed:
             imports.append("from reclang.runtime.operands import operand")
         forward = self.forward(f"Runs {self.ir.name} over whole sequences with a scan: inputs "
