@@ -17,6 +17,7 @@ import functools
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 import reclang
@@ -228,3 +229,14 @@ def catalogue_sources() -> dict[tuple[str, str], str]:
             if cell.supports(backend):
                 sources[path.stem, backend] = cell.source(backend)
     return sources
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Imported by a test module: its cases run on one intra-op thread. They are tiny:
+    on a shared 2-core machine a second thread only contends (BLAS threads spinning: a
+    4x4 bmm took 10 ms with two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

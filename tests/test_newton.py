@@ -10,7 +10,17 @@ import re
 
 import pytest
 import torch
-from helpers import SPECS, _grads, _loss, as_reference, cells_on, random_inputs, random_state, small
+from helpers import (
+    SPECS,
+    _grads,
+    _loss,
+    as_reference,
+    cells_on,
+    one_thread,  # noqa: F401  (an autouse fixture: one intra-op thread)
+    random_inputs,
+    random_state,
+    small,
+)
 from hypothesis import HealthCheck, given, settings
 from test_fused_random_cells import cells as nonlinear_cells
 
@@ -23,16 +33,6 @@ from reclang.schedule import NewtonSchedule
 # the nonlinear catalogue cells, by their plan (cheaper than every backend's verdict)
 NAMES = sorted(p.stem for p in SPECS.glob("*.rec") if small(p.stem).plan.form == "nonlinear")
 TOL = 1e-10
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The cases are tiny: on a shared 2-core machine a second intra-op thread only
-    contends (BLAS threads spinning: a 4x4 bmm took 10 ms with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def pair(name, schedule=None, **hypers):

@@ -9,6 +9,7 @@ from helpers import (
     SPECS,
     assert_matches_reference,
     assert_step_matches_forward,
+    one_thread,  # noqa: F401  (an autouse fixture: one intra-op thread)
     random_inputs,
     random_state,
 )
@@ -16,16 +17,6 @@ from helpers import (
 import reclang
 
 B = 2
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The cases are tiny: on a shared 2-core machine a second intra-op thread only
-    contends (BLAS threads spinning: a 4x4 bmm took 10 ms with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def para_gru(x, p, state):

@@ -58,13 +58,7 @@ def test_pi_and_inf_are_constants_every_printer_writes():
     out y[i] = h[i] + min(h[i], inf) + pi
 """
     cell = reclang.loads(text, "c.rec")
-    torch.manual_seed(0)
-    reference = cell.module("sequential").double()
-    for backend in ("scan", "fft"):
-        torch.manual_seed(0)
-        m = cell.module(backend).double()
-        assert_matches_reference(m, as_reference(reference), random_inputs(m, 2, 5),
-                                 random_state(m, 2))
+    matches_sequential(cell, "scan", "fft")
 
 
 RUNNING_MAX = """cell c(N = 3):
@@ -162,13 +156,7 @@ def test_the_new_operations_in_a_matrix_cell_run_on_chunk_and_triton():
     matrix kernels' operands (printed through sympy and Triton)."""
     cell = reclang.loads(MATRIX, "c.rec")
     assert cell.plan.form == "mat-decay"
-    torch.manual_seed(0)
-    reference = cell.module("sequential").double()
-    for backend in ("chunk", "triton"):
-        torch.manual_seed(0)
-        m = cell.module(backend).double()
-        assert_matches_reference(m, as_reference(reference), random_inputs(m, 2, 5),
-                                 random_state(m, 2))
+    matches_sequential(cell, "chunk", "triton")
 
 
 def test_a_state_through_softmax_is_refused_as_a_softmax_at_the_softmax():
@@ -224,3 +212,14 @@ def test_a_division_under_floor_mod_and_comparisons_is_the_specs_on_every_backen
         # a value on the wrong side of a jump is off by 0.1 or more; the matrix kernels'
         # dot products round at 1e-8 under the interpreter
         assert torch.allclose(got, want, rtol=0, atol=1e-6), (backend, got, want)
+
+
+def matches_sequential(cell, *backends):
+    """Each backend against sequential, in float64, on the same random inputs and state."""
+    torch.manual_seed(0)
+    reference = cell.module("sequential").double()
+    for backend in backends:
+        torch.manual_seed(0)
+        m = cell.module(backend).double()
+        assert_matches_reference(m, as_reference(reference), random_inputs(m, 2, 5),
+                                 random_state(m, 2))

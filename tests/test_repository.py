@@ -4,11 +4,12 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 10800  # issue 18 (language) and 20 (newton) grow the compiler
-# (10400 -> 10800: issue 18's follow-ups, ~320 lines: sub-steps composed into named
-# stacks (analysis/substeps.py), divisions kept under floor/mod (functions.Quotient),
-# for-block errors collected with the builder's, origins of lowered nodes; newton's
-# follow-ups, ~35 lines: the step split into prelude and core, torch.func in the solver)
+LINE_BUDGET = 11000  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+# (8650 -> 11000: issues 18, 20 and 22 in one session, ~2240 lines: lag, t and subscript
+# arithmetic (ast_to_ir/offsets.py, hoist.py, codegen/prologue.py, runtime/lag.py), for
+# blocks (ast_to_ir/unroll.py), sub-steps composed into named stacks (analysis/substeps.py),
+# the newton backend (backends/newton.py, runtime/newton.py), sequence parallelism
+# (distributed/))
 # (5000 -> 5300: the lane form and the fused loop for nonlinear cells, ~520 lines;
 # 5300 -> 5500: the gated scan of diagonal cells, ~170 lines;
 # 5500 -> 6100: hardening (issue 16), ~520 lines: the checking loader and private cache

@@ -1,5 +1,5 @@
 """The rewrite rules (reclang/rewrite.py on the IR, RULES of reclang/codegen/
-sympy_to_torch.py on the printers' sympy expressions): each fires where it should, says
+stable_forms.py on the printers' sympy expressions): each fires where it should, says
 so under RECLANG_DEBUG=5, and keeps every value (outputs and gradients, against the
 same cell built without rules)."""
 
@@ -10,7 +10,7 @@ from helpers import as_reference, assert_matches_reference, random_inputs, rando
 import reclang
 from reclang import rewrite
 from reclang.analysis.lanes import lane_form
-from reclang.codegen import sympy_to_torch
+from reclang.codegen import stable_forms
 from reclang.functions import NAMED
 
 SPEC = """cell c(N = 3):
@@ -84,9 +84,9 @@ SYMPY_CASES = [  # (rule, expression, what it becomes)
 
 def test_every_sympy_rule_fires_says_so_and_keeps_the_value(monkeypatch, capsys):
     monkeypatch.setenv("RECLANG_DEBUG", "5")
-    assert {r.name for r in sympy_to_torch.RULES} == {name for name, _, _ in SYMPY_CASES}
+    assert {r.name for r in stable_forms.RULES} == {name for name, _, _ in SYMPY_CASES}
     for name, expr, want in SYMPY_CASES:
-        got = sympy_to_torch.rewrite(expr)
+        got = stable_forms.rewrite(expr)
         assert got == want and fired(capsys) == [name]
         for v in map(sympy.Rational, (-30.0, -0.5, 1e-9, 2.0, 30.0)):  # exact points
             assert float(sympy.N(got.subs(x, v), 30)) == float(sympy.N(expr.subs(x, v), 30))
@@ -96,13 +96,13 @@ def test_a_log_decay_of_a_softplus_gate_is_printed_without_an_exp_that_overflows
     """-log(e^a e^x + e^a) (how sympy wrote exp(-softplus(x) (1 + erf(x)))'s log) was
     printed as such: -inf past x = 88 in float32, where the decay is -2 softplus(x)."""
     a = sympy.log(1 + sympy.exp(x)) * sympy.erf(x)
-    got = sympy_to_torch.rewrite(-sympy.log(sympy.exp(a) * sympy.exp(x) + sympy.exp(a)))
+    got = stable_forms.rewrite(-sympy.log(sympy.exp(a) * sympy.exp(x) + sympy.exp(a)))
     assert got == -NAMED["softplus"](x) * sympy.erf(x) - NAMED["softplus"](x)
 
 
 def test_a_rule_applies_inside_a_larger_expression_to_a_fixed_point(capsys, monkeypatch):
     monkeypatch.setenv("RECLANG_DEBUG", "5")
     expr = sympy.log(1 + sympy.exp(-x)) + (1 - sympy.exp(1 / (1 + sympy.exp(x))))
-    got = sympy_to_torch.rewrite(expr)
+    got = stable_forms.rewrite(expr)
     assert got == NAMED["softplus"](-x) - NAMED["expm1"](NAMED["sigmoid"](-x))
     assert sorted(fired(capsys)) == ["expm1", "sigmoid", "softplus"]

@@ -4,10 +4,10 @@ which reuse its step function and its function headers."""
 
 from __future__ import annotations
 
-from reclang.config import VERSION
-from reclang.schedule import LoopSchedule, Schedule
 from reclang.analysis.partition import Phase, phases
+from reclang.config import VERSION
 from reclang.ir import IR, Node, Op
+from reclang.schedule import LoopSchedule, Schedule
 
 from .ir_to_torch import ATOM, Code, ExprLowering, Names, Place, align, comment, py_name
 

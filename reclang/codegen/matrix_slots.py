@@ -26,7 +26,7 @@ from reclang.ir import IR, Op
 
 from .fused_loop import TritonPrinter
 from .ir_to_torch import comment
-from .sympy_to_torch import RULES, rewrite
+from .stable_forms import RULES, rewrite
 
 # the kernels' operand names, what they are, and the axes of the state they run over
 ROLES = {"w": "log decay", "k": "input term, key side", "v": "input term, value side",
@@ -147,7 +147,7 @@ GATE_RULES = [r for r in RULES if r.name in ("log-exp", "sigmoid", "softplus")]
 
 def _gates(expr):
     """The analyzer's elementary forms of the gates back as the functions the Triton
-    printer has stable forms of (the printer's rules, sympy_to_torch.RULES): log(1 + e^x)
+    printer has stable forms of (the printer's rules, stable_forms.RULES): log(1 + e^x)
     is softplus(x), 1 / (1 + e^-x) is σ(x) (an exp of a large argument would overflow)."""
     return rewrite(expr, GATE_RULES)
 

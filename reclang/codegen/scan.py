@@ -205,7 +205,8 @@ class ScanProgram(Program):
         header = self.header([
             f"{self.title} backend: h' = a h + b elementwise, over time by {self.scan_function};",
             "the loop body of the sequential backend runs on all tokens at once."])
-        names = [self.scan_function]
+        elementwise = self.printed or len(self.mixed) < len(self.ir.states)
+        names = [self.scan_function] if elementwise else []  # else every state is dense
         if self.mixed:
             names += ["dense_scan", "dense_transition", "from_mixed_last", "mixed_last"]
         imports = ["import torch", "",

@@ -15,8 +15,14 @@ from .chunk import ChunkProgram, preamble
 from .fused_loop import gates_called
 from .ir_to_torch import comment
 from .loop import INDENT, py_name
-from .matrix_slots import (NewState, SlotPrinter, differentiable, new_state_parts, over_tile,
-                           state_slots)
+from .matrix_slots import (
+    NewState,
+    SlotPrinter,
+    differentiable,
+    new_state_parts,
+    over_tile,
+    state_slots,
+)
 from .names import Names
 from .render import assemble
 from .scan import ScanProgram

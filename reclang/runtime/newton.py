@@ -295,12 +295,23 @@ def _vjp(ctx, cell, xs, h0, params, prev, lam) -> tuple:
     wanted = ctx.needs_input_grad[5:]
     B, T = prev.shape[:2]
     names = ctx.param_names
+    flat = [x.flatten(0, 1) for x in xs]
+    # true/false values of the prelude (a condition such as t % BT == 0) have no gradient
+    real = [k for k, x in enumerate(flat) if x.is_floating_point() or x.is_complex()]
+
+    def step(x, z, p):
+        tokens = list(flat)
+        for k, v in zip(real, x):
+            tokens[k] = v
+        return cell(tokens, z, dict(zip(names, p)))
+
     with torch.enable_grad():
-        _, pull = torch.func.vjp(lambda x, z, p: cell(x, z, dict(zip(names, p))),
-                                 [x.flatten(0, 1) for x in xs], prev.flatten(0, 1),
+        _, pull = torch.func.vjp(step, [flat[k] for k in real], prev.flatten(0, 1),
                                  list(params))
-        gx, gz, gp = pull(lam.flatten(0, 1))
-    gx = [d.unflatten(0, (B, T)) for d in gx]
+        g_real, gz, gp = pull(lam.flatten(0, 1))
+    gx = [None] * len(flat)
+    for k, d in zip(real, g_real):
+        gx[k] = d.unflatten(0, (B, T))
     gh = [s.reshape(h.shape) for s, h in
           zip(ctx.solver.layout.unpack(gz.unflatten(0, (B, T))[:, 0]), h0)]
     grads = [*gx, *gh, *gp]
