@@ -56,3 +56,33 @@ def test_composed_sub_steps_match_sequential_on_triton():
     x = {n: t.to(device) for n, t in x.items()}
     s = {n: t.to(device) for n, t in random_state(triton_, 2).items()}
     assert_matches_reference(triton_, as_reference(sequential), x, s)
+
+
+# the decay is a sub-step of its own: the stacks _S_a0 = -β k, _S_k0 = k are precomputed
+# and read β and k, which no in-kernel operand (w = g, v, q) reads
+DECAYED_DELTA = """
+cell decayed_delta(H = 2, K = 4, V = 3):
+    input q[H, K], k[H, K], v[H, V], g[H, K], beta[H]
+    state S[H, K, V] = 0
+    dS[h, i, j] = exp(g[h, i]) * S[h, i, j]
+    kS[h, j] = sum(l: k[h, l] * dS[h, l, j])
+    S[h, i, j] <- dS[h, i, j] + beta[h] * k[h, i] * (v[h, j] - kS[h, j])
+    out o[h, j] = sum(i: q[h, i] * S[h, i, j])
+"""
+
+
+def test_the_kernels_operands_name_only_the_stacks_they_read():
+    """_S_operands(q, v, g), the backward's in-kernel operands, named the stacks of the
+    precomputed a and k too, which read β and k: not its arguments (a NameError)."""
+    cell = reclang.loads(DECAYED_DELTA, "decayed_delta.rec")
+    source = cell.source("triton")
+    operands = source[source.index("def _S_operands(q, v, g):"):source.index("_S_slots =")]
+    assert "_S_a0" not in operands and "_S_k0" not in operands
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    triton_ = cell.module("triton").double().to(device)
+    sequential = cell.module("sequential").double().to(device)
+    x = random_inputs(triton_, 2, 5, **GATES)
+    x = {n: t.to(device) for n, t in x.items()}
+    s = {n: t.to(device) for n, t in random_state(triton_, 2).items()}
+    assert_matches_reference(triton_, as_reference(sequential), x, s)

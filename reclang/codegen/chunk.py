@@ -8,6 +8,8 @@ import math
 import re
 from types import SimpleNamespace
 
+import sympy
+
 from reclang.analysis.operands import ChunkState, MatState
 from reclang.analysis.partition import Phase, phases
 from reclang.ir import IR, Op
@@ -134,8 +136,7 @@ class ChunkProgram(Program):
         (Hs, shared), (Kf, key), (Vf, value) = (self.flat(s, x) for x in (s.shared, s.key,
                                                                           s.value))
         hk = s.shared + s.key
-        if roles:
-            self.emit_definitions(s)
+        self.emit_definitions(s, _role_exprs(s, queries, roles))
         if "w" in roles and s.log_decay == 0:
             self.lines.append(f"{v.w} = _like.new_zeros((B, T, {Hs}, 1))  # no decay")
         elif "w" in roles:
@@ -172,10 +173,11 @@ class ChunkProgram(Program):
                               + self.text(*queries))
             self.lines[-1] += flat_k
 
-    def emit_definitions(self, s: ChunkState) -> None:
-        """The vectors of a state updated in sub-steps, which its operands read, each
-        named once (analysis/substeps.py)."""
-        for d in s.defs:
+    def emit_definitions(self, s: ChunkState, exprs: list) -> None:
+        """The vectors of a state updated in sub-steps which `exprs` read, each named once
+        (analysis/substeps.py): only those, as the operands of some roles are printed
+        where the inputs the others read are not at hand (triton's _<state>_operands)."""
+        for d in _definitions_read(s, exprs):
             axes = tuple(str(x) for x in d.index)
             self.sympy.sizes.update(zip(axes, d.sizes))  # the rank index is used as a value
             var = self.names.fresh(d.name)
@@ -368,6 +370,30 @@ def needed_statements(ir: IR, given: dict[int, str]) -> set[int]:
         else:
             stack.extend(node.args)
     return needed
+
+
+def _role_exprs(s: ChunkState, queries: list, roles: str) -> list:
+    """The analyzer's expressions of a state's operands in `roles` (of w, a, b, k, v, q)."""
+    by_role = {"w": [s.log_decay], "a": [p[0] for p in s.low_rank],
+               "b": [p[1] for p in s.low_rank], "k": [p[0] for p in s.inputs],
+               "v": [p[1] for p in s.inputs], "q": list(queries)}
+    return [sympy.sympify(e) for r in roles for e in by_role[r]]
+
+
+def _definitions_read(s: ChunkState, exprs: list) -> list:
+    """The state's definitions that `exprs` read, directly or through later ones, in
+    order (a definition reads only those before it)."""
+    read = set().union(*(_bases(e) for e in exprs))
+    needed = []
+    for d in reversed(s.defs):
+        if d.name in read:
+            needed.append(d)
+            read |= _bases(d.value)
+    return needed[::-1]
+
+
+def _bases(expr) -> set[str]:
+    return {str(x.base) for x in expr.atoms(sympy.Indexed)}
 
 
 def _delta_rule_scale(s: ChunkState):
