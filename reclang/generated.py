@@ -26,10 +26,8 @@ import importlib.machinery
 import linecache
 import os
 import re
-import shutil
 import stat
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -39,6 +37,7 @@ from pathlib import Path
 from . import config
 from .codegen.ir_to_torch import comment
 from .errors import Loc, RecError, Source, at
+from .runtime.files import write_atomically
 
 PACKAGE = "reclang_generated"
 STALE_TMP_S = 3600  # a temporary file this old was left by a writer that died
@@ -146,7 +145,7 @@ def _store(source: str, filename: str) -> Path:
             os.utime(path)  # recently used: kept by _prune
         return path
     try:
-        _write(directory, path, data)
+        write_atomically(directory, path, data)
     except OSError as err:
         raise RecError(f"cannot write generated code to {directory}: {err.strerror}; "
                        "set RECLANG_CACHE to a folder of your own") from None
@@ -166,21 +165,6 @@ def _read(path: Path) -> bytes | None:
         return None
     with os.fdopen(fd, "rb") as file:
         return file.read()
-
-
-def _write(directory: Path, path: Path, data: bytes) -> None:
-    """Writes a unique temporary file and renames it over `path`, atomically."""
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        if path.is_dir() and not path.is_symlink():  # a corrupt entry: rename cannot replace it
-            shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _execute(source: str, name: str, path: Path) -> types.ModuleType:

@@ -12,8 +12,6 @@ import hashlib
 import math
 import textwrap
 
-import sympy
-
 from reclang.analysis.forms import Lanes
 from reclang.ir import IR
 from reclang.schedule import CpuLoopSchedule
@@ -72,19 +70,9 @@ class CppPrinter(TritonPrinter):
     def _print_Or(self, expr):
         return "(" + " || ".join(self._print(a) for a in expr.args) + ")"
 
-    def _print_Pow(self, expr, rational=False):
-        base, e = expr.args
-        if expr.is_number and expr.is_real:
-            return self._number(float(expr))
-        b = self.parenthesize(base, 1000)
-        if e == sympy.Rational(1, 2):
-            return f"tl_sqrt({self._print(base)})"
-        if e == -sympy.Rational(1, 2):
-            return f"(T(1) / tl_sqrt({self._print(base)}))"
-        if e.is_Integer and 0 < e <= 4:
-            return "(" + " * ".join([b] * int(e)) + ")"
-        if e.is_Integer and -4 <= e < 0:
-            return "(T(1) / (" + " * ".join([b] * int(-e)) + "))"
+    SQRT, ONE = "tl_sqrt", "T(1)"
+
+    def _power(self, base, e) -> str:
         return f"std::pow({self._print(base)}, {self._print(e)})"
 
     @staticmethod

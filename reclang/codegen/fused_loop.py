@@ -69,20 +69,29 @@ class TritonPrinter(StrPrinter):
     def _print_Relational(self, expr):
         return f"({self._print(expr.lhs)} {expr.rel_op} {self._print(expr.rhs)})"
 
+    SQRT, ONE = "tl.sqrt", "1.0"  # the spellings _print_Pow needs (C++ has its own)
+
     def _print_Pow(self, expr, rational=False):
         base, e = expr.args
         if expr.is_number and expr.is_real:  # sqrt(2): tl.sqrt(2.0) would be float32
-            return number(float(expr))
+            return self._number(float(expr))
         b = self.parenthesize(base, 1000)  # always wrapped unless atomic
         if e == sympy.Rational(1, 2):
-            return f"tl.sqrt({self._print(base)})"
+            return f"{self.SQRT}({self._print(base)})"
         if e == -sympy.Rational(1, 2):
-            return f"(1.0 / tl.sqrt({self._print(base)}))"
+            return f"({self.ONE} / {self.SQRT}({self._print(base)}))"
         if e.is_Integer and 0 < e <= 4:
             return "(" + " * ".join([b] * int(e)) + ")"
         if e.is_Integer and -4 <= e < 0:
-            return "(1.0 / (" + " * ".join([b] * int(-e)) + "))"
+            return f"({self.ONE} / (" + " * ".join([b] * int(-e)) + "))"
+        return self._power(base, e)
+
+    def _power(self, base, e) -> str:
         return f"tl.exp({self.parenthesize(e, 50)} * tl.log({self._print(base)}))"
+
+    @staticmethod
+    def _number(value: float) -> str:
+        return number(value)
 
     def _print_Rational(self, expr):
         return number(float(expr))

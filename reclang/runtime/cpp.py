@@ -31,6 +31,7 @@ import threading
 from pathlib import Path
 
 from .. import config
+from .files import write_atomically
 
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC",
          "-std=c++17")
@@ -105,8 +106,8 @@ def _library(source: str, name: str, cxx: str) -> Path:
         if record.read_text().strip() == _digest(path):
             return path
     data = _compile(source, name, cxx)
-    _write(directory, record, hashlib.sha256(data).hexdigest().encode())
-    _write(directory, path, data)
+    write_atomically(directory, record, hashlib.sha256(data).hexdigest().encode())
+    write_atomically(directory, path, data)
     return path
 
 
@@ -130,14 +131,3 @@ def _compile(source: str, name: str, cxx: str) -> bytes:
         return so.read_bytes()
 
 
-def _write(directory: Path, path: Path, data: bytes) -> None:
-    """A unique temporary file renamed over `path`, atomically."""
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
