@@ -35,7 +35,8 @@ def pair(name, chunk=CHUNK, segment=None, **hypers):
 def test_chunk_runs_the_matrix_cells():
     assert set(cells_on("chunk")) == {
         "gla", "hgrn2", "linear_attn", "mamba2", "mlstm", "retnet", "rwkv6", "simple_gla",
-        "delta_net", "gated_delta_net", "delta_product", "rwkv7", "kda"}
+        "delta_net", "gated_delta_net", "delta_product", "rwkv7", "kda",
+        "gated_delta_net_layer"}
 
 
 @pytest.mark.parametrize("T", [1, 2, 7, CHUNK - 1, CHUNK, CHUNK + 1, 129])

@@ -21,7 +21,7 @@ TRANSFORMS = {"g": F.logsigmoid}
 def test_scan_runs_the_diagonal_cells_and_fft_the_time_invariant_ones():
     assert set(cells_on("scan")) == {"hgrn", "lru", "lsrl_parity", "mamba_s6", "min_gru",
                                      "min_lstm", "rg_lru", "s4d", "qrnn", "mamba_block",
-                                     "lssl", "s4", "gated_delta_net_layer"}  # the last 3: dense
+                                     "lssl", "s4"}  # the last 2: dense
     assert set(cells_on("fft")) == {"lru", "lsrl_parity", "s4d"}
 
 

@@ -34,7 +34,8 @@ def test_triton_runs_the_diagonal_matrix_state_and_nonlinear_cells():
                              "min_lstm", "rg_lru", "s4d", "qrnn", "mamba_block"}
     assert set(MATRIX) == {"gla", "hgrn2", "linear_attn", "mamba2", "mlstm", "retnet",
                            "rwkv6", "simple_gla",                                # mat-decay
-                           "delta_net", "delta_product", "gated_delta_net", "rwkv7", "kda"}  # dplr
+                           "delta_net", "delta_product", "gated_delta_net", "rwkv7", "kda",
+                           "gated_delta_net_layer"}  # dplr
     odyssey = {f"lstm_odyssey_{v}" for v in ("cifg", "fgr", "nfg", "niaf", "nig", "noaf",
                                              "nog", "np", "vanilla")}
     assert set(NONLINEAR) == {"elman", "gru", "lstm", "rwkv4", "slstm", "para_gru", "para_lstm",
