@@ -17,6 +17,7 @@ pass was working on:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,8 +54,12 @@ class Source:
     def line(self, n: int) -> str:
         """Line `n` as the lexer counts lines: only '\\n' ends one (str.splitlines would
         also split at a form feed, a vertical tab, NEL, U+2028 and U+2029)."""
-        lines = self.text.split("\n")
+        lines = self._lines
         return lines[n - 1].removesuffix("\r") if 1 <= n <= len(lines) else ""
+
+    @functools.cached_property
+    def _lines(self) -> list[str]:  # split once: every generated line cites its spec line
+        return self.text.split("\n")
 
 
 @dataclass(frozen=True)

@@ -259,7 +259,7 @@ class _Lowering:
 
     def described(self, value: Node) -> str:
         for s in self.ir.states:
-            chain = substeps(self.ir, self.ir.update(s.name).id) or []
+            chain = substeps(self.ir, self.ir.update(s.name).id, self.expander.plain_phase) or []
             if value.id in chain[:-1]:
                 return f"{value.arg}, the value of {s.name} after iteration " \
                        f"{chain.index(value.id)} of its for block (line {value.loc.line})"

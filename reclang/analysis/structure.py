@@ -85,7 +85,7 @@ def _analyze(ir: IR, expander: Expander, update: int) -> StateStructure:
     symbols = tuple(sympy.Symbol(a, integer=True) for a in node.axes)
     env = dict(zip(node.axes, symbols))
     name = node.arg
-    chain = substeps(ir, update)
+    chain = substeps(ir, update, expander.plain_phase)
     composed = Composer(ir, expander, update, _transition).compose(chain) if chain else None
     try:
         terms, defs = composed or (expander.terms(node.args[0], env), ())

@@ -45,11 +45,12 @@ class Definition:
         return sympy.IndexedBase(self.name, real=True)[index]
 
 
-def substeps(ir: IR, update: int) -> list[int] | None:
+def substeps(ir: IR, update: int, phase: dict | None = None) -> list[int] | None:
     """The statements a state's update goes through, first to last (the update itself),
-    when it is a chain of at least two sub-steps; else None."""
+    when it is a chain of at least two sub-steps; else None. `phase`: the IR's phases,
+    when the caller has them (computing them per state made the plan quadratic)."""
     state = ir.node(update).arg
-    shape, phase = ir.decls[state].shape, phases(ir)
+    shape, phase = ir.decls[state].shape, phase or phases(ir)
     chain = [update]
     while True:
         direct, previous = _step_reads(ir, ir.node(chain[-1]).args[0], state, shape, phase)

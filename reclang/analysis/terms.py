@@ -50,7 +50,7 @@ class Expander:
         self.ir = ir
         self.frozen = frozen  # states treated as given values (a running max, say)
         self.inline = inline  # False keeps state-free intermediates by name, for display
-        self.phase = phases(ir)
+        self.phase = self.plain_phase = phases(ir)  # plain: with no state frozen
         if frozen:
             self.phase = {i: (Phase.PRELUDE if p == Phase.CORE and not self._reads_free(i)
                               else p) for i, p in self.phase.items()}
