@@ -83,15 +83,6 @@ class Layout:
         """The transition of two consecutive spans."""
         return later @ earlier if self.matrix else later * earlier
 
-    def identity(self, like: torch.Tensor) -> torch.Tensor:
-        """Φ of a sequence that the slice does not touch, [*Φ dims]."""
-        if not self.matrix:
-            return torch.ones([d if v else 1 for d, v in zip(self.dims, self.varies)],
-                              dtype=like.dtype, device=like.device)
-        lead = math.prod(self.dims[d] for d in self.order[:self.shared])
-        eye = torch.eye(self.key, dtype=like.dtype, device=like.device)
-        return eye.expand(lead, self.key, self.key)
-
 
 def layouts(cell_plan) -> tuple[Layout, ...]:
     """Every state's layout, or a RecError naming the plan when the cell cannot be split
