@@ -29,8 +29,9 @@ import math
 import re
 from dataclasses import dataclass
 
-from reclang.analysis.lanes import Unsupported, lane_form
+from reclang.analysis.lanes import LaneForm, Unsupported, lane_form
 from reclang.analysis.partition import Phase, phases
+from reclang.codegen import newton_torch as printing
 from reclang.codegen.ir_to_torch import Place
 from reclang.codegen.loop import INDENT, Program
 from reclang.codegen.names import py_name
@@ -47,15 +48,19 @@ DENSE_LIMIT = 64  # values per block of the Jacobian: the scan multiplies m x m 
 @dataclass(frozen=True)
 class Jacobian:
     """The structure of ∂f/∂h the backend uses: `block_dims` leading axes of every state
-    are blocks the step never mixes, each block holds `size` values (all states)."""
+    are blocks the step never mixes, each block holds `size` values (all states).
+    `printed`: the lane form whose sympy derivatives are printed as J's entries (None:
+    J's rows by reverse mode; `how` says why)."""
     kind: str        # diagonal | block-diagonal | dense
     block_dims: int
     size: int
     why: str
+    printed: LaneForm | None = None
+    how: str = ""
 
     def describe(self) -> str:
         blocks = "" if self.kind == "diagonal" else f" ({self.size}x{self.size} blocks)"
-        return f"{self.kind} Jacobian{blocks}: {self.why}"
+        return f"{self.kind} Jacobian{blocks}: {self.why}; {self.how}"
 
 
 def jacobian(plan) -> Jacobian:
@@ -69,25 +74,44 @@ def jacobian(plan) -> Jacobian:
     return memo["newton"]
 
 
+REVERSE = "its rows by reverse mode"
+
+
 def _structure(plan) -> Jacobian:
     ir = plan.ir
     try:
         lanes = lane_form(ir, lane_limit=None, outputs=False, kernel="the lane form")
     except Unsupported as err:
         size = sum(math.prod(d.shape) for d in ir.states)
-        return Jacobian("dense", 0, size, f"over all {size} state values ({err})")
+        return Jacobian("dense", 0, size, f"over all {size} state values ({err})",
+                        how=f"{REVERSE} (no lane form)")
+    printed, how = _printable(ir)
     states, shape = ", ".join(lanes.states), ir.states[0].shape
     if not lanes.weights:
         kind = "diagonal" if len(lanes.states) == 1 else "block-diagonal"
         return Jacobian(kind, len(shape), len(lanes.states),
-                        f"each unit of {states} reads only its own unit of every state")
+                        f"each unit of {states} reads only its own unit of every state",
+                        printed, how)
     mixed = ", ".join(sorted({w.state for w in lanes.weights}))
     size = len(lanes.states) * lanes.lanes
     where = "within each head the" if lanes.heads else "all"
     kind = "block-diagonal" if lanes.heads else "dense"
     return Jacobian(kind, len(lanes.heads), size,
                     f"a weighted sum over the units of {mixed} mixes {where} {lanes.lanes} "
-                    f"units of {states}")
+                    f"units of {states}", printed, how)
+
+
+def _printable(ir) -> tuple[LaneForm | None, str]:
+    """The lane form with the outputs (what the printed step computes), if its step and
+    the derivatives print as PyTorch, and how J's entries are found, in words."""
+    try:
+        form = lane_form(ir, lane_limit=None, kernel="the printed Jacobian")
+        printing.step_code(ir, form)
+    except Unsupported as err:
+        return None, f"{REVERSE} ({err})"
+    except NotImplementedError as err:  # a function sympy_to_torch cannot spell
+        return None, f"{REVERSE} ({err})"
+    return form, "its entries printed from sympy.diff of the lane form, with the step"
 
 
 class Newton(Backend):
@@ -133,17 +157,23 @@ class Newton(Backend):
                            f"dense scan (limit {DENSE_LIMIT}): use quasi-Newton, "
                            "NewtonSchedule(jacobian='diagonal')", plan.ir.source)
         adjoint = "loop" if jac.size > DENSE_LIMIT else "scan"
-        return _source(plan, schedule, jac, quasi, adjoint)
+        if schedule.derivatives == "sympy" and jac.printed is None:
+            raise RecError(f"{plan.at(plan.states[0])}: NewtonSchedule(derivatives='sympy'): "
+                           f"the newton backend finds {jac.how}", plan.ir.source)
+        printed = None if schedule.derivatives == "reverse" else jac.printed
+        return _source(plan, schedule, jac, quasi, adjoint, printed)
 
 
-def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str) -> str:
+def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str, printed) -> str:
     ir = plan.ir
     program = _Program(ir, schedule)
     method = "quasi-Newton (the Jacobian's diagonal)" if quasi else "Newton"
+    how = "its entries printed from sympy.diff of the lane form, with the step (linearized)" \
+        if printed else f"{REVERSE} through the core"
     header = program.header([
         f"Newton backend: the whole sequence by {method}, each iteration a parallel scan",
         f"(reclang/runtime/newton.py); plan: {plan.summary}.",
-        f"Structure: {jac.describe()}.",
+        f"Structure: {jac.kind}; J: {how}.",
         f"Adjoint (backward): {'a scan' if adjoint == 'scan' else 'one vjp per step'}.",
         "prelude: the state-free values on all tokens, once; core: the rest of the step,",
         "on tokens, what every iteration evaluates; step: one step, for `module.step`."])
@@ -155,14 +185,24 @@ def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str) -> str:
     xs = "".join(f"{py_name(d.name)}, " for d in ir.inputs)
     h0 = "".join(f"{py_name(d.name)}, " for d in ir.states)
     params = ", ".join(f'"{py_name(d.name)}": {py_name(d.name)}' for d in ir.params)
+    signature, doc = program.packed_signature(
+        f'"""Runs {ir.name} over whole sequences by Newton\'s method: inputs '
+        '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
+    linearized = "linearized=linearized, " if printed else ""
     forward = "\n".join([
-        program.signature("forward"),
-        INDENT + f'"""Runs {ir.name} over whole sequences by Newton\'s method: inputs '
-        '[B, T, ...], states are the initial ones; returns (outputs, final states)."""',
-        INDENT + f"return SOLVER.run(prelude, core, ({xs}), ({h0}), {{{params}}})"])
-    functions = [solver, forward, *program.split(), program.step_function()]
-    return "\n".join(header + ["import torch", "", "from reclang.runtime import newton"]) + \
-        "\n\n" + "\n\n\n".join(functions) + "\n"
+        signature, INDENT + doc,
+        INDENT + f"return SOLVER.run(prelude, core, ({xs}), ({h0}), {{{params}}}, "
+        f"{linearized}cu_seqlens=cu_seqlens)"])
+    imports = ["import torch", "", "from reclang.runtime import newton"]
+    if printed:
+        code = printing.step_code(ir, printed)
+        steps = (code.prelude, code.core, code.linearized)
+        used = [n for n in ("constant", "operand") if f"{n}(" in code.prelude + code.core]
+        imports.append(f"from reclang.runtime.operands import {', '.join(used)}")
+    else:
+        steps = program.split()
+    functions = [solver, forward, *steps, program.step_function()]
+    return "\n".join(header + imports) + "\n\n\n" + "\n\n\n".join(functions) + "\n"
 
 
 class _Lowering(Program.Lowering):
