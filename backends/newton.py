@@ -188,19 +188,20 @@ def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str, printed) -
     signature, doc = program.packed_signature(
         f'"""Runs {ir.name} over whole sequences by Newton\'s method: inputs '
         '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
-    linearized = "linearized=linearized, " if printed else ""
-    forward = "\n".join([
-        signature, INDENT + doc,
-        INDENT + f"return SOLVER.run(prelude, core, ({xs}), ({h0}), {{{params}}}, "
-        f"{linearized}cu_seqlens=cu_seqlens)"])
-    imports = ["import torch", "", "from reclang.runtime import newton"]
+    imports, extra = ["import torch", "", "from reclang.runtime import newton"], ""
     if printed:
         code = printing.step_code(ir, printed)
         steps = (code.prelude, code.core, code.linearized)
         used = [n for n in ("constant", "operand") if f"{n}(" in code.prelude + code.core]
         imports.append(f"from reclang.runtime.operands import {', '.join(used)}")
+        extra = "linearized=linearized, " + ("" if code.outputs is None else
+                                             f"outputs={code.outputs!r}, ")
     else:
         steps = program.split()
+    forward = "\n".join([
+        signature, INDENT + doc,
+        INDENT + f"return SOLVER.run(prelude, core, ({xs}), ({h0}), {{{params}}}, "
+        f"{extra}cu_seqlens=cu_seqlens)"])
     functions = [solver, forward, *steps, program.step_function()]
     return "\n".join(header + imports) + "\n\n\n" + "\n\n\n".join(functions) + "\n"
 

@@ -56,6 +56,7 @@ class StepCode:
     prelude: str
     core: str
     linearized: str
+    outputs: dict[str, str] | None  # output -> the state it is, where every output is one
 
 
 def step_code(ir: IR, form: LaneForm) -> StepCode:
@@ -115,7 +116,14 @@ class _Printer:
             self.function("linearized", args, "The step and its derivatives on tokens "
                           "(reclang/codegen/newton_torch.py): (new states, ∂f_i/∂s_j, "
                           "∂f_i/∂r_k, the weights W_k with their states).",
-                          linear + [linear_returns]))
+                          linear + [linear_returns]),
+            self.outputs_as_states())
+
+    def outputs_as_states(self) -> dict[str, str] | None:
+        f = self.form
+        same = {y: next((s for s in f.states if f.updates[s] == e), None)
+                for y, e in f.outputs.items()}
+        return same if None not in same.values() else None
 
     def statements(self, named: list[tuple[str, sympy.Expr]], prefix: str) -> list[str]:
         """`name = expr` with the common subexpressions once; a value that reads no token

@@ -87,19 +87,25 @@ class Solver:
 
     @torch.compiler.disable  # a graph break: the solve branches on values (convergence)
     def run(self, prelude, core, xs: tuple, h0: tuple, params: dict, linearized=None,
-            cu_seqlens=None):
+            cu_seqlens=None, outputs: dict | None = None):
         """(outputs, final states) of the cell over inputs [B, T, ...] from h0. The
         state-free values (`prelude`) are computed once, under autograd; Newton solves
         h_t = core(s_t, h_{t-1}) for the prelude's sequences s. `linearized` (printed
         from the lane form's derivatives, reclang/codegen/newton_torch.py) gives f and
         J in one pass; without it J's rows are found by reverse mode through `core`.
         `cu_seqlens` [N + 1]: N sequences packed in a batch of one, solved together,
-        each from its own initial state (h0 [N, ...])."""
+        each from its own initial state (h0 [N, ...]). `outputs` {output: state}: every
+        output is a new state (out y[n] = h[n]), so the outputs are the solution, and
+        the core does not run again on all tokens for them."""
         B, T = xs[0].shape[:2]
         segments = Segments(None if cu_seqlens is None else cu_seqlens.to(xs[0].device))
         outs, seqs = prelude(*xs, **params)
         states = _Solve.apply(self, core, linearized, segments, tuple(params), len(seqs),
                               len(h0), *seqs, *h0, *params.values())
+        if outputs is not None:  # every output is a new state: the solution itself
+            named = dict(zip(self.names, states))
+            return {y: named[s] for y, s in outputs.items()}, \
+                {k: segments.last(v) for k, v in named.items()}
         prev = [segments.shifted(s0, s).flatten(0, 1) for s0, s in zip(h0, states)]
         more, new = core(*(s.flatten(0, 1) for s in seqs), *prev, **params)
         outs |= {k: v.unflatten(0, (B, T)) for k, v in more.items()}
@@ -139,8 +145,7 @@ class Segments:
         return X[:, 0] if self.cu_seqlens is None else X[0, self.starts]
 
     def set_first(self, X: torch.Tensor, value) -> torch.Tensor:
-        """A copy of X with `value` ([B or N, ...], or a number) at every first step."""
-        X = X.clone()
+        """X with `value` ([B or N, ...], or a number) at every first step, in place."""
         if self.cu_seqlens is None:
             X[:, 0] = value
         else:
@@ -183,9 +188,13 @@ class _Cell:
         if self.linearized is None:
             return self.reverse_mode(xs, z, diagonal)
         layout = self.solver.layout
+        given = [*xs, *layout.unpack(z)]
         with torch.no_grad():
-            new, d_state, d_weight, weights = self.linearized(
-                *xs, *layout.unpack(z), **self.params)
+            new, d_state, d_weight, weights = self.linearized(*given, **self.params)
+        # the solver writes into J: a derivative that is an argument (∂(o s)/∂s = o) is
+        # copied (the printed code computes elementwise: any other is a new tensor)
+        d_state = [[d.clone() if any(d is x for x in given) else d for d in row]
+                   for row in d_state]
         return layout.pack(list(new)), _assemble(layout, z, d_state, d_weight, weights,
                                                  diagonal)
 
@@ -222,6 +231,8 @@ def _assemble(layout: Layout, z, d_state, d_weight, weights, diagonal: bool) -> 
     parts = [_full(d, z, layout, i) for i, row in enumerate(d_state) for d in row]
     K = len(d_state)
     if not weights:  # every part [N, *units, 1]
+        if K == 1:
+            return parts[0]
         if diagonal:
             return torch.cat([parts[i * K + i] for i in range(K)], -1)
         return torch.cat(parts, -1).unflatten(-1, (K, K))
@@ -246,9 +257,11 @@ def _assemble(layout: Layout, z, d_state, d_weight, weights, diagonal: bool) -> 
 def _full(d, z: torch.Tensor, layout: Layout, i: int) -> torch.Tensor:
     """A printed derivative of state i (on tokens, of params alone, or a number) as
     [N, *R, m_i]."""
-    shape = layout.shapes[i]
-    d = torch.as_tensor(d, dtype=z.dtype, device=z.device).expand(z.shape[0], *shape)
-    return d.reshape(z.shape[0], *shape[:layout.block_dims], -1)
+    shape = (z.shape[0], *layout.shapes[i])
+    d = torch.as_tensor(d, dtype=z.dtype, device=z.device)
+    if d.shape != shape:  # a copy: the solver writes into J (the first steps' J = 0)
+        d = d.expand(shape).clone()
+    return d.reshape(*shape[:1 + layout.block_dims], -1)
 
 
 def heaviside(x: torch.Tensor) -> torch.Tensor:
@@ -287,12 +300,17 @@ def solve(solver: Solver, cell: _Cell, xs, z0: torch.Tensor, segments: Segments)
     while iterations < min(solver.max_iter, T) and bool(moved.any()):
         prev = segments.shifted(z0, Z)
         F, J = cell.linearize(flat, prev.flatten(0, 1), diagonal)
-        F, J = F.unflatten(0, (B, T)), J.unflatten(0, (B, T)) / (1 + solver.damping)
-        b = segments.set_first(F - _apply(J, prev), segments.first(F))
+        F, J = F.unflatten(0, (B, T)), J.unflatten(0, (B, T))
+        if solver.damping:
+            J = J / (1 + solver.damping)
+        # b = F - J prev, then J = 0 and b = F at every first step, in place: b and J
+        # are this iteration's own (J may share its memory with F, read before)
+        b = torch.addcmul(F, J, prev, value=-1) if J.shape == F.shape else F - _apply(J, prev)
+        segments.set_first(b, segments.first(F))
         new = _scan(segments.set_first(J, 0), b, torch.zeros_like(Z[:, 0]))
-        moved = _moved(new, Z, tol)
+        moved, finite = _moved(new, Z, tol)
         Z, iterations = new, iterations + 1
-        if not bool(torch.isfinite(new).all()):
+        if not finite:
             break
     first = _first_inexact(Z, moved, iterations)
     if first is not None:
@@ -316,12 +334,18 @@ def _first_inexact(Z, moved, iterations: int) -> int | None:
     return None if first >= Z.shape[1] else first
 
 
-def _moved(new, old, tol) -> torch.Tensor:
-    """[T]: whether a step moved by more than tol·(1 + |h_t|) anywhere (or is not finite)."""
+def _moved(new, old, tol) -> tuple[torch.Tensor, bool]:
+    """[T]: whether a step moved by more than tol·(1 + |h_t|) anywhere (or is not
+    finite), and whether every value of `new` is finite. |x|'s largest value as the
+    larger of max x and -min x: two reductions, no pass that writes |x|."""
     dims = [0] + list(range(2, new.dim()))
-    delta = (new - old).abs().amax(dims)
-    scale = 1 + new.abs().amax(dims)
-    return ~(delta <= tol * scale)
+    delta = _largest_magnitude(new - old, dims)
+    scale = 1 + _largest_magnitude(new, dims)  # NaN or inf where a value is
+    return ~(delta <= tol * scale), bool(torch.isfinite(scale).all())
+
+
+def _largest_magnitude(x: torch.Tensor, dims) -> torch.Tensor:
+    return torch.maximum(x.amax(dims), -x.amin(dims))
 
 
 def _finish(cell, xs, z0, Z, first: int, segments: Segments) -> torch.Tensor:
