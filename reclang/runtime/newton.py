@@ -232,7 +232,7 @@ def _assemble(layout: Layout, z, d_state, d_weight, weights, diagonal: bool) -> 
     K = len(d_state)
     if not weights:  # every part [N, *units, 1]
         if K == 1:
-            return parts[0]
+            return parts[0] if diagonal else parts[0].unsqueeze(-1)
         if diagonal:
             return torch.cat([parts[i * K + i] for i in range(K)], -1)
         return torch.cat(parts, -1).unflatten(-1, (K, K))
