@@ -4,19 +4,25 @@ the whole sequence solved at once by Newton's method, as DEER and ParaRNN do.
 Recurrence: h_t = f(h_{t-1}, x_t), t = 0 .. T-1, the cell's step as the spec says.
 Algorithm:  Newton on the T equations together (reclang/runtime/newton.py): at every
             iteration, f and its Jacobian J_t = ∂f/∂h_{t-1} on all B·T tokens at once
-            (the step's state-dependent part, `core`, and reverse-mode derivatives of
-            it at the basis vectors of one block; its state-free part, `prelude`,
-            such as W x + b, runs once per call), then the linear recurrence
+            (the step's state-dependent part, `core`; its state-free part, `prelude`,
+            such as W x + b, runs once per call): for a cell with a lane form, J's
+            entries are the lane form's sympy derivatives printed with the step
+            (reclang/codegen/newton_torch.py: f and J in one pass, `linearized`);
+            otherwise reverse-mode derivatives of the core at the basis vectors of
+            one block. Then the linear recurrence
             h_t = J_t h_{t-1} + (f − J_t h^k_{t-1}) by the parallel scan of
             reclang/runtime/scan.py: elementwise for a diagonal Jacobian, with small
             matrices for a block-diagonal one (an LSTM whose recurrence is diagonal: a
             2x2 block per unit, coupling h and c; per head for heads), with one matrix
             for a dense one. After k iterations the first k steps are exact; past
             `max_iter` the rest run one by one. The outputs are the step on all
-            tokens at the solution. Backward by implicit differentiation: the adjoint
-            recurrence at the solution, the same scan in reverse.
-Cost:       per iteration the step and its backward pass on m copies of all tokens
-            (m: the Jacobian's block size; `rows` at a time) and a scan of O(B·T·m³)
+            tokens at the solution (the solution itself where they are states).
+            Backward by implicit differentiation: the adjoint recurrence at the
+            solution, the same scan in reverse. Packed sequences (cu_seqlens, and
+            `lengths`, which the module packs) run as one stream in one solve.
+Cost:       per iteration the printed step and its derivatives on all tokens (by
+            reverse mode: the step and its backward pass on m copies of all tokens,
+            m the Jacobian's block size, `rows` at a time) and a scan of O(B·T·m³)
             (m = 1: O(B·T·state)); a few iterations for contracting cells, up to T in the worst case.
 Numerics:   converged to eps^(3/4) of the dtype (the iterate after that is at about
             eps^(3/2)); diverging iterates (inf, nan) stop the iteration, and the steps
@@ -168,15 +174,20 @@ def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str, printed) -
     ir = plan.ir
     program = _Program(ir, schedule)
     method = "quasi-Newton (the Jacobian's diagonal)" if quasi else "Newton"
-    how = "its entries printed from sympy.diff of the lane form, with the step (linearized)" \
-        if printed else f"{REVERSE} through the core"
+    how = "its entries printed from sympy.diff of the lane form, with the step" if printed \
+        else f"{REVERSE} through the core"
+    parts = ("prelude: the lane form's time-varying operands on all tokens, once; linearized:",
+             "the step and its derivatives on tokens, what every iteration evaluates; core:",
+             "the step on tokens, for the outputs and the backward; step: one step, for",
+             "`module.step`.") if printed else (
+        "prelude: the state-free values on all tokens, once; core: the rest of the step,",
+        "on tokens, what every iteration evaluates; step: one step, for `module.step`.")
     header = program.header([
         f"Newton backend: the whole sequence by {method}, each iteration a parallel scan",
         f"(reclang/runtime/newton.py); plan: {plan.summary}.",
         f"Structure: {jac.kind}; J: {how}.",
         f"Adjoint (backward): {'a scan' if adjoint == 'scan' else 'one vjp per step'}.",
-        "prelude: the state-free values on all tokens, once; core: the rest of the step,",
-        "on tokens, what every iteration evaluates; step: one step, for `module.step`."])
+        *parts])
     shapes = tuple(d.shape for d in ir.states)
     names = tuple(d.name for d in ir.states)
     solver = (f"SOLVER = newton.Solver(newton.Layout({shapes!r}, {jac.block_dims}), {names!r}, "

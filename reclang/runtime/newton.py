@@ -15,17 +15,25 @@ the steps from the first that still moved are run one by one (`last_report` says
 The Jacobian's layout (`Layout`): every state [.., *S_i] as [.., *R, m_i], R its first
 `block_dims` axes (the blocks: the step never mixes them), the states' parts side by
 side: J is [.., *R, m, m] (m = Σ m_i), or elementwise [.., *R, m] when m = 1 or when
-`quasi` (quasi-DEER: the diagonal of J only; more iterations, O(m) per step). Its
-rows are reverse-mode derivatives of f at the basis vectors e_j (the same e_j in
-every block), `rows` of them per evaluation of f on as many copies of the tokens. `damping` d scales J by 1 / (1 + d): between Newton (0) and
-Picard iteration (J = 0, one exact step per iteration), for cells whose Newton
-iterates overshoot; the exact prefix still grows.
+`quasi` (quasi-DEER: the diagonal of J only; more iterations, O(m) per step). For a
+cell with a lane form, f and J come from one call of the generated `linearized` (the
+lane form's sympy derivatives, printed: reclang/codegen/newton_torch.py), assembled
+here; otherwise J's rows are reverse-mode derivatives of f at the basis vectors e_j
+(the same e_j in every block), `rows` of them per evaluation of f on as many copies
+of the tokens. `damping` d scales J by 1 / (1 + d): between Newton (0) and Picard
+iteration (J = 0, one exact step per iteration), for cells whose Newton iterates
+overshoot; the exact prefix still grows.
+
+Packed sequences (`cu_seqlens`, `Segments`) are one stream of tokens [1, total, ...]:
+at every sequence's first token J = 0 and the previous state is the sequence's own
+initial state, so one scan solves them all, and after k iterations the first k tokens
+of every sequence are exact.
 
 Backward (implicit differentiation, not through the iterations): with g_t = ∂L/∂h_t,
 the adjoint λ_t = g_t + J_{t+1}ᵀ λ_{t+1} at the solution is the same scan in reverse
-(or, `adjoint="loop"`, one vjp per step, when J is too large to hold); then one vjp of
-f on all tokens with λ gives the gradients of the inputs, the params and, through
-J_0ᵀ λ_0, the initial states.
+(or, `adjoint="loop"`, one vjp per step, when J is too large to hold), cut where a
+sequence starts; then one vjp of f on all tokens with λ gives the gradients of the
+inputs, the params and, through J_0ᵀ λ_0, the initial states.
 """
 
 from __future__ import annotations
