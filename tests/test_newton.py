@@ -83,9 +83,12 @@ def test_every_cell_with_a_lane_form_gets_the_printed_jacobian():
     LMU (states of two shapes) and TTT (a sum over a value the step computes) keep
     reverse mode, and say why."""
     assert {"para_gru", "para_lstm", "indrnn", "slstm", "gru", "lstm", "elman"} <= set(PRINTED)
+    from test_generated_code import unused
+
     for name in NAMES:
         source = small(name).source("newton")
         assert ("linearized=linearized" in source) == (name in PRINTED)
+        assert unused(source) == [], name
     for name in ("lmu", "ttt_linear"):
         jac = small(name).form("newton")
         assert jac.how == "its rows by reverse mode (no lane form)"

@@ -25,6 +25,7 @@ name can be (spec names begin with a letter).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import sympy
@@ -173,12 +174,19 @@ class _Printer:
         if name != "prelude":
             first = self.name(self.form.prev[self.form.states[0]])
             body = [f"_like = {first}", *self.constants(), *body]
-        definitions = self.program.sympy.definitions + self.printer.definitions
-        if self.program.sympy.needs | self.printer.needs:
+        # the named constants and the dtype that this function's lines read
+        text = "\n".join(body)
+        definitions = [line for line in self.program.sympy.definitions +
+                       self.printer.definitions if _reads(text, line.split(" = ")[0])]
+        if _reads(text + "\n".join(definitions), "_dtype") or _reads(text, "_device"):
             definitions = ["_dtype, _device = _like.dtype, _like.device", *definitions]
         body = body[:1] + definitions + body[1:]
         return "\n".join([f"def {name}({args}{star}):", INDENT + f'"""{doc}"""'] +
                          [INDENT + line for line in body])
+
+
+def _reads(text: str, name: str) -> bool:
+    return re.search(rf"\b{re.escape(name)}\b", text) is not None
 
 
 def _nested(rows: list[list[tuple[str, sympy.Expr]]]) -> str:
