@@ -164,11 +164,14 @@ class Segments:
         """X at every sequence's last step, [B or N, ...]: its final state."""
         return X[:, -1] if self.cu_seqlens is None else X[0, self.cu_seqlens[1:] - 1]
 
+    def first_steps(self) -> list[int]:
+        return [0] if self.cu_seqlens is None else self.starts.tolist()
+
     def entering(self, z0: torch.Tensor) -> dict[int, torch.Tensor]:
         """Step -> the state it starts from, where a sequence starts ([B, ...] rows)."""
         if self.cu_seqlens is None:
             return {0: z0}
-        return {int(t): z0[k:k + 1] for k, t in enumerate(self.starts.tolist())}
+        return {t: z0[k:k + 1] for k, t in enumerate(self.first_steps())}
 
 
 def tolerance(dtype: torch.dtype) -> float:
@@ -424,7 +427,7 @@ def _adjoint(solver, cell, xs, prev, g, segments: Segments) -> torch.Tensor:
 
 def _adjoint_loop(cell, xs, prev, g, segments: Segments) -> torch.Tensor:
     """The adjoint one step at a time: J_{t+1}ᵀ λ_{t+1} as a vjp of f at prev_{t+1}."""
-    starts = segments.entering(prev[:, 0])
+    starts = set(segments.first_steps())
     lam = [g[:, -1]]
     for t in range(prev.shape[1] - 1, 0, -1):
         if t in starts:
