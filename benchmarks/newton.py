@@ -2,7 +2,7 @@
 
     python benchmarks/newton.py [--T 256 1024 4096 16384] [--N 16 64] [--B 1] [--repeat 2]
                                 [--cells para_gru para_lstm indrnn elman gru] [--threads 1]
-                                [--clock cpu] [--reverse]
+                                [--clock cpu] [--reverse] [--varlen 64 128]
 
 Per cell, state size N (inputs of D = N) and length T: Newton iterations to converge
 (reclang.runtime.newton.last_report), forward (no autograd) and forward+backward times
@@ -15,6 +15,9 @@ avoids BLAS threads spinning against other processes (a 4x4 bmm took 10 ms with 
 which on a loaded machine counts the other processes' turns too. `--reverse`: also
 the newton backend with J by reverse mode (NewtonSchedule(derivatives="reverse")), the
 path of cells without a lane form, where the default prints J from the lane form.
+`--varlen B T`: instead, per cell and N, B sequences of random lengths T/8 … T
+(`lengths`) in one Newton solve (the module packs them) against one solve per group of
+equal lengths (reclang/runtime/packing.py's grouping, which the backend used before).
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ def main():
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     parser.add_argument("--reverse", action="store_true")
+    parser.add_argument("--varlen", type=int, nargs=2, metavar=("B", "T"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,6 +97,14 @@ def main():
     print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, float32, B={args.B}, best of {args.repeat} (ms, "
           f"{args.clock} clock); load average at the start {load_average()}")
+    if args.varlen:
+        print("| cell | N | B | T | distinct lengths | one solve | one per length | speed-up |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name in args.cells:
+            for N in args.N:
+                print(varlen(name, N, *args.varlen, args.repeat, timer), flush=True)
+        print(f"# load average at the end {load_average()}")
+        return
     rev = " newton (reverse) {0} |"
     header = "| cell | Jacobian | N | T | iterations |" + "".join(
         f" seq {w} | newton {w} | speed-up |{rev.format(w) if args.reverse else ''}"
@@ -112,6 +124,27 @@ def main():
                         cells.append(f"{r['reverse', what] * 1e3:.0f}")
                 print("| " + " | ".join(map(str, cells)) + " |", flush=True)
     print(f"# load average at the end {load_average()}")
+
+
+def varlen(name: str, N: int, B: int, T: int, repeat: int, timer) -> str:
+    from reclang.runtime import packing
+
+    m = reclang.load(SPECS / f"{name}.rec", N=N, D=N).module("newton")
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(max(1, T // 8), T + 1, (B,), generator=gen).tolist()
+    x = torch.randn(B, T, N, generator=gen)
+
+    def one(part, state):
+        y, final = m(**part, state=state)
+        return {"y": y}, final
+
+    with torch.no_grad():
+        torch.testing.assert_close(m(x=x, lengths=lengths)[0],
+                                   packing.run_padded(one, {"x": x}, None, lengths)[0]["y"])
+        packed = timer(lambda: m(x=x, lengths=lengths), repeat)
+        grouped = timer(lambda: packing.run_padded(one, {"x": x}, None, lengths), repeat)
+    return (f"| {name} | {N} | {B} | {T} | {len(set(lengths))} | {packed * 1e3:.0f} | "
+            f"{grouped * 1e3:.0f} | {grouped / packed:.2f}x |")
 
 
 def load_average() -> str:
