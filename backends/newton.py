@@ -91,7 +91,7 @@ def _structure(plan) -> Jacobian:
         size = sum(math.prod(d.shape) for d in ir.states)
         return Jacobian("dense", 0, size, f"over all {size} state values ({err})",
                         how=f"{REVERSE} (no lane form)")
-    printed, how = _printable(ir)
+    printed, how = _printable(plan)
     states, shape = ", ".join(lanes.states), ir.states[0].shape
     if not lanes.weights:
         kind = "diagonal" if len(lanes.states) == 1 else "block-diagonal"
@@ -107,15 +107,14 @@ def _structure(plan) -> Jacobian:
                     f"units of {states}", printed, how)
 
 
-def _printable(ir) -> tuple[LaneForm | None, str]:
+def _printable(plan) -> tuple[LaneForm | None, str]:
     """The lane form with the outputs (what the printed step computes), if its step and
-    the derivatives print as PyTorch, and how J's entries are found, in words."""
+    the derivatives print as PyTorch (the code kept in the plan's memo), and how J's
+    entries are found, in words."""
     try:
-        form = lane_form(ir, lane_limit=None, kernel="the printed Jacobian")
-        printing.step_code(ir, form)
-    except Unsupported as err:
-        return None, f"{REVERSE} ({err})"
-    except NotImplementedError as err:  # a function sympy_to_torch cannot spell
+        form = lane_form(plan.ir, lane_limit=None, kernel="the printed Jacobian")
+        plan._memo["newton code"] = printing.step_code(plan.ir, form)
+    except (Unsupported, NotImplementedError) as err:  # NotImplementedError: no spelling
         return None, f"{REVERSE} ({err})"
     return form, "its entries printed from sympy.diff of the lane form, with the step"
 
@@ -201,7 +200,7 @@ def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str, printed) -
         '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
     imports, extra = ["import torch", "", "from reclang.runtime import newton"], ""
     if printed:
-        code = printing.step_code(ir, printed)
+        code = plan._memo["newton code"]
         steps = (code.prelude, code.core, code.linearized)
         used = [n for n in ("constant", "operand") if f"{n}(" in code.prelude + code.core]
         imports.append(f"from reclang.runtime.operands import {', '.join(used)}")
