@@ -83,41 +83,40 @@ def test_every_cell_with_a_lane_form_gets_the_printed_jacobian():
     LMU (states of two shapes) and TTT (a sum over a value the step computes) keep
     reverse mode, and say why."""
     assert {"para_gru", "para_lstm", "indrnn", "slstm", "gru", "lstm", "elman"} <= set(PRINTED)
-    from test_generated_code import unused
-
-    for name in NAMES:
+    for name in NAMES:  # (test_generated_code checks these sources for unused names)
         source = small(name).source("newton")
         assert ("linearized=linearized" in source) == (name in PRINTED)
-        assert unused(source) == [], name
     for name in ("lmu", "ttt_linear"):
         jac = small(name).form("newton")
         assert jac.how == "its rows by reverse mode (no lane form)"
         assert re.search(rf"{name}\.rec:\d+", jac.describe())
 
 
-def _linearizations(name, diagonal: bool, T: int = 5):
-    """(F, J) of the printed path and of reverse mode at random previous states."""
+def _cells(name, T: int = 5):
+    """The printed path's and reverse mode's f on packed states, each with its prelude's
+    tokens, at the same random inputs; and random previous states."""
     runs = []
     for derivatives in ("sympy", "reverse"):
         m, _ = pair(name, NewtonSchedule(derivatives=derivatives))
         code, params = m._generated, {k: v.detach() for k, v in m.named_parameters()}
         _, seqs = code.prelude(*random_inputs(m, 2, T).values(), **params)
-        state = random_state(m, 2 * T)
-        cell = newton._Cell(code.SOLVER, code.core, tuple(params), params.values(),
-                            getattr(code, "linearized", None))
-        z = code.SOLVER.layout.pack([state[n] for n in code.SOLVER.names])
-        runs.append(cell.linearize([x.flatten(0, 1) for x in seqs], z, diagonal))
-    return runs
+        runs.append((newton._Cell(code.SOLVER, code.core, tuple(params), params.values(),
+                                  getattr(code, "linearized", None)),
+                     [x.flatten(0, 1) for x in seqs]))
+    state = random_state(m, 2 * T)
+    return runs, code.SOLVER.layout.pack([state[n] for n in code.SOLVER.names])
 
 
-@pytest.mark.parametrize("diagonal", [False, True])
 @pytest.mark.parametrize("name", PRINTED)
-def test_the_printed_jacobian_is_reverse_modes(name, diagonal):
-    """f and J (or its diagonal, quasi-Newton's) from sympy.diff of the lane form equal
+def test_the_printed_jacobian_is_reverse_modes(name):
+    """f and J (and its diagonal, quasi-Newton's) from sympy.diff of the lane form equal
     reverse mode's through the core, per token, in float64."""
-    (f, J), (f_rev, J_rev) = _linearizations(name, diagonal)
-    torch.testing.assert_close(f, f_rev, atol=1e-12, rtol=0)
-    torch.testing.assert_close(J, J_rev, atol=1e-12, rtol=0)
+    runs, z = _cells(name)
+    assert runs[0][0].linearized is not None and runs[1][0].linearized is None
+    for diagonal in (False, True):
+        (f, J), (f_rev, J_rev) = (cell.linearize(tokens, z, diagonal) for cell, tokens in runs)
+        torch.testing.assert_close(f, f_rev, atol=1e-12, rtol=0)
+        torch.testing.assert_close(J, J_rev, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["para_gru", "para_lstm", "slstm", "gru"])
@@ -406,9 +405,10 @@ def test_vmap_is_refused_with_a_reason():
         torch.func.vmap(lambda x: m(x=x)[0])(x[None])
 
 
-@pytest.mark.parametrize("name", ["para_gru", "lmu"])
+@pytest.mark.parametrize("name", ["para_gru", "para_lstm", "indrnn", "slstm", "gru", "lmu"])
 def test_prelude_and_core_bind_no_name_they_do_not_read(name):
-    """Each prints only the param-only values (lmu's A, B) and sizes (T) it reads."""
+    """Each prints only the param-only values (lmu's A, B) and sizes (T) it reads; the
+    printed step (linearized) only the constants and weights it reads."""
     from test_generated_code import unused
 
     assert unused(small(name).source("newton")) == []
