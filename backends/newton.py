@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from reclang.analysis.lanes import Unsupported, lane_form
 from reclang.analysis.partition import Phase, phases
+from reclang.codegen import newton_triton
 from reclang.codegen.ir_to_torch import Place
 from reclang.codegen.loop import INDENT, Program
 from reclang.codegen.names import py_name
@@ -155,14 +156,18 @@ def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str) -> str:
     xs = "".join(f"{py_name(d.name)}, " for d in ir.inputs)
     h0 = "".join(f"{py_name(d.name)}, " for d in ir.states)
     params = ", ".join(f'"{py_name(d.name)}": {py_name(d.name)}' for d in ir.params)
+    triton = newton_triton.part(plan, schedule)  # None: the PyTorch path only
     forward = "\n".join([
         program.signature("forward"),
         INDENT + f'"""Runs {ir.name} over whole sequences by Newton\'s method: inputs '
         '[B, T, ...], states are the initial ones; returns (outputs, final states)."""',
+        *(INDENT + line for line in (triton.dispatch if triton else [])),
         INDENT + f"return SOLVER.run(prelude, core, ({xs}), ({h0}), {{{params}}})"])
-    functions = [solver, forward, *program.split(), program.step_function()]
-    return "\n".join(header + ["import torch", "", "from reclang.runtime import newton"]) + \
-        "\n\n" + "\n\n\n".join(functions) + "\n"
+    functions = [solver, forward, *program.split(), program.step_function(),
+                 *([triton.code] if triton else [])]
+    imports = ["import torch", *(triton.packages if triton else []), "",
+               "from reclang.runtime import newton", *(triton.runtime if triton else [])]
+    return "\n".join(header + imports) + "\n\n" + "\n\n\n".join(functions) + "\n"
 
 
 class _Lowering(Program.Lowering):
