@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import sympy
 
-from reclang.analysis.lanes import LaneForm, Unsupported, lane_form
 from reclang.analysis.ir_to_forms import merge_operands
+from reclang.analysis.lanes import LaneForm, Unsupported, lane_form
 from reclang.errors import RecError
 from reclang.ir import IR, Op
 from reclang.schedule import NewtonSchedule
@@ -43,17 +43,17 @@ def _form(plan) -> LaneForm | str:
     if why:
         return why
     if len(ir.states) != 1:
-        return f"{plan.file}:{ir.states[1].loc}: the Triton kernel runs cells with one " \
+        return f"{plan.file}:{ir.states[1].loc}: {KERNEL} runs cells with one " \
             f"state; {ir.states[1].name} is a second"
     try:
         lanes = lane_form(ir, gates=True, lane_limit=None, outputs=False, kernel=KERNEL)
     except Unsupported as err:
         return str(err)
     if lanes.weights or tuple(ir.states[0].shape) != (*lanes.heads, lanes.lanes):
-        return f"{plan.at(ir.states[0].name)}: the Triton kernel needs a diagonal Jacobian " \
+        return f"{plan.at(ir.states[0])}: {KERNEL} needs a diagonal Jacobian " \
             "(each unit of the state reading only its own unit)"
     if not lanes.operands:
-        return f"{plan.at(ir.states[0].name)}: the Triton kernel needs a step that reads " \
+        return f"{plan.at(ir.states[0])}: {KERNEL} needs a step that reads " \
             "an input or a param"
     merge_operands(lanes, ir)
     from reclang.backends.base import triton_refusal  # here: the backends import codegen
@@ -89,15 +89,16 @@ class NewtonCode(KernelCode):
         linearized += [f"{n} = tl.full({self.state}.shape, {number(float(e))}, "
                        f"{self.state}.dtype)" for n, e in (("f", self.f), ("J", J))
                        if not e.free_symbols]
-        return dict(file=comment(self.file), state=str(self.state), ops=ops, consts=consts,
-                    layouts=layouts, layout_table=str([(d, m) for _, d, m in layouts]),
-                    args=", ".join(ops + consts),
-                    d_args=", ".join(f"d_{x}" for x in ops + consts),
-                    linearized="\n".join(self.comments() + linearized),
-                    derivatives="\n".join(derivatives),
-                    gates=gates_called(*linearized, *derivatives),
-                    block_t=64, block_s=32, max_iter=schedule.max_iter,
-                    tol=repr(schedule.tol), damping=repr(schedule.damping))
+        return {"file": comment(self.file), "state": str(self.state), "ops": ops,
+                "consts": consts, "layouts": layouts,
+                "layout_table": str([(d, m) for _, d, m in layouts]),
+                "args": ", ".join(ops + consts),
+                "d_args": ", ".join(f"d_{x}" for x in ops + consts),
+                "linearized": "\n".join(self.comments() + linearized),
+                "derivatives": "\n".join(derivatives),
+                "gates": gates_called(*linearized, *derivatives),
+                "block_t": 64, "block_s": 32, "max_iter": schedule.max_iter,
+                "tol": repr(schedule.tol), "damping": repr(schedule.damping)}
 
 
 class NewtonTritonProgram(GatedScanProgram):
@@ -117,8 +118,8 @@ class NewtonTritonProgram(GatedScanProgram):
         lines = [f"B, T = {first}.shape[:2]", f"_like = {first}",
                  "_dtype, _device = _like.dtype, _like.device"]
         ops, consts = self.operands(lines)
-        lines += [f"_h0 = {state}.reshape(-1, {S}).to(torch.promote_types({state}.dtype, "
-                  "_dtype))",
+        lines += [(f"_h0 = {state}.reshape(-1, {S}).to(torch.promote_types({state}.dtype, "
+                   "_dtype))"),
                   f"{every} = newton_scan([{', '.join(ops)}], [{', '.join(consts)}], _h0, T)",
                   f"{new} = {every}.reshape(B, T, {dims})"]
         lines += self.outputs(every, dims)
@@ -143,8 +144,8 @@ class NewtonTritonProgram(GatedScanProgram):
         if ("prev", state) not in self.names.memo:
             return lines
         return ["# the states before each step, for the outputs that read them",
-                f"{states_var(self.names, state, 'prev')} = torch.cat([_h0[:, None], "
-                f"{every}[:, :-1]], 1).reshape(B, T, {dims})"] + lines
+                (f"{states_var(self.names, state, 'prev')} = torch.cat([_h0[:, None], "
+                f"{every}[:, :-1]], 1).reshape(B, T, {dims})")] + lines
 
 
 @dataclass
@@ -179,7 +180,9 @@ def part(plan, schedule: NewtonSchedule) -> Part | None:
     ir = plan.ir
     args = [py_name(d.name) for d in (*ir.inputs, *ir.states)] + \
         [f"{py_name(d.name)}={py_name(d.name)}" for d in ir.params]
-    dispatch = [f"if newton_triton.wanted({schedule.triton!r}, {py_name(ir.inputs[0].name)}):"
-                "  # the Triton kernels (by default on CUDA tensors)",
+    first = py_name(ir.inputs[0].name)
+    dispatch = [(f"if newton_triton.wanted({schedule.triton!r}, {first}):  # the Triton "
+                "kernels (by default on CUDA tensors)"),
                 f"{INDENT}return forward_triton({', '.join(args)})"]
-    return Part(packages, runtime, kernels.rstrip("\n") + "\n\n\n" + program.forward_triton(), dispatch)
+    code = kernels.rstrip("\n") + "\n\n\n" + program.forward_triton()
+    return Part(packages, runtime, code, dispatch)
