@@ -146,8 +146,8 @@ def test_the_generated_kernel_cites_the_spec_lines():
 
 @pytest.mark.parametrize("name, why", [
     ("gru", r"gru\.rec:\d+:\d+: the newton backend's Triton kernel needs a diagonal Jacobian"),
-    ("para_lstm", r"para_lstm\.rec:\d+:\d+: the newton backend's Triton kernel runs cells "
-                  "with one state; c is a second")])
+    ("para_lstm", (r"para_lstm\.rec:\d+:\d+: the newton backend's Triton kernel runs cells "
+                  "with one state; c is a second"))])
 def test_cells_without_a_diagonal_jacobian_are_refused_when_asked(name, why):
     assert "def forward_triton(" not in small(name).source("newton")
     with pytest.raises(RecError, match=r"NewtonSchedule\(triton=True\): " + why):
