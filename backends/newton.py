@@ -141,13 +141,15 @@ def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str) -> str:
     ir = plan.ir
     program = _Program(ir, schedule)
     method = "quasi-Newton (the Jacobian's diagonal)" if quasi else "Newton"
+    triton = newton_triton.part(plan, schedule)  # None: the PyTorch path only
     header = program.header([
         f"Newton backend: the whole sequence by {method}, each iteration a parallel scan",
         f"(reclang/runtime/newton.py); plan: {plan.summary}.",
         f"Structure: {jac.describe()}.",
         f"Adjoint (backward): {'a scan' if adjoint == 'scan' else 'one vjp per step'}.",
         "prelude: the state-free values on all tokens, once; core: the rest of the step,",
-        "on tokens, what every iteration evaluates; step: one step, for `module.step`."])
+        "on tokens, what every iteration evaluates; step: one step, for `module.step`.",
+        *(triton.about if triton else [])])
     shapes = tuple(d.shape for d in ir.states)
     names = tuple(d.name for d in ir.states)
     solver = (f"SOLVER = newton.Solver(newton.Layout({shapes!r}, {jac.block_dims}), {names!r}, "
@@ -156,7 +158,6 @@ def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str) -> str:
     xs = "".join(f"{py_name(d.name)}, " for d in ir.inputs)
     h0 = "".join(f"{py_name(d.name)}, " for d in ir.states)
     params = ", ".join(f'"{py_name(d.name)}": {py_name(d.name)}' for d in ir.params)
-    triton = newton_triton.part(plan, schedule)  # None: the PyTorch path only
     forward = "\n".join([
         program.signature("forward"),
         INDENT + f'"""Runs {ir.name} over whole sequences by Newton\'s method: inputs '

@@ -127,6 +127,8 @@ class NewtonTritonProgram(GatedScanProgram):
         outs = ", ".join(f'"{n.arg}": {py_name(n.arg)}' for n in map(self.ir.node, self.ir.stmts)
                          if n.op == Op.OUT)
         lines.append(f'return {{{outs}}}, {{"{f.states[0]}": {state}}}')
+        if "dtype" not in self.sympy.needs:  # no torch.arange: no _device
+            lines[2] = "_dtype = _like.dtype"
         lines[3:3] = self.sympy.definitions
         doc = (f'"""Runs {self.ir.name} over whole sequences by Newton\'s method in the '
                'Triton kernels above: inputs\n    [B, T, ...], states are the initial ones; '
@@ -152,7 +154,9 @@ class NewtonTritonProgram(GatedScanProgram):
 class Part:
     """What the newton backend's file holds for its Triton path: the imports (of
     packages, of reclang's runtime), the code (the kernels, their launcher,
-    forward_triton), and the lines at the top of forward that choose it."""
+    forward_triton), the lines at the top of forward that choose it, and the header's
+    lines that say so."""
+    about: list[str]
     packages: list[str]
     runtime: list[str]
     code: str
@@ -182,7 +186,10 @@ def part(plan, schedule: NewtonSchedule) -> Part | None:
         [f"{py_name(d.name)}={py_name(d.name)}" for d in ir.params]
     first = py_name(ir.inputs[0].name)
     dispatch = [(f"if newton_triton.wanted({schedule.triton!r}, {first}):  # the Triton "
-                "kernels (by default on CUDA tensors)"),
+                "kernels below"),
                 f"{INDENT}return forward_triton({', '.join(args)})"]
     code = kernels.rstrip("\n") + "\n\n\n" + program.forward_triton()
-    return Part(packages, runtime, code, dispatch)
+    when = {None: "on CUDA tensors", True: "always"}[schedule.triton]
+    about = [f"Triton ({when}): forward_triton, one kernel per Newton iteration (a diagonal",
+             "Jacobian), from backends/templates/newton_scan.py.jinja; the adjoint a kernel too."]
+    return Part(about, packages, runtime, code, dispatch)
