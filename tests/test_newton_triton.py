@@ -157,3 +157,20 @@ def test_cells_without_a_diagonal_jacobian_are_refused_when_asked(name, why):
 def test_a_nonsense_triton_setting_is_an_error():
     with pytest.raises(RecError, match="triton='yes' must be True, False or None"):
         NewtonSchedule(triton="yes")
+
+
+def test_float32_operands_and_states(solves):
+    """The kernels' dtype paths in float32 (the tiles, the numbers they print, the carry):
+    to float32's default tolerances (atol 1e-5, rtol 1.3e-6); the iterates converge to
+    eps^(3/4) · (1 + |h|) and Newton's next step is at about eps^(3/2), so what remains
+    is the rounding of a few float32 operations."""
+    torch.manual_seed(0)
+    cell = small("para_gru")
+    m, s = cell.module("newton", schedule=TRITON), cell.module("sequential")
+    s.load_state_dict(m.state_dict())
+    x = torch.randn(2, 70, 3, requires_grad=True)
+    (y, _), (want, _) = m(x=x), s(x=x)
+    assert y.dtype == torch.float32 and len(solves) == 1
+    torch.testing.assert_close(y, want)
+    grads = [torch.autograd.grad(v.square().sum(), x)[0] for v in (y, want)]
+    torch.testing.assert_close(*grads)
