@@ -174,3 +174,23 @@ def test_float32_operands_and_states(solves):
     torch.testing.assert_close(y, want)
     grads = [torch.autograd.grad(v.square().sum(), x)[0] for v in (y, want)]
     torch.testing.assert_close(*grads)
+
+
+def test_torch_func_functional_call_and_grad_and_the_vmap_refusal(solves):
+    """torch.func runs the backward on its wrapped tensors, whose storage a kernel cannot
+    read: the adjoint kernel is launched from a Function's forward, which gets them
+    unwrapped."""
+    m, _ = pair(small("para_gru"))
+    s = small("para_gru").module("sequential").double()
+    s.load_state_dict(m.state_dict())
+    x = random_inputs(m, 2, 7)["x"]
+    params = {k: v.detach() for k, v in m.named_parameters()}
+
+    def loss(module):
+        return lambda p, x: torch.func.functional_call(module, p, (), {"x": x})[0].square().sum()
+
+    got, want = (torch.func.grad(loss(k), argnums=(0, 1))(params, x) for k in (m, s))
+    assert len(solves) == 1
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+    with pytest.raises(RuntimeError, match="newton backend does not run under torch.func.vmap"):
+        torch.func.vmap(lambda x: m(x=x)[0])(x[None])
