@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from reclang.analysis.lanes import LaneForm, Unsupported, lane_form
 from reclang.analysis.partition import Phase, phases
 from reclang.codegen import newton_torch as printing
+from reclang.codegen import newton_triton
 from reclang.codegen.ir_to_torch import Place
 from reclang.codegen.loop import INDENT, Program
 from reclang.codegen.names import py_name
@@ -181,12 +182,13 @@ def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str, printed) -
              "`module.step`.") if printed else (
         "prelude: the state-free values on all tokens, once; core: the rest of the step,",
         "on tokens, what every iteration evaluates; step: one step, for `module.step`.")
+    triton = newton_triton.part(plan, schedule)  # None: the PyTorch path only
     header = program.header([
         f"Newton backend: the whole sequence by {method}, each iteration a parallel scan",
         f"(reclang/runtime/newton.py); plan: {plan.summary}.",
         f"Structure: {jac.kind}; J: {how}.",
         f"Adjoint (backward): {'a scan' if adjoint == 'scan' else 'one vjp per step'}.",
-        *parts])
+        *parts, *(triton.about if triton else [])])
     shapes = tuple(d.shape for d in ir.states)
     names = tuple(d.name for d in ir.states)
     solver = (f"SOLVER = newton.Solver(newton.Layout({shapes!r}, {jac.block_dims}), {names!r}, "
@@ -198,22 +200,38 @@ def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str, printed) -
     signature, doc = program.packed_signature(
         f'"""Runs {ir.name} over whole sequences by Newton\'s method: inputs '
         '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
-    imports, extra = ["import torch", "", "from reclang.runtime import newton"], ""
+    extra = ""
     if printed:
-        code = plan._memo["newton code"]
-        steps = (code.prelude, code.core, code.linearized)
-        used = [n for n in ("constant", "operand") if f"{n}(" in code.prelude + code.core]
-        imports.append(f"from reclang.runtime.operands import {', '.join(used)}")
-        extra = "linearized=linearized, " + ("" if code.outputs is None else
-                                             f"outputs={code.outputs!r}, ")
+        step = plan._memo["newton code"]
+        steps = (step.prelude, step.core, step.linearized)
+        extra = "linearized=linearized, " + ("" if step.outputs is None else
+                                             f"outputs={step.outputs!r}, ")
     else:
         steps = program.split()
     forward = "\n".join([
         signature, INDENT + doc,
+        *(INDENT + line for line in _dispatch(triton)),
         INDENT + f"return SOLVER.run(prelude, core, ({xs}), ({h0}), {{{params}}}, "
         f"{extra}cu_seqlens=cu_seqlens)"])
-    functions = [solver, forward, *steps, program.step_function()]
+    functions = [solver, forward, *steps, program.step_function(),
+                 *([triton.code] if triton else [])]
+    code = "\n".join(functions)
+    used = [n for n in ("constant", "operand") if f"{n}(" in code]
+    imports = ["import torch", *(triton.packages if triton else []), "",
+               "from reclang.runtime import newton",
+               *(line for line in (triton.runtime if triton else [])
+                 if not line.startswith("from reclang.runtime.operands")),
+               *([f"from reclang.runtime.operands import {', '.join(used)}"] if used else [])]
     return "\n".join(header + imports) + "\n\n\n" + "\n\n\n".join(functions) + "\n"
+
+
+def _dispatch(triton) -> list[str]:
+    """The Triton path's choice at the top of forward, for whole sequences: packed ones
+    (cu_seqlens) take the PyTorch path's one solve, on any device."""
+    if triton is None:
+        return []
+    return ["if cu_seqlens is None:  # packed sequences: the one solve below",
+            *(INDENT + line for line in triton.dispatch)]
 
 
 class _Lowering(Program.Lowering):

@@ -143,7 +143,10 @@ class NewtonSchedule(Schedule):
     reverse mode through the step); None: sympy where the cell has a lane form.
     `rows`: with reverse mode, the Jacobian's rows found per backward pass, from one
     evaluation of the step on that many copies of all tokens: memory (rows x the step's
-    activations) against the number of passes (per pass, a call of the autograd engine)."""
+    activations) against the number of passes (per pass, a call of the autograd engine).
+    `triton`: for a cell with a diagonal Jacobian, each iteration as one Triton kernel
+    (reclang/codegen/newton_triton.py): None on CUDA tensors, True always (on the CPU
+    under TRITON_INTERPRET=1), False never."""
 
     max_iter: int = 32
     tol: float | None = None
@@ -151,6 +154,7 @@ class NewtonSchedule(Schedule):
     damping: float = 0.0
     rows: int = 16
     derivatives: str | None = None
+    triton: bool | None = None
 
     def __post_init__(self):
         for name in ("max_iter", "rows"):
@@ -168,6 +172,8 @@ class NewtonSchedule(Schedule):
         if self.derivatives is not None and self.derivatives not in DERIVATIVES:
             raise RecError(f"NewtonSchedule: derivatives={self.derivatives!r} must be one of "
                            f"{', '.join(DERIVATIVES)} or None")
+        if self.triton not in (None, True, False):
+            raise RecError(f"NewtonSchedule: triton={self.triton!r} must be True, False or None")
 
 
 def _positive_number(value) -> bool:
