@@ -14,7 +14,7 @@ the compiled one out: a pin, for tests and for machines where compiling is unwan
 
 from __future__ import annotations
 
-from . import config
+from .. import config
 
 CPU_RANKING = (  # (backend, the plan forms it is ranked for (None: all), why)
     ("chunk", None, "matrix states: the chunkwise form's matmuls, 4-12x the loop from T = 512"),
