@@ -10,7 +10,7 @@ from hypothesis import settings
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# `auto` picks among the PyTorch backends (reclang/cost/__init__.py): a compile per cell it built
+# `auto` picks among the PyTorch backends (reclang/cost/): a compile per cell it built
 # would take minutes; tests/test_cpu_loop.py checks what it picks with compiling allowed
 os.environ.setdefault("RECLANG_AUTO_COMPILED", "0")
 # and by the static ranking, not by timing the backends: the same choice on every run
