@@ -4,8 +4,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 11500  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
-# (11250 -> 11500: issue 25's auto chosen per size, ~210 lines: cost/auto.py, cost/store.py;
+LINE_BUDGET = 11525  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+# (11250 -> 11525: issue 25's auto chosen per size, ~220 lines: cost/auto.py, cost/store.py;
 # main stood at 11293 before it)
 # (11000 -> 11250: issue 25's cpu backend, ~330 lines: backends/cpu_loop.py, codegen/cpp.py,
 # runtime/cpp.py, cost.py)
