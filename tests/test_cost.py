@@ -146,6 +146,18 @@ def test_under_torch_compile_and_transforms_the_static_ranking_runs(measuring):
     assert not measuring and not m._auto.chosen
 
 
+def test_distributed_runs_the_static_ranking(measuring):
+    """Ranks timing apart could choose different backends; DDP's hooks would fire."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        m = rg_lru().module("auto")
+        m(x=torch.randn(2, 6, 5))
+    finally:
+        dist.destroy_process_group()
+    assert not measuring and not m._auto.chosen
+
+
 def test_inspect_and_pickling_say_and_keep_the_choice(measuring):
     cell = rg_lru()
     m = cell.module("auto")
