@@ -164,8 +164,9 @@ def test_inspect_and_pickling_say_and_keep_the_choice(measuring):
     m(x=torch.randn(2, 6, 5))
     lines = auto.explain(cell)
     assert lines[0].startswith("the fastest of scan, sequential, measured on the first call")
+    assert lines[1].startswith("where nothing is measured") and "scan, the static" in lines[1]
     assert "B2/T8/fwd+bwd: sequential (fastest: sequential 1000.0 ms, scan 2000.0 ms)" in \
-        lines[1]
+        lines[2]
     twin = copy.deepcopy(m)
     assert twin._auto.static == m._auto.static and twin(x=torch.randn(2, 6, 5))[0].shape \
         == (2, 6, 5)

@@ -218,9 +218,10 @@ def explain(cell, chunk_size: int | None = None) -> list[str]:
         return [f"{backend}, the one backend the plan proves"]
     if not config.auto_measure():
         return [f"{backend} (RECLANG_AUTO_MEASURE=0: the static ranking: {why})"]
-    lines = [(f"the fastest of {', '.join(names)}, measured on the first call of each "
-              f"size (B, T up to powers of two); {backend} where nothing is measured "
-              f"(torch.compile, torch.func, distributed, lengths: the static ranking, {why})")]
+    lines = [(f"the fastest of {', '.join(names)}, measured on the first call of each size "
+              "(B, T rounded up to powers of two, backward or not)"),
+             (f"where nothing is measured (torch.compile, torch.func, distributed, lengths): "
+              f"{backend}, the static ranking: {why}")]
     for bucket, entry in sorted(store.entries(key + "/").items()):
         shape = bucket.split("/", 1)[1].rsplit("/", 1)[0]
         lines.append(f"measured here, {shape}: "
