@@ -26,7 +26,7 @@ def measuring(tmp_path, monkeypatch):
     monkeypatch.setenv("RECLANG_AUTO_MEASURE", "1")
     timed = []
 
-    def fake(backend, run):
+    def fake(backend, steps, run):
         run()
         timed.append(backend)
         return {"scan": 2.0, "sequential": 1.0, "cpu": 3.0}[backend]
@@ -97,6 +97,26 @@ def test_a_measured_choice_is_the_fake_timers_fastest_and_kept(measuring):
     assert len(measuring) == 2 * auto.REPEAT
     assert next(iter(again._auto.chosen.values())).why == "measured before on this machine"
     assert "sequential (measured" in repr(m) and "otherwise: scan until measured" in repr(m)
+
+
+def test_near_ties_are_timed_again_on_more_steps(measuring, monkeypatch):
+    """Within CLOSE of each other on the capped steps, scan and sequential are timed on
+    twice the steps, then on the call's T, where scan is ahead (as minGRU's compiled loop
+    overtakes the loop only past 2048 steps)."""
+    per_step = {"scan": {4: 1.0, 8: 1.01, 10: 0.9}, "sequential": {4: 0.95, 8: 1.0, 10: 1.0}}
+    seen = []
+
+    def fake(backend, steps, run):
+        seen.append((backend, steps))
+        return steps * per_step[backend][steps]
+    monkeypatch.setattr(auto, "TIMER", fake)
+    monkeypatch.setattr(auto, "MIN_T", 1)
+    monkeypatch.setattr(auto, "ELEMENTS", 2 * 5 * 4)  # B = 2, D = 5: 4 steps
+    m = rg_lru().module("auto")
+    m(x=torch.randn(2, 10, 5))
+    (choice,) = m._auto.chosen.values()
+    assert choice.backend == "scan" and choice.why == "measured at B = 2, T = 4, 8, 10"
+    assert sorted({s for _, s in seen}) == [4, 8, 10]
 
 
 def test_measuring_leaves_the_rng_the_inputs_and_the_grads_alone(measuring):

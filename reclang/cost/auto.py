@@ -11,7 +11,11 @@ the compiled loop ran HGRN's forward at 0.01-0.016 ms a step against 0.03 from 1
 steps on, where the loop beat it (docs/benchmarks.md; benchmarks/cpu.py `--only auto`
 prints the backends' times at T = 4096 beside auto's pick). Each backend runs once
 unmeasured (generating and compiling its code, touching its memory), then up to REPEAT
-times (`seconds`: the CPU time with one intra-op thread, else the wall clock).
+times (`seconds`: the CPU time with one intra-op thread, else the wall clock). Backends
+within CLOSE of the fastest are timed again on twice the steps, up to the call's T,
+until one is ahead by more or T is reached: minGRU's compiled loop overtakes the loop
+only past 2048 steps. At worst that is REPEAT + 1 calls of the call's own size per
+backend still close, and about as much again in the shorter rounds.
 
 Nothing is measured, and the static ranking (cost/__init__.py) decides, when:
 RECLANG_AUTO_MEASURE=0 (as the test suite pins it: deterministic choices); inside
@@ -42,10 +46,11 @@ CANDIDATES = ("chunk", "cpu", "scan", "fft", "sequential")
 ELEMENTS = 2 ** 22  # of the inputs of a measured call at most: T is cut to fit ...
 MIN_T = 64          # ... but not below MIN_T steps (nor above the call's T)
 REPEAT = 2          # timed runs of a backend, the second only if it may be the fastest
+CLOSE = 1.15        # backends within this factor of the fastest are timed on more steps
 
 
-def seconds(backend: str, run) -> float:
-    """The time of one run() (the backend's name is for a test's fake timer): with one
+def seconds(backend: str, steps: int, run) -> float:
+    """The time of one run() (backend and steps: for a test's fake timer): with one
     intra-op thread the process's CPU time, which leaves out the waits for a core that
     other processes cause (every backend then runs on that one thread, the compiled loop
     too); with more, the wall clock, as CPU time would add the threads up."""
@@ -144,7 +149,7 @@ class AutoChoice:
         key = bucket_key(self.key, self.names, xs[0], backward)
         if key not in self.chosen:
             entry = store.lookup(key)
-            if entry is not None and set(entry["times"]) == set(self.names):
+            if entry is not None and entry["backend"] in self.names:  # the names are in the key
                 self.chosen[key] = Choice(entry["backend"], "measured before on this machine",
                                           entry["times"])
             else:
@@ -152,25 +157,39 @@ class AutoChoice:
         return self.chosen[key]
 
     def _measure(self, module, inputs: dict, state: dict, backward: bool, key: str) -> Choice:
+        """Times the candidates on the capped steps, then those within CLOSE of the
+        fastest again on twice as many, up to the call's T, until one is clear."""
         B, T = next(iter(inputs.values())).shape[:2]
         per_step = B * sum(v[0, 0].numel() for v in inputs.values())
-        steps = min(T, max(MIN_T, ELEMENTS // per_step))
+        steps, names, lengths = min(T, max(MIN_T, ELEMENTS // per_step)), self.names, []
+        with torch.random.fork_rng(devices=[]), \
+                torch.autograd.graph.saved_tensors_hooks(_same, _same):
+            while True:
+                times = self._times(module, inputs, state, backward, names, steps)
+                lengths.append(steps)
+                names = tuple(b for b in names if times[b] <= CLOSE * min(times.values()))
+                if len(names) < 2 or steps == T:
+                    break
+                steps = min(T, 2 * steps)
+        best = min(times, key=times.get)
+        store.save(key, {"backend": best, "times": times})
+        return Choice(best, f"measured at B = {B}, T = {', '.join(map(str, lengths))}", times)
+
+    def _times(self, module, inputs: dict, state: dict, backward: bool, names: tuple,
+               steps: int) -> dict:
+        """Each backend's time of a call on the first `steps` steps of copies."""
         xs = {k: _copy(v[:, :steps], backward) for k, v in inputs.items()}
         s0 = {k: _copy(v, backward) for k, v in state.items()}
         times = {}
-        with torch.random.fork_rng(devices=[]), \
-                torch.autograd.graph.saved_tensors_hooks(_same, _same):
-            for backend in self.names:
-                run = functools.partial(_once, module, self.generated(module, backend), xs,
-                                        s0, backward)
-                run()  # generates and compiles the code, touches its memory
-                times[backend] = TIMER(backend, run)
-                for _ in range(REPEAT - 1):
-                    if times[backend] < 2 * min(times.values()):  # may be the fastest
-                        times[backend] = min(times[backend], TIMER(backend, run))
-        best = min(times, key=times.get)
-        store.save(key, {"backend": best, "times": times})
-        return Choice(best, f"measured at B = {B}, T = {steps}", times)
+        for backend in names:
+            run = functools.partial(_once, module, self.generated(module, backend), xs, s0,
+                                    backward)
+            run()  # generates and compiles the code, touches its memory
+            times[backend] = TIMER(backend, steps, run)
+            for _ in range(REPEAT - 1):
+                if times[backend] < 2 * min(times.values()):  # may be the fastest
+                    times[backend] = min(times[backend], TIMER(backend, steps, run))
+        return times
 
     def describe(self) -> list[str]:
         """One line per bucket chosen so far, and the rule for the others."""
