@@ -90,6 +90,7 @@ class RecModule(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_auto", None)  # pickled before auto measured per size
         source, hypers = self.ir
         self.ir = build_ir(parse(source.text, source.filename), hypers)
         stem = self.ir.name + "_"  # + the backend, as compile.Cell names the files

@@ -187,6 +187,11 @@ def test_inspect_and_pickling_say_and_keep_the_choice(measuring):
     assert lines[1].startswith("where nothing is measured") and "scan, the static" in lines[1]
     assert "B2/T8/fwd+bwd: sequential (fastest: sequential 1000.0 ms, scan 2000.0 ms)" in \
         lines[2]
+    old = m.__getstate__()  # as pickled before auto measured per size: no _auto
+    del old["_auto"]
+    earlier = reclang.RecModule.__new__(reclang.RecModule)
+    earlier.__setstate__(old)
+    assert earlier(x=torch.randn(2, 6, 5))[0].shape == (2, 6, 5)
     twin = copy.deepcopy(m)
     assert twin._auto.static == m._auto.static and twin(x=torch.randn(2, 6, 5))[0].shape \
         == (2, 6, 5)
