@@ -50,6 +50,47 @@ def test_equals_sequential(name):
                                  random_state(ours, 3), atol=1e-10, rtol=1e-9)
 
 
+# operands that are weighted sums over all of x (with a bias, without), over both axes
+# of u, and others (x[0], a product of a sum): two matmuls, and the others beside them
+MIXED = """cell mixed(D = 3, E = 2, N = 4):
+    input x[D]
+    input u[2, E]
+    param W[3, N, D] ~ normal(0, 0.5)
+    param V[N, 2, E] ~ normal(0, 0.5)
+    param U[2, N, N] ~ normal(0, 0.3)
+    param b[N] ~ normal(0, 0.5)
+    state h[N] = 0, c[N] = 0
+    h[n] <- tanh(sum(m: U[0, n, m] * h[m]) + sum(d: W[0, n, d] * x[d]) + b[n])
+    c[n] <- (tanh(sum(m: U[1, n, m] * c[m]) + sum(d: W[1, n, d] * x[d]))
+             * sigmoid(c[n] + sum(i, e: V[n, i, e] * u[i, e]))
+             + x[0] * sum(d: W[2, n, d] * x[d]))
+    out y[n] = h[n] * c[n] + sum(d: W[2, n, d] * x[d]) * b[n]
+"""
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_weighted_sums_over_an_input_are_one_matmul(backend):
+    """The operands were four einsums and a torch.stack for LSTM; now each input's
+    weighted sums are one F.linear with the biases fused, in the kernel's layout. The
+    triton fused loop (under the interpreter without a GPU) shares the operands."""
+    torch.manual_seed(0)
+    cell = reclang.loads(MIXED, "mixed.rec")
+    forward = cell.source(backend).split("def forward(x")[1].split("def step(")[0]
+    assert forward.count("torch.nn.functional.linear(") == 2
+    assert "_ops = torch.cat" in forward and "_ops = torch.stack" not in forward
+    lstm = reclang.load(SPECS / "lstm.rec", **CELLS["lstm"]).source(backend)
+    assert lstm.count("torch.nn.functional.linear(") == 1 and "torch.cat" not in lstm
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    ours = cell.module(backend).double().to(device)
+    sequential = cell.module("sequential").double().to(device)
+    sequential.load_state_dict(ours.state_dict())
+    for T in (1, 5):
+        x = {k: v.to(device) for k, v in random_inputs(ours, 3, T).items()}
+        s0 = {k: v.to(device) for k, v in random_state(ours, 3).items()}
+        assert_matches_reference(ours, as_reference(sequential), x, s0, atol=1e-10,
+                                 rtol=1e-9)
+
+
 def test_blocks_of_sequences_on_threads():
     """Seven sequences in blocks of two (the last one short) on three threads."""
     torch.manual_seed(0)
