@@ -8,6 +8,7 @@ each), and `auto`'s choice with compiling allowed."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,6 +90,31 @@ def test_weighted_sums_over_an_input_are_one_matmul(backend):
         s0 = {k: v.to(device) for k, v in random_state(ours, 3).items()}
         assert_matches_reference(ours, as_reference(sequential), x, s0, atol=1e-10,
                                  rtol=1e-9)
+
+
+def mapping_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds `address` (/proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            low, high = (int(x, 16) for x in line.split()[0].split("-"))
+            inside = low <= address < high
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    return []
+
+
+@pytest.mark.skipif(not Path("/sys/kernel/mm/transparent_hugepage").exists(),
+                    reason="Linux with transparent huge pages only")
+def test_a_large_output_is_mapped_in_huge_pages():
+    """A fresh 8 MB output was mapped in 4 KiB pages on first write (the scans spent more
+    time in page faults than in arithmetic); the kernel asks for huge pages (`hg`)."""
+    cell = reclang.load(SPECS / "min_gru.rec", D=2, N=512)
+    with torch.no_grad():
+        y, _ = cell.module("cpu")(x=torch.randn(2, 2048, 2))
+    assert y.is_contiguous() and y.numel() * 4 >= 8 << 20
+    inside = (y.data_ptr() + (4 << 20)) & ~((2 << 20) - 1)  # a whole 2 MiB page of it
+    assert "hg" in mapping_flags(inside)
 
 
 def test_blocks_of_sequences_on_threads():
