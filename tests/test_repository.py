@@ -4,7 +4,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 11250  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+LINE_BUDGET = 11350  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+# (11250 -> 11350: issue 25's second round, ~100 lines: an input's weighted-sum operands as
+# one matmul, codegen/fused_loop.py operand_groups)
 # (11000 -> 11250: issue 25's cpu backend, ~330 lines: backends/cpu_loop.py, codegen/cpp.py,
 # runtime/cpp.py, cost.py)
 # (8650 -> 11000: issues 18, 20 and 22 in one session, ~2240 lines: lag, t and subscript
