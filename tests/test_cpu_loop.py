@@ -30,7 +30,8 @@ from reclang.runtime import cpp
 from reclang.schedule import CpuLoopSchedule
 
 CELLS = {"lstm": {"D": 3, "N": 4}, "gru": {"D": 3, "N": 5}, "elman": {"D": 3, "N": 4},
-         "slstm": {"D": 3, "NH": 2, "DH": 2}, "min_gru": {"D": 3, "N": 4}, "rg_lru": {"D": 5}}
+         "slstm": {"D": 3, "NH": 2, "DH": 2}, "min_gru": {"D": 3, "N": 4}, "rg_lru": {"D": 5},
+         "mamba_s6": {"D": 3, "N": 2, "R": 2}}
 
 
 def modules(name: str):
@@ -115,6 +116,39 @@ def test_a_large_output_is_mapped_in_huge_pages():
     assert y.is_contiguous() and y.numel() * 4 >= 8 << 20
     inside = (y.data_ptr() + (4 << 20)) & ~((2 << 20) - 1)  # a whole 2 MiB page of it
     assert "hg" in mapping_flags(inside)
+
+
+# y reads s before its update (and the new s), through sums over the units
+READS_BEFORE = """cell before(D = 3, N = 2):
+    input x[D]
+    param W[N, D] ~ normal(0, 0.5)
+    param C[D, N] ~ normal(0, 0.5)
+    state s[D, N] = 0
+    out y[d] = sum(n: C[d, n] * s[d, n])
+    s[d, n] <- tanh(0.9 * s[d, n] + sum(e: W[n, e] * x[e]) * x[d])
+    out z[d] = sum(n: s[d, n]) * y[d]
+"""
+
+
+@pytest.mark.parametrize("text", [None, READS_BEFORE], ids=["mamba_s6", "before"])
+def test_outputs_that_sum_over_the_units_are_computed_after_the_loop(text):
+    """The lane form refused Mamba S6's y = Σ_n C[n] s[d, n] + D x: the kernel's outputs
+    are now the states of every step (before it too where an output reads them) and the
+    outputs are computed from them; with lengths and packed sequences."""
+    if text is None:
+        ours, sequential = modules("mamba_s6")
+    else:
+        torch.manual_seed(0)
+        cell = reclang.loads(text, "before.rec")
+        ours, sequential = cell.module("cpu").double(), cell.module("sequential").double()
+        sequential.load_state_dict(ours.state_dict())
+    assert ours.backend == "cpu"
+    reference = as_reference(sequential)
+    assert_matches_reference(ours, reference, random_inputs(ours, 3, 7), random_state(ours, 3),
+                             atol=1e-10, rtol=1e-9, varlen={"lengths": torch.tensor([7, 2, 5])})
+    assert_matches_reference(ours, reference, random_inputs(ours, 1, 12), random_state(ours, 3),
+                             atol=1e-10, rtol=1e-9,
+                             varlen={"cu_seqlens": torch.tensor([0, 4, 5, 12])})
 
 
 def test_blocks_of_sequences_on_threads():

@@ -17,6 +17,7 @@ from reclang.functions import PRINTED, TRITON
 from reclang.ir import IR
 from reclang.schedule import FusedLoopSchedule, Schedule
 
+from .chunk import StatesLowering, epilogue, states_var
 from .ir_to_torch import align, comment, number, spec_origin
 from .loop import INDENT, Program, py_name
 from .names import Names
@@ -231,8 +232,10 @@ class WeightedSum:
     bias: sympy.Expr
 
 
-def weighted_sum(o: Operand, ir: IR) -> WeightedSum | None:
-    """The operand as a weighted sum over one input (None when it is not one)."""
+def weighted_sum(o: Operand, form: LaneForm, ir: IR) -> WeightedSum | None:
+    """The operand as a weighted sum over one input whose weights differ for every unit
+    (None when it is not one: a sum the units share, Mamba's B[n] for every d, is cheaper
+    computed once and broadcast)."""
     inputs = {d.name for d in ir.inputs}
     terms = sympy.Add.make_args(o.expr)
     sums = [t for t in terms if isinstance(t, sympy.Sum)]
@@ -250,7 +253,7 @@ def weighted_sum(o: Operand, ir: IR) -> WeightedSum | None:
     if factors.count(x) != 1 or len(set(x.indices)) != len(sizes) or set(limits) != whole:
         return None
     coef = sympy.Mul(*(f for f in factors if f != x))
-    if _reads(coef, inputs):
+    if _reads(coef, inputs) or not {*form.head_symbols, LANE} <= coef.free_symbols:
         return None
     return WeightedSum(o, str(x.base), tuple(x.indices), coef, bias)
 
@@ -270,7 +273,7 @@ def operand_groups(form: LaneForm, ir: IR) -> list[list]:
     groups: list[list] = []
     by_input: dict[str, list] = {}
     for o in (o for o in form.operands if o.time_varying):
-        s = weighted_sum(o, ir)
+        s = weighted_sum(o, form, ir)
         if s is None:
             groups.append([o])
         elif s.input in by_input:
@@ -415,14 +418,22 @@ class FusedProgram(Program):
             "if cu_seqlens is not None:",
             "    _out = unpad_packed(_out, cu_seqlens, _starts)"]
         dims = ", ".join(map(str, (*f.heads, N)))
+        names, needs = self.sympy.names, set(self.sympy.needs)
+        held = {y: states_var(names, s, which) for (which, s), y in f.states_out.items()}
         for k, y in enumerate(f.outputs):
-            self.lines.append(f"{py_name(y)} = _out[:, {k}].transpose(0, 1).reshape(B, T, {dims})")
+            self.lines.append(f"{held.get(y, py_name(y))} = _out[:, {k}].transpose(0, 1)"
+                              f".reshape(B, T, {dims})")
+        outputs = list(f.outputs)
+        if f.states_out:  # the outputs from the states of every step, after the loop
+            given = {self.ir.update(s).id: states_var(names, s, "new") for s in f.states}
+            self.lines += epilogue(self.ir, given, StatesLowering, names, needs)
+            outputs = [n.arg for n in self.ir.outputs]
         for k, s in enumerate(states):
             self.lines.append(f"{s} = _last[{k}].reshape(-1, {dims})")
-        outs = ", ".join(f'"{y}": {py_name(y)}' for y in f.outputs)
+        outs = ", ".join(f'"{y}": {py_name(y)}' for y in outputs)
         sts = ", ".join(f'"{s}": {py_name(s)}' for s in f.states)
         self.lines.append(f"return {{{outs}}}, {{{sts}}}")
-        if "dtype" not in self.sympy.needs:  # no torch.arange: no _device
+        if "dtype" not in needs:  # no torch.arange: no _device
             self.lines[2] = "_dtype = _like.dtype"
         self.lines[3:3] = self.sympy.definitions
         doc = (f'"""Runs {self.ir.name} over whole sequences in the fused kernel: inputs '
