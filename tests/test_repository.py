@@ -4,9 +4,10 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 11350  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
-# (11250 -> 11350: issue 25's second round, ~100 lines: an input's weighted-sum operands as
-# one matmul, codegen/fused_loop.py operand_groups)
+LINE_BUDGET = 11400  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+# (11250 -> 11400: issue 25's second round, ~140 lines: an input's weighted-sum operands as
+# one matmul, codegen/fused_loop.py operand_groups; the cpu backend's outputs after the
+# loop, analysis/lanes.py states_as_outputs)
 # (11000 -> 11250: issue 25's cpu backend, ~330 lines: backends/cpu_loop.py, codegen/cpp.py,
 # runtime/cpp.py, cost.py)
 # (8650 -> 11000: issues 18, 20 and 22 in one session, ~2240 lines: lag, t and subscript
