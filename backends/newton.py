@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from reclang.analysis.lanes import Unsupported, lane_form
 from reclang.analysis.partition import Phase, phases
+from reclang.codegen import newton_triton
 from reclang.codegen.ir_to_torch import Place
 from reclang.codegen.loop import INDENT, Program
 from reclang.codegen.names import py_name
@@ -140,13 +141,15 @@ def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str) -> str:
     ir = plan.ir
     program = _Program(ir, schedule)
     method = "quasi-Newton (the Jacobian's diagonal)" if quasi else "Newton"
+    triton = newton_triton.part(plan, schedule)  # None: the PyTorch path only
     header = program.header([
         f"Newton backend: the whole sequence by {method}, each iteration a parallel scan",
         f"(reclang/runtime/newton.py); plan: {plan.summary}.",
         f"Structure: {jac.describe()}.",
         f"Adjoint (backward): {'a scan' if adjoint == 'scan' else 'one vjp per step'}.",
         "prelude: the state-free values on all tokens, once; core: the rest of the step,",
-        "on tokens, what every iteration evaluates; step: one step, for `module.step`."])
+        "on tokens, what every iteration evaluates; step: one step, for `module.step`.",
+        *(triton.about if triton else [])])
     shapes = tuple(d.shape for d in ir.states)
     names = tuple(d.name for d in ir.states)
     solver = (f"SOLVER = newton.Solver(newton.Layout({shapes!r}, {jac.block_dims}), {names!r}, "
@@ -159,10 +162,13 @@ def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str) -> str:
         program.signature("forward"),
         INDENT + f'"""Runs {ir.name} over whole sequences by Newton\'s method: inputs '
         '[B, T, ...], states are the initial ones; returns (outputs, final states)."""',
+        *(INDENT + line for line in (triton.dispatch if triton else [])),
         INDENT + f"return SOLVER.run(prelude, core, ({xs}), ({h0}), {{{params}}})"])
-    functions = [solver, forward, *program.split(), program.step_function()]
-    return "\n".join(header + ["import torch", "", "from reclang.runtime import newton"]) + \
-        "\n\n" + "\n\n\n".join(functions) + "\n"
+    functions = [solver, forward, *program.split(), program.step_function(),
+                 *([triton.code] if triton else [])]
+    imports = ["import torch", *(triton.packages if triton else []), "",
+               "from reclang.runtime import newton", *(triton.runtime if triton else [])]
+    return "\n".join(header + imports) + "\n\n" + "\n\n\n".join(functions) + "\n"
 
 
 class _Lowering(Program.Lowering):

@@ -1,6 +1,6 @@
 """Check and time reclang's backends on a CUDA GPU, in one run, and print the tables.
 
-    python benchmarks/gpu.py [--only scan cells chunk lstm] [--quick]
+    python benchmarks/gpu.py [--only scan cells chunk lstm newton] [--quick] [--dry]
 
 Sections (each checks its results before it times them):
   scan   the triton backend's diagonal-scan kernel on [B, T, S] float32 against the
@@ -18,20 +18,33 @@ Sections (each checks its results before it times them):
          importable.
   lstm   reclang's LSTM on the sequential backend and on the triton backend (the fused
          loop) against torch.nn.LSTM (cuDNN).
-Times are medians from triton.testing.do_bench, in milliseconds.
+  newton para_gru and indrnn (diagonal Jacobians), float32, over T: the newton backend
+         with one Triton kernel per iteration against its PyTorch path (the scans of
+         reclang/runtime/scan.py), the PyTorch loop (sequential) and the fused Triton
+         loop (the triton backend); iterations to converge, forward and forward+backward.
+Times are medians from triton.testing.do_bench, in milliseconds. --dry runs the newton
+section's checks at tiny sizes on the CPU (Triton's interpreter), timing nothing: that
+the benchmark runs, on a machine without a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from pathlib import Path
 
-import torch
-import triton.testing
+if "--dry" in sys.argv:  # before triton's import: the interpreter runs the kernels
+    os.environ["TRITON_INTERPRET"] = "1"
 
-import reclang
-from reclang.runtime.scan import linear_scan as torch_scan
+import torch  # noqa: E402
+import triton.testing  # noqa: E402
+
+import reclang  # noqa: E402
+from reclang.runtime import newton  # noqa: E402
+from reclang.runtime.scan import linear_scan as torch_scan  # noqa: E402
+from reclang.schedule import NewtonSchedule  # noqa: E402
 
 F = torch.nn.functional
 SPECS = Path(__file__).resolve().parent.parent / "specs"
@@ -276,8 +289,62 @@ def lstm_section(quick):
                   f"{t['sequential'] / t['triton']:>10.1f}x   {diff if what == 'fwd' else ''}")
 
 
+# ---- newton -------------------------------------------------------------------------
+NEWTON_IMPLS = {"sequential": ("sequential", None), "loop": ("triton", None),
+                "newton torch": ("newton", NewtonSchedule(triton=False)),
+                "newton triton": ("newton", NewtonSchedule(triton=True))}
+
+
+def newton_section(quick, dry=False):
+    """ms per implementation, the speed-ups of the Triton newton over the others, the
+    iterations it took and its error against the sequential loop (float64 reference)."""
+    B, N, lengths = (2, 4, [70]) if dry else (8, 64, [1024] if quick else [1024, 4096, 16384])
+    how = "dry run: the CPU's interpreter, no timing" if dry else "ms"
+    print(f"\n[newton] B={B} N={N} float32 ({how}); 'loop' is the fused Triton loop; "
+          "speed-up = other / newton triton")
+    if not dry:
+        print(f"{'cell':<10}{'T':>6}  {'pass':<9}" + "".join(f"{k:>15}" for k in NEWTON_IMPLS)
+              + f"{'vs seq':>8}{'vs loop':>8}{'vs torch':>9}{'iters':>6}   rel RMS vs seq "
+              "(triton/torch), grad triton vs torch")
+    for name in ("para_gru", "indrnn"):
+        cell = reclang.load(SPECS / f"{name}.rec", D=N, N=N)
+        mods = {k: cell.module(b, schedule=s).to(DEV) for k, (b, s) in NEWTON_IMPLS.items()}
+        for m in mods.values():
+            m.load_state_dict(mods["sequential"].state_dict())
+        for T in lengths:
+            newton_rows(name, mods, B, T, dry)
+
+
+def newton_rows(name, mods, B, T, dry):
+    torch.manual_seed(0)
+    x = torch.randn(B, T, mods["sequential"].ir.inputs[0].shape[0], device=DEV,
+                    requires_grad=True)
+    fns = {k: (lambda m=m: m(x=x)[0]) for k, m in mods.items()}
+    with torch.no_grad():
+        ref = mods["sequential"].double()(x=x.double())[0]
+        mods["sequential"].float()
+        fns["newton triton"]()
+        report = newton.last_report
+        err = "/".join(f"{rel_rms(fns[k](), ref):.0e}" for k in ("newton triton", "newton torch"))
+    grads = [torch.autograd.grad(fns[k]().square().mean(), x)[0]
+             for k in ("newton triton", "newton torch")]  # the adjoints, against each other
+    err += f", grad {rel_rms(*grads):.0e}"
+    if dry:
+        print(f"{name:<10}{T:>6}  checked: {report.iterations} iterations, rel RMS vs seq "
+              f"(triton/torch) {err}")
+        return
+    for what in ("fwd", "fwd+bwd"):
+        with torch.set_grad_enabled(what != "fwd"):
+            t = {k: ms(fn if what == "fwd" else training(fn)) for k, fn in fns.items()}
+        ours = t["newton triton"]
+        print(f"{name:<10}{T:>6}  {what:<9}" + "".join(f"{v:>15.2f}" for v in t.values())
+              + f"{t['sequential'] / ours:>7.1f}x{t['loop'] / ours:>7.1f}x"
+              f"{t['newton torch'] / ours:>8.1f}x{report.iterations:>6}   "
+              + (err if what == "fwd" else ""))
+
+
 SECTIONS = {"scan": scan_section, "cells": cell_section, "chunk": chunk_section,
-            "lstm": lstm_section}
+            "lstm": lstm_section, "newton": newton_section}
 
 
 def main():
@@ -285,7 +352,14 @@ def main():
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     parser.add_argument("--quick", action="store_true", help="small shapes, for a smoke run")
     parser.add_argument("--chunk-cells", nargs="+", default=["gla", "gated_delta_net"])
+    parser.add_argument("--dry", action="store_true",
+                        help="the newton section's checks on the CPU, tiny, no timing")
     args = parser.parse_args()
+    if args.dry:
+        global DEV
+        DEV = "cpu"
+        newton_section(True, dry=True)
+        return
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA GPU")
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, "

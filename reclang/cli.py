@@ -86,8 +86,9 @@ def cmd_run(args) -> int:
     m = cell.module(args.backend)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     m = m.to(dtype)
-    inputs = {d.name: args.scale * torch.randn(args.batch, args.T, *d.shape, dtype=dtype)
-              for d in cell.ir.inputs}
+    from .samples import random_inputs
+
+    inputs = random_inputs(cell, args.batch, args.T, args.scale, dtype=dtype)
     with torch.no_grad():
         m(**{k: v[:, :1] for k, v in inputs.items()})  # warm-up
         start = time.perf_counter()
@@ -169,8 +170,9 @@ def _bench_at(cell, modules: dict, args, T: int, device: str) -> dict:
     """One table: every backend at length T; returns backend -> (forward, fwd+bwd) s."""
     import torch
 
-    inputs = {d.name: args.scale * torch.randn(args.batch, T, *d.shape, device=device)
-              for d in cell.ir.inputs}
+    from .samples import random_inputs
+
+    inputs = random_inputs(cell, args.batch, T, args.scale, device=device)
     print(f"cell {cell.name} ({cell.plan.form}), B={args.batch}, T={T}, float32, "
           f"{device}")
     print(f"  {'backend':<11}{'forward':>10}{'fwd+bwd':>10}{'max |y - sequential|':>22}"

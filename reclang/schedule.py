@@ -139,13 +139,17 @@ class NewtonSchedule(Schedule):
     1 / (1 + damping): 0 is Newton, larger values move towards Picard iteration.
     `rows`: the Jacobian's rows found per backward pass, from one evaluation of the step
     on that many copies of all tokens: memory (rows x the step's activations) against
-    the number of passes (per pass, a call of the autograd engine)."""
+    the number of passes (per pass, a call of the autograd engine). `triton`: for a cell
+    with a diagonal Jacobian, each iteration as one Triton kernel
+    (reclang/codegen/newton_triton.py): None on CUDA tensors, True always (on the CPU
+    under TRITON_INTERPRET=1), False never."""
 
     max_iter: int = 32
     tol: float | None = None
     jacobian: str | None = None
     damping: float = 0.0
     rows: int = 16
+    triton: bool | None = None
 
     def __post_init__(self):
         for name in ("max_iter", "rows"):
@@ -160,6 +164,8 @@ class NewtonSchedule(Schedule):
                            f"{', '.join(JACOBIANS)} or None")
         if not (_positive_number(self.damping) or self.damping == 0):
             raise RecError(f"NewtonSchedule: damping={self.damping!r} must be a number ≥ 0")
+        if self.triton not in (None, True, False):
+            raise RecError(f"NewtonSchedule: triton={self.triton!r} must be True, False or None")
 
 
 def _positive_number(value) -> bool:

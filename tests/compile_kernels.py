@@ -44,6 +44,7 @@ CHUNK_ARGS = {
                     "chunk_end_ptr",
     "chunk_read_v": "w_ptr x_ptr y_ptr a_ptr u_ptr rv_ptr states_ptr out_ptr chunk_token_ptr "
                     "chunk_end_ptr"}
+NEWTON = ("newton", "newton_finish", "newton_adjoint")  # the newton backend's kernels
 FEED = ("gated_delta_net", "rwkv7")   # delta rules: scalar and key-wise decays
 KEYWISE = ("gla", "rwkv7")
 # (spec, kernel family, flags of each launch the backend makes); the blocks, below, are
@@ -70,7 +71,9 @@ CASES = [
     [(spec, f"chunk_{part}", [{}]) for spec in ("gla", "simple_gla", *FEED)
      for part in ("read_k", "read_v")] + \
     [(spec, family, [dict(HEADS=heads)]) for spec, heads in (("lstm", 1), ("gru", 1),
-     ("slstm", 4), ("lstm@fp64", 1)) for family in ("forward", "backward")]  # fused, N = 64
+     ("slstm", 4), ("lstm@fp64", 1)) for family in ("forward", "backward")] + \
+    [(spec, family, [{}]) for spec in ("para_gru", "para_gru@fp64", "indrnn")  # N = 64
+     for family in NEWTON]
 
 
 def compile_sm90(kernel, signature: dict, constexprs: dict, num_warps: int) -> bytes:
@@ -102,6 +105,14 @@ def launch_setup(family: str, variant: str, kernel) -> tuple[dict, dict, int]:
                      if not n.startswith("BLOCK_") and n not in ("VARLEN", "GROUP")}
         blocks = dict(BLOCK_T=64, BLOCK_S=32, **({"GROUP": 16} if "read" in family else {}))
         return signature, blocks, 8 if "backward" in family else 4
+    if family in NEWTON:  # float32 (or 64) operands and states, as the launcher's blocks
+        dtype = "*fp64" if variant == "fp64" else "*fp32"
+        signature = {n: "i32" if n in ("T", "S", "start") else "fp32" if n == "damping"
+                     else dtype for n in kernel.arg_names if not n.startswith("BLOCK_")}
+        if family == "newton_finish":  # one step at a time: a warp
+            return signature, dict(BLOCK_S=32), 1
+        steps = 32 if family == "newton_adjoint" and variant == "fp64" else 64
+        return signature, dict(BLOCK_T=steps, BLOCK_S=32), 8
     if family == "scan":
         signature = {**{n: "*fp32" for n in SCAN_ARGS.split()}, "T": "i32", "S": "i32"}
         return signature, dict(BLOCK_T=64, BLOCK_S=32), 8 if "backward" in family else 4
@@ -137,13 +148,16 @@ def _raw_inputs(code) -> int:
     return len(inspect.signature(_slots(code).operands).parameters)
 
 
-def main() -> None:
+def main(only: str = "") -> None:
+    """Every case, or those of the kernel families that start with `only`."""
     for case, family, launches in CASES:
+        if not family.startswith(only):
+            continue
         spec, _, variant = case.partition("@")
         cell = reclang.load(SPECS / f"{spec}.rec")  # sizes are arguments of the kernel
         # a matrix cell's file holds the variants its plan calls; these are compiled all
         code = every_variant(cell) if cell.plan.form in ("mat-decay", "dplr") else \
-            cell.module("triton")._generated
+            cell.module("newton" if family in NEWTON else "triton")._generated
         kernel = getattr(code, f"{spec}_{family}_kernel")
         feed = spec in FEED and family.startswith("chunk_")
         if family.startswith("chunk_"):  # the forward launches compute operands (RAW)
@@ -167,4 +181,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(*sys.argv[1:]))

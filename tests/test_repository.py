@@ -4,10 +4,13 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 11400  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
-# (11250 -> 11400: issue 25's second round, ~140 lines: an input's weighted-sum operands as
+LINE_BUDGET = 11750  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+# (11500 -> 11750: main at 11588 when merged into h-cpuops (not counted here), and issue
+# 25's second round, ~140 lines: an input's weighted-sum operands as
 # one matmul, codegen/fused_loop.py operand_groups; the cpu backend's outputs after the
 # loop, analysis/lanes.py states_as_outputs)
+# (11250 -> 11500: issue 20's Triton path of the newton backend, ~250 lines:
+# codegen/newton_triton.py, runtime/newton_triton.py)
 # (11000 -> 11250: issue 25's cpu backend, ~330 lines: backends/cpu_loop.py, codegen/cpp.py,
 # runtime/cpp.py, cost.py)
 # (8650 -> 11000: issues 18, 20 and 22 in one session, ~2240 lines: lag, t and subscript
