@@ -3,13 +3,14 @@ against the PyTorch loop, and against this machine's limits (copy bandwidth, mat
 rate), with the load of the machine beside the figures.
 
     python benchmarks/cpu.py [--quick] [--repeat 3] [--threads N] [--clock cpu]
-                             [--only rnn|diag]
+                             [--only rnn|diag|auto] [--cells NAME ...]
 
 Timings are the best of `repeat` runs, float32, side by side in one process; with
 `--clock cpu`, of the process's CPU time (time.process_time) instead of the wall clock:
 with one thread on a machine others load, that leaves out the time spent waiting for a
 core (multithreaded torch ops spin, so use it with --threads 1). `auto` is
-what cell.module("auto") runs (reclang/cost.py). For the kernels the fraction of a
+what cell.module("auto") runs (reclang/cost/); `--only auto` times every backend auto
+may choose beside auto, which measures them itself on its first call of each size. For the kernels the fraction of a
 limit is: diagonal scans, the bytes the compiled loop must move (its operands read, its
 outputs written) over its time, against the copy bandwidth into an existing buffer and
 into a fresh tensor in huge pages (the kernel's outputs are fresh tensors, for which it
@@ -183,13 +184,58 @@ def diag_rows(repeat: int, quick: bool, bandwidth: float, huge: float):
         sys.stdout.flush()
 
 
+MATRIX = {"H": 4, "K": 64, "V": 64}
+AUTO = DIAG + [(name, {"D": 128, "N": 128}, 8) for name in NN] + [
+    (name, MATRIX, 8) for name in ("gla", "retnet", "mlstm", "delta_net", "gated_delta_net")]
+
+
+def auto_rows(repeat: int, quick: bool, cells: list | None):
+    """Each backend `auto` may choose on CPU tensors, timed beside `auto` itself, which
+    measures on its first call of each size (reclang/cost/auto.py) in a fresh cache.
+    `cells`: the names to run (None: all of AUTO)."""
+    import tempfile
+
+    os.environ.update(RECLANG_AUTO_MEASURE="1", RECLANG_AUTO_COMPILED="1",
+                      RECLANG_CACHE=tempfile.mkdtemp(prefix="reclang-auto-"))
+    print("\n## auto against the backends it chooses from (float32; ms; auto's pick in "
+          "brackets; pick / best: the pick's time in the table over the fastest; auto / "
+          "best: auto's own run over the fastest)")
+    print(f"{'cell':16s} {'B':>2s} {'T':>5s} {'pass':7s} {'times (ms)':46s} {'auto':>7s} "
+          f"{'pick':12s} {'pick/best':>9s} {'auto/best':>9s}")
+    for name, hypers, B in AUTO:
+        if cells is None or name in cells:
+            auto_row(name, hypers, B, 256 if quick else 4096, repeat)
+
+
+def auto_row(name: str, hypers: dict, B: int, T: int, repeat: int):
+    from reclang.cost.auto import candidates
+    torch.manual_seed(0)
+    cell = reclang.load(SPECS / f"{name}.rec", **hypers)
+    x = {d.name: torch.randn(B, T, *d.shape) for d in cell.ir.inputs}
+    times = {}
+    for backend in candidates(cell):
+        m = cell.module(backend)
+        times[backend] = timed(lambda m=m, **v: first(m(**v)[0]), x, repeat)
+    auto = cell.module("auto")
+    mine = timed(lambda **v: first(auto(**v)[0]), x, repeat)
+    picks = {key.split("/")[-2]: c.backend for key, c in auto._auto.chosen.items()}
+    for i, phase in enumerate(("fwd", "fwd+bwd")):
+        best = min(t[i] for t in times.values())
+        pick = picks.get(phase, auto.backend)
+        row = ", ".join(f"{b} {t[i]:.1f}" for b, t in times.items())
+        print(f"{name:16s} {B:2d} {T:5d} {phase:7s} {row:46s} {mine[i]:7.1f} "
+              f"{'[' + pick + ']':12s} {times[pick][i] / best:9.2f} {mine[i] / best:9.2f}")
+    sys.stdout.flush()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short sequences, a smoke run")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=sorted(CLOCK), default="wall")
-    parser.add_argument("--only", choices=("rnn", "diag"), default=None)
+    parser.add_argument("--only", choices=("rnn", "diag", "auto"), default=None)
+    parser.add_argument("--cells", nargs="+", default=None, help="--only auto: these cells")
     args = parser.parse_args()
     global clock
     clock = CLOCK[args.clock]
@@ -208,6 +254,8 @@ def main() -> int:
         rnn_rows(args.repeat, args.quick, gflops)
     if args.only in (None, "diag"):
         diag_rows(args.repeat, args.quick, bandwidth, huge)
+    if args.only in (None, "auto"):
+        auto_rows(args.repeat, args.quick, args.cells)
     print(f"\n# {load_average()} (after)")
     return 0
 

@@ -9,7 +9,7 @@ import time
 
 from . import __version__, load
 from .analysis.forms import describe
-from .cost import cpu_choice
+from .cost.auto import explain
 from .errors import RecError, Source
 from .generated import with_origins
 from .timing import best_of
@@ -54,7 +54,7 @@ def cmd_inspect(args) -> int:
             print(f"  {kind:<6} {d.name}{list(d.shape)}{dtype}")
     print("\n" + cell.describe())
     print(f"  auto: {cell.auto_summary()}")
-    print("  auto on CPU tensors: {}, {} (reclang/cost.py)".format(*cpu_choice(cell)))
+    print("  auto on CPU tensors: " + "\n    ".join(explain(cell)))
     print("\nIR\n" + ir.summary())
     form = cell.form(args.backend)
     print(f"\nform ({args.backend})\n" + ("\n".join(describe(form)) if form is not None else

@@ -4,11 +4,12 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 11750  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
-# (11500 -> 11750: main at 11588 when merged into h-cpuops (not counted here), and issue
-# 25's second round, ~140 lines: an input's weighted-sum operands as
-# one matmul, codegen/fused_loop.py operand_groups; the cpu backend's outputs after the
-# loop, analysis/lanes.py states_as_outputs)
+LINE_BUDGET = 12050  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+# (11900 -> 12050: issue 25's second round of the cpu backend, ~140 lines: an input's
+# weighted-sum operands as one matmul, codegen/fused_loop.py operand_groups; outputs after
+# the loop, analysis/lanes.py states_as_outputs)
+# (11500 -> 11900: issue 25's auto chosen per size, ~300 lines: cost/auto.py, cost/store.py;
+# main stood at 11588 before it)
 # (11250 -> 11500: issue 20's Triton path of the newton backend, ~250 lines:
 # codegen/newton_triton.py, runtime/newton_triton.py)
 # (11000 -> 11250: issue 25's cpu backend, ~330 lines: backends/cpu_loop.py, codegen/cpp.py,
