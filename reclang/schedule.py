@@ -185,10 +185,11 @@ def _positive_number(value) -> bool:
 class CpuLoopSchedule(Schedule):
     """The cpu backend's compiled loop: `block_b` sequences of one head run the time
     loop together (each weight row read once for all of them, at most 16: a block's
-    products and states sit on the stack, [J or S, block_b, N]), blocks shared among
-    `threads` threads (None: torch.get_num_threads() at the call)."""
+    products and states sit on the stack, [J or S, block_b, N]), or half as many when
+    the batch has fewer than `block_b` for each thread; blocks shared among `threads`
+    threads (None: torch.get_num_threads() at the call)."""
 
-    block_b: int = 4
+    block_b: int = 8
     threads: int | None = None
 
     def check(self) -> None:

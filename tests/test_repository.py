@@ -4,7 +4,10 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 12250  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+LINE_BUDGET = 12400  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+# (12250 -> 12400: issue 25's second round of the cpu backend, ~140 lines: an input's
+# weighted-sum operands as one matmul, codegen/fused_loop.py operand_groups; outputs after
+# the loop, analysis/lanes.py states_as_outputs)
 # (11900 -> 12250: issue 20's Jacobian printed from the lane form and packed sequences in
 # one Newton solve, ~345 lines: codegen/newton_torch.py, runtime/newton.py's Segments and
 # _assemble)
