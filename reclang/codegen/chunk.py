@@ -118,6 +118,49 @@ class ChunkProgram(Program):
         self.final(s, v)
         return v.out
 
+    def state_groups(self, per_state: dict) -> list[list[ChunkState]]:
+        """The states in groups that one pass runs: those with the same decay, keys and
+        queries (mLSTM's S and normalizer n) differ only in their values, so their
+        values side by side along the value axis make one state whose scores, decays
+        and chunk-to-chunk scan they share. Only chunk_affine's states without a
+        low-rank part or sub-step definitions are grouped (the others alone)."""
+        groups: list[list[ChunkState]] = []
+        for s in self.ops.states:
+            home = next((g for g in groups if self.pass_function == "chunk_affine"
+                         and _same_but_values(g[0], s, per_state, self.ir)), None)
+            if home is None:
+                groups.append([s])
+            else:
+                home.append(s)
+        return groups
+
+    def shared_block(self, group: list[ChunkState], queries: list) -> dict[str, str]:
+        """One chunk_affine call for the states of a group (state_groups): the decay,
+        keys and queries of the first, the values and initial states of all side by
+        side; returns each state's output var (its slice of the values)."""
+        first, vs = group[0], [self.state_vars(s) for s in group]
+        self.lines.append("# ---- one pass for " + "; ".join(self.spec_line(s.name)
+                                                            for s in group))
+        self.emit_operands(first, vs[0], queries, "wkq")
+        for s, v in zip(group, vs):
+            self.emit_operands(s, v, queries, "v")
+        v, widths = vs[0], [self.flat(s, s.value)[0] for s in group]
+        values = f"torch.cat([{', '.join(x.v for x in vs)}], -1)"
+        initial = f"torch.cat([{', '.join(self.initial(s) for s in group)}], -1)"
+        q = v.q if queries else "None"
+        out, last = self.names.fresh("_shared_out"), self.names.fresh("_shared_last")
+        self.lines.append(f"{out}, {last} = chunk_affine({v.w}, None, None, {v.k}, "
+                          f"{values}, {q}, {initial}{self.schedule_args()})")
+        outs, start = {}, 0
+        for s, x, width in zip(group, vs, widths):
+            cut = f"[..., {start}:{start + width}]"
+            if queries:
+                self.lines.append(f"{x.out} = {out}{cut}")
+            self.lines.append(f"{x.last} = {last}{cut}")
+            self.final(s, x)
+            outs[s.name], start = x.out, start + width
+        return outs
+
     def state_vars(self, s: ChunkState) -> SimpleNamespace:
         """The generated names of a state's operands and results."""
         self.sympy.sizes.update(zip(s.axes, self.ir.decls[s.name].shape))
@@ -275,8 +318,13 @@ class ChunkProgram(Program):
         self.lines, self.checks, self.needs = [], False, set()
         self.sympy.definitions = []
         per_state, index = self.readouts()
-        outs = {s.name: self.state_block(s, per_state.get(s.name, []))
-                for s in self.ops.states}
+        outs = {}
+        for group in self.state_groups(per_state):
+            queries = per_state.get(group[0].name, [])
+            if len(group) == 1:
+                outs[group[0].name] = self.state_block(group[0], queries)
+            else:
+                outs.update(self.shared_block(group, queries))
         self.given = {}
         made: dict[str, str] = {}  # value -> its var: o * o computes o once
         for n, part in enumerate(self.ops.parts):
@@ -394,6 +442,21 @@ def _definitions_read(s: ChunkState, exprs: list) -> list:
 
 def _bases(expr) -> set[str]:
     return {str(x.base) for x in expr.atoms(sympy.Indexed)}
+
+
+def _same_but_values(s: ChunkState, other: ChunkState, queries: dict, ir: IR) -> bool:
+    """Whether two states differ only in their input terms' value sides (and their own
+    value axes): the same shared and key axes (names and sizes), log decay, key sides
+    and readout queries, neither with a low-rank part or sub-step definitions."""
+    def sizes(x, axes):
+        return [dict(zip(x.axes, ir.decls[x.name].shape))[a] for a in axes]
+    return (not s.low_rank and not other.low_rank and not s.defs and not other.defs
+            and (s.shared, s.key) == (other.shared, other.key)
+            and sizes(s, s.shared + s.key) == sizes(other, other.shared + other.key)
+            and s.decay_on_key == other.decay_on_key and s.positive == other.positive
+            and sympy.simplify(s.log_decay - other.log_decay) == 0
+            and [p[0] for p in s.inputs] == [p[0] for p in other.inputs]
+            and queries.get(s.name, []) == queries.get(other.name, []))
 
 
 def _delta_rule_scale(s: ChunkState):
