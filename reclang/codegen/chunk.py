@@ -27,12 +27,37 @@ from .ir_to_torch import (
     spec_origin,
 )
 from .loop import INDENT, Program, _broadcast
-from .sympy_to_torch import SympyLowering, spec_text
-
-# ---- the algorithm -------------------------------------------------------------------
-
+from .sympy_to_torch import SympyLowering, spec_indices, spec_text
 
 # ---- the generated program -----------------------------------------------------------
+class ChunkSympyLowering(SympyLowering):
+    """The analyzer's expressions in PyTorch, with a dot product along the summed axes
+    (every factor that carries them has the same axes: mLSTM's own-step term
+    Σ_a k[h, a] q[h, a]) as a product and a sum. einsum makes it a bmm of [N, 1, K] x
+    [N, K, 1], whose backward runs bmms of 1 x 1 matrices: 112 ms of mLSTM's 1.1 s
+    forward+backward at B = 8, T = 1024, H = 4, K = 64 (torch.profiler, one thread)."""
+
+    def sum(self, expr: sympy.Sum) -> Code:
+        indexed = spec_indices(expr)
+        body, limits = indexed.args[0], indexed.args[1:]
+        summed = {s for s, _, _ in limits}
+        factors = sympy.Mul.make_args(body)
+        carrying = [f for f in factors if f.free_symbols & summed]
+        codes = [self._lower(f) for f in carrying]
+        if len(codes) < 2 or len({frozenset(c.axes) for c in codes}) != 1 or \
+                any(c.const or self.is_complex(f) for c, f in zip(codes, carrying)):
+            return super().sum(expr)
+        for s, lo, hi in limits:
+            self.sizes[str(s)] = int(hi - lo + 1)
+        inner = self.product(codes)
+        names = [str(s) for s in summed]
+        dims = tuple(inner.axes.index(a) - len(inner.axes) for a in names)
+        dot = Code(f"({inner.text}).sum({dims if len(dims) > 1 else dims[0]})", ATOM,
+                   tuple(a for a in inner.axes if a not in names))
+        rest = [self._lower(f) for f in factors if not f.free_symbols & summed]
+        return self.product(rest + [dot]) if rest else dot
+
+
 class EpilogueLowering(ExprLowering):
     """The outputs over all steps at once, with the linear parts given."""
 
@@ -75,7 +100,7 @@ class ChunkProgram(Program):
         for i in ir.stmts:
             node = ir.node(i)
             self.sizes.update(zip(node.axes, node.sizes))
-        self.sympy = SympyLowering(ir, {})
+        self.sympy = ChunkSympyLowering(ir, {})
         self.lines: list[str] = []
 
     # ---- operands
@@ -151,15 +176,14 @@ class ChunkProgram(Program):
         out, last = self.names.fresh("_shared_out"), self.names.fresh("_shared_last")
         self.lines.append(f"{out}, {last} = chunk_affine({v.w}, None, None, {v.k}, "
                           f"{values}, {q}, {initial}{self.schedule_args()})")
-        outs, start = {}, 0
-        for s, x, width in zip(group, vs, widths):
-            cut = f"[..., {start}:{start + width}]"
-            if queries:
-                self.lines.append(f"{x.out} = {out}{cut}")
-            self.lines.append(f"{x.last} = {last}{cut}")
+        # split, not slices: the backward of a slice is a zero tensor of the full size
+        split = f".split({widths}, -1)"
+        if queries:
+            self.lines.append(f"{', '.join(x.out for x in vs)} = {out}{split}")
+        self.lines.append(f"{', '.join(x.last for x in vs)} = {last}{split}")
+        for s, x in zip(group, vs):
             self.final(s, x)
-            outs[s.name], start = x.out, start + width
-        return outs
+        return {s.name: x.out for s, x in zip(group, vs)}
 
     def state_vars(self, s: ChunkState) -> SimpleNamespace:
         """The generated names of a state's operands and results."""
