@@ -113,7 +113,10 @@ def _chunkwise(w, a, b, k, v, q, h0, chunk: int, a_over_k=None):
         a_end = _flat_rows(to_end(a))
     if a is None:  # the state from chunk to chunk is an elementwise linear recurrence
         ends = linear_scan(decay_end, kv_end, h0)          # [B, N, H, K, V]
-        S0, h = torch.cat([h0[:, None], ends[:, :-1]], 1), ends[:, -1]
+        # split, not ends[:, :-1] and ends[:, -1]: their backwards are zero tensors of
+        # the full size each, filled in
+        before, last = ends.split([ends.shape[1] - 1, 1], 1)
+        S0, h = torch.cat([h0[:, None], before], 1), last[:, 0]
     else:  # with a low-rank part it mixes the key axis: chunk after chunk
         S0, ys, h = _low_rank_pass(W, U, decay_end, kv_end, a_end, h0)
     if q is None:
