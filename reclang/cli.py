@@ -9,7 +9,7 @@ import time
 
 from . import __version__, load
 from .analysis.forms import describe
-from .cost import cpu_choice
+from .cost.auto import explain
 from .errors import RecError, Source
 from .generated import with_origins
 from .timing import best_of
@@ -54,7 +54,7 @@ def cmd_inspect(args) -> int:
             print(f"  {kind:<6} {d.name}{list(d.shape)}{dtype}")
     print("\n" + cell.describe())
     print(f"  auto: {cell.auto_summary()}")
-    print("  auto on CPU tensors: {}, {} (reclang/cost.py)".format(*cpu_choice(cell)))
+    print("  auto on CPU tensors: " + "\n    ".join(explain(cell)))
     print("\nIR\n" + ir.summary())
     form = cell.form(args.backend)
     print(f"\nform ({args.backend})\n" + ("\n".join(describe(form)) if form is not None else
@@ -86,8 +86,9 @@ def cmd_run(args) -> int:
     m = cell.module(args.backend)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     m = m.to(dtype)
-    inputs = {d.name: args.scale * torch.randn(args.batch, args.T, *d.shape, dtype=dtype)
-              for d in cell.ir.inputs}
+    from .samples import random_inputs
+
+    inputs = random_inputs(cell, args.batch, args.T, args.scale, dtype=dtype)
     with torch.no_grad():
         m(**{k: v[:, :1] for k, v in inputs.items()})  # warm-up
         start = time.perf_counter()
@@ -169,8 +170,9 @@ def _bench_at(cell, modules: dict, args, T: int, device: str) -> dict:
     """One table: every backend at length T; returns backend -> (forward, fwd+bwd) s."""
     import torch
 
-    inputs = {d.name: args.scale * torch.randn(args.batch, T, *d.shape, device=device)
-              for d in cell.ir.inputs}
+    from .samples import random_inputs
+
+    inputs = random_inputs(cell, args.batch, T, args.scale, device=device)
     print(f"cell {cell.name} ({cell.plan.form}), B={args.batch}, T={T}, float32, "
           f"{device}")
     print(f"  {'backend':<11}{'forward':>10}{'fwd+bwd':>10}{'max |y - sequential|':>22}"

@@ -23,6 +23,7 @@ from pathlib import Path
 from . import config, cost
 from .ast_to_ir import build_ir
 from .backends import base as registry
+from .cost.auto import AutoChoice, candidates
 from .errors import Loc, RecError, Source, at
 from .generated import load_source
 from .hoist import hoist
@@ -126,8 +127,9 @@ class Cell:
         """A fresh nn.Module (new parameters, initialized as the spec says, of `device` and
         `dtype` as nn.Linear's: by default the default dtype).
 
-        `auto`: the backend `auto_backends` names for CPU tensors, and on CUDA tensors
-        the one it names for CUDA (same parameters, other generated code).
+        `auto`: on CPU tensors the fastest backend the plan proves, measured per size
+        (reclang/cost/auto.py; `auto_backends`' CPU one where nothing is measured), and on
+        CUDA tensors the one it names for CUDA (same parameters, other generated code).
         `schedule`: how the backend runs the cell (reclang/schedule.py; not with `auto`,
         whose backends take different ones)."""
         on_cuda = None
@@ -139,6 +141,8 @@ class Cell:
         backend = self._backend(backend)
         m = RecModule(self.ir, backend, *self._generated(backend, chunk_size, schedule),
                       device=device, dtype=dtype, prologue=self._prologue())
+        if on_cuda is not None:
+            m._auto = AutoChoice(self, chunk_size)
         if on_cuda not in (None, backend):
             m.use_on("cuda", on_cuda, build=Deferred(self, on_cuda, chunk_size))
         return m
@@ -153,8 +157,9 @@ class Cell:
     def auto_backends(self) -> tuple[str, str]:
         """The backends `auto` runs on the CPU and on CUDA, from the plan:
 
-        - on CPU tensors the first of reclang/cost.py's ranking (chunk, the compiled
-          cpu loop, scan, sequential) that the plan proves, with the figures behind it
+        - on CPU tensors where nothing is measured (reclang/cost/auto.py) the first of
+          reclang/cost/__init__.py's ranking (chunk, the compiled cpu loop, scan,
+          sequential) that the plan proves, with the figures behind it
           (docs/benchmarks.md); RECLANG_AUTO_COMPILED=0 leaves out the compiled loop;
         - on CUDA tensors, `triton` where its plan allows it (diag, diag-lti, mat-decay,
           dplr, nonlinear) and triton is installed: on an H100 diagonal cells ran
@@ -179,7 +184,9 @@ class Cell:
     def auto_summary(self) -> str:
         """What `auto` runs on each device, and why not triton on CUDA tensors."""
         cpu, cuda = self.auto_backends()
-        text = f"{cpu} on CPU tensors, {cuda} on CUDA tensors"
+        measured = config.auto_measure() and len(candidates(self)) > 1
+        where = " where nothing is measured" * measured
+        text = f"{cpu} on CPU tensors{where}, {cuda} on CUDA tensors"
         if cuda != "triton":
             text += f" (not triton: {self.verdict('triton').reason})"
         return text

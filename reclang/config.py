@@ -8,6 +8,10 @@ RECLANG_DEBUG       at load time, print: 2 the IR, 3 also the plan, 4 also the g
 RECLANG_AUTO_COMPILED  whether `auto` may choose the compiled cpu backend for CPU tensors
                     (1, the default; 0: PyTorch backends only, as the test suite pins it:
                     compiling every cell it builds would take minutes)
+RECLANG_AUTO_MEASURE  whether `auto` times the backends on CPU tensors, per size, and keeps
+                    the fastest (1, the default; 0: the static ranking alone, neither
+                    measured nor read from the cache, as the test suite pins it:
+                    deterministic choices; reclang/cost/auto.py)
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ def debug_level() -> int:
 
 def auto_compiled() -> bool:
     return _int("RECLANG_AUTO_COMPILED", 1) != 0
+
+
+def auto_measure() -> bool:
+    return _int("RECLANG_AUTO_MEASURE", 1) != 0
 
 
 def _private_dir(path: Path, fallback: Path | None = None) -> Path:

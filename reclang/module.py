@@ -51,6 +51,7 @@ class RecModule(nn.Module):
         self._prologue = prologue
         self._on_device: dict[str, tuple] = {}  # device type -> (backend, source, code)
         self._builders: dict = {}  # device type -> what makes its (source, code), once
+        self._auto = None  # an `auto` module's choices per size on CPU (cost/auto.py)
         for decl in ir.inputs:
             if decl.name in RESERVED_ARGS:
                 raise RecError(f"input name '{decl.name}' is an argument of the module "
@@ -89,6 +90,7 @@ class RecModule(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("_auto", None)  # pickled before auto measured per size
         source, hypers = self.ir
         self.ir = build_ir(parse(source.text, source.filename), hypers)
         stem = self.ir.name + "_"  # + the backend, as compile.Cell names the files
@@ -101,7 +103,8 @@ class RecModule(nn.Module):
 
     def extra_repr(self) -> str:
         others = "".join(f", on {k}: {v[0]}" for k, v in self._on_device.items())
-        return f"cell={self.ir.name}, backend={self.backend}{others}"
+        auto = f", auto on cpu: {'; '.join(self._auto.describe())}" if self._auto else ""
+        return f"cell={self.ir.name}, backend={self.backend}{others}{auto}"
 
     def use_on(self, device_type: str, backend: str, source: str | None = None,
                generated=None, build=None) -> None:
@@ -117,9 +120,11 @@ class RecModule(nn.Module):
         """The backend whose code runs whole sequences on tensors of this device."""
         return self._on_device.get(torch.device(device).type, (self.backend,))[0]
 
-    def _forward_for(self, inputs: dict):
+    def _forward_for(self, inputs: dict, state: dict | None, varlen: bool):
         first = next(iter(inputs.values()), None)
         device = first.device.type if torch.is_tensor(first) else "cpu"
+        if device == "cpu" and self._auto is not None and not varlen:
+            return self._auto.code(self, inputs, state)
         if device not in self._on_device:
             return self._generated
         if device in self._builders:
@@ -134,7 +139,7 @@ class RecModule(nn.Module):
         batches) or `cu_seqlens` (packed sequences in a batch of one) run variable-length
         sequences without computing padding (see reclang/runtime/packing.py)."""
         self._no_positional(args)
-        code = self._forward_for(inputs)
+        code = self._forward_for(inputs, state, lengths is not None or cu_seqlens is not None)
         if lengths is None and cu_seqlens is None:
             return self._run(code.forward, inputs, state, sequence=True)
         if lengths is not None and cu_seqlens is not None:

@@ -126,6 +126,7 @@ class FusedLoopSchedule(Schedule):
 
 
 JACOBIANS = ("exact", "diagonal")
+DERIVATIVES = ("sympy", "reverse")
 
 
 @dataclass(frozen=True)
@@ -137,10 +138,13 @@ class NewtonSchedule(Schedule):
     dense) or "diagonal" (quasi-Newton: its diagonal only; None: exact unless the dense
     blocks are too large for the scan). `damping` ≥ 0 scales the Jacobian by
     1 / (1 + damping): 0 is Newton, larger values move towards Picard iteration.
-    `rows`: the Jacobian's rows found per backward pass, from one evaluation of the step
-    on that many copies of all tokens: memory (rows x the step's activations) against
-    the number of passes (per pass, a call of the autograd engine). `triton`: for a cell
-    with a diagonal Jacobian, each iteration as one Triton kernel
+    `derivatives`: how J is found: "sympy" (its entries printed from the lane form's
+    derivatives, with the step, in one pass on all tokens) or "reverse" (its rows by
+    reverse mode through the step); None: sympy where the cell has a lane form.
+    `rows`: with reverse mode, the Jacobian's rows found per backward pass, from one
+    evaluation of the step on that many copies of all tokens: memory (rows x the step's
+    activations) against the number of passes (per pass, a call of the autograd engine).
+    `triton`: for a cell with a diagonal Jacobian, each iteration as one Triton kernel
     (reclang/codegen/newton_triton.py): None on CUDA tensors, True always (on the CPU
     under TRITON_INTERPRET=1), False never."""
 
@@ -149,6 +153,7 @@ class NewtonSchedule(Schedule):
     jacobian: str | None = None
     damping: float = 0.0
     rows: int = 16
+    derivatives: str | None = None
     triton: bool | None = None
 
     def __post_init__(self):
@@ -164,6 +169,9 @@ class NewtonSchedule(Schedule):
                            f"{', '.join(JACOBIANS)} or None")
         if not (_positive_number(self.damping) or self.damping == 0):
             raise RecError(f"NewtonSchedule: damping={self.damping!r} must be a number ≥ 0")
+        if self.derivatives is not None and self.derivatives not in DERIVATIVES:
+            raise RecError(f"NewtonSchedule: derivatives={self.derivatives!r} must be one of "
+                           f"{', '.join(DERIVATIVES)} or None")
         if self.triton not in (None, True, False):
             raise RecError(f"NewtonSchedule: triton={self.triton!r} must be True, False or None")
 
@@ -177,10 +185,11 @@ def _positive_number(value) -> bool:
 class CpuLoopSchedule(Schedule):
     """The cpu backend's compiled loop: `block_b` sequences of one head run the time
     loop together (each weight row read once for all of them, at most 16: a block's
-    products and states sit on the stack, [J or S, block_b, N]), blocks shared among
-    `threads` threads (None: torch.get_num_threads() at the call)."""
+    products and states sit on the stack, [J or S, block_b, N]), or half as many when
+    the batch has fewer than `block_b` for each thread; blocks shared among `threads`
+    threads (None: torch.get_num_threads() at the call)."""
 
-    block_b: int = 4
+    block_b: int = 8
     threads: int | None = None
 
     def check(self) -> None:

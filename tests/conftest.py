@@ -10,9 +10,12 @@ from hypothesis import settings
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# `auto` picks among the PyTorch backends (reclang/cost.py): a compile per cell it built
+# `auto` picks among the PyTorch backends (reclang/cost/): a compile per cell it built
 # would take minutes; tests/test_cpu_loop.py checks what it picks with compiling allowed
 os.environ.setdefault("RECLANG_AUTO_COMPILED", "0")
+# and by the static ranking, not by timing the backends: the same choice on every run
+# (tests/test_cost.py checks the measuring with a fake timer)
+os.environ.setdefault("RECLANG_AUTO_MEASURE", "0")
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):

@@ -2,6 +2,7 @@
 same plan; verdicts say why a backend cannot run a cell, with a location."""
 
 import json
+from pathlib import Path
 
 import pytest
 import sympy
@@ -179,6 +180,28 @@ def test_jacobian_structures():
                           "    h[g, n] <- tanh(sum(m: R[g, n, m] * h[g, m]) + x[g, n])\n"
                           "    out y[g, n] = h[g, n]\n").plan
     assert block.states[0].jacobian.startswith("block-diagonal")
+
+
+def jacobian_of(update: str, extra: str = "", axes: str = "n") -> str:
+    """The Jacobian structure of one state h with the axes `axes`, each of size 3."""
+    shape = ", ".join("N" for _ in axes.split(", "))
+    return reclang.loads(f"cell j(N = 3):\n    input x[{shape}]\n    state h[{shape}] = 0\n"
+                         f"{extra}    {update}\n    out y[{axes}] = h[{axes}]\n"
+                         ).plan.states[0].jacobian
+
+
+def test_jacobian_sees_reductions_relabelled_reads_and_transposes():
+    """A read of h[n] under a reduction over n, through an intermediate that a sum reads,
+    or with its axes swapped is not the unit's own value: softmax(n: h[n]) was called
+    diagonal, and so was TTT-Linear's W, whose update reads err = Σ_i W[i, j] k[i]."""
+    assert jacobian_of("h[n] <- softmax(n: h[n] + x[n])") == "dense"
+    assert jacobian_of("h[n] <- tanh(sum(m: u[m]) + x[n])", "    u[m] = tanh(h[m])\n") == "dense"
+    assert jacobian_of("h[n] <- tanh(u[n] + x[n])", "    u[m] = tanh(h[m])\n") == "diagonal"
+    assert jacobian_of("h[a, b] <- tanh(h[b, a] + x[a, b])", axes="a, b") == "dense"
+    assert jacobian_of("h[a, b] <- tanh(sum(c: h[a, c]) + x[a, b])", axes="a, b") == \
+        "block-diagonal (blocks along a, mixing b)"
+    ttt = reclang.load(Path(__file__).parent.parent / "specs" / "ttt_linear.rec").plan
+    assert ttt.states[1].jacobian == "block-diagonal (blocks along h, j, mixing i)"
 
 
 def test_time_invariant_and_dense_and_coupled_forms():

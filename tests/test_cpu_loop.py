@@ -8,6 +8,7 @@ each), and `auto`'s choice with compiling allowed."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,7 +30,8 @@ from reclang.runtime import cpp
 from reclang.schedule import CpuLoopSchedule
 
 CELLS = {"lstm": {"D": 3, "N": 4}, "gru": {"D": 3, "N": 5}, "elman": {"D": 3, "N": 4},
-         "slstm": {"D": 3, "NH": 2, "DH": 2}, "min_gru": {"D": 3, "N": 4}, "rg_lru": {"D": 5}}
+         "slstm": {"D": 3, "NH": 2, "DH": 2}, "min_gru": {"D": 3, "N": 4}, "rg_lru": {"D": 5},
+         "mamba_s6": {"D": 3, "N": 2, "R": 2}}
 
 
 def modules(name: str):
@@ -50,15 +52,121 @@ def test_equals_sequential(name):
                                  random_state(ours, 3), atol=1e-10, rtol=1e-9)
 
 
+# operands that are weighted sums over all of x (with a bias, without), over both axes
+# of u, and others (x[0], a product of a sum): two matmuls, and the others beside them
+MIXED = """cell mixed(D = 3, E = 2, N = 4):
+    input x[D]
+    input u[2, E]
+    param W[3, N, D] ~ normal(0, 0.5)
+    param V[N, 2, E] ~ normal(0, 0.5)
+    param U[2, N, N] ~ normal(0, 0.3)
+    param b[N] ~ normal(0, 0.5)
+    state h[N] = 0, c[N] = 0
+    h[n] <- tanh(sum(m: U[0, n, m] * h[m]) + sum(d: W[0, n, d] * x[d]) + b[n])
+    c[n] <- (tanh(sum(m: U[1, n, m] * c[m]) + sum(d: W[1, n, d] * x[d]))
+             * sigmoid(c[n] + sum(i, e: V[n, i, e] * u[i, e]))
+             + x[0] * sum(d: W[2, n, d] * x[d]))
+    out y[n] = h[n] * c[n] + sum(d: W[2, n, d] * x[d]) * b[n]
+"""
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_weighted_sums_over_an_input_are_one_matmul(backend):
+    """The operands were four einsums and a torch.stack for LSTM; now each input's
+    weighted sums are one F.linear with the biases fused, in the kernel's layout. The
+    triton fused loop (under the interpreter without a GPU) shares the operands."""
+    torch.manual_seed(0)
+    cell = reclang.loads(MIXED, "mixed.rec")
+    forward = cell.source(backend).split("def forward(x")[1].split("def step(")[0]
+    assert forward.count("torch.nn.functional.linear(") == 2
+    assert "_ops = torch.cat" in forward and "_ops = torch.stack" not in forward
+    lstm = reclang.load(SPECS / "lstm.rec", **CELLS["lstm"]).source(backend)
+    assert lstm.count("torch.nn.functional.linear(") == 1 and "torch.cat" not in lstm
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    ours = cell.module(backend).double().to(device)
+    sequential = cell.module("sequential").double().to(device)
+    sequential.load_state_dict(ours.state_dict())
+    for T in (1, 5):
+        x = {k: v.to(device) for k, v in random_inputs(ours, 3, T).items()}
+        s0 = {k: v.to(device) for k, v in random_state(ours, 3).items()}
+        assert_matches_reference(ours, as_reference(sequential), x, s0, atol=1e-10,
+                                 rtol=1e-9)
+
+
+def mapping_flags(address: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds `address` (/proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            low, high = (int(x, 16) for x in line.split()[0].split("-"))
+            inside = low <= address < high
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    return []
+
+
+@pytest.mark.skipif(not Path("/sys/kernel/mm/transparent_hugepage").exists(),
+                    reason="Linux with transparent huge pages only")
+def test_a_large_output_is_mapped_in_huge_pages():
+    """A fresh 8 MB output was mapped in 4 KiB pages on first write (the scans spent more
+    time in page faults than in arithmetic); the kernel asks for huge pages (`hg`)."""
+    cell = reclang.load(SPECS / "min_gru.rec", D=2, N=512)
+    with torch.no_grad():
+        y, _ = cell.module("cpu")(x=torch.randn(2, 2048, 2))
+    assert y.is_contiguous() and y.numel() * 4 >= 8 << 20
+    inside = (y.data_ptr() + (4 << 20)) & ~((2 << 20) - 1)  # a whole 2 MiB page of it
+    assert "hg" in mapping_flags(inside)
+
+
+# y reads s before its update (and the new s), through sums over the units
+READS_BEFORE = """cell before(D = 3, N = 2):
+    input x[D]
+    param W[N, D] ~ normal(0, 0.5)
+    param C[D, N] ~ normal(0, 0.5)
+    state s[D, N] = 0
+    out y[d] = sum(n: C[d, n] * s[d, n])
+    s[d, n] <- tanh(0.9 * s[d, n] + sum(e: W[n, e] * x[e]) * x[d])
+    out z[d] = sum(n: s[d, n]) * y[d]
+"""
+
+
+@pytest.mark.parametrize("text", [None, READS_BEFORE], ids=["mamba_s6", "before"])
+def test_outputs_that_sum_over_the_units_are_computed_after_the_loop(text):
+    """The lane form refused Mamba S6's y = Σ_n C[n] s[d, n] + D x: the kernel's outputs
+    are now the states of every step (before it too where an output reads them) and the
+    outputs are computed from them; with lengths and packed sequences."""
+    if text is None:
+        ours, sequential = modules("mamba_s6")
+        # B[n] = Σ_e Wb[n, e] x[e] is the same for every d: not a matmul over all units
+        source = reclang.load(SPECS / "mamba_s6.rec", D=8, N=16).source("cpu")
+        assert "functional.linear" not in source
+        # no products: its 8 heads of 16 units run as one row of 128 (read contiguously)
+        assert "constexpr int64_t N = 128, HEADS = 1," in source
+    else:
+        torch.manual_seed(0)
+        cell = reclang.loads(text, "before.rec")
+        ours, sequential = cell.module("cpu").double(), cell.module("sequential").double()
+        sequential.load_state_dict(ours.state_dict())
+    assert ours.backend == "cpu"
+    reference = as_reference(sequential)
+    assert_matches_reference(ours, reference, random_inputs(ours, 3, 7), random_state(ours, 3),
+                             atol=1e-10, rtol=1e-9, varlen={"lengths": torch.tensor([7, 2, 5])})
+    assert_matches_reference(ours, reference, random_inputs(ours, 1, 12), random_state(ours, 3),
+                             atol=1e-10, rtol=1e-9,
+                             varlen={"cu_seqlens": torch.tensor([0, 4, 5, 12])})
+
+
 def test_blocks_of_sequences_on_threads():
-    """Seven sequences in blocks of two (the last one short) on three threads."""
+    """Seven sequences in blocks of two (the last one short) on three threads; three in
+    blocks of one (half of block_b: too few sequences for a block of two per thread)."""
     torch.manual_seed(0)
     cell = reclang.load(SPECS / "slstm.rec", **CELLS["slstm"])
     ours = cell.module("cpu", schedule=CpuLoopSchedule(block_b=2, threads=3)).double()
     sequential = cell.module("sequential").double()
     sequential.load_state_dict(ours.state_dict())
-    assert_matches_reference(ours, as_reference(sequential), random_inputs(ours, 7, 6),
-                             random_state(ours, 7), atol=1e-10, rtol=1e-9)
+    for B in (7, 3):
+        assert_matches_reference(ours, as_reference(sequential), random_inputs(ours, B, 6),
+                                 random_state(ours, B), atol=1e-10, rtol=1e-9)
 
 
 def test_lengths_and_cu_seqlens():

@@ -1,6 +1,7 @@
 """The newton backend against the sequential one, in float64 to 1e-10: outputs, final
 states and the gradients of inputs, params and initial states, for every nonlinear
-catalogue cell it accepts, at T = 1, a prime, and one long T; variable lengths; the
+catalogue cell it accepts, at T = 1, a prime, and one long T; the Jacobian printed from
+the lane form against reverse mode; packed variable lengths in one solve; the
 sequential finish past max_iter; quasi-Newton and damping; its Jacobian structures and
 its refusals."""
 
@@ -32,6 +33,7 @@ from reclang.schedule import NewtonSchedule
 
 # the nonlinear catalogue cells, by their plan (cheaper than every backend's verdict)
 NAMES = sorted(p.stem for p in SPECS.glob("*.rec") if small(p.stem).plan.form == "nonlinear")
+PRINTED = [n for n in NAMES if small(n).form("newton").printed is not None]
 TOL = 1e-10
 
 
@@ -76,16 +78,110 @@ def test_matches_sequential(name, T):
     assert newton.last_report.steps == T
 
 
-# one cell per Jacobian structure: variable lengths run through the module's grouping
-# (reclang/runtime/packing.py), one Newton solve per group of equal lengths
-@pytest.mark.parametrize("name", ["para_gru", "para_lstm", "slstm", "gru", "lmu"])
-def test_variable_lengths(name):
-    m, s = pair(name)
-    x = random_inputs(m, 3, 7)
-    assert_same(m, as_reference(s), x, random_state(m, 3), lengths=[7, 2, 5])
-    packed = {k: v[:1, :] for k, v in random_inputs(m, 1, 9).items()}
+def test_every_cell_with_a_lane_form_gets_the_printed_jacobian():
+    """The default path where the lane form exists (test_matches_sequential runs it);
+    LMU (states of two shapes) and TTT (a sum over a value the step computes) keep
+    reverse mode, and say why."""
+    assert {"para_gru", "para_lstm", "indrnn", "slstm", "gru", "lstm", "elman"} <= set(PRINTED)
+    for name in NAMES:  # (test_generated_code checks these sources for unused names)
+        source = small(name).source("newton")
+        assert ("linearized=linearized" in source) == (name in PRINTED)
+    for name in ("lmu", "ttt_linear"):
+        jac = small(name).form("newton")
+        assert jac.how == "its rows by reverse mode (no lane form)"
+        assert re.search(rf"{name}\.rec:\d+", jac.describe())
+
+
+def _cells(name, T: int = 5):
+    """The printed path's and reverse mode's f on packed states, each with its prelude's
+    tokens, at the same random inputs; and random previous states."""
+    runs = []
+    for derivatives in ("sympy", "reverse"):
+        m, _ = pair(name, NewtonSchedule(derivatives=derivatives))
+        code, params = m._generated, {k: v.detach() for k, v in m.named_parameters()}
+        _, seqs = code.prelude(*random_inputs(m, 2, T).values(), **params)
+        runs.append((newton._Cell(code.SOLVER, code.core, tuple(params), params.values(),
+                                  getattr(code, "linearized", None)),
+                     [x.flatten(0, 1) for x in seqs]))
+    state = random_state(m, 2 * T)
+    return runs, code.SOLVER.layout.pack([state[n] for n in code.SOLVER.names])
+
+
+@pytest.mark.parametrize("name", PRINTED)
+def test_the_printed_jacobian_is_reverse_modes(name):
+    """f and J (and its diagonal, quasi-Newton's) from sympy.diff of the lane form equal
+    reverse mode's through the core, per token, in float64."""
+    runs, z = _cells(name)
+    assert runs[0][0].linearized is not None and runs[1][0].linearized is None
+    for diagonal in (False, True):
+        (f, J), (f_rev, J_rev) = (cell.linearize(tokens, z, diagonal) for cell, tokens in runs)
+        torch.testing.assert_close(f, f_rev, atol=1e-12, rtol=0)
+        torch.testing.assert_close(J, J_rev, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["para_gru", "para_lstm", "slstm", "gru"])
+def test_reverse_mode_still_matches_sequential(name):
+    """NewtonSchedule(derivatives="reverse"): the path of cells without a lane form."""
+    m, s = pair(name, NewtonSchedule(derivatives="reverse"))
+    assert not hasattr(m._generated, "linearized")
+    assert_same(m, as_reference(s), random_inputs(m, 2, 13), random_state(m, 2))
+
+
+def test_sympy_derivatives_asked_for_without_a_lane_form_is_an_error():
+    with pytest.raises(RecError, match=r"lmu\.rec:\d+:\d+: NewtonSchedule\(derivatives="
+                       r"'sympy'\): the newton backend finds its rows by reverse mode"):
+        small("lmu").module("newton", schedule=NewtonSchedule(derivatives="sympy"))
+
+
+def test_a_derivative_that_is_an_argument_is_not_overwritten():
+    """∂h'/∂h = h, the state the linearization was given: the solver zeroes J at every
+    first step in place, which must not reach the states (b and the backward read them)."""
+    cell = reclang.loads("cell c(N = 3):\n    input x[N]\n    state h[N] = 0\n"
+                         "    h[n] <- h[n] * h[n] / 2 + tanh(x[n]) / 4\n    out y[n] = h[n]\n",
+                         "c.rec")
+    m, s = cell.module("newton").double(), cell.module("sequential").double()
+    assert "_d_0_0 = _s_h" in cell.source("newton")
+    assert_same(m, as_reference(s), random_inputs(m, 2, 9), random_state(m, 2))
+    packed = random_inputs(m, 1, 9)
     assert_same(m, as_reference(s), packed, random_state(m, 3),
                 cu_seqlens=torch.tensor([0, 4, 5, 9]))
+
+
+# one cell per Jacobian structure and path: packed sequences (and a right-padded batch,
+# which the module packs) in ONE Newton solve, each from its own initial state
+@pytest.mark.parametrize("name", ["para_gru", "para_lstm", "slstm", "gru", "lmu"])
+def test_variable_lengths(name, monkeypatch):
+    m, s = pair(name)
+    solves = []
+    solve = newton.solve
+    monkeypatch.setattr(newton, "solve", lambda *a: solves.append(a[2][0].shape) or solve(*a))
+    x = random_inputs(m, 3, 8)
+    assert_same(m, as_reference(s), x, random_state(m, 3), lengths=[7, 2, 5])
+    assert solves == [(1, 14, *solves[0][2:])]  # the 7 + 2 + 5 tokens, together
+    packed = random_inputs(m, 1, 9)
+    for state in (random_state(m, 4), None):
+        assert_same(m, as_reference(s), packed, state, cu_seqlens=torch.tensor([0, 4, 5, 6, 9]))
+
+
+@pytest.mark.parametrize("name", ["para_lstm", "gru"])
+def test_packed_sequences_finish_sequentially_across_their_boundaries(name):
+    """max_iter = 2: the steps from the first unconverged token run one by one, each
+    sequence from its own initial state; lengths of 1 and a padded tail nobody uses."""
+    m, s = pair(name, NewtonSchedule(max_iter=2))
+    x = random_inputs(m, 4, 12)
+    assert_same(m, as_reference(s), x, random_state(m, 4), lengths=[1, 9, 1, 6])
+    report = newton.last_report
+    assert (report.iterations, report.sequential_from, report.steps) == (2, 2, 17)
+    assert_same(m, as_reference(s), x, None, lengths=[1, 1, 1, 1])
+
+
+def test_packed_sequences_with_the_adjoint_one_step_at_a_time():
+    """GRU at N = 65: quasi-Newton and the adjoint as one vjp per step, cut at the
+    sequences' boundaries too."""
+    m, s = pair("gru", D=2, N=65)
+    assert m._generated.SOLVER.adjoint == "loop"
+    assert_same(m, as_reference(s), random_inputs(m, 1, 6), random_state(m, 3),
+                cu_seqlens=torch.tensor([0, 1, 4, 6]))
 
 
 def test_a_long_sequence():
@@ -140,11 +236,12 @@ def test_quasi_newton_and_damping_keep_the_result(name):
 
 @pytest.mark.parametrize("jacobian", ["exact", "diagonal"])
 def test_jacobian_rows_in_groups_change_nothing(jacobian):
-    """LSTM's 8x8 block, its rows 3 at a time (3 + 3 + 2): the same iterates."""
+    """LSTM's 8x8 block by reverse mode, its rows 3 at a time (3 + 3 + 2): the same
+    iterates."""
     x = random_inputs(pair("lstm")[0], 2, 11)
     runs = []
     for rows in (16, 3):
-        m, s = pair("lstm", NewtonSchedule(jacobian=jacobian, rows=rows))
+        m, s = pair("lstm", NewtonSchedule(jacobian=jacobian, rows=rows, derivatives="reverse"))
         assert_same(m, as_reference(s), x, None)
         runs.append((newton.last_report.iterations, m(**x)[0]))
     assert runs[0][0] == runs[1][0]
@@ -308,9 +405,10 @@ def test_vmap_is_refused_with_a_reason():
         torch.func.vmap(lambda x: m(x=x)[0])(x[None])
 
 
-@pytest.mark.parametrize("name", ["para_gru", "lmu"])
+@pytest.mark.parametrize("name", ["para_gru", "para_lstm", "indrnn", "slstm", "gru", "lmu"])
 def test_prelude_and_core_bind_no_name_they_do_not_read(name):
-    """Each prints only the param-only values (lmu's A, B) and sizes (T) it reads."""
+    """Each prints only the param-only values (lmu's A, B) and sizes (T) it reads; the
+    printed step (linearized) only the constants and weights it reads."""
     from test_generated_code import unused
 
     assert unused(small(name).source("newton")) == []
@@ -326,7 +424,7 @@ def test_an_infinite_initial_state_meets_no_zero_times_infinity():
     out y[n] = m[n]
 """, "c.rec")
     x = torch.randn(3, 7, 2, dtype=torch.float64, requires_grad=True)
-    (ys, ss), (yn, sn) = (cell.module(b).double()(x=x) for b in ("sequential", "newton"))
+    (ys, _), (yn, _) = (cell.module(b).double()(x=x) for b in ("sequential", "newton"))
     assert newton.last_report.sequential_from is None
     torch.testing.assert_close(yn, ys, rtol=0, atol=1e-12)
     gs, gn = (torch.autograd.grad(y.sum(), x)[0] for y in (ys, yn))

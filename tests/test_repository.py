@@ -4,7 +4,15 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 11500  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+LINE_BUDGET = 12400  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+# (12250 -> 12400: issue 25's second round of the cpu backend, ~140 lines: an input's
+# weighted-sum operands as one matmul, codegen/fused_loop.py operand_groups; outputs after
+# the loop, analysis/lanes.py states_as_outputs)
+# (11900 -> 12250: issue 20's Jacobian printed from the lane form and packed sequences in
+# one Newton solve, ~345 lines: codegen/newton_torch.py, runtime/newton.py's Segments and
+# _assemble)
+# (11500 -> 11900: issue 25's auto chosen per size, ~300 lines: cost/auto.py, cost/store.py;
+# main stood at 11588 before it)
 # (11250 -> 11500: issue 20's Triton path of the newton backend, ~250 lines:
 # codegen/newton_triton.py, runtime/newton_triton.py)
 # (11000 -> 11250: issue 25's cpu backend, ~330 lines: backends/cpu_loop.py, codegen/cpp.py,

@@ -12,7 +12,7 @@ import re
 import sympy
 
 from .forms import Dense, Diag, DiagState, GatedDiag, Lanes, Unfit
-from .lanes import LaneForm, Operand, Unsupported, lane_form
+from .lanes import LaneForm, Operand, Unsupported, lane_form, states_as_outputs
 from .operands import Unsupported as NoOperands
 from .operands import chunk_operands
 
@@ -100,7 +100,12 @@ def loop_lanes(plan) -> Lanes | Unfit:
     try:
         form = lane_form(plan.ir, gates=True, lane_limit=None, kernel="the compiled loop")
     except Unsupported as err:
-        return unfit(str(err))
+        try:  # the outputs do not fit (a sum over the units): computed after the loop
+            form = lane_form(plan.ir, gates=True, lane_limit=None, outputs=False,
+                             kernel="the compiled loop")
+        except Unsupported:
+            return unfit(str(err))
+        states_as_outputs(plan.ir, form)
     merge_operands(form, plan.ir)
     return Lanes(form)
 

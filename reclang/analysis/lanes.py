@@ -91,6 +91,36 @@ class LaneForm:
     outputs: dict[str, sympy.Expr] = field(default_factory=dict)   # output -> value
     lines: dict[str, int] = field(default_factory=dict)  # state/output -> spec line
     step_lines: set[int] = field(default_factory=set)    # the lets the step computes
+    # {(which, state): output}: the kernel's outputs are the states of every step, new
+    # (after it) or prev (before it), and the cell's outputs are computed from them after
+    # the loop (a readout Σ_n C[n] h[d, n] over the units); empty: outputs in the kernel
+    states_out: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def states_as_outputs(ir: IR, form: LaneForm) -> None:
+    """Makes the kernel's outputs the new values of every state and the previous values
+    of those an output reads (form.states_out), for a form built with outputs=False."""
+    for s in form.states:
+        pairs = [("new", form.updates[s])]
+        pairs += [("prev", form.prev[s])] if _output_reads_previous(ir, s) else []
+        for which, value in pairs:
+            name = f"_{which}_{s}"
+            form.outputs[name], form.lines[name] = value, form.lines[s]
+            form.states_out[(which, s)] = name
+
+
+def _output_reads_previous(ir: IR, state: str) -> bool:
+    """Whether an output reads the state's value before the step."""
+    stack, seen = [i for i in ir.stmts if ir.node(i).op == Op.OUT], set()
+    while stack:
+        node = ir.node(stack.pop())
+        if node.id in seen or node.op == Op.UPDATE:  # past an update: its new value
+            continue
+        seen.add(node.id)
+        if node.op == Op.READ and node.args[0] == ir.leaves[state]:
+            return True
+        stack.extend(node.args)
+    return False
 
 
 def lane_form(ir: IR, gates: bool = False, lane_limit: int | None = LANE_LIMIT,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import sympy
 
-from ..ir import IR, IndexExpr, Op
+from ..ir import DEFINITIONS, IR, Op
 from .substeps import Composer, Definition, substeps
 from .terms import Expander, NotAffine, Term, _collapse
 
@@ -337,16 +337,15 @@ def _covers(factors, side) -> bool:
 # ---- non-affine updates -----------------------------------------------------------------
 def _jacobian(ir: IR, update: int) -> str:
     """How the new state depends on the previous states: diagonal when every state read
-    uses the update's own indices, block-diagonal when reads mix within some axes
-    only, dense otherwise."""
+    takes, at each axis, the update's own index at that axis, block-diagonal when reads
+    mix within some axes only, dense otherwise."""
     node = ir.node(update)
     reads = _state_reads(ir, update)
     if not reads:
         return "none"
     mixed = set()
-    for state, subs, target_axes in reads:
-        mixed |= {k for k, s in enumerate(subs) if not isinstance(s, str) or
-                  s not in target_axes}
+    for _, positions in reads:
+        mixed |= {k for k, at in enumerate(positions) if at != k}
     others = sorted({r[0] for r in reads} - {node.arg})
     also = f" (element-wise in {', '.join(others)} too)" if others else ""
     if not mixed:
@@ -360,24 +359,44 @@ def _jacobian(ir: IR, update: int) -> str:
 
 
 def _state_reads(ir: IR, root: int):
-    """(state, subscripts, axes of the reading statement's result) for every read of a
-    previous state that the value of `root` depends on (through intermediates)."""
-    found, stack, seen = [], [root], set()
+    """(state, positions) for every read of a previous state that the value of `root`
+    depends on (through intermediates): positions[k] is the axis of root's result that
+    the read's k-th subscript is, or None where it is none: a constant, a computed
+    subscript, or an index a reduction on the way sums over (softmax(n: h[n]) reads
+    every h[n] for each n). Each statement's names are mapped to root's axes along the
+    path, since a read of an intermediate relabels its axes."""
+    own = {a: k for k, a in enumerate(ir.node(root).axes)}
+    found, stack, seen = [], [(root, own)], set()
     while stack:
-        i = stack.pop()
+        i, env = stack.pop()
         for a in ir.node(i).args:
-            if a in seen:
-                continue
-            seen.add(a)
             n = ir.node(a)
-            # a computed subscript of a state-dependent value (the others are hoisted)
-            # moves state elements even through intermediates: a mixing read
-            if n.op == Op.READ and (ir.node(n.args[0]).op == Op.STATE or
-                                    any(isinstance(sub, IndexExpr) for sub in n.arg)):
-                owner = ir.node(ir.stmts[n.stmt])
-                found.append((ir.node(n.args[0]).arg, n.arg, owner.axes))
-            stack.append(a)
+            inner = _scope(ir, n, env)
+            key = (a, tuple(sorted(inner.items())))
+            if key in seen:
+                continue
+            seen.add(key)
+            if n.op == Op.READ and ir.node(n.args[0]).op == Op.STATE:
+                found.append((ir.node(n.args[0]).arg, tuple(_at(env, sub) for sub in n.arg)))
+                continue
+            stack.append((a, inner))
     return found
+
+
+def _scope(ir: IR, n, env: dict) -> dict:
+    """The names of the statement under node n, mapped to root's axes: a read of an
+    intermediate enters its statement, where its k-th axis is the read's k-th
+    subscript; a reduction hides the indices it sums over."""
+    if n.op == Op.READ and ir.node(n.args[0]).op in DEFINITIONS:
+        return {a: _at(env, sub) for a, sub in zip(ir.node(n.args[0]).axes, n.arg)}
+    if n.op == Op.REDUCE:
+        return env | dict.fromkeys(n.arg[1], None)
+    return env
+
+
+def _at(env: dict, sub):
+    """The root axis a subscript is (None: not one of them)."""
+    return env.get(sub) if isinstance(sub, str) else None
 
 
 def _running_extreme(ir: IR, node) -> str:

@@ -121,8 +121,11 @@ class CppCode(KernelCode):
         slots["backward"] = _comments_as_cpp(slots["backward"])
         slots["state_of_product_list"] = slots["state_of_product"]
         slots["state_of_product"] = slots["state_of_product"].strip("[]")
-        slots["N"] = self.form.lanes
-        slots["heads"] = math.prod(self.form.heads)
+        slots["N"], slots["heads"] = self.form.lanes, math.prod(self.form.heads)
+        if not self.form.weights:  # units independent: the heads' units as one row, so
+            # that a step reads them contiguously (Mamba's heads d of 16 units n each read
+            # 64 bytes a step, 98 KB apart, and the kernel waited on memory)
+            slots["N"], slots["heads"] = slots["N"] * slots["heads"], 1
         return slots
 
 

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 
 import sympy
 from sympy.printing.str import StrPrinter
 
 from reclang.analysis.forms import Lanes
-from reclang.analysis.lanes import KEY, LANE, LaneForm
+from reclang.analysis.lanes import KEY, LANE, LaneForm, Operand
 from reclang.functions import PRINTED, TRITON
 from reclang.ir import IR
 from reclang.schedule import FusedLoopSchedule, Schedule
 
+from .chunk import StatesLowering, epilogue, states_var
 from .ir_to_torch import align, comment, number, spec_origin
 from .loop import INDENT, Program, py_name
 from .names import Names
@@ -209,7 +211,7 @@ class KernelCode:
         return dict(
             name=self.ir.name, about=comment(about),
             consts=[str(o.symbol) for o in f.operands if not o.time_varying],
-            ops=[str(o.symbol) for o in f.operands if o.time_varying],
+            ops=[str(o.symbol) for o in varying_operands(f, self.ir)],
             states=self.states, new=self.new, outputs=self.outputs,
             products=[(str(w.symbol), index[w.state]) for w in f.weights],
             forward=forward, backward=backward, gates=gates_called(forward, backward),
@@ -217,6 +219,74 @@ class KernelCode:
             grads=self.grads,
             d_outputs=self.d_outputs, carries=self.carries(),
             state_of_product=str([index[w.state] for w in f.weights]))
+
+
+@dataclass(frozen=True)
+class WeightedSum:
+    """An operand Σ_keys coef[unit, keys] x[keys] + bias[unit]: a weighted sum over all
+    the axes of one input, plus terms of params alone (0 when there are none)."""
+    operand: Operand
+    input: str
+    keys: tuple[sympy.Symbol, ...]  # the summed symbols, in the order of the input's axes
+    coef: sympy.Expr                # over the unit symbols and keys, params alone
+    bias: sympy.Expr
+
+
+def weighted_sum(o: Operand, form: LaneForm, ir: IR) -> WeightedSum | None:
+    """The operand as a weighted sum over one input whose weights differ for every unit
+    (None when it is not one: a sum the units share, Mamba's B[n] for every d, is cheaper
+    computed once and broadcast)."""
+    inputs = {d.name for d in ir.inputs}
+    terms = sympy.Add.make_args(o.expr)
+    sums = [t for t in terms if isinstance(t, sympy.Sum)]
+    bias = sympy.Add(*(t for t in terms if not isinstance(t, sympy.Sum)))
+    if len(sums) != 1 or _reads(bias, inputs):
+        return None
+    summand, limits = sums[0].function, sums[0].limits
+    read = [x for x in summand.atoms(sympy.Indexed) if str(x.base) in inputs]
+    if len(read) != 1:
+        return None
+    x = read[0]
+    factors = sympy.Mul.make_args(summand)
+    sizes = ir.decls[str(x.base)].shape
+    whole = {(k, 0, n - 1) for k, n in zip(x.indices, sizes)}  # every axis, all of it
+    if factors.count(x) != 1 or len(set(x.indices)) != len(sizes) or set(limits) != whole:
+        return None
+    coef = sympy.Mul(*(f for f in factors if f != x))
+    if _reads(coef, inputs) or not {*form.head_symbols, LANE} <= coef.free_symbols:
+        return None
+    return WeightedSum(o, str(x.base), tuple(x.indices), coef, bias)
+
+
+def _reads(expr: sympy.Expr, inputs: set[str]) -> bool:
+    """Whether an expression reads an input (indexed, or a scalar one)."""
+    names = {str(x.base) for x in expr.atoms(sympy.Indexed)} | \
+        {str(s) for s in expr.free_symbols}
+    return bool(names & inputs)
+
+
+def operand_groups(form: LaneForm, ir: IR) -> list[list]:
+    """The time-varying operands in the order the kernels read them, in groups: the
+    weighted sums over one input together (a list of WeightedSum: one matmul in
+    forward), each other operand alone (a list of one Operand); a group where its first
+    member is."""
+    groups: list[list] = []
+    by_input: dict[str, list] = {}
+    for o in (o for o in form.operands if o.time_varying):
+        s = weighted_sum(o, form, ir)
+        if s is None:
+            groups.append([o])
+        elif s.input in by_input:
+            by_input[s.input].append(s)
+        else:
+            groups.append(by_input.setdefault(s.input, [s]))
+    return groups
+
+
+def varying_operands(form: LaneForm, ir: IR) -> list[Operand]:
+    """The time-varying operands in the order of operand_groups: the kernels' `ops`."""
+    return [x.operand if isinstance(x, WeightedSum) else x
+            for group in operand_groups(form, ir) for x in group]
 
 
 def spec_axes(ir: IR, form: LaneForm) -> dict:
@@ -270,6 +340,50 @@ class FusedProgram(Program):
         self.lines += [f"    {self.tensor(e, axes, shape, how)}," for e in items]
         self.lines.append("])" + layout)
 
+    def varying(self, unit: list[str], shape: str):
+        """`_ops` [T, O, B, HEADS, N], laid out [B, T, O, HEADS, N] (the cpu kernel's
+        layout, a view of it): each group of weighted sums over one input is one matmul
+        with its biases (F.linear) written there, the other operands beside them."""
+        f = self.form
+        H, N = math.prod(f.heads), f.lanes
+        parts = [self.linear(group, unit) if isinstance(group[0], WeightedSum) else
+                 f"{self.tensor(group[0].expr, unit, shape, 'operand')}.reshape(B, T, 1, {H}, "
+                 f"{N})" for group in operand_groups(f, self.ir)]
+        if not parts:
+            self.lines.append(f"_ops = _like.new_empty((T, 0, B, {H}, {N}))")
+            return
+        if len(parts) == 1:
+            self.lines.append(f"_ops = {parts[0]}.permute(1, 2, 0, 3, 4)")
+            return
+        self.lines.append("_ops = torch.cat([")
+        self.lines += [f"    {p}," for p in parts]
+        self.lines.append("], dim=2).permute(1, 2, 0, 3, 4)")
+
+    def linear(self, sums: list[WeightedSum], unit: list[str]) -> str:
+        """Weighted sums over one input as one matmul: the rows of their coefficients
+        (one operand's units after another's) and their biases concatenated, then
+        F.linear: torch.nn's one GEMM with the bias fused. Defines the weight and bias."""
+        f, x = self.form, sums[0].input
+        keys, sizes = sums[0].keys, self.ir.decls[x].shape
+        self.sympy.sizes.update({str(k): n for k, n in zip(keys, sizes)})  # keys as values
+        names = self.sympy.names
+        w, b = names.fresh(f"_{py_name(x)}_weight"), names.fresh(f"_{py_name(x)}_bias")
+        square = "(" + ", ".join(map(str, (*f.heads, f.lanes, *sizes))) + ",)"
+        shape = "(" + ", ".join(map(str, (*f.heads, f.lanes))) + ",)"
+        columns = math.prod(sizes)
+        self.lines.append(f"# {', '.join(str(s.operand.symbol) for s in sums)}: "
+                          f"weighted sums over all of {x}, one matmul")
+        coefs = [s.coef.xreplace(dict(zip(s.keys, keys))) for s in sums]
+        self.stacked(w, coefs, (*unit, *map(str, keys)), square, "constant", "",
+                     f".reshape(-1, {columns})")
+        if all(s.bias == 0 for s in sums):
+            self.lines.append(f"{b} = None")
+        else:
+            self.stacked(b, [s.bias for s in sums], unit, shape, "constant", "", ".reshape(-1)")
+        value = py_name(x) + ("" if x == self.ir.inputs[0].name else ".to(_dtype)")
+        return (f"torch.nn.functional.linear({value}.reshape(B, T, {columns}), {w}, {b})"
+                f".reshape(B, T, {len(sums)}, {math.prod(f.heads)}, {f.lanes})")
+
     def forward(self) -> str:
         f = self.form
         heads = [str(s) for s in f.head_symbols]
@@ -281,13 +395,10 @@ class FusedProgram(Program):
         self.sympy.names, self.sympy.definitions = Names(self.ir), []
         self.lines = [f"B, T = {first}.shape[:2]", f"_like = {first}",
                       "_dtype, _device = _like.dtype, _like.device"]
-        varying = [o for o in f.operands if o.time_varying]
         consts = [o for o in f.operands if not o.time_varying]
         self.lines.append("# operands: what a step reads that depends on no state")
         self.lines += [f"#   {self.note(o.symbol, o.expr)}" for o in f.operands]
-        self.stacked("_ops", [o.expr for o in varying], unit, shape, "operand",
-                     f"_like.new_empty((T, 0, B, {H}, {N}))",
-                     f".reshape(-1, B, T, {H}, {N}).permute(2, 0, 1, 3, 4)")
+        self.varying(unit, shape)
         self.stacked("_consts", [o.expr for o in consts], unit, shape, "constant",
                      f"_like.new_empty((0, {H}, {N}))", f".reshape(-1, {H}, {N})")
         self.lines.append("# weights: r_j = Σ_key W_j[unit, key] s[key]")
@@ -307,14 +418,22 @@ class FusedProgram(Program):
             "if cu_seqlens is not None:",
             "    _out = unpad_packed(_out, cu_seqlens, _starts)"]
         dims = ", ".join(map(str, (*f.heads, N)))
+        names, needs = self.sympy.names, set(self.sympy.needs)
+        held = {y: states_var(names, s, which) for (which, s), y in f.states_out.items()}
         for k, y in enumerate(f.outputs):
-            self.lines.append(f"{py_name(y)} = _out[:, {k}].transpose(0, 1).reshape(B, T, {dims})")
+            self.lines.append(f"{held.get(y, py_name(y))} = _out[:, {k}].transpose(0, 1)"
+                              f".reshape(B, T, {dims})")
+        outputs = list(f.outputs)
+        if f.states_out:  # the outputs from the states of every step, after the loop
+            given = {self.ir.update(s).id: states_var(names, s, "new") for s in f.states}
+            self.lines += epilogue(self.ir, given, StatesLowering, names, needs)
+            outputs = [n.arg for n in self.ir.outputs]
         for k, s in enumerate(states):
             self.lines.append(f"{s} = _last[{k}].reshape(-1, {dims})")
-        outs = ", ".join(f'"{y}": {py_name(y)}' for y in f.outputs)
+        outs = ", ".join(f'"{y}": {py_name(y)}' for y in outputs)
         sts = ", ".join(f'"{s}": {py_name(s)}' for s in f.states)
         self.lines.append(f"return {{{outs}}}, {{{sts}}}")
-        if "dtype" not in self.sympy.needs:  # no torch.arange: no _device
+        if "dtype" not in needs:  # no torch.arange: no _device
             self.lines[2] = "_dtype = _like.dtype"
         self.lines[3:3] = self.sympy.definitions
         doc = (f'"""Runs {self.ir.name} over whole sequences in the fused kernel: inputs '

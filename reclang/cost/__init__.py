@@ -1,6 +1,7 @@
-"""What `auto` runs on CPU tensors: the fastest backend the plan proves, by a ranking
-measured on the CPU (benchmarks/cpu.py prints the measurements, docs/benchmarks.md holds
-them), with the reason `reclang inspect` prints.
+"""What `auto` runs on CPU tensors where nothing is measured (cost/auto.py: under
+tracing, transforms, distributed, varlen calls, RECLANG_AUTO_MEASURE=0): the first
+backend of a static ranking that the plan proves, with the reason `reclang inspect`
+prints. Elsewhere auto.py times the proved backends per size and keeps the fastest.
 
 The ranking is a calibrated cost model reduced to its order, which held at every size
 measured (docs/benchmarks.md, "CPU: the compiled loop"): the chunkwise form's matmuls
@@ -8,13 +9,14 @@ beat any loop over time for matrix states; the compiled loop (backends/cpu_loop.
 a nonlinear cell's step in the time the PyTorch loop spends launching one of its ops;
 the scan beats the PyTorch loop on small per-step states. Not a model of the shapes:
 at B = 8, T = 4096, D = 512 the loop, the scan and the compiled loop are within 1.3x of
-each other on diagonal cells, in an order that changes from cell to cell. Only a backend the plan proves runs the cell on any
-inputs is ranked (`Cell.proves`). `RECLANG_AUTO_COMPILED=0` (reclang/config.py) leaves
-the compiled one out: a pin, for tests and for machines where compiling is unwanted."""
+each other on diagonal cells, in an order that changes from cell to cell (which is why
+auto measures). Only a backend the plan proves runs the cell on any inputs is ranked
+(`Cell.proves`). `RECLANG_AUTO_COMPILED=0` (reclang/config.py) leaves the compiled one
+out: a pin, for tests and for machines where compiling is unwanted."""
 
 from __future__ import annotations
 
-from . import config
+from .. import config
 
 CPU_RANKING = (  # (backend, the plan forms it is ranked for (None: all), why)
     ("chunk", None, "matrix states: the chunkwise form's matmuls, 4-12x the loop from T = 512"),
