@@ -68,8 +68,8 @@ def _not_finite(x):
     inf + finite = inf, inf - inf = NaN): one pass over x where isfinite and any took
     four (28% of mLSTM's forward). A sum of finite values that overflows flags its step
     too, which costs the second run, not exactness (its operands are the same there)."""
-    return ~torch.isfinite(x.flatten(2).sum(-1, dtype=torch.promote_types(x.dtype,
-                                                                        torch.float32)))
+    wide = torch.promote_types(x.dtype, torch.float32)  # half sums overflow at 65504
+    return ~torch.isfinite(x.flatten(2).sum(-1, dtype=wide))
 
 
 # exp(LOG_ZERO) is 0 in the dtype (below its smallest subnormal): a decay of 0
