@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import reclang
-from reclang.runtime.chunk import chunk_affine
+from reclang.runtime.chunk import _not_finite, chunk_affine
 from reclang.errors import RecError
 from reclang.schedule import ChunkSchedule
 
@@ -179,6 +179,68 @@ cell value_decay(K = 4, V = 3):
     x = random_inputs(chunked, 2, 11, g=F.logsigmoid)
     assert_matches_reference(chunked, as_reference(cell.module("sequential").double()), x,
                              random_state(chunked, 2))
+
+
+MEMORIES = """
+cell memories(H = 2, K = 4, V = 3):
+    input q[H, K], k[H, K], v[H, V], u[H, V], f[H], g[H]
+    state S[H, K, V] = 0, P[H, K, V] = 0, n[H, K] = 0, m[H, K] = 0
+    S[h, a, b] <- sigmoid(f[h]) * S[h, a, b] + exp(g[h]) * k[h, a] * v[h, b]
+    P[h, a, b] <- sigmoid(f[h]) * P[h, a, b] + exp(g[h]) * k[h, a] * u[h, b]
+    n[h, a] <- sigmoid(f[h]) * n[h, a] + exp(g[h]) * k[h, a]
+    m[h, a] <- sigmoid(g[h]) * m[h, a] + exp(g[h]) * k[h, a]
+    out o[h, b] = sum(a: q[h, a] * S[h, a, b]) * sum(a: q[h, a] * P[h, a, b])
+    out r[h] = sum(a: k[h, a] * n[h, a]) + sum(a: q[h, a] * m[h, a])
+"""
+
+
+def test_states_with_the_same_decay_keys_and_queries_share_one_pass():
+    """S and P (same decay, keys and query q) run as one pass with their values side
+    by side; n (read with k) and m (another decay) each alone. All equal the loop, with
+    the outputs, final states and gradients (initial states too), at T = 1, a prime
+    and across chunks of 4, and with variable lengths."""
+    cell = reclang.loads(MEMORIES, "memories.rec")
+    source = cell.source("chunk", chunk_size=4)
+    assert source.count("= chunk_affine(") == 3
+    assert "torch.cat([S.reshape(-1, 2, 4, 3), P.reshape(-1, 2, 4, 3)], -1)" in source
+    torch.manual_seed(0)
+    chunked = cell.module("chunk", chunk_size=4).double()
+    reference = as_reference(cell.module("sequential").double())
+    for T in (1, 7, 9):
+        x = random_inputs(chunked, 2, T, seed=T)
+        assert_matches_reference(chunked, reference, x, random_state(chunked, 2))
+    x = random_inputs(chunked, 3, 9, seed=1)
+    assert_matches_reference(chunked, reference, x, random_state(chunked, 3),
+                             varlen={"lengths": torch.tensor([9, 1, 5])})
+
+
+def test_mlstm_runs_its_state_and_normalizer_in_one_pass():
+    source = small("mlstm").source("chunk")
+    assert source.count("= chunk_affine(") == 1
+
+
+def test_a_step_is_non_finite_where_its_sum_is():
+    """causal_pass finds the non-finite steps from each step's sum (one pass over the
+    operand): a NaN, an inf and an inf - inf make it non-finite; a finite step whose sum
+    overflows is flagged too, which costs a second run and still gives the loop's
+    result."""
+    x = torch.zeros(1, 5, 2, 3, dtype=torch.float64)
+    x[0, 1, 0, 0], x[0, 2, 1, 2] = float("nan"), float("inf")
+    x[0, 3, 0, 0], x[0, 3, 1, 1] = float("inf"), -float("inf")
+    x[0, 4, 0, :2] = 1e308  # finite; the sum is not
+    assert _not_finite(x).tolist() == [[False, True, True, True, True]]
+    g = torch.Generator().manual_seed(0)
+    w = -F.softplus(torch.randn(1, 6, 2, 1, generator=g, dtype=torch.float64))
+    k, v = x.new_zeros(1, 6, 1, 2, 3), 1e-300 * torch.randn(1, 6, 1, 2, 2, generator=g,
+                                                            dtype=torch.float64)
+    k[0, 3, 0, 0, :2] = 1e308
+    q, h0 = 1e-300 * torch.randn(1, 6, 1, 2, 3, generator=g, dtype=torch.float64), \
+        torch.randn(1, 2, 3, 2, generator=g, dtype=torch.float64)
+    out, h = chunk_affine(w, None, None, k, v, q, h0, chunk=4, segment=1024)
+    ref_out, ref_h = _loop(w, None, None, k, v, q, h0)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref_out, atol=0, rtol=1e-9)
+    torch.testing.assert_close(h, ref_h, atol=0, rtol=1e-9)
 
 
 @pytest.mark.parametrize("name", cells_on("chunk"))

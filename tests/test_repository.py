@@ -4,7 +4,10 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 12400  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+LINE_BUDGET = 12500  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+# (12400 -> 12500: issue 25's mLSTM chunk target, ~95 lines: states sharing one chunk
+# pass, codegen/chunk.py state_groups; dot products as a product and a sum,
+# ChunkSympyLowering; causal_pass's finite check from sums)
 # (12250 -> 12400: issue 25's second round of the cpu backend, ~140 lines: an input's
 # weighted-sum operands as one matmul, codegen/fused_loop.py operand_groups; outputs after
 # the loop, analysis/lanes.py states_as_outputs)

@@ -8,13 +8,13 @@ import math
 import re
 from types import SimpleNamespace
 
-import sympy
-
 from reclang.analysis.operands import ChunkState, MatState
 from reclang.analysis.partition import Phase, phases
 from reclang.ir import IR, Op
 from reclang.schedule import ChunkSchedule, Schedule
 
+from .chunk_operands import (ChunkSympyLowering, definitions_read, delta_rule_scale,
+                             role_exprs, same_but_values)
 from .ir_to_torch import (
     ATOM,
     Code,
@@ -27,9 +27,7 @@ from .ir_to_torch import (
     spec_origin,
 )
 from .loop import INDENT, Program, _broadcast
-from .sympy_to_torch import SympyLowering, spec_text
-
-# ---- the algorithm -------------------------------------------------------------------
+from .sympy_to_torch import spec_text
 
 
 # ---- the generated program -----------------------------------------------------------
@@ -75,7 +73,7 @@ class ChunkProgram(Program):
         for i in ir.stmts:
             node = ir.node(i)
             self.sizes.update(zip(node.axes, node.sizes))
-        self.sympy = SympyLowering(ir, {})
+        self.sympy = ChunkSympyLowering(ir, {})
         self.lines: list[str] = []
 
     # ---- operands
@@ -102,7 +100,7 @@ class ChunkProgram(Program):
         self.lines.append(f"# ---- {self.spec_line(s.name)}")
         self.emit_operands(s, v, queries, "wabkvq")
         Hs, shared = self.flat(s, s.shared)
-        scale = _delta_rule_scale(s) if self.pass_function == "chunk_affine" else None
+        scale = delta_rule_scale(s) if self.pass_function == "chunk_affine" else None
         if scale is not None:
             self.emit_operand(v.ak, [scale], s.shared, shared,
                               f"a = {self.text(scale)} k: scores against a are those against k, "
@@ -117,6 +115,48 @@ class ChunkProgram(Program):
                           f"{v.k}, {v.v}, {q}, {self.initial(s)}{chunk})")
         self.final(s, v)
         return v.out
+
+    def state_groups(self, per_state: dict) -> list[list[ChunkState]]:
+        """The states in groups that one pass runs: those with the same decay, keys and
+        queries (mLSTM's S and normalizer n) differ only in their values, so their
+        values side by side along the value axis make one state whose scores, decays
+        and chunk-to-chunk scan they share. Only chunk_affine's states without a
+        low-rank part or sub-step definitions are grouped (the others alone)."""
+        groups: list[list[ChunkState]] = []
+        for s in self.ops.states:
+            home = next((g for g in groups if self.pass_function == "chunk_affine"
+                         and same_but_values(g[0], s, per_state, self.ir)), None)
+            if home is None:
+                groups.append([s])
+            else:
+                home.append(s)
+        return groups
+
+    def shared_block(self, group: list[ChunkState], queries: list) -> dict[str, str]:
+        """One chunk_affine call for the states of a group (state_groups): the decay,
+        keys and queries of the first, the values and initial states of all side by
+        side; returns each state's output var (its slice of the values)."""
+        first, vs = group[0], [self.state_vars(s) for s in group]
+        lines = "; ".join(self.spec_line(s.name) for s in group)
+        self.lines.append(f"# ---- one pass for {lines}")
+        self.emit_operands(first, vs[0], queries, "wkq")
+        for s, v in zip(group, vs):
+            self.emit_operands(s, v, queries, "v")
+        v, widths = vs[0], [self.flat(s, s.value)[0] for s in group]
+        values = f"torch.cat([{', '.join(x.v for x in vs)}], -1)"
+        initial = f"torch.cat([{', '.join(self.initial(s) for s in group)}], -1)"
+        q = v.q if queries else "None"
+        out, last = self.names.fresh("_shared_out"), self.names.fresh("_shared_last")
+        self.lines.append(f"{out}, {last} = chunk_affine({v.w}, None, None, {v.k}, "
+                          f"{values}, {q}, {initial}{self.schedule_args()})")
+        # split, not slices: the backward of a slice is a zero tensor of the full size
+        split = f".split({widths}, -1)"
+        if queries:
+            self.lines.append(f"{', '.join(x.out for x in vs)} = {out}{split}")
+        self.lines.append(f"{', '.join(x.last for x in vs)} = {last}{split}")
+        for s, x in zip(group, vs):
+            self.final(s, x)
+        return {s.name: x.out for s, x in zip(group, vs)}
 
     def state_vars(self, s: ChunkState) -> SimpleNamespace:
         """The generated names of a state's operands and results."""
@@ -136,7 +176,7 @@ class ChunkProgram(Program):
         (Hs, shared), (Kf, key), (Vf, value) = (self.flat(s, x) for x in (s.shared, s.key,
                                                                           s.value))
         hk = s.shared + s.key
-        self.emit_definitions(s, _role_exprs(s, queries, roles))
+        self.emit_definitions(s, role_exprs(s, queries, roles))
         if "w" in roles and s.log_decay == 0:
             self.lines.append(f"{v.w} = _like.new_zeros((B, T, {Hs}, 1))  # no decay")
         elif "w" in roles:
@@ -177,7 +217,7 @@ class ChunkProgram(Program):
         """The vectors of a state updated in sub-steps which `exprs` read, each named once
         (analysis/substeps.py): only those, as the operands of some roles are printed
         where the inputs the others read are not at hand (triton's _<state>_operands)."""
-        for d in _definitions_read(s, exprs):
+        for d in definitions_read(s, exprs):
             axes = tuple(str(x) for x in d.index)
             self.sympy.sizes.update(zip(axes, d.sizes))  # the rank index is used as a value
             var = self.names.fresh(d.name)
@@ -275,8 +315,13 @@ class ChunkProgram(Program):
         self.lines, self.checks, self.needs = [], False, set()
         self.sympy.definitions = []
         per_state, index = self.readouts()
-        outs = {s.name: self.state_block(s, per_state.get(s.name, []))
-                for s in self.ops.states}
+        outs = {}
+        for group in self.state_groups(per_state):
+            queries = per_state.get(group[0].name, [])
+            if len(group) == 1:
+                outs[group[0].name] = self.state_block(group[0], queries)
+            else:
+                outs.update(self.shared_block(group, queries))
         self.given = {}
         made: dict[str, str] = {}  # value -> its var: o * o computes o once
         for n, part in enumerate(self.ops.parts):
@@ -370,42 +415,6 @@ def needed_statements(ir: IR, given: dict[int, str]) -> set[int]:
         else:
             stack.extend(node.args)
     return needed
-
-
-def _role_exprs(s: ChunkState, queries: list, roles: str) -> list:
-    """The analyzer's expressions of a state's operands in `roles` (of w, a, b, k, v, q)."""
-    by_role = {"w": [s.log_decay], "a": [p[0] for p in s.low_rank],
-               "b": [p[1] for p in s.low_rank], "k": [p[0] for p in s.inputs],
-               "v": [p[1] for p in s.inputs], "q": list(queries)}
-    return [sympy.sympify(e) for r in roles for e in by_role[r]]
-
-
-def _definitions_read(s: ChunkState, exprs: list) -> list:
-    """The state's definitions that `exprs` read, directly or through later ones, in
-    order (a definition reads only those before it)."""
-    read = set().union(*(_bases(e) for e in exprs))
-    needed = []
-    for d in reversed(s.defs):
-        if d.name in read:
-            needed.append(d)
-            read |= _bases(d.value)
-    return needed[::-1]
-
-
-def _bases(expr) -> set[str]:
-    return {str(x.base) for x in expr.atoms(sympy.Indexed)}
-
-
-def _delta_rule_scale(s: ChunkState):
-    """a / k when the state has one low-rank term a bᵀ and one input term k vᵀ with a a
-    multiple of k along the key axes (the delta rule: a = -β k, or -exp(g) β k), else
-    None."""
-    if len(s.low_rank) != 1 or len(s.inputs) != 1:
-        return None
-    ratio = s.low_rank[0][0] / s.inputs[0][0]  # sympy cancels the common factors
-    if ratio == 0 or any(str(x) in s.key for x in ratio.free_symbols):
-        return None
-    return ratio
 
 
 def _flat(s: ChunkState, side: tuple[str, ...], size: dict) -> str:

@@ -46,8 +46,7 @@ def causal_pass(run, operands, starts=None):
     w, *rest = operands  # w None: computed (and raised to LOG_ZERO) inside `run`
     w = torch.clamp(w, min=LOG_ZERO[w.dtype]) if w is not None and w.dtype in LOG_ZERO else w
     operands = (w, *rest)
-    bad = torch.stack([(~torch.isfinite(x)).flatten(2).any(-1) for x in operands
-                       if x is not None]).any(0)  # [B, T]: a step with a non-finite operand
+    bad = torch.stack([_not_finite(x) for x in operands if x is not None]).any(0)
     out, last = run(*operands)
     # one synchronization, after the run is queued; where code cannot branch on data
     # (torch.compile, vmap) both runs are made and selected from: the same result
@@ -62,6 +61,15 @@ def causal_pass(run, operands, starts=None):
         seen = seen - torch.repeat_interleave(before, starts[1:] - starts[:-1])[None]
     after = (seen > 0).reshape(*seen.shape, *[1] * (out.dim() - 2))
     return torch.where(after, out, finite), last
+
+
+def _not_finite(x):
+    """[B, T]: the steps where x [B, T, ...] holds a NaN or ±inf. Their sums do (IEEE:
+    inf + finite = inf, inf - inf = NaN): one pass over x where isfinite and any took
+    four (28% of mLSTM's forward). A sum of finite values that overflows flags its step
+    too, which costs the second run, not exactness (its operands are the same there)."""
+    wide = torch.promote_types(x.dtype, torch.float32)  # half sums overflow at 65504
+    return ~torch.isfinite(x.flatten(2).sum(-1, dtype=wide))
 
 
 # exp(LOG_ZERO) is 0 in the dtype (below its smallest subnormal): a decay of 0
@@ -91,26 +99,30 @@ def _chunkwise(w, a, b, k, v, q, h0, chunk: int, a_over_k=None):
     G_end = G[..., -1:, :]          # [B, N, H, 1, Kw]
     to_end = lambda x: x * torch.exp(G_end - G)[..., None, :]  # noqa: E731  [.., C, R, K]
     from_start = lambda x: x * torch.exp(Gx)[..., None, :]     # noqa: E731
-    kv_end = torch.einsum("...crk,...crv->...kv", to_end(k), v)
+    v_rows = _flat_rows(v)          # [.., C·Ri, V], copied once for both products
+    kv_end = _flat_rows(to_end(k)).mT @ v_rows                # [B, N, H, K, V]
     decay_end = torch.exp(G_end[..., 0, :])[..., None]        # [B, N, H, Kw, 1]
     if a is not None:
         b_k = _scores(b, k, Gx, G)
         tri = torch.eye(C * a.shape[4], dtype=w.dtype, device=w.device) - _flat(
             against_a(b, b_k))
         # one solve for both right-hand sides: W (the start state's part) and U
-        rhs = torch.cat([_flat_rows(from_start(b)), _flat(b_k) @ _flat_rows(v)], -1)
+        rhs = torch.cat([_flat_rows(from_start(b)), _flat(b_k) @ v_rows], -1)
         WU = torch.linalg.solve_triangular(tri, rhs, upper=False, unitriangular=True)
         W, U = WU[..., :b.shape[-1]], WU[..., b.shape[-1]:]
         a_end = _flat_rows(to_end(a))
     if a is None:  # the state from chunk to chunk is an elementwise linear recurrence
         ends = linear_scan(decay_end, kv_end, h0)          # [B, N, H, K, V]
-        S0, h = torch.cat([h0[:, None], ends[:, :-1]], 1), ends[:, -1]
+        # split, not ends[:, :-1] and ends[:, -1]: their backwards are zero tensors of
+        # the full size each, filled in
+        before, last = ends.split([ends.shape[1] - 1, 1], 1)
+        S0, h = torch.cat([h0[:, None], before], 1), last[:, 0]
     else:  # with a low-rank part it mixes the key axis: chunk after chunk
         S0, ys, h = _low_rank_pass(W, U, decay_end, kv_end, a_end, h0)
     if q is None:
         return None, h
     q_k = _scores(q, k, Gx, G)
-    out = _flat_rows(from_start(q)) @ S0 + _flat(q_k) @ _flat_rows(v)
+    out = _flat_rows(from_start(q)) @ S0 + _flat(q_k) @ v_rows
     if a is not None:
         out = out + _flat(against_a(q, q_k)) @ torch.stack(ys, 1)
     Rq = q.shape[4]
@@ -159,8 +171,10 @@ def _scores(x, y, Gx, G):
     later = torch.ones(C, C, dtype=torch.bool, device=G.device).tril(-1)  # t > s
     if G.shape[-1] == 1:
         gap = (Gx - G.transpose(-1, -2)).masked_fill(~later, float("-inf"))  # [.., C, C]
-        raw = torch.einsum("...tai,...sbi->...tasb", x, y)
-        return raw * torch.exp(gap)[..., :, None, :, None]
+        # one matmul of the rows (t, a) and (s, b), contiguous: einsum permuted its
+        # operands and its result around the same bmm (copies: 12% of mLSTM's forward)
+        raw = (_flat_rows(x) @ _flat_rows(y).mT).unflatten(-1, (C, y.shape[-2]))
+        return raw.unflatten(-3, (C, x.shape[-2])) * torch.exp(gap)[..., :, None, :, None]
     return _keywise(x, y, Gx, G)
 
 
