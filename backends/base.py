@@ -150,11 +150,13 @@ def _printable(func) -> bool:
         return True  # pieces and a division's operands are checked themselves
     if not TritonPrinter.spells(func):
         return False
-    x = sympy.Symbol("x", real=True)
+    row = getattr(func, "row", None)  # a built-in kept by name: its arity (clamp: 3)
+    xs = sympy.symbols(f"x0:{row.arity if row else 1}", real=True)
     try:
-        derivative = sympy.diff(func(x), x)
+        derivatives = [sympy.diff(func(*xs), x) for x in xs]
     except (TypeError, ValueError):  # more than one argument: no gate of the lane form
         return False
-    return not derivative.has(sympy.Derivative, sympy.Subs) and all(
-        TritonPrinter.spells(type(e)) for e in sympy.preorder_traversal(derivative)
+    return all(not d.has(sympy.Derivative, sympy.Subs) and all(
+        TritonPrinter.spells(type(e)) for e in sympy.preorder_traversal(d)
         if isinstance(e, sympy.Function) and not isinstance(e, sympy.Piecewise))
+        for d in derivatives)
