@@ -8,10 +8,11 @@ from __future__ import annotations
 import textwrap
 
 from reclang.codegen.fused_loop import fused_program, operands_import
+from reclang.codegen.printable import triton_refusal
 from reclang.codegen.render import assemble, missing_dependency
 from reclang.schedule import FusedLoopSchedule
 
-from .base import Backend, register, triton_refusal
+from .base import Backend, register
 
 
 class TritonLoop(Backend):
