@@ -9,7 +9,7 @@ A backend is a lowering of one or more canonical forms to generated source:
 
 `accepts` checks exactly the form object `lower` prints (an Unfit: its reason, with
 the spec's file:line:col), plus the backend's own needs (packages; for kernels, a
-Triton spelling and a derivative of every function: `triton_refusal`), so that a yes
+Triton spelling and a derivative of every function: reclang/codegen/printable.py), so that a yes
 always lowers (tests/test_verdicts.py runs `lower` for every yes of the catalogue and
 of random cells).
 Several backends may share a user-facing name (`triton` lowers diagonal, matrix and
@@ -22,13 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sympy
-
 from reclang.analysis.forms import Unfit
-from reclang.analysis.lanes import SCALAR
-from reclang.codegen.fused_loop import TritonPrinter
-from reclang.functions import Quotient
-from reclang.ir import Op
 from reclang.schedule import LoopSchedule, Schedule
 
 
@@ -120,41 +114,3 @@ class _Union(Backend):
 
 def verdicts(plan) -> tuple[Verdict, ...]:
     return tuple(claimant(plan, name).accepts(plan) for name in names())
-
-
-# ---- what a Triton kernel can print ----------------------------------------------------
-def triton_refusal(plan, exprs, kernel: str) -> str:
-    """Why `kernel` cannot print the sympy expressions `exprs` and their first
-    derivatives ("" when it can), at the spec function that brings the first function
-    without a Triton spelling (codegen/fused_loop.py TritonPrinter) or derivative."""
-    bad = {type(e) for x in exprs for e in sympy.preorder_traversal(x)
-           if isinstance(e, sympy.Function) and not _printable(type(e))}
-    if not bad:
-        return ""
-    x = sympy.Symbol("x", real=True)
-    functions = (plan.ir.node(i) for i in plan.ir.graph.nodes)
-    for node in sorted((n for n in functions if n.op == Op.FN and n.arg in SCALAR),
-                       key=lambda n: (n.loc.line, n.loc.col)):
-        image = SCALAR[node.arg](*[x] * len(node.args))
-        if any(isinstance(e, tuple(bad)) for e in sympy.preorder_traversal(image)):
-            return (f"{plan.file}: cannot print {node.arg} in {kernel} (no Triton spelling "
-                    f"or derivative), at {plan.file}:{node.loc}")
-    names = ", ".join(sorted(f.__name__ for f in bad))
-    return f"{plan.file}: cannot print {names} in {kernel} (no Triton spelling or " \
-        f"derivative), in {plan.file}:{plan.ir.node(plan.ir.stmts[0]).loc}"
-
-
-def _printable(func) -> bool:
-    """A Triton spelling for the function and for every function of its derivative."""
-    if func in (sympy.Piecewise, Quotient):
-        return True  # pieces and a division's operands are checked themselves
-    if not TritonPrinter.spells(func):
-        return False
-    x = sympy.Symbol("x", real=True)
-    try:
-        derivative = sympy.diff(func(x), x)
-    except (TypeError, ValueError):  # more than one argument: no gate of the lane form
-        return False
-    return not derivative.has(sympy.Derivative, sympy.Subs) and all(
-        TritonPrinter.spells(type(e)) for e in sympy.preorder_traversal(derivative)
-        if isinstance(e, sympy.Function) and not isinstance(e, sympy.Piecewise))

@@ -7,10 +7,11 @@ It lowers the lane form the triton fused loop lowers, and needs a C++ compiler."
 from __future__ import annotations
 
 from reclang.codegen.cpp import cpu_source
+from reclang.codegen.printable import triton_refusal
 from reclang.runtime.cpp import missing_compiler
 from reclang.schedule import CpuLoopSchedule
 
-from .base import Backend, register, triton_refusal
+from .base import Backend, register
 
 
 class CpuLoop(Backend):

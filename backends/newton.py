@@ -23,7 +23,8 @@ Algorithm:  Newton on the T equations together (reclang/runtime/newton.py): at e
 Cost:       per iteration the printed step and its derivatives on all tokens (by
             reverse mode: the step and its backward pass on m copies of all tokens,
             m the Jacobian's block size, `rows` at a time) and a scan of O(B·T·m³)
-            (m = 1: O(B·T·state)); a few iterations for contracting cells, up to T in the worst case.
+            (m = 1: O(B·T·state)); a few iterations for contracting cells, up to T in
+            the worst case.
 Numerics:   converged to eps^(3/4) of the dtype (the iterate after that is at about
             eps^(3/2)); diverging iterates (inf, nan) stop the iteration, and the steps
             from the first that moved run one by one, so the result is the loop's.
@@ -39,6 +40,7 @@ from reclang.analysis.lanes import LaneForm, Unsupported, lane_form
 from reclang.analysis.partition import Phase, phases
 from reclang.codegen import newton_torch as printing
 from reclang.codegen import newton_triton
+from reclang.codegen.fused_loop import operands_import
 from reclang.codegen.ir_to_torch import Place
 from reclang.codegen.loop import INDENT, Program
 from reclang.codegen.names import py_name
@@ -216,12 +218,11 @@ def _source(plan, schedule, jac: Jacobian, quasi: bool, adjoint: str, printed) -
     functions = [solver, forward, *steps, program.step_function(),
                  *([triton.code] if triton else [])]
     code = "\n".join(functions)
-    used = [n for n in ("constant", "operand") if f"{n}(" in code]
     imports = ["import torch", *(triton.packages if triton else []), "",
                "from reclang.runtime import newton",
                *(line for line in (triton.runtime if triton else [])
                  if not line.startswith("from reclang.runtime.operands")),
-               *([f"from reclang.runtime.operands import {', '.join(used)}"] if used else [])]
+               *operands_import(code)]
     return "\n".join(header + imports) + "\n\n\n" + "\n\n\n".join(functions) + "\n"
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import textwrap
 
-from reclang.codegen.fused_loop import fused_program
+from reclang.codegen.fused_loop import fused_program, operands_import
+from reclang.codegen.printable import triton_refusal
 from reclang.codegen.render import assemble, missing_dependency
 from reclang.schedule import FusedLoopSchedule
 
-from .base import Backend, register, triton_refusal
+from .base import Backend, register
 
 
 class TritonLoop(Backend):
@@ -29,10 +30,11 @@ class TritonLoop(Backend):
         about = ("per unit, s_t = f(s_{t-1}, W s_{t-1}, o_t): the whole time loop in one "
                  "kernel (from backends/templates/fused_loop.py.jinja); the operands o and "
                  "the weights W are computed before it")
+        forward = program.forward()
         return assemble(program, "fused_loop.py.jinja", textwrap.wrap(
             "Triton backend, fused loop: " + about, 88),
-            program.forward(),
-            ["", "from reclang.runtime.operands import constant, operand",
+            forward,
+            ["", *operands_import(forward),
              "from reclang.runtime.packing import pad_packed, unpad_packed"],
             slots={**code.slots(about), "schedule": schedule})
 

@@ -51,11 +51,12 @@ import textwrap
 
 from reclang.analysis.forms import Unfit
 from reclang.codegen.gated_scan import gated_program
+from reclang.codegen.printable import triton_refusal
 from reclang.codegen.render import assemble, missing_dependency
 from reclang.codegen.triton import TritonScanProgram
 from reclang.schedule import TritonScanSchedule
 
-from .base import Backend, register, triton_refusal
+from .base import Backend, register
 
 
 class TritonScan(Backend):

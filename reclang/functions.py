@@ -129,8 +129,20 @@ def _sympy_where(c, a, b):
 
 
 def _step(x):
-    """The derivative of max(x, 0) as the kernels print it: 1/2 at 0, as torch.maximum."""
+    """The derivative of max(x, y) in x as the kernels print it: 1/2 at a tie, as
+    torch.maximum's gradient."""
     return sympy.Heaviside(x, sympy.Rational(1, 2))
+
+
+def _indicator(condition):
+    """1 where the condition holds, else 0: the gradients of torch.relu (0 at 0) and
+    torch.clamp (1 on the closed interval), which the kernels must match at a tie."""
+    return sympy.Piecewise((1, condition), (0, True))
+
+
+def _clamp_derivative(x, lo, hi):
+    """torch.clamp's gradients: x on lo ≤ x ≤ hi, lo where x < lo, hi where x > hi."""
+    return (_indicator(x >= lo) * _indicator(x <= hi), _indicator(x < lo), _indicator(x > hi))
 
 
 _ELEMENTARY = {  # sympy forms used by several rows
@@ -219,7 +231,8 @@ def _gates() -> list[Fn]:
         Fn("tanh", 1, "torch.tanh({0})", _m("tanh"), sympy=sympy.tanh, triton="_tanh({0})",
            derivative=lambda x: (1 - sympy.tanh(x) ** 2,)),
         Fn("relu", 1, "torch.relu({0})", lambda x: max(x, 0.0), real_only=True,
-           sympy=lambda x: sympy.Max(x, 0), derivative=lambda x: (_step(x),)),
+           sympy=lambda x: sympy.Max(x, 0), named=True, triton="_relu({0})",
+           derivative=lambda x: (_indicator(x > 0),)),
         Fn("silu", 1, "torch.nn.functional.silu({0})", lambda x: x * _sigmoid(x),
            real_only=True, sympy=lambda x: x * _ELEMENTARY["sigmoid"](x),
            kernel=lambda x: x * sig(x),
@@ -265,8 +278,7 @@ def _choices() -> list[Fn]:
            derivative=lambda a, b: (_step(b - a), _step(a - b))),
         Fn("clamp", 3, "torch.clamp({0}, {1}, {2})", lambda x, lo, hi: min(max(x, lo), hi),
            real_only=True, sympy=lambda x, lo, hi: sympy.Min(sympy.Max(x, lo), hi),
-           derivative=lambda x, lo, hi: (_step(x - lo) * _step(hi - x),
-                                         _step(lo - x), _step(x - hi))),
+           named=True, triton="_clamp({0}, {1}, {2})", derivative=_clamp_derivative),
         Fn("where", 3, "torch.where({0}, {1}, {2})", _where, sympy=_sympy_where, conditions=1,
            kernel=lambda c, a, b: sympy.Piecewise((a, c), (b, True)),
            derivative=lambda c, a, b: (0, sympy.Piecewise((1, c), (0, True)),
@@ -313,15 +325,20 @@ INIT_ONLY = {"uniform": 2, "normal": 2, "arange": 1}
 
 CALLABLE = set(FUNCTIONS) - set(BINARY_OPS.values()) - {"neg"}
 
-# IR function -> sympy, in elementary terms (the analysis of state-free coefficients)
-SYMPY: dict[str, Callable] = {f.name: f.sympy for f in FUNCTIONS.values()}
-
-
 # callable built-in -> itself as a sympy function of its own name: the kernels' form of
 # a `named` row, and what the printers' rewrite rules write (sigmoid for 1/(1 + e^-x))
 NAMED: dict[str, type] = {f.name: type(f.name.capitalize(), (Named,), {"row": f})
                           for f in FUNCTIONS.values()
                           if f.name in CALLABLE and f.in_kernels and f.derivative}
+NAMED["relu"]._eval_is_nonnegative = lambda self: True  # what Max(x, 0) told the analysis
+
+# IR function -> sympy, in elementary terms (the analysis of state-free coefficients),
+# except relu and clamp, kept by name: printed as torch.relu and torch.clamp, whose
+# gradients at a tie (0 at 0; 1 at a bound) the sequential backend's have, where
+# torch.maximum/minimum of Max and Min would take 1/2 (tests/test_ties.py)
+BY_NAME = ("relu", "clamp")
+SYMPY: dict[str, Callable] = {f.name: NAMED[f.name] if f.name in BY_NAME else f.sympy
+                              for f in FUNCTIONS.values()}
 
 
 def _kernel_form(fn: Fn) -> Callable | None:

@@ -16,6 +16,12 @@ os.environ.setdefault("RECLANG_AUTO_COMPILED", "0")
 # and by the static ranking, not by timing the backends: the same choice on every run
 # (tests/test_cost.py checks the measuring with a fake timer)
 os.environ.setdefault("RECLANG_AUTO_MEASURE", "0")
+# pytest-xdist's workers share the cores: each gets its share of intra-op threads, so
+# that two workers on two cores do not spin four BLAS threads against each other
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (_cores or 1) // _workers))
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):

@@ -111,3 +111,18 @@ def test_autocast_gives_one_dtype_on_every_backend(spec):
             for k in want:
                 assert got[k].dtype == want[k].dtype, (backend, k)
                 assert torch.equal(got[k], want[k]), (backend, k)
+
+
+@pytest.mark.parametrize("spec,backend", CASES)
+def test_dynamic_shapes_compile_equals_eager_at_two_lengths(spec, backend):
+    """torch.compile(dynamic=True) traces T as a symbol (as dynamo does by itself once a
+    second length arrives): the scan's chunk length was math.isqrt of it, which dynamo
+    refuses under fullgraph."""
+    torch._dynamo.reset()
+    m = module(spec, backend)
+    compiled = torch.compile(m, fullgraph=True, backend="eager", dynamic=True)
+    for steps in (T, T + 6):
+        inputs = random_inputs(m, 2, steps, **MATRIX_TRANSFORMS.get(spec, {}))
+        want, _ = m(**inputs)
+        got, _ = compiled(**inputs)
+        torch.testing.assert_close(got, want)

@@ -337,15 +337,13 @@ def _covers(factors, side) -> bool:
 # ---- non-affine updates -----------------------------------------------------------------
 def _jacobian(ir: IR, update: int) -> str:
     """How the new state depends on the previous states: diagonal when every state read
-    takes, at each axis, the update's own index at that axis, block-diagonal when reads
-    mix within some axes only, dense otherwise."""
+    takes the update's own index at each axis, block-diagonal when reads mix within some
+    axes only, dense otherwise."""
     node = ir.node(update)
     reads = _state_reads(ir, update)
     if not reads:
         return "none"
-    mixed = set()
-    for _, positions in reads:
-        mixed |= {k for k, at in enumerate(positions) if at != k}
+    mixed = {k for _, positions in reads for k, at in enumerate(positions) if at != k}
     others = sorted({r[0] for r in reads} - {node.arg})
     also = f" (element-wise in {', '.join(others)} too)" if others else ""
     if not mixed:
@@ -359,12 +357,10 @@ def _jacobian(ir: IR, update: int) -> str:
 
 
 def _state_reads(ir: IR, root: int):
-    """(state, positions) for every read of a previous state that the value of `root`
-    depends on (through intermediates): positions[k] is the axis of root's result that
-    the read's k-th subscript is, or None where it is none: a constant, a computed
-    subscript, or an index a reduction on the way sums over (softmax(n: h[n]) reads
-    every h[n] for each n). Each statement's names are mapped to root's axes along the
-    path, since a read of an intermediate relabels its axes."""
+    """(state, positions) for every read of a previous state that root's value depends
+    on: positions[k] is the axis of root the k-th subscript is (names mapped along the
+    path through intermediates), or None: a constant, a computed subscript, an index a
+    reduction on the way sums over (softmax(n: h[n]) reads every h[n] for each n)."""
     own = {a: k for k, a in enumerate(ir.node(root).axes)}
     found, stack, seen = [], [(root, own)], set()
     while stack:
@@ -384,9 +380,8 @@ def _state_reads(ir: IR, root: int):
 
 
 def _scope(ir: IR, n, env: dict) -> dict:
-    """The names of the statement under node n, mapped to root's axes: a read of an
-    intermediate enters its statement, where its k-th axis is the read's k-th
-    subscript; a reduction hides the indices it sums over."""
+    """The names under node n, mapped to root's axes: a read of an intermediate enters
+    its statement (its k-th axis: the k-th subscript); a reduction hides its indices."""
     if n.op == Op.READ and ir.node(n.args[0]).op in DEFINITIONS:
         return {a: _at(env, sub) for a, sub in zip(ir.node(n.args[0]).axes, n.arg)}
     if n.op == Op.REDUCE:

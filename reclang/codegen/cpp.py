@@ -16,13 +16,13 @@ from reclang.analysis.forms import Lanes
 from reclang.ir import IR
 from reclang.schedule import CpuLoopSchedule
 
-from .fused_loop import FusedProgram, KernelCode, TritonPrinter
+from .fused_loop import FusedProgram, KernelCode, TritonPrinter, operands_import
 from .render import render
 
 # the Triton spellings the C++ prelude of cpu_loop.cpp.jinja defines (with tl. as tl_)
 CPP_FUNCTIONS = ("tl.exp", "tl.log", "tl.sqrt", "tl.abs", "tl.floor", "tl.erf", "tl.sin",
                  "tl.cos", "tl.sigmoid", "_softplus", "_logsigmoid", "_tanh", "_sign",
-                 "_heaviside")
+                 "_heaviside", "_relu", "_clamp")
 
 
 class CppPrinter(TritonPrinter):
@@ -144,10 +144,7 @@ def python_literal(text: str) -> str:
     return repr(text)
 
 
-IMPORTS = ["import ctypes", "", "import torch", "",
-           "from reclang.runtime.cpp import build",
-           "from reclang.runtime.operands import constant, operand",
-           "from reclang.runtime.packing import pad_packed, unpad_packed"]
+IMPORTS = ["import ctypes", "", "import torch", "", "from reclang.runtime.cpp import build"]
 
 
 def cpu_source(ir: IR, form: Lanes, schedule: CpuLoopSchedule, summary: str) -> str:
@@ -164,5 +161,8 @@ def cpu_source(ir: IR, form: Lanes, schedule: CpuLoopSchedule, summary: str) -> 
     header = program.header([f"Spec sha256 {digest}; plan: {summary}.",
                              *textwrap.wrap("CPU backend, compiled loop: " + about, 88)])
     wrapper = render("cpu_loop.py.jinja", cpp=python_literal(cpp), **slots)
-    return "\n".join(header + IMPORTS) + "\n\n\n" + wrapper + "\n\n" + program.forward() + \
+    forward = program.forward()
+    imports = [*IMPORTS, *operands_import(forward),
+               "from reclang.runtime.packing import pad_packed, unpad_packed"]
+    return "\n".join(header + imports) + "\n\n\n" + wrapper + "\n\n" + forward + \
         "\n\n\n" + program.step_function() + "\n"

@@ -129,7 +129,14 @@ class TritonPrinter(StrPrinter):
 
 
 # The functions of backends/templates/gates.py.jinja: a file holds those its equations call.
-GATES = ("_tanh", "_softplus", "_logsigmoid", "_heaviside", "_sign")
+GATES = ("_tanh", "_softplus", "_logsigmoid", "_heaviside", "_sign", "_relu", "_clamp")
+
+
+def operands_import(*code: str) -> list[str]:
+    """The import of reclang/runtime/operands.py's helpers that the code calls (none
+    where an input's operands are one matmul and nothing is constant)."""
+    used = [n for n in ("constant", "operand") if any(f"{n}(" in text for text in code)]
+    return [f"from reclang.runtime.operands import {', '.join(used)}"] if used else []
 
 
 def gates_called(*code: str) -> list[str]:

@@ -240,6 +240,8 @@ class ExprLowering:
             bound = "min" if node.arg == "max" else "max"
             return Code(f"torch.clamp({align(tensor, target).text}, {bound}={const.text})",
                         ATOM, target)
+        if node.arg == "clamp" and not args[0].const and any(a.const for a in args[1:]):
+            return _clamp(args, target)
         if node.arg == "neg":
             return Code("-" + align(args[0], target).wrap(UNARY), UNARY, target)
         if node.arg in OPERATORS:
@@ -327,6 +329,17 @@ def spec_origin(ir: IR, line: int) -> str:
     """`file:line: the spec line`, escaped for a comment."""
     return comment(f"{ir.source.filename.rsplit('/', 1)[-1]}:{line}: "
                    f"{ir.source.line(line).strip()}")
+
+
+def _clamp(args: list[Code], target: tuple[str, ...]) -> Code:
+    """clamp(x, lo, hi) with a number among the bounds: torch.clamp takes both bounds as
+    tensors or both as numbers, so one clamp per bound, each in its own form (the
+    gradients of torch.clamp(x, lo, hi) wherever lo <= hi)."""
+    text = align(args[0], target).text
+    for bound, code in zip(("min", "max"), args[1:]):
+        value = code.text if code.const else align(code, target).text
+        text = f"torch.clamp({text}, {bound}={value})"
+    return Code(text, ATOM, target)
 
 
 def align(code: Code, target: tuple[str, ...]) -> Code:

@@ -22,6 +22,7 @@ from .fused_loop import KernelCode, gates_called
 from .gated_scan import GatedScanProgram, layout
 from .ir_to_torch import Names, comment, number
 from .loop import INDENT, py_name
+from .printable import triton_refusal
 from .render import missing_dependency, render
 
 KERNEL = "the newton backend's Triton kernel"
@@ -56,8 +57,6 @@ def _form(plan) -> LaneForm | str:
         return f"{plan.at(ir.states[0])}: {KERNEL} needs a step that reads " \
             "an input or a param"
     merge_operands(lanes, ir)
-    from reclang.backends.base import triton_refusal  # here: the backends import codegen
-
     state = lanes.states[0]
     return triton_refusal(plan, [lanes.updates[state]], KERNEL) or lanes
 

@@ -76,10 +76,15 @@ class SympyLowering:
             return self.number(expr)
         if expr.func in FUNCTIONS:
             args = [self._lower(a) for a in expr.args]
-            if expr.func is sympy.Mod and args[0].const:  # (number, tensor) has no backward
-                self.needs.add("dtype")
-                args[0] = Code(f"torch.tensor({args[0].text}, dtype=_dtype, device=_device)",
-                               ATOM, ())
+            # (number, tensor) has no backward in torch.remainder; torch.clamp takes
+            # tensors or numbers, not both
+            clamp = FUNCTIONS[expr.func].startswith("torch.clamp(")
+            mixed = any(a.const for a in args) and not all(a.const for a in args)
+            for k, a in enumerate(args):
+                if a.const and ((expr.func is sympy.Mod and k == 0) or (clamp and mixed)):
+                    self.needs.add("dtype")
+                    args[k] = Code(f"torch.tensor({a.text}, dtype=_dtype, device=_device)",
+                                   ATOM, ())
             axes = _union(args)
             text = FUNCTIONS[expr.func].format(*(align(a, axes).text for a in args))
             return Code(text, ATOM, axes)

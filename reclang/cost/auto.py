@@ -124,9 +124,8 @@ class AutoChoice:
         self.chosen: dict[str, Choice] = {}
         self._code: dict[str, object] = {}
 
-    def __reduce__(self):
-        source = self.cell.ir.source
-        return _rebuilt, (source.text, source.filename, self.cell.hypers, self.chunk_size)
+    def __reduce__(self):  # the cell (pickled by its spec), not the generated modules
+        return AutoChoice, (self.cell, self.chunk_size)
 
     def code(self, module, inputs: dict, state: dict | None):
         """The generated module that runs this call."""
@@ -219,13 +218,6 @@ def _once(module, code, xs: dict, state: dict, backward: bool) -> None:
     wrt = [t for t in (*module.parameters(), *xs.values(), *state.values()) if t.requires_grad]
     if loss.requires_grad:
         torch.autograd.grad(loss, wrt, allow_unused=True)
-
-
-def _rebuilt(text: str, filename: str, hypers: dict, chunk_size):
-    from ..ast_to_ir import build_ir
-    from ..compile import Cell
-    from ..parser import parse
-    return AutoChoice(Cell(build_ir(parse(text, filename), hypers)), chunk_size)
 
 
 def explain(cell, chunk_size: int | None = None) -> list[str]:

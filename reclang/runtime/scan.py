@@ -4,14 +4,18 @@ the lowering that calls them)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
 def chunk_length(T: int) -> int:
-    """C ≈ √T balances the C steps within chunks against the T / C steps across them."""
-    return max(1, math.isqrt(T - 1) + 1) if T > 1 else 1
+    """C ≈ √T (the least C with C² ≥ T) balances the C steps within chunks against the
+    T / C steps across them. Under torch.compile with dynamic shapes T is symbolic, which
+    math.isqrt refuses (dynamo traces it as an int): C by comparisons, which guard the
+    trace (its loops over the chunk are unrolled for one C anyway); ~√T of them."""
+    C = 1
+    while C * C < T:
+        C += 1
+    return C
 
 
 def _step(a: torch.Tensor, h: torch.Tensor, b: torch.Tensor, dense: bool):
