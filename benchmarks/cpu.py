@@ -8,14 +8,14 @@ rate), with the load of the machine beside the figures.
 Timings are the best of `repeat` runs, float32, side by side in one process; with
 `--clock cpu`, of the process's CPU time (time.process_time) instead of the wall clock:
 with one thread on a machine others load, that leaves out the time spent waiting for a
-core (multithreaded torch ops spin, so use it with --threads 1). `auto` is
-what cell.module("auto") runs (reclang/cost/); `--only auto` times every backend auto
-may choose beside auto, which measures them itself on its first call of each size. For the kernels the fraction of a
-limit is: diagonal scans, the bytes the compiled loop must move (its operands read, its
-outputs written) over its time, against the copy bandwidth into an existing buffer and
-into a fresh tensor in huge pages (the kernel's outputs are fresh tensors, for which it
-asks huge pages); nonlinear cells,
-the recurrent matmuls' FLOPs over the whole forward's time, against the matmul rate.
+core (multithreaded torch ops spin, so use it with --threads 1). `auto` is what
+cell.module("auto") runs (reclang/cost/); `--only auto` times every backend auto may
+choose beside auto, which measures them itself on its first call of each size. For the
+kernels the fraction of a limit is: diagonal scans, the bytes the compiled loop must
+move (its operands read, its outputs written) over its time, against the copy bandwidth
+into an existing buffer and into a fresh tensor in huge pages (the kernel's outputs are
+fresh tensors, for which it asks huge pages); nonlinear cells, the recurrent matmuls'
+FLOPs over the whole forward's time, against the matmul rate.
 """
 
 from __future__ import annotations
@@ -32,9 +32,15 @@ import torch
 
 import reclang
 from reclang import timing
+from reclang.timing import load_average
 
 CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = CLOCK["wall"]
+
+
+def best_of(fn, repeat: int) -> float:
+    return timing.best_of(fn, repeat, clock)
+
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 NN = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "elman": torch.nn.RNN}
@@ -43,20 +49,8 @@ DIAG = [("min_gru", {"D": 512, "N": 512}, 8), ("hgrn", {"D": 512}, 8),
         ("rg_lru", {"D": 512}, 8), ("mamba_s6", {"D": 512}, 2)]  # (spec, hypers, B)
 
 
-def best_of(fn, repeat: int) -> float:
-    if clock is time.perf_counter:
-        return timing.best_of(fn, repeat)
-    times = []
-    for _ in range(repeat):
-        start = clock()
-        fn()
-        times.append(clock() - start)
-    return min(times)
 
 
-def load_average() -> str:
-    with open("/proc/loadavg") as f:
-        return "load average " + " ".join(f.read().split()[:3])
 
 
 def huge_pages(t: torch.Tensor) -> torch.Tensor:

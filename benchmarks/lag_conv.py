@@ -26,6 +26,7 @@ import torch
 
 import reclang
 from reclang.runtime import lag
+from reclang.timing import best_of as _best_of
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 HYPERS = {"D": 64, "N": 16, "R": 4}
@@ -33,6 +34,11 @@ W = 4
 CONV = f"""    param Wconv[D, {W}] ~ uniform(-0.5, 0.5)
     xc[d] = silu(sum(w: Wconv[d, w] * lag(x[d], w)))
 """
+
+
+def best_of(fn, repeat: int) -> float:
+    """The least CPU time of this process over `repeat` runs of fn(), in seconds."""
+    return _best_of(fn, repeat, time.process_time)
 
 
 def with_conv(text: str) -> str:
@@ -82,14 +88,6 @@ def windowed(x, weight, history):
     return torch.einsum("...dw,...dw->...d", weight, lag.window(extended, W, x.shape[1]))
 
 
-def best_of(fn, repeat: int) -> float:
-    """The least CPU time of this process over `repeat` runs of fn(), in seconds."""
-    times = []
-    for _ in range(repeat):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return min(times)
 
 
 def timings(ms: dict, x, repeat: int) -> dict:

@@ -38,11 +38,18 @@ from pathlib import Path
 import torch
 
 import reclang
+from reclang import timing
+from reclang.timing import load_average
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 H, K = 4, 64
 CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 clock = CLOCK["cpu"]
+
+
+def best_of(fn, repeat: int) -> float:
+    fn()  # warm up: the generated module's first call loads its code
+    return timing.best_of(fn, repeat, clock)
 
 
 def theirs():
@@ -60,19 +67,8 @@ def theirs():
             "autograd": mlstm_chunkwise__native_autograd}
 
 
-def best_of(fn, repeat: int) -> float:
-    fn()  # warm up: the generated module's first call loads its code
-    times = []
-    for _ in range(repeat):
-        start = clock()
-        fn()
-        times.append(clock() - start)
-    return min(times)
 
 
-def load_average() -> str:
-    with open("/proc/loadavg") as f:
-        return "load average " + " ".join(f.read().split()[:3])
 
 
 def inputs(B: int, T: int, dtype) -> dict:

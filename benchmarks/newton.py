@@ -23,6 +23,7 @@ equal lengths (reclang/runtime/packing.py's grouping, which the backend used bef
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import time
@@ -51,14 +52,6 @@ def setup(name: str, N: int, B: int, T: int, reverse: bool):
     return cell, modules, x
 
 
-def cpu_best_of(fn, repeat: int) -> float:
-    """The shortest of `repeat` runs of fn() in the process's CPU time, in seconds."""
-    times = []
-    for _ in range(repeat):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return min(times)
 
 
 def run(name: str, N: int, B: int, T: int, repeat: int, timer, reverse: bool) -> dict:
@@ -93,7 +86,8 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    timer = cpu_best_of if args.clock == "cpu" else best_of
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    timer = functools.partial(best_of, clock=clock)
     print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, float32, B={args.B}, best of {args.repeat} (ms, "
           f"{args.clock} clock); load average at the start {load_average()}")

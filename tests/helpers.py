@@ -161,10 +161,21 @@ def outer(k, v):
 SMALL = {"D": 3, "N": 4, "H": 2, "K": 4, "V": 3, "P": 3, "R": 2}
 
 
+@functools.cache
+def catalogue_cell(name: str):
+    """A catalogue spec as written, loaded once per process: the test modules ask each
+    spec what its plan allows while they are collected (a load is parse, check and
+    analysis; the verdicts are memoized on the cell)."""
+    return reclang.load(SPECS / f"{name}.rec")
+
+
+def catalogue_names() -> list[str]:
+    return [path.stem for path in sorted(SPECS.glob("*.rec"))]
+
+
 def cells_on(backend: str) -> list[str]:
     """The catalogue specs whose plan a backend can run."""
-    return [path.stem for path in sorted(SPECS.glob("*.rec"))
-            if reclang.load(path).supports(backend)]
+    return [name for name in catalogue_names() if catalogue_cell(name).supports(backend)]
 
 
 def small(name: str):
@@ -223,11 +234,11 @@ BACKENDS = ("sequential", "scan", "chunk", "fft", "triton")
 def catalogue_sources() -> dict[tuple[str, str], str]:
     """The generated source of every catalogue spec on every backend its plan allows."""
     sources = {}
-    for path in sorted(SPECS.glob("*.rec")):
-        cell = reclang.load(path)
+    for name in catalogue_names():
+        cell = catalogue_cell(name)
         for backend in BACKENDS:
             if cell.supports(backend):
-                sources[path.stem, backend] = cell.source(backend)
+                sources[name, backend] = cell.source(backend)
     return sources
 
 

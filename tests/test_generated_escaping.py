@@ -11,10 +11,10 @@ import builtins
 
 import pytest
 import torch
-from helpers import SMALL, SPECS, random_inputs
-from reclang.codegen.ir_to_torch import comment
+from helpers import SMALL, SPECS, catalogue_cell, catalogue_names, random_inputs
 
 import reclang
+from reclang.codegen.ir_to_torch import comment
 
 # every character Python or str.splitlines takes for a line break, the ones Python
 # refuses in source (NUL) or UTF-8 cannot write (lone surrogates), and escapes and quotes
@@ -67,9 +67,9 @@ def lines_differ_only_in_comments(plain: str, odd: str, name: str):
     assert f"from {name}: cell " in odd.split("\n")[0]
 
 
-CASES = [(path.stem, backend) for path in sorted(SPECS.glob("*.rec"))
+CASES = [(name, backend) for name in catalogue_names()
          for backend in ("sequential", "scan", "chunk", "fft", "triton")
-         if reclang.load(path).supports(backend)]
+         if catalogue_cell(name).supports(backend)]
 
 
 @pytest.fixture(scope="module")

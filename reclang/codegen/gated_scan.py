@@ -124,7 +124,10 @@ class GatedScanProgram(FusedProgram):
     """forward(): the operands and constants in PyTorch, the gated scan, then the
     outputs from the states (as the chunk backend's epilogue)."""
 
-    def forward(self) -> str:
+    def opening(self):
+        """What a forward over the states starts with: the names of the state, of its
+        values after every step and of the new states, the state's dims, the first
+        lines (shapes, operands and constants) and the operands' and constants' names."""
         f = self.form
         first, state = py_name(self.ir.inputs[0].name), py_name(f.states[0])
         self.names = names = self.sympy.names = Names(self.ir)
@@ -134,6 +137,20 @@ class GatedScanProgram(FusedProgram):
         lines = [f"B, T = {first}.shape[:2]", f"_like = {first}",
                  "_dtype, _device = _like.dtype, _like.device"]
         ops, consts = self.operands(lines)
+        return state, every, new, dims, lines, ops, consts
+
+    def closing(self, lines: list[str], state: str) -> list[str]:
+        """The return of outputs and final state, the sympy definitions after the first
+        lines."""
+        outs = ", ".join(f'"{n.arg}": {py_name(n.arg)}' for n in map(self.ir.node, self.ir.stmts)
+                         if n.op == Op.OUT)
+        lines.append(f'return {{{outs}}}, {{"{self.form.states[0]}": {state}}}')
+        lines[3:3] = self.sympy.definitions
+        return lines
+
+    def forward(self) -> str:
+        f = self.form
+        state, every, new, dims, lines, ops, consts = self.opening()
         S = math.prod(f.heads) * f.lanes
         lines += [f"_h0 = {state}.reshape(-1, {S}).to(torch.promote_types({state}.dtype, "
                   "_dtype))",
@@ -147,10 +164,7 @@ class GatedScanProgram(FusedProgram):
                       f"{new} = {every}.reshape(B, T, {dims})"]
             lines += self.outputs(every, dims)
             lines.append(f"{state} = final_states({every}, _h0, _starts).reshape(-1, {dims})")
-        outs = ", ".join(f'"{n.arg}": {py_name(n.arg)}' for n in map(self.ir.node, self.ir.stmts)
-                         if n.op == Op.OUT)
-        lines.append(f'return {{{outs}}}, {{"{f.states[0]}": {state}}}')
-        lines[3:3] = self.sympy.definitions
+        lines = self.closing(lines, state)
         doc = (f'"""Runs {self.ir.name} over whole sequences with the gated scan: inputs '
                '[B, T, ...], states are the initial ones; returns (outputs, final states)."""')
         signature, doc = self.packed_signature(doc)

@@ -14,13 +14,13 @@ import sympy
 from reclang.analysis.ir_to_forms import merge_operands
 from reclang.analysis.lanes import LaneForm, Unsupported, lane_form
 from reclang.errors import RecError
-from reclang.ir import IR, Op
+from reclang.ir import IR
 from reclang.schedule import NewtonSchedule
 
 from .chunk import StatesLowering, epilogue, states_var
 from .fused_loop import KernelCode, gates_called
 from .gated_scan import GatedScanProgram, layout
-from .ir_to_torch import Names, comment, number
+from .ir_to_torch import comment, number
 from .loop import INDENT, py_name
 from .printable import triton_refusal
 from .render import missing_dependency, render
@@ -108,27 +108,17 @@ class NewtonTritonProgram(GatedScanProgram):
 
     def forward_triton(self) -> str:
         f = self.form
-        first, state = py_name(self.ir.inputs[0].name), py_name(f.states[0])
-        self.names = names = self.sympy.names = Names(self.ir)
-        self.sympy.definitions = []
-        every, new = names.fresh(f"_{state}_all"), states_var(names, f.states[0], "new")
-        dims = ", ".join(map(str, (*f.heads, f.lanes)))
+        state, every, new, dims, lines, ops, consts = self.opening()
         S = math.prod(f.heads) * f.lanes
-        lines = [f"B, T = {first}.shape[:2]", f"_like = {first}",
-                 "_dtype, _device = _like.dtype, _like.device"]
-        ops, consts = self.operands(lines)
         lines += [(f"_h0 = {state}.reshape(-1, {S}).to(torch.promote_types({state}.dtype, "
                    "_dtype))"),
                   f"{every} = newton_scan([{', '.join(ops)}], [{', '.join(consts)}], _h0, T)",
                   f"{new} = {every}.reshape(B, T, {dims})"]
         lines += self.outputs(every, dims)
         lines.append(f"{state} = ({every}[:, -1] if T else _h0).reshape(-1, {dims})")
-        outs = ", ".join(f'"{n.arg}": {py_name(n.arg)}' for n in map(self.ir.node, self.ir.stmts)
-                         if n.op == Op.OUT)
-        lines.append(f'return {{{outs}}}, {{"{f.states[0]}": {state}}}')
         if "dtype" not in self.sympy.needs:  # no torch.arange: no _device
             lines[2] = "_dtype = _like.dtype"
-        lines[3:3] = self.sympy.definitions
+        lines = self.closing(lines, state)
         doc = (f'"""Runs {self.ir.name} over whole sequences by Newton\'s method in the '
                'Triton kernels above: inputs\n    [B, T, ...], states are the initial ones; '
                'returns (outputs, final states)."""')
