@@ -20,6 +20,7 @@ from torch.func import grad, jacrev, vmap
 import reclang
 from reclang.runtime.chunk import LOG_ZERO, chunk_affine
 from reclang.runtime.chunk_backward import ScalarDecayChunks
+from reclang.runtime.chunk_layout import flat_rows, in_chunks
 from reclang.schedule import ChunkSchedule
 
 F = torch.nn.functional
@@ -32,6 +33,14 @@ def operands(T, Ri=1, Rq=1, seed=0, B=2, H=2, K=3, V=2):
     w = -F.softplus(rand(B, T, H, 1))
     return [x.requires_grad_() for x in (w, rand(B, T, Ri, H, K), rand(B, T, Ri, H, V),
                                          rand(B, T, Rq, H, K), rand(B, H, K, V))]
+
+
+def every_output(w, k, v, q, h0, C):
+    """The Function's outputs (o, final state, start states) on sequences [B, T, ...],
+    chunked as runtime/chunk_backward.py scalar_chunkwise does."""
+    w, *rows = in_chunks((w, k, v, q), C)
+    return ScalarDecayChunks.apply(w, *(flat_rows(x) for x in rows), h0, q.shape[2],
+                                   k.shape[2])
 
 
 def loop(w, k, v, q, h0):
@@ -79,7 +88,7 @@ def test_gradcheck_and_gradgradcheck(T, chunk, Ri, Rq):
     gradient is the second derivative's path through them). Small sizes: numerical
     Jacobians of second derivatives take minutes beyond."""
     x = operands(T, Ri, Rq, seed=T + 1, B=1, H=1, K=2, V=2)
-    f = lambda *x: ScalarDecayChunks.apply(*x, min(chunk, T))  # noqa: E731
+    f = lambda *x: every_output(*x, min(chunk, T))  # noqa: E731
     assert torch.autograd.gradcheck(f, x, fast_mode=True)
     assert torch.autograd.gradgradcheck(f, x, fast_mode=True)
 
@@ -87,7 +96,7 @@ def test_gradcheck_and_gradgradcheck(T, chunk, Ri, Rq):
 def test_only_one_output_used():
     """Unused outputs reach the backward as None (grads are not materialized)."""
     x = operands(9, 2, 2, B=1, H=1, K=2, V=2)
-    f = lambda *x: ScalarDecayChunks.apply(*x, 4)  # noqa: E731
+    f = lambda *x: every_output(*x, 4)  # noqa: E731
     assert torch.autograd.gradcheck(lambda *x: f(*x)[0], x)
     assert torch.autograd.gradcheck(lambda *x: f(*x)[1], x)
 
