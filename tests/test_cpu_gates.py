@@ -2,8 +2,8 @@
 their error against float64 over a dense sweep of every float32 (one bit pattern in 1021,
 all signs and exponents, plus the edges) is no more than that of what they replace
 (glibc's vector functions, compiled the same way; torch's own float32 figure printed
-beside them); inf, NaN, overflow, underflow and subnormals are right. And the kernel's float32 outputs
-of every diagonal catalogue cell match the sequential backend's float32 ones."""
+beside them); inf, NaN, overflow, underflow and subnormals are right. And the kernel's
+float32 outputs of every diagonal catalogue cell match the sequential backend's."""
 
 from __future__ import annotations
 
