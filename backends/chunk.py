@@ -32,7 +32,9 @@ Cost:       O(T·C·K + T·K·V) work per head in batched matmuls, plus the pass
             steps (two matmuls each) with one.
 Numerics:   exponents of decays are differences within a chunk (see 1); the
             triangular solve is exact for |score(b, a)| of order 1 (DeltaNet keys of
-            norm ≤ 1, β ≤ 2). Gradients by autograd (and the scan's own backward).
+            norm ≤ 1, β ≤ 2). Gradients: a scalar decay without a low-rank part
+            has a hand-written backward that recomputes the scores of each chunk
+            (runtime/chunk_backward.py); the others by autograd (and the scan's).
             NaN and ±inf stay causal and a log decay of -inf is a decay of 0
             (`causal_pass`: a second run where an operand is not finite).
 """

@@ -2,7 +2,7 @@
 chunkwise form (issue 25), side by side in one process on the CPU.
 
     python benchmarks/mlstm.py [--T 1024 4096] [--B 8] [--repeat 3] [--chunk 64]
-                               [--threads 1] [--clock cpu|wall]
+                               [--threads 1] [--clock cpu|wall] [--baseline CHECKOUT]
 
 mlstm_kernels (NX-AI, `pip install --no-deps mlstm-kernels einops`) is not a dependency
 of reclang: without it the script says so and stops. Its `mlstm_chunkwise__native_custbw`
@@ -87,6 +87,27 @@ def ours_fn(x: dict, chunk: int):
     return lambda: m(**x)  # -> (o [B, T, H, V], {"S": .., "n": ..})
 
 
+def baseline_fn(x: dict, chunk: int, checkout: Path):
+    """ours_fn with `_chunkwise` from another checkout's reclang/runtime/chunk.py (for a
+    before/after in one process; its imports resolve to this checkout's modules)."""
+    import importlib.util
+
+    import reclang.runtime.chunk as current
+    spec = importlib.util.spec_from_file_location(
+        "reclang.runtime.chunk_baseline", checkout / "reclang" / "runtime" / "chunk.py")
+    base = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(base)
+    ours = ours_fn(x, chunk)
+
+    def run():
+        mine, current._chunkwise = current._chunkwise, base._chunkwise
+        try:
+            return ours()
+        finally:
+            current._chunkwise = mine
+    return run
+
+
 def their_fn(fn, x: dict, chunk: int):
     """fn on x in its layout ([B, H, T, ...], contiguous, made here, before timing)."""
     y = {n: t.detach().transpose(1, 2).contiguous().requires_grad_(t.requires_grad)
@@ -130,11 +151,13 @@ def _rel(a, b) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-def rows(kernels: dict, B: int, T: int, chunk: int, repeat: int):
+def rows(kernels: dict, B: int, T: int, chunk: int, repeat: int, baseline=None):
     """(label, forward ms, forward+backward ms) for ours and theirs at one size."""
     x = {n: t.requires_grad_() for n, t in inputs(B, T, torch.float32).items()}
     ours = ours_fn(x, chunk)
     runs = {"chunk": (ours, lambda r: r[0], x)}
+    if baseline is not None:
+        runs["chunk (baseline)"] = (baseline_fn(x, chunk, baseline), lambda r: r[0], x)
     for name, fn in kernels.items():
         y, run = their_fn(fn, x, chunk)
         runs[f"mlstm_kernels {name}"] = (run, lambda r: r[0], y)
@@ -144,7 +167,7 @@ def rows(kernels: dict, B: int, T: int, chunk: int, repeat: int):
     dh = torch.randn(B, T, H, K)
     out = []
     for label, (run, first, leaves) in runs.items():
-        grad = dh if label == "chunk" else dh.transpose(1, 2).contiguous()
+        grad = dh if label.startswith("chunk") else dh.transpose(1, 2).contiguous()
         with torch.no_grad():
             fwd = best_of(run, repeat)
         both = best_of(lambda: torch.autograd.backward(first(run()), grad), repeat)
@@ -163,6 +186,8 @@ def main() -> int:
     parser.add_argument("--chunk", type=int, default=64, help="both sides' chunk size")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", choices=sorted(CLOCK), default="cpu")
+    parser.add_argument("--baseline", type=Path, help="another checkout (e.g. main's): "
+                        "also time its chunkwise form, in this process")
     args = parser.parse_args()
     clock = CLOCK[args.clock]
     torch.set_num_threads(args.threads)
@@ -176,7 +201,7 @@ def main() -> int:
     print(f"{'T':>6}  {'':<24}{'fwd ms':>9}{'f+b ms':>9}{'fwd ratio':>11}{'f+b ratio':>11}"
           "   (ratio: time / mlstm_kernels custbw's)")
     for T in args.T:
-        out, err = rows(kernels, args.B, T, args.chunk, args.repeat)
+        out, err = rows(kernels, args.B, T, args.chunk, args.repeat, args.baseline)
         ref = next(r for r in out if r[0] == "mlstm_kernels custbw")
         for label, fwd, both in out:
             print(f"{T:>6}  {label:<24}{fwd:>9.1f}{both:>9.1f}{fwd / ref[1]:>11.2f}"

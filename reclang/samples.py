@@ -9,12 +9,15 @@ in the range the cell expects, as flash-linear-attention's tests draw them:
 - the key of a delta rule, an input k in both vectors of a low-rank term −β k kᵀ
   (DeltaNet, Gated DeltaNet, Titans): k of unit norm along the summed axis, as fla's
   L2-normalized keys, and the factors of the term read without that axis, such as β, in
-  (0, 1), so that I − β k kᵀ contracts.
+  (0, 1), so that I − β k kᵀ contracts;
+- a low-rank term b aᵀ of two inputs of one shape (RWKV-7's "in-context learning rate"
+  pair): a of unit norm and b = −a ⊙ u with u in (0, 1), as fla's tests build RWKV-7's
+  a = −k̂ and b = k̂ ⊙ u from one normalized key, so that I + b aᵀ contracts too.
 
 A normal log gate above 0 grows the state by e^g at every step: GLA at T = 64 reached
 1e13 on such inputs, DeltaNet's normal keys overflowed to nan by T = 1024. Every other
-input stays normal: a low-rank term of two different inputs (RWKV-7's a and b) can still
-diverge, which the caller reports when the outputs are not finite."""
+input stays normal; a cell whose low-rank vectors are intermediates (KDA's, DeltaProduct's) gets
+normal keys and can diverge, which the caller reports when the outputs are not finite."""
 
 from __future__ import annotations
 
@@ -29,19 +32,23 @@ def random_inputs(cell, batch: int, T: int, scale: float = 1.0, **like) -> dict:
     for d in cell.ir.inputs:
         x = scale * torch.randn(batch, T, *d.shape, **like)
         kind = kinds.get(d.name)
-        if isinstance(kind, tuple):  # ("norm", axis): unit norm along the axis
+        if isinstance(kind, tuple) and kind[0] == "norm":  # unit norm along the axis
             x = torch.nn.functional.normalize(x, dim=2 + kind[1])
         elif kind in ("log", "-log"):
             x = torch.nn.functional.logsigmoid(x) * (1 if kind == "log" else -1)
         elif kind == "unit":
             x = torch.sigmoid(x)
         out[d.name] = x
+    for name, kind in kinds.items():  # ("against", a): -a ⊙ u, once a is drawn
+        if isinstance(kind, tuple) and kind[0] == "against" and \
+                out[name].shape == out[kind[1]].shape:
+            out[name] = -out[kind[1]] * torch.sigmoid(out[name])
     return out
 
 
 def gate_kinds(plan) -> dict:
-    """{input name: "log" | "-log" | "unit" | ("norm", axis)} for the inputs the
-    transitions read as gates and keys."""
+    """{input name: "log" | "-log" | "unit" | ("norm", axis) | ("against", input)} for
+    the inputs the transitions read as gates and keys."""
     inputs = {d.name for d in plan.ir.inputs}
     kinds: dict = {}
     for state in plan.states:
@@ -67,12 +74,22 @@ def _key_kinds(left: sympy.Expr, right: sympy.Expr, inputs: set[str]) -> dict:
             if axis is not None:
                 found[name] = ("norm", axis)
     if not found:
-        return {}
+        return _pair_kinds(left, right, inputs)
     for factor in sympy.Mul.make_args(left):
         name = _input_read(factor, inputs)
         if name and name not in found:
             found[name] = "unit"
     return found
+
+
+def _pair_kinds(left: sympy.Expr, right: sympy.Expr, inputs: set[str]) -> dict:
+    """A term b[.., i]·a[.., l] of two inputs read alike but for that one axis: a
+    normalized along it, b drawn against a."""
+    b, a = _input_read(left, inputs), _input_read(right, inputs)
+    if b is None or a is None or b == a:
+        return {}
+    axis = _differing_axis(left, right)
+    return {} if axis is None else {a: ("norm", axis), b: ("against", a)}
 
 
 def _differing_axis(a: sympy.Indexed, b: sympy.Indexed) -> int | None:

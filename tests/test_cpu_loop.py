@@ -229,7 +229,8 @@ def test_every_kernel_spelling_is_defined_in_cpp():
     """The C++ spellings are a view of the Triton ones: each has a definition."""
     heads = {spelling.split("(")[0] for spelling in TRITON.values()} - {""}  # "": arithmetic
     assert heads <= set(CPP_FUNCTIONS), heads - set(CPP_FUNCTIONS)
-    template = (TEMPLATES / "cpu_loop.cpp.jinja").read_text()
+    template = "".join((TEMPLATES / name).read_text()
+                       for name in ("cpu_loop.cpp.jinja", "cpu_gates.cpp.jinja"))
     for name in CPP_FUNCTIONS:
         assert re.search(rf"inline T {name.replace('tl.', 'tl_')}\(", template), name
 

@@ -4,7 +4,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 12600  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+LINE_BUDGET = 12700  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+# (12600 -> 12700: issue 25's hand-written backward of the scalar-decay chunkwise form,
+# ~125 lines: runtime/chunk_backward.py, runtime/chunk_layout.py)
 # (12500 -> 12600: reclang/samples.py, run's inputs in the ranges the plan finds, ~75 lines;
 # relu and clamp by name, gradients at ties as torch's; codegen/printable.py split out)
 # (12400 -> 12500: issue 25's mLSTM chunk target, ~95 lines: states sharing one chunk

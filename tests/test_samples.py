@@ -52,3 +52,18 @@ def test_inputs_without_a_gate_are_normal_samples_of_the_scale():
     xs = random_inputs(cell, 64, 64, 0.5)
     assert (xs["g"] <= 0).all()
     assert abs(xs["v"].std().item() - 0.5) < 0.02 and abs(xs["v"].mean().item()) < 0.02
+
+
+def test_a_low_rank_pair_of_two_inputs_is_drawn_as_one_contracting_term():
+    """RWKV-7's b aᵀ: a of unit norm along the key axis, b = -a ⊙ u with u in (0, 1),
+    so that I + b aᵀ contracts (normal a and b made the state nan by T = 64)."""
+    cell = reclang.load("specs/rwkv7.rec", H=2, K=4, V=4)
+    assert gate_kinds(cell.plan) == {"w": "log", "a": ("norm", 1), "b": ("against", "a")}
+    torch.manual_seed(0)
+    xs = random_inputs(cell, 3, 5, dtype=torch.float64)
+    assert torch.allclose(xs["a"].norm(dim=-1), torch.ones(3, 5, 2, dtype=torch.float64))
+    u = -xs["b"] / xs["a"]
+    assert ((u > 0) & (u < 1)).all()
+    y, state = cell.module("sequential").double()(**random_inputs(cell, 2, 64,
+                                                                   dtype=torch.float64))
+    assert torch.isfinite(y).all() and state["S"].abs().max() < 1e3

@@ -24,6 +24,10 @@ CPP_FUNCTIONS = ("tl.exp", "tl.log", "tl.sqrt", "tl.abs", "tl.floor", "tl.erf", 
                  "tl.cos", "tl.sigmoid", "_softplus", "_logsigmoid", "_tanh", "_sign",
                  "_heaviside", "_relu", "_clamp")
 
+# the prelude's functions that remain calls of glibc's vector functions in float32; a
+# step with one of them keeps glibc's exp too (cpu_gates.cpp.jinja, INLINE_EXP)
+LIBMVEC_CALLS = ("tl_log", "tl_erf", "tl_sin", "tl_cos", "_softplus", "_logsigmoid", "_tanh")
+
 
 class CppPrinter(TritonPrinter):
     """sympy scalar expressions as C++ over scalars of the kernel's type T (float or
@@ -122,6 +126,8 @@ class CppCode(KernelCode):
         slots["state_of_product_list"] = slots["state_of_product"]
         slots["state_of_product"] = slots["state_of_product"].strip("[]")
         slots["N"], slots["heads"] = self.form.lanes, math.prod(self.form.heads)
+        slots["inline_exp"] = not any(f"{name}(" in slots[part] for name in LIBMVEC_CALLS
+                                      for part in ("forward", "backward"))
         if not self.form.weights:  # units independent: the heads' units as one row, so
             # that a step reads them contiguously (Mamba's heads d of 16 units n each read
             # 64 bytes a step, 98 KB apart, and the kernel waited on memory)

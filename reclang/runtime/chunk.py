@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import torch
 
+from .chunk_backward import scalar_chunkwise
+from .chunk_layout import flat, flat_rows, from_chunks, in_chunks, scalar_decays
 from .scan import branches_on_data, linear_scan
+
 
 def chunk_affine(w, a, b, k, v, q, h0, *, chunk: int, segment: int, a_over_k=None):
     """The chunkwise form of one state (`_chunkwise`) in chunks of `chunk` steps,
@@ -88,7 +91,9 @@ def _chunkwise(w, a, b, k, v, q, h0, chunk: int, a_over_k=None):
     """
     T = w.shape[1]
     C = min(chunk, T)
-    w, a, b, k, v, q, a_over_k = _in_chunks((w, a, b, k, v, q, a_over_k), C)
+    if a is None and q is not None and w.shape[-1] == 1:  # saves no scores: recomputes
+        return scalar_chunkwise(w, k, v, q, h0, C)
+    w, a, b, k, v, q, a_over_k = in_chunks((w, a, b, k, v, q, a_over_k), C)
     if a_over_k is not None:  # [B, N, H, C, R, 1] -> a factor on the columns of scores
         columns = a_over_k[..., 0][..., None, None, :, :]
         against_a = lambda x, x_k: x_k * columns  # noqa: E731
@@ -99,18 +104,18 @@ def _chunkwise(w, a, b, k, v, q, h0, chunk: int, a_over_k=None):
     G_end = G[..., -1:, :]          # [B, N, H, 1, Kw]
     to_end = lambda x: x * torch.exp(G_end - G)[..., None, :]  # noqa: E731  [.., C, R, K]
     from_start = lambda x: x * torch.exp(Gx)[..., None, :]     # noqa: E731
-    v_rows = _flat_rows(v)          # [.., C·Ri, V], copied once for both products
-    kv_end = _flat_rows(to_end(k)).mT @ v_rows                # [B, N, H, K, V]
+    v_rows = flat_rows(v)          # [.., C·Ri, V], copied once for both products
+    kv_end = flat_rows(to_end(k)).mT @ v_rows                # [B, N, H, K, V]
     decay_end = torch.exp(G_end[..., 0, :])[..., None]        # [B, N, H, Kw, 1]
     if a is not None:
         b_k = _scores(b, k, Gx, G)
-        tri = torch.eye(C * a.shape[4], dtype=w.dtype, device=w.device) - _flat(
+        tri = torch.eye(C * a.shape[4], dtype=w.dtype, device=w.device) - flat(
             against_a(b, b_k))
         # one solve for both right-hand sides: W (the start state's part) and U
-        rhs = torch.cat([_flat_rows(from_start(b)), _flat(b_k) @ v_rows], -1)
+        rhs = torch.cat([flat_rows(from_start(b)), flat(b_k) @ v_rows], -1)
         WU = torch.linalg.solve_triangular(tri, rhs, upper=False, unitriangular=True)
         W, U = WU[..., :b.shape[-1]], WU[..., b.shape[-1]:]
-        a_end = _flat_rows(to_end(a))
+        a_end = flat_rows(to_end(a))
     if a is None:  # the state from chunk to chunk is an elementwise linear recurrence
         ends = linear_scan(decay_end, kv_end, h0)          # [B, N, H, K, V]
         # split, not ends[:, :-1] and ends[:, -1]: their backwards are zero tensors of
@@ -122,21 +127,11 @@ def _chunkwise(w, a, b, k, v, q, h0, chunk: int, a_over_k=None):
     if q is None:
         return None, h
     q_k = _scores(q, k, Gx, G)
-    out = _flat_rows(from_start(q)) @ S0 + _flat(q_k) @ v_rows
+    out = flat_rows(from_start(q)) @ S0 + flat(q_k) @ v_rows
     if a is not None:
-        out = out + _flat(against_a(q, q_k)) @ torch.stack(ys, 1)
+        out = out + flat(against_a(q, q_k)) @ torch.stack(ys, 1)
     Rq = q.shape[4]
-    out = out.unflatten(3, (C, Rq)).permute(0, 1, 3, 4, 2, 5)  # [B, N, C, Rq, H, V]
-    return out.flatten(1, 2)[:, :T], h
-
-
-def _in_chunks(operands, C: int):
-    """The operands (None stays None) padded to whole chunks of C steps, with decay 1
-    and no input (the state stays as it is), as [B, N, H, C, ..., X]."""
-    B, T = next(x for x in operands if x is not None).shape[:2]
-    pad = (-T) % C
-    return tuple(None if x is None else _chunked(torch.cat(
-        [x, x.new_zeros((B, pad, *x.shape[2:]))], 1) if pad else x, C) for x in operands)
+    return from_chunks(out.unflatten(3, (C, Rq)), T), h
 
 
 def _low_rank_pass(W, U, decay_end, kv_end, a_end, h0):
@@ -155,26 +150,16 @@ def _low_rank_pass(W, U, decay_end, kv_end, a_end, h0):
     return torch.stack(starts, 1), ys, h
 
 
-def _chunked(x, C):
-    """[B, T, ..., H, X] -> [B, N, H, C, ..., X] (rank dims stay between C and X)."""
-    x = x.unflatten(1, (-1, C))     # [B, N, C, (R,) H, X]
-    if x.dim() == 5:
-        return x.permute(0, 1, 3, 2, 4)
-    return x.permute(0, 1, 4, 2, 3, 5)
-
-
 def _scores(x, y, Gx, G):
     """score(x, y)[t, r, s, r'] = Σ_i x[t, r, i] y[s, r', i] exp(Gx_t[i] - G_s[i]), s < t.
 
     x: [B, N, H, C, Rx, K]; y: [B, N, H, C, Ry, K]; Gx, G: [B, N, H, C, 1 or K]."""
     C = G.shape[3]
-    later = torch.ones(C, C, dtype=torch.bool, device=G.device).tril(-1)  # t > s
     if G.shape[-1] == 1:
-        gap = (Gx - G.transpose(-1, -2)).masked_fill(~later, float("-inf"))  # [.., C, C]
         # one matmul of the rows (t, a) and (s, b), contiguous: einsum permuted its
         # operands and its result around the same bmm (copies: 12% of mLSTM's forward)
-        raw = (_flat_rows(x) @ _flat_rows(y).mT).unflatten(-1, (C, y.shape[-2]))
-        return raw.unflatten(-3, (C, x.shape[-2])) * torch.exp(gap)[..., :, None, :, None]
+        raw = (flat_rows(x) @ flat_rows(y).mT).unflatten(-1, (C, y.shape[-2]))
+        return raw.unflatten(-3, (C, x.shape[-2])) * scalar_decays(Gx, G)[..., :, None, :, None]
     return _keywise(x, y, Gx, G)
 
 
@@ -215,16 +200,6 @@ def _half(t, b: int, which: int):
     """[B, N, H, n, ...] -> the first (0) or second (1) halves of its blocks of 2b steps,
     [B, N, H, n / 2b, b, ...]."""
     return t.unflatten(3, (-1, 2, b))[:, :, :, :, which]
-
-
-def _flat(scores):
-    """[.., C, Rx, C, Ry] -> [.., C·Rx, C·Ry]."""
-    return scores.flatten(-2, -1).flatten(-3, -2)
-
-
-def _flat_rows(x):
-    """[.., C, R, X] -> [.., C·R, X]."""
-    return x.flatten(-3, -2)
 
 
 def check_log_decay(w: torch.Tensor, state: str) -> None:

@@ -33,8 +33,11 @@ from pathlib import Path
 from .. import config
 from .files import write_atomically
 
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC",
-         "-std=c++17")
+# -fno-trapping-math: no FP exception is ever observed (the values are IEEE's either way);
+# without it GCC keeps a select or a division under a condition as a branch, and the
+# step's loop stayed scalar on AVX2 (indrnn's relu, rwkv4, slstm; docs/backends.md)
+FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math",
+         "-shared", "-fPIC", "-std=c++17")
 COMPILE_TIMEOUT_S = 300
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL] = {}  # key -> the library, once per process
