@@ -164,12 +164,12 @@ def diag_rows(repeat: int, quick: bool, bandwidth: float, huge: float):
             times[backend] = fwd
             extra = ""
             if backend == "cpu":
-                ms, (ops, _, _, h0, *_) = kernel_ms(m, x, repeat)
+                ms, (parts, _, _, h0, *_) = kernel_ms(m, x, repeat)
                 S, Y = h0.shape[0], len(cell.form("cpu").lanes.outputs)
                 per_step = h0.numel() // S  # B·HEADS·N
-                # read, written; without a backward the states stay in a buffer of two
-                # steps (in cache), not counted
-                moved = 4 * (ops.numel() + ops.shape[0] * per_step * Y)
+                # read (the operands' parts [B, T, k, HEADS, N]), written; without a
+                # backward the states stay in a buffer of two steps (in cache), not counted
+                moved = 4 * (sum(x.numel() for x in parts) + parts[0].shape[1] * per_step * Y)
                 rate = moved / ms / 1e6
                 extra = (f"{ms:8.1f} {rate:6.1f} {100 * rate / bandwidth:6.0f}% "
                          f"{100 * rate / huge:7.0f}%")

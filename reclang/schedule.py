@@ -187,7 +187,9 @@ class CpuLoopSchedule(Schedule):
     loop together (each weight row read once for all of them, at most 16: a block's
     products and states sit on the stack, [J or S, block_b, N]), or half as many when
     the batch has fewer than `block_b` for each thread; blocks shared among `threads`
-    threads (None: torch.get_num_threads() at the call)."""
+    threads (None: torch.get_num_threads() at the call). A cell without products
+    (minGRU, HGRN, RG-LRU, Mamba's S6) runs its sequences one at a time: it has no weight
+    to share, and fewer memory streams run faster."""
 
     block_b: int = 8
     threads: int | None = None

@@ -1,4 +1,5 @@
-"""torch.compile and torch.autocast on every CPU backend, one spec of each form.
+"""torch.compile and torch.autocast on every CPU backend, one spec of each form (the cpu
+backend's kernel: two torch operators, reclang/runtime/cpu_kernel.py).
 
 `torch.compile(m, fullgraph=True)` must trace RecModule.forward and the generated code
 in one graph (no graph break in the recurrence), forward and backward, with outputs,
@@ -17,11 +18,11 @@ import reclang
 
 # one spec of each form, small, on every CPU backend that runs it
 FORMS = {
-    "min_gru": ({"D": 3, "N": 4}, ("sequential", "scan")),              # diag
+    "min_gru": ({"D": 3, "N": 4}, ("sequential", "scan", "cpu")),       # diag
     "s4d": ({"D": 2, "N": 3}, ("sequential", "scan", "fft")),           # diag-lti
     "gla": ({"H": 2, "K": 3, "V": 2}, ("sequential", "chunk")),         # mat-decay
     "delta_net": ({"H": 2, "K": 3, "V": 2}, ("sequential", "chunk")),   # dplr
-    "lstm": ({"D": 3, "N": 4}, ("sequential",)),                        # nonlinear
+    "lstm": ({"D": 3, "N": 4}, ("sequential", "cpu")),                  # nonlinear
 }
 CASES = [(spec, backend) for spec, (_, backends) in FORMS.items() for backend in backends]
 T = 7  # a prime: whole chunks and a remainder, on the scan (C = 3) and chunk (C = 4) paths
@@ -114,7 +115,7 @@ def test_autocast_gives_one_dtype_on_every_backend(spec):
 
 
 @pytest.mark.parametrize("spec,backend", [("min_gru", "sequential"), ("min_gru", "scan"),
-                                          ("s4d", "fft")])
+                                          ("s4d", "fft"), ("lstm", "cpu")])
 def test_dynamic_shapes_compile_equals_eager_at_two_lengths(spec, backend):
     """torch.compile(dynamic=True) traces T as a symbol (as dynamo does by itself once a
     second length arrives): the scan's chunk length was math.isqrt of it, which dynamo

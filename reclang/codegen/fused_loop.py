@@ -309,6 +309,8 @@ def spec_axes(ir: IR, form: LaneForm) -> dict:
 class FusedProgram(Program):
     """forward(): the operands and weights in PyTorch, then the fused kernel."""
 
+    PAD = "pad_packed"  # packed sequences' operands as a batch (reclang/runtime/packing.py)
+
     def __init__(self, ir: IR, form: LaneForm, schedule: Schedule, summary: str):
         super().__init__(ir, schedule, summary)
         self.form = form
@@ -353,9 +355,7 @@ class FusedProgram(Program):
         with its biases (F.linear) written there, the other operands beside them."""
         f = self.form
         H, N = math.prod(f.heads), f.lanes
-        parts = [self.linear(group, unit) if isinstance(group[0], WeightedSum) else
-                 f"{self.tensor(group[0].expr, unit, shape, 'operand')}.reshape(B, T, 1, {H}, "
-                 f"{N})" for group in operand_groups(f, self.ir)]
+        parts = self.parts(unit, shape)
         if not parts:
             self.lines.append(f"_ops = _like.new_empty((T, 0, B, {H}, {N}))")
             return
@@ -365,6 +365,18 @@ class FusedProgram(Program):
         self.lines.append("_ops = torch.cat([")
         self.lines += [f"    {p}," for p in parts]
         self.lines.append("], dim=2).permute(1, 2, 0, 3, 4)")
+
+    def parts(self, unit: list[str], shape: str) -> list[str]:
+        """The operands' tensors [B, T, k, HEADS, N], one for each of self.groups()."""
+        f = self.form
+        H, N = math.prod(f.heads), f.lanes
+        return [self.linear(group, unit) if isinstance(group[0], WeightedSum) else
+                f"{self.tensor(group[0].expr, unit, shape, 'operand')}.reshape(B, T, 1, {H}, "
+                f"{N})" for group in self.groups()]
+
+    def groups(self) -> list[list]:
+        """The operands in the groups forward makes them in (operand_groups)."""
+        return operand_groups(self.form, self.ir)
 
     def linear(self, sums: list[WeightedSum], unit: list[str]) -> str:
         """Weighted sums over one input as one matmul: the rows of their coefficients
@@ -420,7 +432,7 @@ class FusedProgram(Program):
         self.lines += [
             "_starts = None",
             "if cu_seqlens is not None:  # padded at the front to the longest: one launch",
-            "    _ops, _starts = pad_packed(_ops, cu_seqlens)",
+            f"    _ops, _starts = {self.PAD}(_ops, cu_seqlens)",
             "_out, _last = fused_loop(_ops, _consts, _w, _h0, _starts)",
             "if cu_seqlens is not None:",
             "    _out = unpad_packed(_out, cu_seqlens, _starts)"]

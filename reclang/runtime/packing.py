@@ -130,20 +130,39 @@ def run_packed(run, inputs: dict, state: dict | None, cu_seqlens) -> tuple[dict,
     return outs, finals
 
 
+def _right_aligned(cu_seqlens):
+    """(tokens [T_max, N_seq]: the packed token at each step of each sequence, 0 before
+    its start; live [T_max, N_seq]: past its start; starts [N_seq]) for the sequences
+    aligned to end together at the last step."""
+    import torch
+
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    T = int(lengths.max())
+    starts = T - lengths
+    steps = torch.arange(T, device=cu_seqlens.device)[:, None]
+    live = steps >= starts                                   # [T_max, N_seq]
+    return torch.where(live, cu_seqlens[:-1] + steps - starts, 0), live, starts
+
+
 def pad_packed(ops, cu_seqlens):
     """Operands of sequences packed along time, [total, O, 1, H, N], as a batch
     [T_max, O, N_seq, H, N] in which they all end at the last step (zeros before each
     one's start), and those starts [N_seq]."""
     import torch
 
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    T = int(lengths.max())
-    starts = T - lengths
-    steps = torch.arange(T, device=ops.device)[:, None]
-    live = steps >= starts                                   # [T_max, N_seq]
-    tokens = torch.where(live, cu_seqlens[:-1] + steps - starts, 0)
+    tokens, live, starts = _right_aligned(cu_seqlens)
     padded = torch.where(live[..., None, None, None], ops[:, :, 0][tokens], 0)
     return padded.transpose(1, 2), starts
+
+
+def pad_packed_parts(parts, cu_seqlens):
+    """pad_packed for the cpu kernel's operand parts, each [1, total, k, H, N]: each as
+    [N_seq, T_max, k, H, N], and the starts [N_seq]."""
+    import torch
+
+    tokens, live, starts = _right_aligned(cu_seqlens)
+    tokens, live = tokens.t(), live.t()                      # [N_seq, T_max]
+    return [torch.where(live[..., None, None, None], x[0][tokens], 0) for x in parts], starts
 
 
 def unpad_packed(out, cu_seqlens, starts):
