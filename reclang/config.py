@@ -12,6 +12,8 @@ RECLANG_AUTO_MEASURE  whether `auto` times the backends on CPU tensors, per size
                     the fastest (1, the default; 0: the static ranking alone, neither
                     measured nor read from the cache, as the test suite pins it:
                     deterministic choices; reclang/cost/auto.py)
+RECLANG_CPU_BUFFERS  the bytes of freed output buffers the cpu backend keeps mapped for
+                    its next calls (1 GiB; 0: none; reclang/runtime/cpu_buffers.py)
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ def auto_compiled() -> bool:
 
 def auto_measure() -> bool:
     return _int("RECLANG_AUTO_MEASURE", 1) != 0
+
+
+def cpu_buffers() -> int:
+    return _int("RECLANG_CPU_BUFFERS", 1 << 30)
 
 
 def _private_dir(path: Path, fallback: Path | None = None) -> Path:

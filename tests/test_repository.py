@@ -4,8 +4,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LINE_BUDGET = 12900  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
-# (12700 -> 12900: the cpu kernel as torch operators, reclang/runtime/cpu_kernel.py)
+LINE_BUDGET = 12975  # reclang/ + backends/, non-blank lines: raise it on purpose, not by drift
+# (12700 -> 12975: the cpu kernel as torch operators and its kept output buffers,
+# reclang/runtime/cpu_kernel.py, cpu_buffers.py)
 # (12600 -> 12700: issue 25's hand-written backward of the scalar-decay chunkwise form,
 # ~125 lines: runtime/chunk_backward.py, runtime/chunk_layout.py)
 # (12500 -> 12600: reclang/samples.py, run's inputs in the ranges the plan finds, ~75 lines;

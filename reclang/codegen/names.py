@@ -17,7 +17,8 @@ GENERATED = {
     "linear_scan", "dense_scan", "dense_transition", "from_mixed_last", "mixed_last",
     "fft_scan", "chunk_affine", "check_log_decay", "operand", "state_pass", "gated_scan",
     "state_pass_slots", "gated_readout", "final_states", "previous_states", "fused_loop",
-    "constant", "pad_packed", "pad_packed_parts", "unpad_packed", "cpu_kernel", "chunk_tables", "chunk_blocks", "check_offsets",
+    "constant", "pad_packed", "pad_packed_parts", "unpad_packed", "cpu_kernel", "chunk_tables",
+    "chunk_blocks", "check_offsets",
     "ctx", "self"}
 
 

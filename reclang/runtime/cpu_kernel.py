@@ -10,8 +10,9 @@ the generated backward. The kernel itself is C++ called through ctypes
 The operators are `reclang::<key>_forward` and `reclang::<key>_backward` (`key`: the
 cell's name and the hash of its C++ source), registered once per process and shared by
 every module of that kernel. Layouts are the kernel's (cpu_loop.cpp.jinja): parts
-[B, T, k, HEADS, N] each (forward's operand tensors, read where they are; one of width 0
-for a cell without operands, so that T is known), consts [C, HEADS, N], w [J, HEADS, N, N],
+[B, T, k, HEADS, N] each (forward's operand tensors, read where they are, or a copy of a
+broadcast one made in the operator; one of width 0 for a cell without operands, so that T
+is known), consts [C, HEADS, N], w [J, HEADS, N, N],
 h0 [S, B, HEADS, N], starts [B] int32 -> out [Y, B, T, HEADS, N], last [S, B, HEADS, N].
 First derivatives only.
 """
@@ -25,6 +26,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from .cpu_buffers import empty
 
 ENTRY_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _lock = threading.Lock()
@@ -48,26 +51,41 @@ def _pointers(*tensors: Tensor) -> list:
     return [ctypes.c_void_p(x.data_ptr()) for x in tensors]
 
 
+def _dense(parts: list[Tensor]) -> list[Tensor]:
+    """The parts as the kernel reads them, contiguous: a broadcast one (Mamba's Δ[d] over
+    n) copied into a kept buffer (a fresh tensor's first write costs more than the copy)."""
+    return [x if x.is_contiguous() else kept_buffer(x, tuple(x.shape)).copy_(x) for x in parts]
+
+
 def _parts(parts: list[Tensor]):
     """A C array of the parts' data pointers (the kernel's `const T* const* parts`)."""
     return (ctypes.c_void_p * len(parts))(*(x.data_ptr() for x in parts))
 
 
-def _forward_shapes(parts, h0, keep: int, outputs: int) -> tuple:
-    """(out, last, hist): hist [S, B, keep, HEADS, N] the states the backward reads."""
+def _new_empty(like: Tensor, shape: tuple) -> Tensor:
+    return like.new_empty(shape)
+
+
+def kept_buffer(like: Tensor, shape: tuple) -> Tensor:
+    return empty(shape, like)
+
+
+def _forward_shapes(parts, h0, keep: int, outputs: int, empty=_new_empty) -> tuple:
+    """(out, last, hist): hist [S, B, keep, HEADS, N] the states the backward reads.
+    `empty`: the large ones' allocation (the kernel's: kept buffers, cpu_buffers.py)."""
     T, (S, B, HEADS, N) = parts[0].shape[1], h0.shape
-    return (h0.new_empty((outputs, B, T, HEADS, N)), h0.new_empty((S, B, HEADS, N)),
-            h0.new_empty((S, B, keep, HEADS, N)))
+    return (empty(h0, (outputs, B, T, HEADS, N)), h0.new_empty((S, B, HEADS, N)),
+            empty(h0, (S, B, keep, HEADS, N)))
 
 
-def _backward_shapes(parts, consts, w, hist) -> tuple:
+def _backward_shapes(parts, consts, w, hist, empty=_new_empty) -> tuple:
     """(d_ops [B, T, O, HEADS, N]: the operands' gradients in one tensor, d_consts
     [C, B, HEADS, N] per sequence, d_r [J, B, T, HEADS, N] the products', d_first
     [S, B, HEADS, N] the initial states')."""
     T, (S, B, _, HEADS, N) = parts[0].shape[1], hist.shape
     width = sum(x.shape[2] for x in parts)  # O, the operands
-    return (hist.new_empty((B, T, width, HEADS, N)), hist.new_empty((consts.shape[0], B, HEADS, N)),
-            hist.new_empty((w.shape[0], B, T, HEADS, N)), hist.new_empty((S, B, HEADS, N)))
+    return (empty(hist, (B, T, width, HEADS, N)), hist.new_empty((consts.shape[0], B, HEADS, N)),
+            empty(hist, (w.shape[0], B, T, HEADS, N)), hist.new_empty((S, B, HEADS, N)))
 
 
 def _operators(name: str, library, outputs: int) -> tuple:
@@ -78,9 +96,10 @@ def _operators(name: str, library, outputs: int) -> tuple:
     @torch.library.custom_op(f"reclang::{name}_forward", mutates_args=(), device_types="cpu")
     def forward(parts: list[Tensor], consts: Tensor, w: Tensor, h0: Tensor, starts: Tensor,
                 keep: int, threads: int) -> tuple[Tensor, Tensor, Tensor]:
-        out, _, hist = _forward_shapes(parts, h0, keep, outputs)
+        out, _, hist = _forward_shapes(parts, h0, keep, outputs, kept_buffer)
         (T, B), wt = parts[0].shape[1::-1], w.transpose(-1, -2).contiguous()
         hist[:, :, 0] = h0
+        parts = _dense(parts)
         entry("forward", h0)(_parts(parts), *_pointers(consts, wt, hist, out, starts),
                              ctypes.c_int64(T), ctypes.c_int64(B), ctypes.c_int64(keep),
                              ctypes.c_int(threads or torch.get_num_threads()))
@@ -90,11 +109,11 @@ def _operators(name: str, library, outputs: int) -> tuple:
     def backward(parts: list[Tensor], consts: Tensor, w: Tensor, hist: Tensor, starts: Tensor,
                  d_out: Tensor, d_last: Tensor, threads: int
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        d_ops, d_consts, d_r, _ = _backward_shapes(parts, consts, w, hist)
+        d_ops, d_consts, d_r, _ = _backward_shapes(parts, consts, w, hist, kept_buffer)
         d_first = d_last.clone(memory_format=torch.contiguous_format)  # as at T = 0
         (T, B), wt = parts[0].shape[1::-1], w.transpose(-1, -2).contiguous()
         # every tensor the kernel reads is held here until it returns (ctypes keeps none)
-        d_out, d_last = d_out.contiguous(), d_last.contiguous()
+        d_out, d_last, parts = d_out.contiguous(), d_last.contiguous(), _dense(parts)
         entry("backward", hist)(_parts(parts), *_pointers(consts, w, wt, hist, starts),
                                 ctypes.c_int64(T), ctypes.c_int64(B),
                                 *_pointers(d_out, d_last, d_ops, d_consts, d_r, d_first),
@@ -111,10 +130,9 @@ def _operators(name: str, library, outputs: int) -> tuple:
             getattr(torch.ops.reclang, f"{name}_backward").default)
 
 
-def _autograd(forward, backward, outputs: int, state_of_product: list[int]) -> Callable:
-    """run() of the operators, through autograd Functions in the setup_context form: so
-    torch.func transforms them (a custom op's own register_autograd fails under
-    torch.func.grad, torch 2.13)."""
+def _derivative(backward):
+    """The backward operator in an autograd Function: under torch.func it gets plain
+    tensors (a bare custom op meets the transforms' wrappers); it has no derivative."""
 
     class Derivative(torch.autograd.Function):
         """The backward operator on plain tensors under torch.func; it has no derivative."""
@@ -132,6 +150,16 @@ def _autograd(forward, backward, outputs: int, state_of_product: list[int]) -> C
         def backward(ctx, *grads):
             raise RuntimeError("the cpu backend's kernel has first derivatives only; for "
                                "higher ones use backend 'sequential' or 'scan'")
+
+    return Derivative
+
+
+def _autograd(forward, backward, outputs: int, state_of_product: list[int]) -> Callable:
+    """run() of the operators, through autograd Functions in the setup_context form: so
+    torch.func transforms them (a custom op's own register_autograd fails under
+    torch.func.grad, torch 2.13)."""
+
+    Derivative = _derivative(backward)
 
     class Kernel(torch.autograd.Function):
         generate_vmap_rule = True  # by the operators' vmap rules
