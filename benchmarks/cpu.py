@@ -95,6 +95,13 @@ def timed(fn, xs: dict, repeat: int) -> tuple[float, float]:
     return forward * 1e3, best_of(both, repeat) * 1e3
 
 
+def auto_label(m) -> str:
+    """`auto=<what it ran>`: the backends it measured and chose for these sizes (forward,
+    forward+backward), else the static ranking's."""
+    chosen = sorted({c.backend for c in m._auto.chosen.values()}) if m._auto else []
+    return "auto=" + "/".join(chosen or [m.backend])
+
+
 def first(y) -> torch.Tensor:
     return y if torch.is_tensor(y) else next(iter(y.values()))
 
@@ -114,8 +121,8 @@ def rnn_rows(repeat: int, quick: bool, gflops: float):
             ref = timed(lambda x, nn=nn: nn(x)[0], x, repeat)
             for backend in ("cpu", "sequential", "auto"):
                 m = cell.module(backend)
-                label = backend if backend != "auto" else f"auto={m.backend}"
                 fwd, both = timed(lambda m=m, **v: first(m(**v)[0]), x, repeat)
+                label = backend if backend != "auto" else auto_label(m)
                 flops = 2 * B * T * N * N * len(cell.form("cpu").lanes.weights)
                 print(f"{name:7s} {B:3d} {T:5d} {N:4d} {label:10s} {fwd:8.1f} {ref[0]:8.1f} "
                       f"{fwd / ref[0]:6.2f} {both:8.1f} {ref[1]:8.1f} {both / ref[1]:6.2f} "
@@ -159,8 +166,8 @@ def diag_rows(repeat: int, quick: bool, bandwidth: float, huge: float):
             if backend != "auto" and not cell.supports(backend):
                 continue
             m = cell.module(backend)
-            label = backend if backend != "auto" else f"auto={m.backend}"
             fwd, both = timed(lambda m=m, **v: first(m(**v)[0]), x, repeat)
+            label = backend if backend != "auto" else auto_label(m)
             times[backend] = fwd
             extra = ""
             if backend == "cpu":
