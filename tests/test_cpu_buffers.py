@@ -20,22 +20,22 @@ SHAPE = (3, 1 << 19)  # 6 MiB of float32: three huge pages
 
 
 def test_a_freed_buffer_is_taken_again():
-    x = cpu_buffers.empty(SHAPE, torch.empty(0))
+    x = cpu_buffers.empty(torch.empty(0), SHAPE)
     assert x.shape == SHAPE and x.is_contiguous() and x.dtype == torch.float32
     x.fill_(1.5)
     address = x.data_ptr()
     del x
     gc.collect()
-    y = cpu_buffers.empty(SHAPE, torch.empty(0))
+    y = cpu_buffers.empty(torch.empty(0), SHAPE)
     assert y.data_ptr() == address  # the same mapped pages, not a fresh mapping
-    z = cpu_buffers.empty(SHAPE, torch.empty(0))  # y holds that one: another
+    z = cpu_buffers.empty(torch.empty(0), SHAPE)  # y holds that one: another
     assert z.data_ptr() != address
 
 
 def test_small_tensors_and_other_dtypes_are_torchs():
-    small = cpu_buffers.empty((4, 5), torch.empty(0, dtype=torch.float64))
+    small = cpu_buffers.empty(torch.empty(0, dtype=torch.float64), (4, 5))
     assert small.dtype == torch.float64 and small.untyped_storage().resizable()
-    half = cpu_buffers.empty(SHAPE, torch.empty(0, dtype=torch.bfloat16))
+    half = cpu_buffers.empty(torch.empty(0, dtype=torch.bfloat16), SHAPE)
     assert half.dtype == torch.bfloat16 and half.untyped_storage().resizable()
 
 
@@ -43,14 +43,14 @@ def test_past_the_limit_no_buffer_is_kept():
     library = cpu_buffers._library()
     bytes_ = 6 << 20
     try:
-        x = cpu_buffers.empty(SHAPE, torch.empty(0))
+        x = cpu_buffers.empty(torch.empty(0), SHAPE)
         before = library.kept_bytes()
         del x
         gc.collect()
         assert library.kept_bytes() == before + bytes_  # kept for the next request
         library.set_limit(0)  # frees what is kept, and keeps none after
         assert library.kept_bytes() == 0
-        y = cpu_buffers.empty(SHAPE, torch.empty(0))
+        y = cpu_buffers.empty(torch.empty(0), SHAPE)
         del y
         gc.collect()
         assert library.kept_bytes() == 0
@@ -59,7 +59,7 @@ def test_past_the_limit_no_buffer_is_kept():
 
 
 def test_a_buffer_tensor_is_an_ordinary_tensor():
-    x = cpu_buffers.empty(SHAPE, torch.empty(0, dtype=torch.float64)).normal_()
+    x = cpu_buffers.empty(torch.empty(0, dtype=torch.float64), SHAPE).normal_()
     leaf = x.requires_grad_()
     (leaf.permute(1, 0)[:7] * 3).sum().backward()
     assert torch.equal(leaf.grad[:, :7], torch.full((3, 7), 3.0, dtype=torch.float64))

@@ -2,7 +2,7 @@
 (backends/templates/cpu_buffers.cpp, built and cached as the kernels are,
 reclang/runtime/cpp.py).
 
-    out = empty((Y, B, T, HEADS, N), like=h0)   # torch.empty's contract: contents undefined
+    out = empty(h0, (Y, B, T, HEADS, N))   # like h0.new_empty: contents undefined
 
 A tensor of at least MIN_BYTES comes from a buffer a freed one left, of the same size in
 2 MiB pages, when there is one: its pages are mapped already, where a fresh tensor's are
@@ -51,7 +51,7 @@ def _library() -> ctypes.CDLL | None:
     return library
 
 
-def empty(shape: tuple, like: torch.Tensor) -> torch.Tensor:
+def empty(like: torch.Tensor, shape: tuple) -> torch.Tensor:
     """A contiguous tensor of `shape`, `like`'s dtype, on the CPU (contents undefined)."""
     bytes_ = math.prod(shape) * like.element_size()
     library = _library() if bytes_ >= MIN_BYTES and like.dtype in (

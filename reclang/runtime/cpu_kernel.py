@@ -54,7 +54,7 @@ def _pointers(*tensors: Tensor) -> list:
 def _dense(parts: list[Tensor]) -> list[Tensor]:
     """The parts as the kernel reads them, contiguous: a broadcast one (Mamba's Δ[d] over
     n) copied into a kept buffer (a fresh tensor's first write costs more than the copy)."""
-    return [x if x.is_contiguous() else kept_buffer(x, tuple(x.shape)).copy_(x) for x in parts]
+    return [x if x.is_contiguous() else empty(x, tuple(x.shape)).copy_(x) for x in parts]
 
 
 def _parts(parts: list[Tensor]):
@@ -66,26 +66,22 @@ def _new_empty(like: Tensor, shape: tuple) -> Tensor:
     return like.new_empty(shape)
 
 
-def kept_buffer(like: Tensor, shape: tuple) -> Tensor:
-    return empty(shape, like)
-
-
-def _forward_shapes(parts, h0, keep: int, outputs: int, empty=_new_empty) -> tuple:
+def _forward_shapes(parts, h0, keep: int, outputs: int, new=_new_empty) -> tuple:
     """(out, last, hist): hist [S, B, keep, HEADS, N] the states the backward reads.
-    `empty`: the large ones' allocation (the kernel's: kept buffers, cpu_buffers.py)."""
+    `new`: the large ones' allocation (the kernel's: kept buffers, cpu_buffers.py)."""
     T, (S, B, HEADS, N) = parts[0].shape[1], h0.shape
-    return (empty(h0, (outputs, B, T, HEADS, N)), h0.new_empty((S, B, HEADS, N)),
-            empty(h0, (S, B, keep, HEADS, N)))
+    return (new(h0, (outputs, B, T, HEADS, N)), h0.new_empty((S, B, HEADS, N)),
+            new(h0, (S, B, keep, HEADS, N)))
 
 
-def _backward_shapes(parts, consts, w, hist, empty=_new_empty) -> tuple:
+def _backward_shapes(parts, consts, w, hist, new=_new_empty) -> tuple:
     """(d_ops [B, T, O, HEADS, N]: the operands' gradients in one tensor, d_consts
     [C, B, HEADS, N] per sequence, d_r [J, B, T, HEADS, N] the products', d_first
     [S, B, HEADS, N] the initial states')."""
     T, (S, B, _, HEADS, N) = parts[0].shape[1], hist.shape
     width = sum(x.shape[2] for x in parts)  # O, the operands
-    return (empty(hist, (B, T, width, HEADS, N)), hist.new_empty((consts.shape[0], B, HEADS, N)),
-            empty(hist, (w.shape[0], B, T, HEADS, N)), hist.new_empty((S, B, HEADS, N)))
+    return (new(hist, (B, T, width, HEADS, N)), hist.new_empty((consts.shape[0], B, HEADS, N)),
+            new(hist, (w.shape[0], B, T, HEADS, N)), hist.new_empty((S, B, HEADS, N)))
 
 
 def _operators(name: str, library, outputs: int) -> tuple:
@@ -96,7 +92,7 @@ def _operators(name: str, library, outputs: int) -> tuple:
     @torch.library.custom_op(f"reclang::{name}_forward", mutates_args=(), device_types="cpu")
     def forward(parts: list[Tensor], consts: Tensor, w: Tensor, h0: Tensor, starts: Tensor,
                 keep: int, threads: int) -> tuple[Tensor, Tensor, Tensor]:
-        out, _, hist = _forward_shapes(parts, h0, keep, outputs, kept_buffer)
+        out, _, hist = _forward_shapes(parts, h0, keep, outputs, empty)
         (T, B), wt = parts[0].shape[1::-1], w.transpose(-1, -2).contiguous()
         hist[:, :, 0] = h0
         parts = _dense(parts)
@@ -109,7 +105,7 @@ def _operators(name: str, library, outputs: int) -> tuple:
     def backward(parts: list[Tensor], consts: Tensor, w: Tensor, hist: Tensor, starts: Tensor,
                  d_out: Tensor, d_last: Tensor, threads: int
                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        d_ops, d_consts, d_r, _ = _backward_shapes(parts, consts, w, hist, kept_buffer)
+        d_ops, d_consts, d_r, _ = _backward_shapes(parts, consts, w, hist, empty)
         d_first = d_last.clone(memory_format=torch.contiguous_format)  # as at T = 0
         (T, B), wt = parts[0].shape[1::-1], w.transpose(-1, -2).contiguous()
         # every tensor the kernel reads is held here until it returns (ctypes keeps none)
@@ -177,16 +173,17 @@ def _autograd(forward, backward, outputs: int, state_of_product: list[int]) -> C
         @staticmethod
         def backward(ctx, d_out, d_last, _d_hist):  # hist: for the backward only
             *parts, consts, w, hist, starts = ctx.saved_tensors
-            out, last, _ = _forward_shapes(parts, hist[:, :, 0], 1, outputs)
-            d_out = out.zero_() if d_out is None else d_out     # only the states used
-            d_last = last.zero_() if d_last is None else d_last  # only the outputs used
+            T, (S, B, _, HEADS, N) = parts[0].shape[1], hist.shape
+            if d_out is None:  # only the final states used
+                d_out = hist.new_zeros((outputs, B, T, HEADS, N))
+            if d_last is None:  # only the outputs used
+                d_last = hist.new_zeros((S, B, HEADS, N))
             args = (consts, w, hist, starts, d_out, d_last, ctx.threads)
             if torch.compiler.is_compiling():  # traced: the operator itself
                 d_ops, d_consts, d_r, d_first = backward(parts, *args)
             else:  # eager: in a Function, so that under torch.func it gets plain tensors
                 d_ops, d_consts, d_r, d_first = Derivative.apply(*args, *parts)
             # ∂L/∂W_j[h, n, k] = Σ_{b, t} ∂L/∂r_j[b, t, h, n] s_j[b, t - 1, h, k]
-            T = parts[0].shape[1]
             d_w = torch.einsum("jbthn,jbthk->jhnk", d_r, hist[state_of_product, :, :T])
             d_parts = d_ops.split([x.shape[2] for x in parts], dim=2)
             return d_consts.sum(1), d_w, d_first, None, None, None, *d_parts
